@@ -1,0 +1,28 @@
+//! The hop3-backup contract shared by the controller, the agents and the CLI:
+//! the gRPC services (package `hop3.backup.v1`) and the on-disk format 1.0
+//! (backup IDs, `metadata.json`, checksums, names).
+
+pub mod backup_id;
+pub mod checksum;
+pub mod manifest;
+pub mod names;
+
+/// Generated gRPC code for package `hop3.backup.v1`.
+#[allow(clippy::all, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("hop3.backup.v1");
+}
+
+pub use backup_id::BackupId;
+pub use checksum::Checksum;
+pub use manifest::Manifest;
+
+/// The version written into every manifest as `hop3_version`.
+pub const HOP3_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Size of the data chunks streamed between controller and agents. Memory on
+/// both sides is bounded by this times the depth of the channels.
+pub const CHUNK_SIZE: usize = 256 * 1024;
+
+/// Largest gRPC message either side accepts: one chunk plus framing.
+pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;

@@ -1,0 +1,279 @@
+//! `metadata.json`: the manifest of one backup, format 1.0.
+//!
+//! Backups written by Hop3's Python server use the same layout but say
+//! `addons` where this format says `services`, and write `created_at` with
+//! microseconds and `+00:00`; both are read.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::names::{self, InvalidName};
+use crate::{BackupId, Checksum};
+
+/// The format version this build writes.
+pub const FORMAT_VERSION: &str = "1.0";
+
+/// The name of the manifest inside a backup directory.
+pub const MANIFEST_FILE: &str = "metadata.json";
+
+/// Largest manifest accepted: a real one is a few KiB.
+pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+
+/// The manifest of one backup.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub backup_id: String,
+    pub app_name: String,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub format_version: String,
+    pub hop3_version: String,
+    /// Sum of the sizes of the files listed in `checksums`.
+    pub size_bytes: u64,
+    /// Every file of the backup but the manifest, by path relative to the backup directory.
+    pub checksums: BTreeMap<String, Checksum>,
+    pub app_metadata: AppMetadata,
+    #[serde(alias = "addons", default)]
+    pub services: Vec<ServiceEntry>,
+    #[serde(default)]
+    pub env_vars_count: u32,
+    #[serde(default)]
+    pub expires_after: u64,
+    /// False when the backup was made with `--no-services`.
+    #[serde(default = "yes")]
+    pub services_included: bool,
+    /// The host whose agent made the backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Hostname, port and run state of the app when it was backed up.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppMetadata {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub port: Option<u32>,
+    #[serde(default)]
+    pub run_state: Option<String>,
+}
+
+/// One attached service's dump.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    /// Path of the dump relative to the backup directory.
+    pub backup_file: String,
+    #[serde(default)]
+    pub size_bytes: u64,
+}
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("metadata.json is not valid: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("metadata.json has unsupported format version {0:?} (this build reads 1.x)")]
+    UnsupportedVersion(String),
+    #[error("metadata.json: {0}")]
+    BadId(#[from] crate::backup_id::InvalidBackupId),
+    #[error("metadata.json: {0}")]
+    BadName(#[from] InvalidName),
+    #[error("metadata.json: created_at {0:?} is not an RFC 3339 time")]
+    BadTime(String),
+    #[error("metadata.json: service file {0:?} has no checksum")]
+    UnlistedServiceFile(String),
+}
+
+impl Manifest {
+    /// Parses and validates a manifest. Every path it names is checked, so
+    /// nothing it says can lead a reader outside the backup directory.
+    pub fn from_json(bytes: &[u8]) -> Result<Self, ManifestError> {
+        let m: Manifest = serde_json::from_slice(bytes)?;
+        m.validate()?;
+        Ok(m)
+    }
+
+    /// Serialises the manifest as written to `metadata.json`.
+    pub fn to_json(&self) -> Vec<u8> {
+        let mut out = serde_json::to_vec_pretty(self).expect("a manifest always serialises");
+        out.push(b'\n');
+        out
+    }
+
+    /// Checks the rules `from_json` enforces.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        let major = self.format_version.split('.').next().unwrap_or_default();
+        if major != "1" {
+            return Err(ManifestError::UnsupportedVersion(
+                self.format_version.chars().take(20).collect(),
+            ));
+        }
+        self.backup_id.parse::<BackupId>()?;
+        names::validate_app_name(&self.app_name)?;
+        self.created_at()?;
+        for path in self.checksums.keys() {
+            names::validate_artifact_path(path)?;
+            if path == MANIFEST_FILE {
+                return Err(InvalidName {
+                    kind: "artifact path",
+                    value: path.clone(),
+                    reason: "the manifest cannot list itself",
+                }
+                .into());
+            }
+        }
+        for s in &self.services {
+            names::validate_artifact_path(&s.backup_file)?;
+            if !self.checksums.contains_key(&s.backup_file) {
+                return Err(ManifestError::UnlistedServiceFile(s.backup_file.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The backup's ID.
+    pub fn id(&self) -> BackupId {
+        self.backup_id.parse().expect("validated")
+    }
+
+    /// When the backup was made.
+    pub fn created_at(&self) -> Result<OffsetDateTime, ManifestError> {
+        OffsetDateTime::parse(&self.created_at, &Rfc3339)
+            .map_err(|_| ManifestError::BadTime(self.created_at.chars().take(40).collect()))
+    }
+
+    /// Formats a time the way manifests store it: `2025-11-08T14:30:22Z`.
+    pub fn format_time(t: OffsetDateTime) -> String {
+        t.to_offset(time::UtcOffset::UTC)
+            .replace_nanosecond(0)
+            .expect("0 is a valid nanosecond")
+            .format(&Rfc3339)
+            .expect("formatting a UTC time cannot fail")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut checksums = BTreeMap::new();
+        checksums.insert("source.tar.gz".into(), Checksum::of(b"s"));
+        checksums.insert("data.tar.gz".into(), Checksum::of(b"d"));
+        checksums.insert("env.json".into(), Checksum::of(b"e"));
+        checksums.insert("services/postgres_db.sql".into(), Checksum::of(b"p"));
+        Manifest {
+            backup_id: "20251108_143022_a8f3d9".into(),
+            app_name: "my-app".into(),
+            created_at: "2025-11-08T14:30:22Z".into(),
+            format_version: FORMAT_VERSION.into(),
+            hop3_version: "0.1.0".into(),
+            size_bytes: 4,
+            checksums,
+            app_metadata: AppMetadata {
+                hostname: Some("myapp.example.com".into()),
+                port: Some(8000),
+                run_state: Some("RUNNING".into()),
+            },
+            services: vec![ServiceEntry {
+                kind: "postgres".into(),
+                name: "db".into(),
+                backup_file: "services/postgres_db.sql".into(),
+                size_bytes: 1,
+            }],
+            env_vars_count: 12,
+            expires_after: 0,
+            services_included: true,
+            host: Some("local".into()),
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let m = sample();
+        let back = Manifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+        let text = String::from_utf8(m.to_json()).unwrap();
+        assert!(text.contains("\"sha256:"), "{text}");
+    }
+
+    #[test]
+    fn reads_python_server_manifests() {
+        let json = r#"{
+          "backup_id": "20251108_143022_a8f3d9",
+          "app_name": "my-app",
+          "created_at": "2025-11-08T14:30:22.123456+00:00",
+          "format_version": "1.0",
+          "hop3_version": "0.8.0",
+          "size_bytes": 100,
+          "checksums": {
+            "source.tar.gz": "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad",
+            "addons/postgres_db.sql": "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+          },
+          "app_metadata": {"hostname": null, "port": 8000, "run_state": "RUNNING"},
+          "addons": [{"type": "postgres", "name": "db", "backup_file": "addons/postgres_db.sql", "size_bytes": 5}],
+          "env_vars_count": 3,
+          "expires_after": 0
+        }"#;
+        let m = Manifest::from_json(json.as_bytes()).unwrap();
+        assert_eq!(m.services.len(), 1);
+        assert_eq!(m.services[0].backup_file, "addons/postgres_db.sql");
+        assert!(m.services_included);
+        assert_eq!(m.app_metadata.hostname, None);
+        assert_eq!(
+            m.created_at().unwrap(),
+            time::macros::datetime!(2025-11-08 14:30:22.123456 UTC)
+        );
+    }
+
+    #[test]
+    fn refuses_hostile_or_broken_manifests() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+            (
+                "format",
+                Box::new(|v| v["format_version"] = "2.0".into()),
+            ),
+            (
+                "traversal",
+                Box::new(|v| {
+                    v["checksums"]["../../x"] = Checksum::of(b"x").to_string().into();
+                }),
+            ),
+            (
+                "absolute",
+                Box::new(|v| {
+                    v["checksums"]["/etc/passwd"] = Checksum::of(b"x").to_string().into();
+                }),
+            ),
+            ("app", Box::new(|v| v["app_name"] = "../etc".into())),
+            ("id", Box::new(|v| v["backup_id"] = "nope".into())),
+            ("types", Box::new(|v| v["size_bytes"] = "big".into())),
+            ("time", Box::new(|v| v["created_at"] = "yesterday".into())),
+            (
+                "checksum",
+                Box::new(|v| v["checksums"]["env.json"] = "sha256:00".into()),
+            ),
+            (
+                "service file",
+                Box::new(|v| v["services"][0]["backup_file"] = "services/other.sql".into()),
+            ),
+        ];
+        for (what, mutate) in cases {
+            let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+            mutate(&mut v);
+            let bytes = serde_json::to_vec(&v).unwrap();
+            assert!(Manifest::from_json(&bytes).is_err(), "{what} accepted");
+        }
+        assert!(Manifest::from_json(b"{not json").is_err());
+    }
+}
