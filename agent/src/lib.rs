@@ -1,1 +1,21 @@
+//! hop3-agent: serves one host's apps to the controller. It archives an app
+//! (git repository, deployed tree, data, environment) as a stream of chunked,
+//! hashed artifacts, and restores a streamed backup by staging it beside the
+//! app and swapping it in.
 
+pub mod apps;
+pub mod archive;
+pub mod backup;
+pub mod config;
+pub mod error;
+pub mod events;
+pub mod hooks;
+pub mod progress;
+pub mod restore;
+pub mod server;
+pub mod service;
+pub mod state;
+
+pub use config::AgentOptions;
+pub use error::AgentError;
+pub use state::AgentState;

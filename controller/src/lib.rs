@@ -1,1 +1,16 @@
+//! hop3-controller: holds the backup catalog and the store, and orchestrates
+//! backups and restores through the hosts' agents.
 
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod create;
+pub mod error;
+pub mod locks;
+pub mod registry;
+pub mod restore;
+pub mod server;
+pub mod state;
+pub mod store;
+
+pub use config::Config;

@@ -239,10 +239,7 @@ mod tests {
     #[test]
     fn refuses_hostile_or_broken_manifests() {
         let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
-            (
-                "format",
-                Box::new(|v| v["format_version"] = "2.0".into()),
-            ),
+            ("format", Box::new(|v| v["format_version"] = "2.0".into())),
             (
                 "traversal",
                 Box::new(|v| {

@@ -55,6 +55,11 @@ pub fn validate_service_name(name: &str) -> Result<(), InvalidName> {
     check_component("service name", name, 64)
 }
 
+/// Checks a host id (an agent's name in the fleet): it is shown in tables and stored.
+pub fn validate_host_id(name: &str) -> Result<(), InvalidName> {
+    check_component("host id", name, 253)
+}
+
 /// Checks a path inside a backup directory, as used in `checksums` keys and
 /// artifact streams: a plain file name, or `services/<file>` (`addons/<file>`
 /// in backups written by Hop3's Python server).
@@ -67,12 +72,11 @@ pub fn validate_artifact_path(path: &str) -> Result<(), InvalidName> {
             value: path.chars().take(80).collect(),
             ..e
         }),
-        (Some("services" | "addons"), Some(file), None) => {
-            check_component(KIND, file, 128).map_err(|e| InvalidName {
+        (Some("services" | "addons"), Some(file), None) => check_component(KIND, file, 128)
+            .map_err(|e| InvalidName {
                 value: path.chars().take(80).collect(),
                 ..e
-            })
-        }
+            }),
         _ => Err(refuse(
             KIND,
             path,

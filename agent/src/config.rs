@@ -1,0 +1,45 @@
+//! Options shared by the standalone agent and the controller's local agent.
+
+use std::path::PathBuf;
+
+use crate::apps::HostRoot;
+use crate::hooks::Hooks;
+use crate::state::AgentState;
+
+/// How an agent serves its host.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentOptions {
+    /// The host's HOP3_ROOT: apps live in ROOT/apps/<app>.
+    #[arg(long, env = "HOP3_ROOT", default_value = "/home/hop3")]
+    pub root: PathBuf,
+    /// This host's name in the fleet [default: the machine's host name].
+    #[arg(long, env = "HOP3_HOST_ID")]
+    pub host_id: Option<String>,
+    /// Command that stops an app before a restore swaps it (run with sh -c; HOP3_APP is set).
+    #[arg(long, env = "HOP3_STOP_CMD")]
+    pub stop_cmd: Option<String>,
+    /// Command that starts an app after a restore (run with sh -c; HOP3_APP is set).
+    #[arg(long, env = "HOP3_START_CMD")]
+    pub start_cmd: Option<String>,
+}
+
+impl AgentOptions {
+    /// The state an agent with these options serves.
+    pub fn state(&self) -> AgentState {
+        AgentState {
+            root: HostRoot::new(&self.root),
+            host_id: self.host_id.clone().unwrap_or_else(default_host_id),
+            hooks: Hooks {
+                stop: self.stop_cmd.clone(),
+                start: self.start_cmd.clone(),
+            },
+        }
+    }
+}
+
+fn default_host_id() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}

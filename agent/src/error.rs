@@ -1,0 +1,96 @@
+//! The agent's error type, and its one mapping to gRPC status codes.
+
+use std::io;
+use std::path::PathBuf;
+
+use hop3_proto::manifest::ManifestError;
+use hop3_proto::names::InvalidName;
+use tonic::{Code, Status};
+
+/// What can go wrong on an agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("Application not found: {0}")]
+    AppNotFound(String),
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("app {app}: app.json is not valid: {reason}")]
+    AppConfig { app: String, reason: String },
+    #[error("Checksum mismatch: {path} (expected {expected}, received {actual})")]
+    ChecksumMismatch {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("{archive}: refused entry {entry:?}: {reason}")]
+    HostileEntry {
+        archive: String,
+        entry: String,
+        reason: String,
+    },
+    #[error("{archive} is damaged or truncated: {reason}")]
+    BadArchive { archive: String, reason: String },
+    #[error("{0} changed size while it was being archived; retry the backup")]
+    FileChanged(PathBuf),
+    #[error("Insufficient disk space on host: need {needed} bytes, {available} available")]
+    InsufficientSpace { needed: u64, available: u64 },
+    #[error("Permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("{what} command failed: {detail}")]
+    Hook { what: &'static str, detail: String },
+    #[error("the controller went away before the operation finished")]
+    Cancelled,
+}
+
+impl AgentError {
+    /// Wraps an I/O error with what was being done. Disk-full and permission
+    /// errors keep their own kinds so callers can tell them apart.
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        let context = context.into();
+        match source.kind() {
+            io::ErrorKind::PermissionDenied => Self::PermissionDenied(context),
+            _ => Self::Io { context, source },
+        }
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::AppNotFound(_) => Code::NotFound,
+            Self::InvalidName(_) => Code::InvalidArgument,
+            Self::Manifest(_) => Code::InvalidArgument,
+            Self::AppConfig { .. } => Code::FailedPrecondition,
+            Self::ChecksumMismatch { .. } => Code::FailedPrecondition,
+            Self::HostileEntry { .. } => Code::InvalidArgument,
+            Self::BadArchive { .. } => Code::DataLoss,
+            Self::FileChanged(_) => Code::Aborted,
+            Self::InsufficientSpace { .. } => Code::ResourceExhausted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
+                Code::ResourceExhausted
+            }
+            Self::Io { .. } => Code::Internal,
+            Self::Protocol(_) => Code::InvalidArgument,
+            Self::Hook { .. } => Code::FailedPrecondition,
+            Self::Cancelled => Code::Cancelled,
+        }
+    }
+}
+
+impl From<AgentError> for Status {
+    fn from(e: AgentError) -> Self {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+/// Shorthand for the agent's results.
+pub type Result<T, E = AgentError> = std::result::Result<T, E>;

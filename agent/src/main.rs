@@ -1,0 +1,64 @@
+//! `hop3-agent`: the per-host agent of hop3-backup.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Parser;
+use hop3_agent::{AgentOptions, server};
+
+/// Serves this host's Hop3 apps to a hop3-backup controller: archives,
+/// dumps and restores them.
+#[derive(Parser, Debug)]
+#[command(name = "hop3-agent", version)]
+struct Args {
+    /// Address to serve the agent's gRPC API on.
+    #[arg(long, env = "HOP3_AGENT_LISTEN", default_value = "127.0.0.1:7411")]
+    listen: SocketAddr,
+    /// The controller to register with.
+    #[arg(long, env = "HOP3_CONTROLLER", default_value = "http://127.0.0.1:7410")]
+    controller: String,
+    /// The URL the controller should use to reach this agent [default: http://LISTEN].
+    #[arg(long, env = "HOP3_AGENT_ADVERTISE")]
+    advertise: Option<String>,
+    #[command(flatten)]
+    agent: AgentOptions,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    let state = Arc::new(args.agent.state());
+    let listener = server::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let advertise = args.advertise.unwrap_or_else(|| format!("http://{local}"));
+    let (reporter, health) = server::health().await;
+    tracing::info!(listen = %local, root = %args.agent.root.display(), host_id = %state.host_id, "hop3-agent serving");
+    tokio::spawn(server::register_loop(
+        state.clone(),
+        args.controller,
+        advertise,
+        reporter.clone(),
+    ));
+    server::serve(state, listener, (reporter, health), shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down");
+}

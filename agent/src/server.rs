@@ -1,0 +1,110 @@
+//! Serving the AgentService over gRPC, with health, and registering with the controller.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hop3_proto::MAX_MESSAGE_SIZE;
+use hop3_proto::v1::RegisterRequest;
+use hop3_proto::v1::agent_registry_client::AgentRegistryClient;
+use hop3_proto::v1::agent_service_server::AgentServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Endpoint, Server};
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::restore::clean_leftovers;
+use crate::service::AgentServiceImpl;
+use crate::state::AgentState;
+
+/// Retry delay after a failed registration.
+const REGISTER_RETRY: Duration = Duration::from_secs(2);
+
+/// Serves `state` on `listener` until `shutdown` resolves. Health reports
+/// NOT_SERVING until `set_serving` is called on the returned reporter.
+pub async fn serve(
+    state: Arc<AgentState>,
+    listener: TcpListener,
+    health: (
+        HealthReporter,
+        tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    ),
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    clean_leftovers(&state.root.apps_dir()).await;
+    let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health.1)
+        .add_service(svc)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await
+}
+
+/// A health service that starts as NOT_SERVING.
+pub async fn health() -> (
+    HealthReporter,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    (reporter, service)
+}
+
+/// Registers with the controller at `controller`, then again every heartbeat
+/// the controller asks for, forever. Health turns SERVING after the first success.
+pub async fn register_loop(
+    state: Arc<AgentState>,
+    controller: String,
+    advertise: String,
+    reporter: HealthReporter,
+) {
+    let endpoint = match Endpoint::from_shared(controller.clone()) {
+        Ok(e) => e
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10)),
+        Err(e) => {
+            tracing::error!(controller, error = %e, "invalid controller URL");
+            return;
+        }
+    };
+    let mut client = AgentRegistryClient::new(endpoint.connect_lazy());
+    let mut registered = false;
+    loop {
+        let apps = state.root.list_apps().await.unwrap_or_default();
+        let req = RegisterRequest {
+            host_id: state.host_id.clone(),
+            address: advertise.clone(),
+            version: hop3_proto::HOP3_VERSION.into(),
+            apps,
+        };
+        let wait = match client.register(req).await {
+            Ok(resp) => {
+                if !registered {
+                    tracing::info!(controller, host_id = %state.host_id, "registered with the controller");
+                    reporter
+                        .set_service_status("", ServingStatus::Serving)
+                        .await;
+                    registered = true;
+                }
+                Duration::from_secs(resp.into_inner().heartbeat_seconds.clamp(1, 300) as u64)
+            }
+            Err(status) => {
+                tracing::warn!(controller, error = %status.message(), "cannot register with the controller; retrying");
+                REGISTER_RETRY
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Binds `addr` (port 0 for any free one).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

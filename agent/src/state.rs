@@ -1,0 +1,15 @@
+//! What every request handler of an agent shares.
+
+use crate::apps::HostRoot;
+use crate::hooks::Hooks;
+
+/// An agent's configuration and host, shared by its handlers.
+#[derive(Clone, Debug)]
+pub struct AgentState {
+    /// This host's `HOP3_ROOT`.
+    pub root: HostRoot,
+    /// This host's name in the fleet.
+    pub host_id: String,
+    /// Commands that stop and start apps around a restore.
+    pub hooks: Hooks,
+}

@@ -1,0 +1,280 @@
+//! The gRPC services of the controller: the CLI's BackupService and the
+//! agents' AgentRegistry. Requests are checked here; jobs do the work.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use hop3_agent::events::EventSender;
+use hop3_proto::BackupId;
+use hop3_proto::names::validate_app_name;
+use hop3_proto::v1::{
+    self, agent_registry_server::AgentRegistry, backup_service_server::BackupService,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::catalog::{BackupRow, BackupStatus};
+use crate::create::{self, CreateJob};
+use crate::error::{ControllerError, Result};
+use crate::registry::HEARTBEAT;
+use crate::restore::{self, RestoreJob};
+use crate::state::Controller;
+
+/// Default and largest page of `ListBackups`.
+const DEFAULT_LIMIT: u32 = 20;
+const MAX_LIMIT: u32 = 100_000;
+
+type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The CLI's API.
+pub struct BackupApi {
+    ctl: Arc<Controller>,
+}
+
+impl BackupApi {
+    /// The API over `ctl`.
+    pub fn new(ctl: Arc<Controller>) -> Self {
+        Self { ctl }
+    }
+
+    async fn row(&self, id: &str) -> Result<BackupRow> {
+        let id: BackupId = id
+            .parse()
+            .map_err(|e: hop3_proto::backup_id::InvalidBackupId| {
+                ControllerError::InvalidArgument(e.to_string())
+            })?;
+        self.ctl
+            .catalog
+            .get(id.as_str())
+            .await?
+            .ok_or_else(|| ControllerError::BackupNotFound(id.to_string()))
+    }
+
+    fn lock(&self, app: &str) -> Result<crate::locks::AppLock> {
+        self.ctl
+            .locks
+            .try_lock(app)
+            .ok_or_else(|| ControllerError::Busy(app.to_owned()))
+    }
+}
+
+fn check_app(name: &str) -> Result<()> {
+    validate_app_name(name).map_err(|e| ControllerError::InvalidArgument(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl BackupService for BackupApi {
+    type CreateBackupStream = EventStream<v1::CreateBackupEvent>;
+
+    async fn create_backup(
+        &self,
+        req: Request<v1::CreateBackupRequest>,
+    ) -> Result<Response<Self::CreateBackupStream>, Status> {
+        let req = req.into_inner();
+        check_app(&req.app)?;
+        let (host, client) = self.ctl.registry.find_app(&req.app).await?;
+        let lock = self.lock(&req.app)?;
+        let mut id = BackupId::generate();
+        while self
+            .ctl
+            .catalog
+            .get(id.as_str())
+            .await
+            .map_err(ControllerError::from)?
+            .is_some()
+        {
+            id = BackupId::generate();
+        }
+        let job = CreateJob {
+            app: req.app,
+            host,
+            client,
+            id,
+            include_services: !req.no_services,
+            lock,
+        };
+        self.ctl
+            .catalog
+            .insert(&create::started_row(&job))
+            .await
+            .map_err(ControllerError::from)?;
+        tracing::info!(app = %job.app, backup_id = %job.id, host = %job.host, "backup started");
+        let (tx, rx) = EventSender::channel();
+        // The job runs to its end even if the CLI goes away.
+        tokio::spawn(create::run(self.ctl.clone(), job, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn list_backups(
+        &self,
+        req: Request<v1::ListBackupsRequest>,
+    ) -> Result<Response<v1::ListBackupsResponse>, Status> {
+        let req = req.into_inner();
+        let app = (!req.app.is_empty()).then_some(req.app.as_str());
+        if let Some(app) = app {
+            check_app(app)?;
+        }
+        let limit = match req.limit {
+            0 => DEFAULT_LIMIT,
+            n => n.min(MAX_LIMIT),
+        };
+        let rows = self
+            .ctl
+            .catalog
+            .list(app, limit)
+            .await
+            .map_err(ControllerError::from)?;
+        Ok(Response::new(v1::ListBackupsResponse {
+            backups: rows.iter().map(|r| self.ctl.summary(r)).collect(),
+        }))
+    }
+
+    async fn get_backup(
+        &self,
+        req: Request<v1::GetBackupRequest>,
+    ) -> Result<Response<v1::BackupDetails>, Status> {
+        let row = self.row(&req.get_ref().backup_id).await?;
+        let mut details = v1::BackupDetails {
+            summary: Some(self.ctl.summary(&row)),
+            ..Default::default()
+        };
+        if row.status != BackupStatus::Completed {
+            return Ok(Response::new(details));
+        }
+        let manifest = self
+            .ctl
+            .store
+            .read_manifest(&row.app, &row.backup_id)
+            .await
+            .map_err(ControllerError::from)?;
+        let checks = self
+            .ctl
+            .store
+            .verify(&row.app, &row.backup_id, &manifest, &|_| {})
+            .await;
+        details.format_version = manifest.format_version.clone();
+        details.hop3_version = manifest.hop3_version.clone();
+        details.env_vars_count = manifest.env_vars_count;
+        details.services_included = manifest.services_included;
+        details.all_valid = checks.iter().all(|c| c.valid());
+        details.files = checks
+            .iter()
+            .map(|c| v1::FileCheck {
+                path: c.path.clone(),
+                expected: c.expected.to_string(),
+                actual: c.actual.map(|a| a.to_string()).unwrap_or_default(),
+                size: c.size,
+                valid: c.valid(),
+            })
+            .collect();
+        details.services = manifest
+            .services
+            .iter()
+            .map(|s| v1::ServiceInfo {
+                r#type: s.kind.clone(),
+                name: s.name.clone(),
+                file: s.backup_file.clone(),
+                size: s.size_bytes,
+            })
+            .collect();
+        let meta = &manifest.app_metadata;
+        details.app_state = Some(v1::AppState {
+            hostname: meta.hostname.clone().unwrap_or_default(),
+            port: meta.port.unwrap_or_default(),
+            run_state: meta.run_state.clone().unwrap_or_default(),
+        });
+        Ok(Response::new(details))
+    }
+
+    type RestoreBackupStream = EventStream<v1::RestoreBackupEvent>;
+
+    async fn restore_backup(
+        &self,
+        req: Request<v1::RestoreBackupRequest>,
+    ) -> Result<Response<Self::RestoreBackupStream>, Status> {
+        let req = req.into_inner();
+        let row = self.row(&req.backup_id).await?;
+        let target_app = if req.target_app.is_empty() {
+            row.app.clone()
+        } else {
+            req.target_app.clone()
+        };
+        check_app(&target_app)?;
+        if row.status != BackupStatus::Completed {
+            return Err(ControllerError::NotRestorable {
+                id: row.backup_id,
+                status: row.status.as_str(),
+            }
+            .into());
+        }
+        let client = self
+            .ctl
+            .registry
+            .client(&row.host)
+            .ok_or_else(|| ControllerError::HostOffline(row.host.clone()))?;
+        let lock = self.lock(&target_app)?;
+        tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %row.host, "restore started");
+        let job = RestoreJob {
+            host: row.host.clone(),
+            row,
+            target_app,
+            client,
+            lock,
+        };
+        let (tx, rx) = EventSender::channel();
+        tokio::spawn(restore::run(self.ctl.clone(), job, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn delete_backup(
+        &self,
+        req: Request<v1::DeleteBackupRequest>,
+    ) -> Result<Response<v1::DeleteBackupResponse>, Status> {
+        let row = self.row(&req.get_ref().backup_id).await?;
+        // A backup being written or restored from stays until that ends.
+        let _lock = self.lock(&row.app)?;
+        self.ctl
+            .store
+            .delete(&row.app, &row.backup_id)
+            .await
+            .map_err(ControllerError::from)?;
+        self.ctl
+            .catalog
+            .delete(&row.backup_id)
+            .await
+            .map_err(ControllerError::from)?;
+        tracing::info!(backup_id = %row.backup_id, app = %row.app, "backup deleted");
+        Ok(Response::new(v1::DeleteBackupResponse {}))
+    }
+}
+
+/// The agents' API.
+pub struct RegistryApi {
+    ctl: Arc<Controller>,
+}
+
+impl RegistryApi {
+    /// The API over `ctl`.
+    pub fn new(ctl: Arc<Controller>) -> Self {
+        Self { ctl }
+    }
+}
+
+#[tonic::async_trait]
+impl AgentRegistry for RegistryApi {
+    async fn register(
+        &self,
+        req: Request<v1::RegisterRequest>,
+    ) -> Result<Response<v1::RegisterResponse>, Status> {
+        let req = req.into_inner();
+        hop3_proto::names::validate_host_id(&req.host_id)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        self.ctl
+            .registry
+            .register(&req.host_id, &req.address, &req.version, false)?;
+        Ok(Response::new(v1::RegisterResponse {
+            heartbeat_seconds: HEARTBEAT.as_secs() as u32,
+        }))
+    }
+}

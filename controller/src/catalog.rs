@@ -1,0 +1,287 @@
+//! The catalog: one row per backup, in SQLite (PostgreSQL later). All SQL of
+//! the controller lives here.
+
+use std::str::FromStr;
+
+use sqlx::Row;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+/// What the catalog can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("catalog migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("catalog URL {0:?} is not supported (use sqlite://PATH)")]
+    UnsupportedUrl(String),
+    #[error("catalog row {0} is damaged: {1}")]
+    BadRow(String, String),
+}
+
+/// Where a backup stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackupStatus {
+    Started,
+    Completed,
+    Failed,
+}
+
+impl BackupStatus {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Started => "STARTED",
+            Self::Completed => "COMPLETED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+impl FromStr for BackupStatus {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "STARTED" => Ok(Self::Started),
+            "COMPLETED" => Ok(Self::Completed),
+            "FAILED" => Ok(Self::Failed),
+            other => Err(format!("unknown status {other:?}")),
+        }
+    }
+}
+
+/// One backup as the catalog knows it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BackupRow {
+    pub backup_id: String,
+    pub app: String,
+    pub host: String,
+    pub status: BackupStatus,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub total_size: u64,
+    /// "type:name" of each service in the backup.
+    pub services: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// The catalog of backups.
+#[derive(Clone)]
+pub struct Catalog {
+    pool: SqlitePool,
+}
+
+/// A SELECT of every column, as the static string sqlx wants.
+macro_rules! select_rows {
+    ($rest:literal) => {
+        concat!(
+            "SELECT backup_id, app, host, status, created_at, total_size, services, error FROM backups ",
+            $rest
+        )
+    };
+}
+
+impl Catalog {
+    /// Opens (creating if missing) the catalog at `url` and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<Self, CatalogError> {
+        if !url.starts_with("sqlite:") {
+            return Err(CatalogError::UnsupportedUrl(url.to_owned()));
+        }
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// Records a backup that has just started.
+    pub async fn insert(&self, row: &BackupRow) -> Result<(), CatalogError> {
+        sqlx::query(
+            "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.backup_id)
+        .bind(&row.app)
+        .bind(&row.host)
+        .bind(row.status.as_str())
+        .bind(&row.created_at)
+        .bind(row.total_size as i64)
+        .bind(serde_json::to_string(&row.services).expect("strings serialise"))
+        .bind(&row.error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks a backup COMPLETED, with its final size and services.
+    pub async fn complete(
+        &self,
+        id: &str,
+        total_size: u64,
+        services: &[String],
+    ) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE backups SET status = 'COMPLETED', total_size = ?, services = ?, error = NULL WHERE backup_id = ?")
+            .bind(total_size as i64)
+            .bind(serde_json::to_string(services).expect("strings serialise"))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks a backup FAILED with the reason.
+    pub async fn fail(&self, id: &str, reason: &str) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE backups SET status = 'FAILED', error = ? WHERE backup_id = ?")
+            .bind(reason)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks every STARTED backup FAILED: at start-up, none of them can still be running.
+    pub async fn fail_interrupted(&self) -> Result<u64, CatalogError> {
+        let done = sqlx::query(
+            "UPDATE backups SET status = 'FAILED', error = 'interrupted: the controller stopped during the backup' WHERE status = 'STARTED'",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// One backup by ID.
+    pub async fn get(&self, id: &str) -> Result<Option<BackupRow>, CatalogError> {
+        let row = sqlx::query(select_rows!("WHERE backup_id = ?"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| from_row(&r)).transpose()
+    }
+
+    /// Backups newest first, of one app or all.
+    pub async fn list(
+        &self,
+        app: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<BackupRow>, CatalogError> {
+        let rows = match app {
+            Some(app) => {
+                sqlx::query(select_rows!(
+                    "WHERE app = ? ORDER BY created_at DESC, backup_id DESC LIMIT ?"
+                ))
+                .bind(app)
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(select_rows!(
+                    "ORDER BY created_at DESC, backup_id DESC LIMIT ?"
+                ))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Forgets a backup.
+    pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
+        sqlx::query("DELETE FROM backups WHERE backup_id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
+
+fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BackupRow, CatalogError> {
+    let id: String = r.try_get("backup_id")?;
+    let bad = |what: String| CatalogError::BadRow(id.clone(), what);
+    let status: String = r.try_get("status")?;
+    let services: String = r.try_get("services")?;
+    let total_size: i64 = r.try_get("total_size")?;
+    Ok(BackupRow {
+        backup_id: id.clone(),
+        app: r.try_get("app")?,
+        host: r.try_get("host")?,
+        status: status.parse().map_err(bad)?,
+        created_at: r.try_get("created_at")?,
+        total_size: total_size.max(0) as u64,
+        services: serde_json::from_str(&services).map_err(|e| bad(e.to_string()))?,
+        error: r.try_get("error")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str, app: &str) -> BackupRow {
+        BackupRow {
+            backup_id: id.into(),
+            app: app.into(),
+            host: "h".into(),
+            status: BackupStatus::Started,
+            created_at: format!(
+                "{}-{}-{}T{}:{}:{}Z",
+                &id[..4],
+                &id[4..6],
+                &id[6..8],
+                &id[9..11],
+                &id[11..13],
+                &id[13..15]
+            ),
+            total_size: 0,
+            services: vec![],
+            error: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn lifecycle_and_ordering() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", tmp.path().join("c.db").display());
+        let c = Catalog::open(&url).await.unwrap();
+        c.insert(&row("20250101_000000_aaaaaa", "a")).await.unwrap();
+        c.insert(&row("20250102_000000_bbbbbb", "b")).await.unwrap();
+        c.insert(&row("20250103_000000_cccccc", "a")).await.unwrap();
+        c.complete("20250101_000000_aaaaaa", 42, &["postgres:db".into()])
+            .await
+            .unwrap();
+        c.fail("20250102_000000_bbbbbb", "boom").await.unwrap();
+        let all = c.list(None, 20).await.unwrap();
+        let ids: Vec<_> = all.iter().map(|r| r.backup_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "20250103_000000_cccccc",
+                "20250102_000000_bbbbbb",
+                "20250101_000000_aaaaaa"
+            ]
+        );
+        assert_eq!(
+            c.list(Some("a"), 1).await.unwrap()[0].backup_id,
+            "20250103_000000_cccccc"
+        );
+        let done = c.get("20250101_000000_aaaaaa").await.unwrap().unwrap();
+        assert_eq!(done.status, BackupStatus::Completed);
+        assert_eq!(done.total_size, 42);
+        assert_eq!(done.services, ["postgres:db"]);
+        assert_eq!(c.fail_interrupted().await.unwrap(), 1);
+        let stale = c.get("20250103_000000_cccccc").await.unwrap().unwrap();
+        assert_eq!(stale.status, BackupStatus::Failed);
+        c.delete("20250103_000000_cccccc").await.unwrap();
+        assert!(c.get("20250103_000000_cccccc").await.unwrap().is_none());
+        drop(c);
+        // Reopening keeps the data and does not re-run migrations.
+        let c = Catalog::open(&url).await.unwrap();
+        assert_eq!(c.list(None, 20).await.unwrap().len(), 2);
+    }
+}

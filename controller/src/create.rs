@@ -1,0 +1,233 @@
+//! A create job: receive the agent's artifacts into a partial backup,
+//! checking each digest, then commit it and mark it COMPLETED; on any
+//! failure remove what was written and mark it FAILED.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hop3_agent::events::EventSender;
+use hop3_proto::manifest::{AppMetadata, FORMAT_VERSION, Manifest};
+use hop3_proto::names::validate_artifact_path;
+use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
+use hop3_proto::{BackupId, HOP3_VERSION};
+
+use crate::catalog::{BackupRow, BackupStatus};
+use crate::error::{ControllerError, Result};
+use crate::locks::AppLock;
+use crate::registry::AgentClient;
+use crate::state::Controller;
+use crate::store::PartialBackup;
+
+/// Longest silence accepted from an agent in the middle of a backup.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Free space kept beyond the agent's estimate.
+const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
+
+/// The artifacts every backup has.
+const REQUIRED: [&str; 3] = ["source.tar.gz", "data.tar.gz", "env.json"];
+
+/// A create, ready to run: the app is found and locked, the row is STARTED.
+pub struct CreateJob {
+    pub app: String,
+    pub host: String,
+    pub client: AgentClient,
+    pub id: BackupId,
+    pub include_services: bool,
+    pub lock: AppLock,
+}
+
+type Out = EventSender<v1::CreateBackupEvent>;
+
+/// Runs the job to its end, reporting on `out`.
+pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
+    let id = job.id.to_string();
+    match execute(&ctl, &job, &out).await {
+        Ok(row) => {
+            tracing::info!(app = %job.app, backup_id = %id, size = row.total_size, "backup completed");
+            let done = create_backup_event::Event::Completed(ctl.summary(&row));
+            let _ = out.send(v1::CreateBackupEvent { event: Some(done) }).await;
+        }
+        Err(e) => {
+            if e.is_failure() {
+                tracing::error!(app = %job.app, backup_id = %id, error = %e, "backup failed");
+            } else {
+                tracing::warn!(app = %job.app, backup_id = %id, error = %e, "backup refused");
+            }
+            if let Err(ce) = ctl.catalog.fail(&id, &e.to_string()).await {
+                tracing::error!(backup_id = %id, error = %ce, "could not record the failure");
+            }
+            out.fail(e.into()).await;
+        }
+    }
+    drop(job.lock);
+}
+
+async fn execute(ctl: &Controller, job: &CreateJob, out: &Out) -> Result<BackupRow> {
+    let id = job.id.to_string();
+    let mut client = job.client.clone();
+    let stream = client
+        .backup_app(v1::BackupAppRequest {
+            app: job.app.clone(),
+            include_services: job.include_services,
+            backup_id: id.clone(),
+        })
+        .await
+        .map_err(|s| ControllerError::from_agent(&job.host, s))?
+        .into_inner();
+    let mut partial = ctl.store.begin(&job.app, &id).await?;
+    let plan = match receive(ctl, job, stream, &mut partial, out).await {
+        Ok(plan) => plan,
+        Err(e) => {
+            partial.abort().await;
+            return Err(e);
+        }
+    };
+    let manifest = manifest(job, &plan, &partial);
+    let size = manifest.size_bytes;
+    if let Err(e) = partial.commit(&manifest).await {
+        ctl.store.discard(&job.app, &id).await;
+        return Err(e.into());
+    }
+    let services: Vec<String> = manifest
+        .services
+        .iter()
+        .map(|s| format!("{}:{}", s.kind, s.name))
+        .collect();
+    if let Err(e) = ctl.catalog.complete(&id, size, &services).await {
+        // Keep the catalog and the store in agreement: no record, no files.
+        ctl.store.discard(&job.app, &id).await;
+        return Err(e.into());
+    }
+    Ok(ctl
+        .catalog
+        .get(&id)
+        .await?
+        .expect("the row was just completed"))
+}
+
+/// Receives the agent's stream into `partial`; returns the agent's plan.
+async fn receive(
+    ctl: &Controller,
+    job: &CreateJob,
+    mut stream: tonic::Streaming<v1::BackupAppEvent>,
+    partial: &mut PartialBackup,
+    out: &Out,
+) -> Result<v1::BackupPlan> {
+    let host = job.host.as_str();
+    let protocol = |detail: String| ControllerError::Protocol {
+        host: host.to_owned(),
+        detail,
+    };
+    let mut plan = None;
+    let mut current = None;
+    loop {
+        let msg = tokio::time::timeout(IDLE_TIMEOUT, stream.message())
+            .await
+            .map_err(|_| ControllerError::AgentLost {
+                host: host.to_owned(),
+                detail: format!("no data for {}s", IDLE_TIMEOUT.as_secs()),
+            })?
+            .map_err(|s| ControllerError::from_agent(host, s))?;
+        let Some(msg) = msg else { break };
+        match msg.event {
+            Some(Event::Plan(p)) => {
+                let available = ctl.store.free_space().await?;
+                let needed = p.estimated_bytes.saturating_add(SPACE_MARGIN);
+                if available < needed {
+                    return Err(ControllerError::InsufficientSpace { needed, available });
+                }
+                plan = Some(p);
+            }
+            Some(Event::Start(s)) => {
+                if plan.is_none() || current.is_some() {
+                    return Err(protocol(format!("unexpected start of {}", s.path)));
+                }
+                validate_artifact_path(&s.path).map_err(|e| protocol(e.to_string()))?;
+                if partial.files().contains_key(&s.path) {
+                    return Err(protocol(format!("{} sent twice", s.path)));
+                }
+                current = Some(partial.create(&s.path).await?);
+            }
+            Some(Event::Chunk(bytes)) => {
+                let w = current
+                    .as_mut()
+                    .ok_or_else(|| protocol("data outside an artifact".into()))?;
+                w.write(&bytes).await?;
+            }
+            Some(Event::End(end)) => {
+                let w = current
+                    .take()
+                    .ok_or_else(|| protocol("end outside an artifact".into()))?;
+                let path = w.path().to_owned();
+                let (sum, size) = w.finish().await?;
+                if end.sha256 != sum.to_string() || end.size != size {
+                    return Err(ControllerError::ChecksumMismatch {
+                        path,
+                        detail: format!(
+                            "the agent sent {} bytes with {}, the store received {size} bytes with {sum}",
+                            end.size, end.sha256
+                        ),
+                    });
+                }
+                partial.record(path, sum, size);
+            }
+            Some(Event::Progress(p)) => {
+                out.try_send(v1::CreateBackupEvent {
+                    event: Some(create_backup_event::Event::Progress(p)),
+                });
+            }
+            None => return Err(protocol("empty event".into())),
+        }
+    }
+    if current.is_some() {
+        return Err(protocol("the stream ended inside an artifact".into()));
+    }
+    let plan = plan.ok_or_else(|| protocol("the stream ended before the plan".into()))?;
+    if let Some(missing) = REQUIRED.iter().find(|p| !partial.files().contains_key(**p)) {
+        return Err(protocol(format!("the stream ended without {missing}")));
+    }
+    Ok(plan)
+}
+
+fn manifest(job: &CreateJob, plan: &v1::BackupPlan, partial: &PartialBackup) -> Manifest {
+    let state = plan.app_state.clone().unwrap_or_default();
+    let non_empty = |s: String| (!s.is_empty()).then_some(s);
+    Manifest {
+        backup_id: job.id.to_string(),
+        app_name: job.app.clone(),
+        created_at: Manifest::format_time(job.id.timestamp()),
+        format_version: FORMAT_VERSION.into(),
+        hop3_version: HOP3_VERSION.into(),
+        size_bytes: partial.files().values().map(|(_, s)| s).sum(),
+        checksums: partial
+            .files()
+            .iter()
+            .map(|(p, (c, _))| (p.clone(), *c))
+            .collect(),
+        app_metadata: AppMetadata {
+            hostname: non_empty(state.hostname),
+            port: (state.port != 0).then_some(state.port),
+            run_state: non_empty(state.run_state),
+        },
+        services: Vec::new(),
+        env_vars_count: plan.env_vars_count,
+        expires_after: 0,
+        services_included: job.include_services,
+        host: Some(job.host.clone()),
+    }
+}
+
+/// The catalog row of a backup that is starting.
+pub fn started_row(job: &CreateJob) -> BackupRow {
+    BackupRow {
+        backup_id: job.id.to_string(),
+        app: job.app.clone(),
+        host: job.host.clone(),
+        status: BackupStatus::Started,
+        created_at: Manifest::format_time(job.id.timestamp()),
+        total_size: 0,
+        services: Vec::new(),
+        error: None,
+    }
+}

@@ -1,0 +1,135 @@
+//! The controller's error type, and its one mapping to gRPC status codes.
+
+use std::io;
+
+use hop3_proto::manifest::ManifestError;
+use tonic::{Code, Status};
+
+use crate::catalog::CatalogError;
+use crate::store::StoreError;
+
+/// What can go wrong in the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("Application not found: {0}")]
+    AppNotFound(String),
+    #[error("Backup not found: {0}")]
+    BackupNotFound(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("Another operation is in progress for app '{0}'; wait for it to finish")]
+    Busy(String),
+    #[error("Checksum mismatch: {path} ({detail}). Do not use this backup; use a different one")]
+    ChecksumMismatch { path: String, detail: String },
+    #[error("Backup {id} is {status} and cannot be restored")]
+    NotRestorable { id: String, status: &'static str },
+    #[error(
+        "Insufficient disk space in the store: about {needed} bytes needed, {available} available"
+    )]
+    InsufficientSpace { needed: u64, available: u64 },
+    #[error("Insufficient disk space in the store while writing {0}")]
+    StoreFull(String),
+    #[error("Permission denied: {0}")]
+    PermissionDenied(String),
+    #[error("host {0} is offline (its agent is not registered)")]
+    HostOffline(String),
+    #[error("app {app} is served by several hosts ({hosts}); name one")]
+    Ambiguous { app: String, hosts: String },
+    /// The agent answered with an error: its code and message are kept.
+    #[error("{host}: {message}")]
+    Agent {
+        host: String,
+        code: Code,
+        message: String,
+    },
+    #[error("lost the agent on {host}: {detail}")]
+    AgentLost { host: String, detail: String },
+    #[error("agent on {host} broke the protocol: {detail}")]
+    Protocol { host: String, detail: String },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("store: {0}")]
+    Store(StoreError),
+    #[error("backup is unreadable: {0}")]
+    Manifest(#[from] ManifestError),
+}
+
+impl From<StoreError> for ControllerError {
+    fn from(e: StoreError) -> Self {
+        match (e.io_kind(), &e) {
+            (Some(io::ErrorKind::StorageFull), StoreError::Io { context, .. }) => {
+                Self::StoreFull(context.clone())
+            }
+            (Some(io::ErrorKind::PermissionDenied), StoreError::Io { context, .. }) => {
+                Self::PermissionDenied(format!("{context} in the store"))
+            }
+            (_, StoreError::Manifest(_)) => match e {
+                StoreError::Manifest(m) => Self::Manifest(m),
+                _ => unreachable!(),
+            },
+            _ => Self::Store(e),
+        }
+    }
+}
+
+impl ControllerError {
+    /// The error an agent's status becomes.
+    pub fn from_agent(host: &str, status: Status) -> Self {
+        match status.code() {
+            Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded => {
+                Self::AgentLost {
+                    host: host.to_owned(),
+                    detail: status.message().to_owned(),
+                }
+            }
+            code => Self::Agent {
+                host: host.to_owned(),
+                code,
+                message: status.message().to_owned(),
+            },
+        }
+    }
+
+    /// Whether this is the system failing (worth an ERROR log) rather than a
+    /// request being refused.
+    pub fn is_failure(&self) -> bool {
+        matches!(
+            self,
+            Self::AgentLost { .. }
+                | Self::Protocol { .. }
+                | Self::Catalog(_)
+                | Self::Store(_)
+                | Self::StoreFull(_)
+        ) || matches!(self, Self::Agent { code, .. } if *code == Code::Internal)
+    }
+
+    fn code(&self) -> Code {
+        match self {
+            Self::AppNotFound(_) | Self::BackupNotFound(_) => Code::NotFound,
+            Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
+            Self::Busy(_) | Self::ChecksumMismatch { .. } | Self::NotRestorable { .. } => {
+                Code::FailedPrecondition
+            }
+            Self::InsufficientSpace { .. } | Self::StoreFull(_) => Code::ResourceExhausted,
+            Self::PermissionDenied(_) => Code::PermissionDenied,
+            Self::HostOffline(_) | Self::AgentLost { .. } => Code::Unavailable,
+            Self::Agent { code, .. } => *code,
+            Self::Protocol { .. } | Self::Catalog(_) | Self::Store(_) => Code::Internal,
+            Self::Manifest(_) => Code::DataLoss,
+        }
+    }
+}
+
+impl From<ControllerError> for Status {
+    fn from(e: ControllerError) -> Self {
+        let message = match &e {
+            // The agent's message already says what a user needs.
+            ControllerError::Agent { message, .. } => message.clone(),
+            other => other.to_string(),
+        };
+        Status::new(e.code(), message)
+    }
+}
+
+/// Shorthand for the controller's results.
+pub type Result<T, E = ControllerError> = std::result::Result<T, E>;

@@ -1,0 +1,147 @@
+//! The agents the controller knows: who they are, where they listen, when
+//! they were last heard from.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::{Duration, Instant};
+
+use hop3_proto::MAX_MESSAGE_SIZE;
+use hop3_proto::v1::ListAppsRequest;
+use hop3_proto::v1::agent_service_client::AgentServiceClient;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{ControllerError, Result};
+
+/// How often agents are asked to call in.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+
+/// An agent is offline after this long without a heartbeat.
+const OFFLINE_AFTER: Duration = Duration::from_secs(15);
+
+/// A client for one agent.
+pub type AgentClient = AgentServiceClient<Channel>;
+
+#[derive(Clone)]
+struct Entry {
+    address: String,
+    version: String,
+    /// The in-process agent never heartbeats and is always online.
+    pinned: bool,
+    last_seen: Instant,
+    client: AgentClient,
+}
+
+/// Registered agents by host id.
+#[derive(Default)]
+pub struct Registry {
+    agents: RwLock<BTreeMap<String, Entry>>,
+}
+
+/// Connects lazily to an agent, with keepalives so a dead peer is noticed.
+pub fn agent_client(address: &str) -> Result<AgentClient> {
+    let endpoint = Endpoint::from_shared(address.to_owned())
+        .map_err(|e| {
+            ControllerError::InvalidArgument(format!("bad agent address {address:?}: {e}"))
+        })?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
+        .tcp_nodelay(true);
+    Ok(AgentServiceClient::new(endpoint.connect_lazy())
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+}
+
+impl Registry {
+    /// Records an agent's registration or heartbeat.
+    pub fn register(
+        &self,
+        host_id: &str,
+        address: &str,
+        version: &str,
+        pinned: bool,
+    ) -> Result<()> {
+        let mut agents = self.agents.write().expect("registry poisoned");
+        let now = Instant::now();
+        match agents.get_mut(host_id) {
+            Some(e) if e.address == address => {
+                e.last_seen = now;
+                e.version = version.to_owned();
+            }
+            _ => {
+                tracing::info!(host_id, address, version, "agent registered");
+                agents.insert(
+                    host_id.to_owned(),
+                    Entry {
+                        address: address.to_owned(),
+                        version: version.to_owned(),
+                        pinned,
+                        last_seen: now,
+                        client: agent_client(address)?,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The client of an online agent.
+    pub fn client(&self, host_id: &str) -> Option<AgentClient> {
+        let agents = self.agents.read().expect("registry poisoned");
+        agents
+            .get(host_id)
+            .filter(|e| e.online())
+            .map(|e| e.client.clone())
+    }
+
+    fn online(&self) -> Vec<(String, AgentClient)> {
+        let agents = self.agents.read().expect("registry poisoned");
+        agents
+            .iter()
+            .filter(|(_, e)| e.online())
+            .map(|(h, e)| (h.clone(), e.client.clone()))
+            .collect()
+    }
+
+    /// The host that serves `app`, asking each online agent now (its list may
+    /// have changed since its last heartbeat).
+    pub async fn find_app(&self, app: &str) -> Result<(String, AgentClient)> {
+        let mut found = Vec::new();
+        for (host, mut client) in self.online() {
+            let asked = tokio::time::timeout(
+                Duration::from_secs(10),
+                client.list_apps(ListAppsRequest {}),
+            )
+            .await;
+            match asked {
+                Ok(Ok(resp)) if resp.get_ref().apps.iter().any(|a| a == app) => {
+                    found.push((host, client))
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(status)) => {
+                    tracing::warn!(host, error = %status.message(), "agent did not list its apps")
+                }
+                Err(_) => tracing::warn!(host, "agent did not list its apps in time"),
+            }
+        }
+        match found.len() {
+            0 => Err(ControllerError::AppNotFound(app.to_owned())),
+            1 => Ok(found.remove(0)),
+            _ => Err(ControllerError::Ambiguous {
+                app: app.to_owned(),
+                hosts: found
+                    .iter()
+                    .map(|(h, _)| h.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            }),
+        }
+    }
+}
+
+impl Entry {
+    fn online(&self) -> bool {
+        self.pinned || self.last_seen.elapsed() < OFFLINE_AFTER
+    }
+}

@@ -1,0 +1,204 @@
+//! A restore job: verify every stored checksum, then stream the artifacts
+//! to the target agent, which verifies, stages and swaps.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use hop3_agent::events::{EventSender, StreamProgress};
+use hop3_agent::progress::Progress;
+use hop3_proto::CHUNK_SIZE;
+use hop3_proto::manifest::Manifest;
+use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::catalog::BackupRow;
+use crate::error::{ControllerError, Result};
+use crate::locks::AppLock;
+use crate::registry::AgentClient;
+use crate::state::Controller;
+
+/// A restore, ready to run: the target app is locked.
+pub struct RestoreJob {
+    pub row: BackupRow,
+    pub target_app: String,
+    pub host: String,
+    pub client: AgentClient,
+    pub lock: AppLock,
+}
+
+type Out = EventSender<v1::RestoreBackupEvent>;
+
+/// Runs the job to its end, reporting on `out`.
+pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
+    let id = job.row.backup_id.clone();
+    match execute(&ctl, &job, &out).await {
+        Ok(done) => {
+            tracing::info!(backup_id = %id, app = %job.target_app, host = %job.host, "restore completed");
+            let result = v1::RestoreResult {
+                backup_id: id,
+                app: done.app,
+                host: job.host.clone(),
+                app_state: done.app_state,
+            };
+            let _ = out
+                .send(v1::RestoreBackupEvent {
+                    event: Some(restore_backup_event::Event::Completed(result)),
+                })
+                .await;
+        }
+        Err(e) => {
+            if e.is_failure() {
+                tracing::error!(backup_id = %id, app = %job.target_app, error = %e, "restore failed");
+            } else {
+                tracing::warn!(backup_id = %id, app = %job.target_app, error = %e, "restore refused");
+            }
+            out.fail(e.into()).await;
+        }
+    }
+    drop(job.lock);
+}
+
+fn progress_event(p: v1::Progress) -> v1::RestoreBackupEvent {
+    v1::RestoreBackupEvent {
+        event: Some(restore_backup_event::Event::Progress(p)),
+    }
+}
+
+async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v1::RestoreDone> {
+    let (app, id) = (&job.row.app, &job.row.backup_id);
+    let manifest = ctl.store.read_manifest(app, id).await?;
+    let progress = StreamProgress::new(out.clone(), manifest.size_bytes, progress_event);
+    progress.step("verify", manifest.size_bytes.max(1));
+    let checks = ctl
+        .store
+        .verify(app, id, &manifest, &|n| progress.advance(n))
+        .await;
+    if let Some(bad) = checks.iter().find(|c| !c.valid()) {
+        return Err(ControllerError::ChecksumMismatch {
+            path: bad.path.clone(),
+            detail: match bad.actual {
+                None => "the file is missing".into(),
+                Some(actual) => format!("expected {}, found {actual}", bad.expected),
+            },
+        });
+    }
+    let total: u64 = checks.iter().map(|c| c.size).sum();
+
+    let (tx, rx) = mpsc::channel(hop3_agent::events::STREAM_DEPTH);
+    let sender = tokio::spawn(send_backup(
+        ctl.clone(),
+        job.row.clone(),
+        job.target_app.clone(),
+        manifest,
+        total,
+        tx,
+    ));
+    let mut client = job.client.clone();
+    let result = async {
+        let mut events = client
+            .restore_app(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| ControllerError::from_agent(&job.host, s))?
+            .into_inner();
+        while let Some(ev) = events
+            .message()
+            .await
+            .map_err(|s| ControllerError::from_agent(&job.host, s))?
+        {
+            match ev.event {
+                Some(restore_app_event::Event::Progress(p)) => out.try_send(progress_event(p)),
+                Some(restore_app_event::Event::Done(done)) => return Ok(done),
+                None => {}
+            }
+        }
+        Err(ControllerError::AgentLost {
+            host: job.host.clone(),
+            detail: "the restore stream ended without a result".into(),
+        })
+    }
+    .await;
+    match result {
+        Ok(done) => Ok(done),
+        Err(e) => {
+            // A read error in the store explains an agent that saw the stream stop.
+            sender.abort();
+            match sender.await {
+                Ok(Err(store_err)) => Err(store_err),
+                _ => Err(e),
+            }
+        }
+    }
+}
+
+/// Streams the header, every artifact and the commit to the agent.
+async fn send_backup(
+    ctl: Arc<Controller>,
+    row: BackupRow,
+    target_app: String,
+    manifest: Manifest,
+    total: u64,
+    tx: mpsc::Sender<v1::RestoreAppMessage>,
+) -> Result<()> {
+    let msg = |m| v1::RestoreAppMessage { msg: Some(m) };
+    let header = v1::RestoreHeader {
+        app: target_app,
+        manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),
+        total_bytes: total,
+    };
+    // A closed channel means the agent gave up; its status says why.
+    if tx.send(msg(Msg::Header(header))).await.is_err() {
+        return Ok(());
+    }
+    for (path, checksum) in &manifest.checksums {
+        let mut file = ctl
+            .store
+            .open_artifact(&row.app, &row.backup_id, path)
+            .await?;
+        if tx
+            .send(msg(Msg::Start(v1::ArtifactStart { path: path.clone() })))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        let mut size = 0u64;
+        loop {
+            let mut buf = vec![0u8; CHUNK_SIZE];
+            let mut filled = 0;
+            while filled < CHUNK_SIZE {
+                let n = file.read(&mut buf[filled..]).await.map_err(|e| {
+                    crate::store::StoreError::Io {
+                        context: format!("reading {path}"),
+                        source: e,
+                    }
+                })?;
+                if n == 0 {
+                    break;
+                }
+                filled += n;
+            }
+            if filled == 0 {
+                break;
+            }
+            buf.truncate(filled);
+            size += filled as u64;
+            if tx.send(msg(Msg::Chunk(Bytes::from(buf)))).await.is_err() {
+                return Ok(());
+            }
+            if filled < CHUNK_SIZE {
+                break;
+            }
+        }
+        let end = v1::ArtifactEnd {
+            sha256: checksum.to_string(),
+            size,
+        };
+        if tx.send(msg(Msg::End(end))).await.is_err() {
+            return Ok(());
+        }
+    }
+    let _ = tx.send(msg(Msg::Commit(v1::RestoreCommit {}))).await;
+    Ok(())
+}

@@ -1,0 +1,102 @@
+//! Wiring: open the catalog and store, recover from an interrupted run,
+//! start the local agent, serve.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hop3_proto::MAX_MESSAGE_SIZE;
+use hop3_proto::v1::agent_registry_server::AgentRegistryServer;
+use hop3_proto::v1::backup_service_server::BackupServiceServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+
+use crate::api::{BackupApi, RegistryApi};
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::locks::AppLocks;
+use crate::registry::Registry;
+use crate::state::Controller;
+use crate::store::Store;
+
+/// Runs the controller until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.store)
+        .await
+        .with_context(|| format!("cannot open the store at {}", config.store.display()))?;
+    let catalog = Catalog::open(&config.catalog_url())
+        .await
+        .context("cannot open the catalog")?;
+    // Nothing can still be running from a previous process.
+    let interrupted = catalog.fail_interrupted().await?;
+    let leftovers = store.clean_leftovers().await?;
+    if interrupted > 0 || leftovers > 0 {
+        tracing::warn!(
+            interrupted,
+            leftovers,
+            "cleaned up after an interrupted run"
+        );
+    }
+    let ctl = Arc::new(Controller {
+        catalog,
+        store,
+        registry: Registry::default(),
+        locks: AppLocks::default(),
+    });
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = listener.local_addr()?;
+
+    if config.local_agent {
+        let state = Arc::new(config.agent.state());
+        let agent_listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        let agent_addr = agent_listener.local_addr()?;
+        let (reporter, health) = hop3_agent::server::health().await;
+        reporter
+            .set_service_status("", ServingStatus::Serving)
+            .await;
+        ctl.registry.register(
+            &state.host_id,
+            &format!("http://{agent_addr}"),
+            hop3_proto::HOP3_VERSION,
+            true,
+        )?;
+        tracing::info!(root = %config.agent.root.display(), host_id = %state.host_id, agent = %agent_addr, "local agent serving");
+        tokio::spawn(async move {
+            if let Err(e) = hop3_agent::server::serve(
+                state,
+                agent_listener,
+                (reporter, health),
+                std::future::pending(),
+            )
+            .await
+            {
+                tracing::error!(error = %e, "local agent stopped");
+            }
+        });
+    }
+
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let backup = BackupServiceServer::new(BackupApi::new(ctl.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()));
+    tracing::info!(listen = %local, store = %config.store.display(), "hop3-controller serving");
+    Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .add_service(health)
+        .add_service(backup)
+        .add_service(registry)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! What every handler and job of the controller shares.
+
+use crate::catalog::{BackupRow, Catalog};
+use crate::locks::AppLocks;
+use crate::registry::Registry;
+use crate::store::Store;
+use hop3_proto::v1;
+
+/// The controller's state.
+pub struct Controller {
+    pub catalog: Catalog,
+    pub store: Store,
+    pub registry: Registry,
+    pub locks: AppLocks,
+}
+
+impl Controller {
+    /// A catalog row as the CLI sees it.
+    pub fn summary(&self, row: &BackupRow) -> v1::BackupSummary {
+        v1::BackupSummary {
+            backup_id: row.backup_id.clone(),
+            app: row.app.clone(),
+            host: row.host.clone(),
+            status: row.status.as_str().into(),
+            created_at: row.created_at.clone(),
+            total_size: row.total_size,
+            services: row.services.clone(),
+            location: self
+                .store
+                .backup_dir(&row.app, &row.backup_id)
+                .display()
+                .to_string(),
+            error: row.error.clone().unwrap_or_default(),
+        }
+    }
+}

@@ -1,0 +1,380 @@
+//! The backup store on the local file system:
+//! `<store>/apps/<app>/<id>/`, written as `<id>.partial/` and renamed when whole.
+//! Files 0600, directories 0700, whatever the umask.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use hop3_proto::Checksum;
+use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
+use sha2::{Digest, Sha256};
+use tokio::fs::{self, File};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("metadata.json is larger than {MAX_MANIFEST_BYTES} bytes")]
+    ManifestTooLarge,
+}
+
+impl StoreError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    /// The I/O error kind, if this is an I/O error.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The store's root directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A file of a stored backup, checked against the manifest.
+#[derive(Clone, Debug)]
+pub struct FileCheck {
+    pub path: String,
+    pub expected: Checksum,
+    /// None when the file is missing or unreadable.
+    pub actual: Option<Checksum>,
+    pub size: u64,
+}
+
+impl FileCheck {
+    /// Whether the file is there with the recorded digest.
+    pub fn valid(&self) -> bool {
+        self.actual == Some(self.expected)
+    }
+}
+
+impl Store {
+    /// Opens the store at `root`, creating it (0700) if needed.
+    pub async fn open(root: &Path) -> Result<Self> {
+        make_dir(&root.join("apps")).await?;
+        set_mode(root, 0o700).await?;
+        let root = fs::canonicalize(root)
+            .await
+            .map_err(StoreError::io("opening the store"))?;
+        Ok(Self { root })
+    }
+
+    /// Where backup `id` of `app` lives once complete. Both names are validated by callers.
+    pub fn backup_dir(&self, app: &str, id: &str) -> PathBuf {
+        self.root.join("apps").join(app).join(id)
+    }
+
+    /// Starts writing backup `id` of `app` in a `.partial` directory.
+    pub async fn begin(&self, app: &str, id: &str) -> Result<PartialBackup> {
+        let app_dir = self.root.join("apps").join(app);
+        make_dir(&app_dir).await?;
+        let dir = app_dir.join(format!("{id}.partial"));
+        fs::create_dir(&dir)
+            .await
+            .map_err(StoreError::io("creating the backup directory"))?;
+        set_mode(&dir, 0o700).await?;
+        Ok(PartialBackup {
+            dir,
+            final_dir: app_dir.join(id),
+            files: BTreeMap::new(),
+        })
+    }
+
+    /// Bytes free for the store.
+    pub async fn free_space(&self) -> Result<u64> {
+        let root = self.root.clone();
+        let st = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&root))
+            .await
+            .expect("statvfs task")
+            .map_err(|e| StoreError::Io {
+                context: "checking free space".into(),
+                source: e.into(),
+            })?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// Reads and validates a stored manifest.
+    pub async fn read_manifest(&self, app: &str, id: &str) -> Result<Manifest> {
+        let path = self.backup_dir(app, id).join(MANIFEST_FILE);
+        let file = File::open(&path)
+            .await
+            .map_err(StoreError::io("reading metadata.json"))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_MANIFEST_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .await
+            .map_err(StoreError::io("reading metadata.json"))?;
+        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(StoreError::ManifestTooLarge);
+        }
+        Ok(Manifest::from_json(&bytes)?)
+    }
+
+    /// Hashes every file the manifest lists, calling `progress` with bytes read.
+    pub async fn verify(
+        &self,
+        app: &str,
+        id: &str,
+        manifest: &Manifest,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Vec<FileCheck> {
+        let dir = self.backup_dir(app, id);
+        let mut out = Vec::new();
+        for (path, expected) in &manifest.checksums {
+            let (actual, size) = match hash_file(&dir.join(path), progress).await {
+                Ok((c, s)) => (Some(c), s),
+                Err(_) => (None, 0),
+            };
+            out.push(FileCheck {
+                path: path.clone(),
+                expected: *expected,
+                actual,
+                size,
+            });
+        }
+        out
+    }
+
+    /// Opens a stored artifact for reading. `path` was validated with the manifest.
+    pub async fn open_artifact(&self, app: &str, id: &str, path: &str) -> Result<File> {
+        File::open(self.backup_dir(app, id).join(path))
+            .await
+            .map_err(StoreError::io(format!("opening {path}")))
+    }
+
+    /// Deletes a backup's directory; a missing one is not an error.
+    pub async fn delete(&self, app: &str, id: &str) -> Result<()> {
+        let dir = self.backup_dir(app, id);
+        // Renaming first makes the deletion look atomic to readers of the store.
+        let doomed = dir.with_file_name(format!("{id}.deleting"));
+        match fs::rename(&dir, &doomed).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(StoreError::io("deleting the backup")(e)),
+        }
+        fs::remove_dir_all(&doomed)
+            .await
+            .map_err(StoreError::io("deleting the backup"))
+    }
+
+    /// Removes whatever exists of backup `id` of `app`, partial or complete,
+    /// after a failure that must leave nothing behind.
+    pub async fn discard(&self, app: &str, id: &str) {
+        let dir = self.backup_dir(app, id);
+        for d in [dir.with_file_name(format!("{id}.partial")), dir] {
+            match fs::remove_dir_all(&d).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(dir = %d.display(), error = %e, "could not remove"),
+            }
+        }
+    }
+
+    /// Removes `.partial` and `.deleting` directories left by a controller that
+    /// stopped mid-way; returns how many.
+    pub async fn clean_leftovers(&self) -> Result<usize> {
+        let mut removed = 0;
+        let mut apps = fs::read_dir(self.root.join("apps"))
+            .await
+            .map_err(StoreError::io("listing the store"))?;
+        while let Some(app) = apps
+            .next_entry()
+            .await
+            .map_err(StoreError::io("listing the store"))?
+        {
+            let Ok(mut entries) = fs::read_dir(app.path()).await else {
+                continue;
+            };
+            while let Ok(Some(e)) = entries.next_entry().await {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".partial") || name.ends_with(".deleting") {
+                    fs::remove_dir_all(e.path())
+                        .await
+                        .map_err(StoreError::io("removing a partial backup"))?;
+                    removed += 1;
+                }
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// A backup being written.
+pub struct PartialBackup {
+    dir: PathBuf,
+    final_dir: PathBuf,
+    files: BTreeMap<String, (Checksum, u64)>,
+}
+
+impl PartialBackup {
+    /// Creates artifact `path` (validated by the caller).
+    pub async fn create(&mut self, path: &str) -> Result<ArtifactWriter> {
+        let full = self.dir.join(path);
+        if let Some(parent) = full.parent()
+            && parent != self.dir
+        {
+            make_dir(parent).await?;
+        }
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&full)
+            .await
+            .map_err(StoreError::io(format!("creating {path}")))?;
+        set_mode(&full, 0o600).await?;
+        Ok(ArtifactWriter {
+            path: path.to_owned(),
+            file: BufWriter::with_capacity(hop3_proto::CHUNK_SIZE, file),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
+
+    /// Records a finished artifact.
+    pub fn record(&mut self, path: String, checksum: Checksum, size: u64) {
+        self.files.insert(path, (checksum, size));
+    }
+
+    /// The artifacts written so far with their digests and sizes.
+    pub fn files(&self) -> &BTreeMap<String, (Checksum, u64)> {
+        &self.files
+    }
+
+    /// Writes the manifest, syncs, and renames the directory to its final name.
+    pub async fn commit(self, manifest: &Manifest) -> Result<PathBuf> {
+        let path = self.dir.join(MANIFEST_FILE);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .await
+            .map_err(StoreError::io("writing metadata.json"))?;
+        set_mode(&path, 0o600).await?;
+        f.write_all(&manifest.to_json())
+            .await
+            .map_err(StoreError::io("writing metadata.json"))?;
+        f.sync_all()
+            .await
+            .map_err(StoreError::io("writing metadata.json"))?;
+        if self.dir.join("services").exists() {
+            sync_dir(&self.dir.join("services")).await?;
+        }
+        sync_dir(&self.dir).await?;
+        fs::rename(&self.dir, &self.final_dir)
+            .await
+            .map_err(StoreError::io("completing the backup"))?;
+        sync_dir(self.final_dir.parent().expect("under apps/")).await?;
+        Ok(self.final_dir)
+    }
+
+    /// Removes everything written.
+    pub async fn abort(self) {
+        if let Err(e) = fs::remove_dir_all(&self.dir).await {
+            tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a partial backup");
+        }
+    }
+}
+
+/// Writes one artifact, hashing what is written.
+pub struct ArtifactWriter {
+    path: String,
+    file: BufWriter<File>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl ArtifactWriter {
+    /// The artifact's path in the backup.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        self.file
+            .write_all(bytes)
+            .await
+            .map_err(StoreError::io(format!("writing {}", self.path)))
+    }
+
+    /// Flushes and syncs; returns the digest and size of what was written.
+    pub async fn finish(mut self) -> Result<(Checksum, u64)> {
+        let ctx = format!("writing {}", self.path);
+        self.file
+            .flush()
+            .await
+            .map_err(StoreError::io(ctx.clone()))?;
+        self.file
+            .get_mut()
+            .sync_all()
+            .await
+            .map_err(StoreError::io(ctx))?;
+        Ok((Checksum::from_hasher(self.hasher), self.size))
+    }
+}
+
+async fn hash_file(
+    path: &Path,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> io::Result<(Checksum, u64)> {
+    let mut f = File::open(path).await?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+        progress(n as u64);
+    }
+    Ok((Checksum::from_hasher(hasher), size))
+}
+
+async fn make_dir(dir: &Path) -> Result<()> {
+    match fs::create_dir_all(dir).await {
+        Ok(()) => set_mode(dir, 0o700).await,
+        Err(e) => Err(StoreError::io("creating a store directory")(e)),
+    }
+}
+
+async fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .await
+        .map_err(StoreError::io("setting store permissions"))
+}
+
+async fn sync_dir(dir: &Path) -> Result<()> {
+    let f = File::open(dir)
+        .await
+        .map_err(StoreError::io("syncing the store"))?;
+    f.sync_all()
+        .await
+        .map_err(StoreError::io("syncing the store"))
+}
