@@ -1,1 +1,74 @@
+//! The `hop3` command-line client of hop3-backup: the `backup:*` commands,
+//! their output, progress and exit codes. It talks gRPC to the controller
+//! through the contract crate `hop3-proto` and nothing else.
 
+pub mod args;
+pub mod client;
+pub mod commands;
+pub mod config;
+pub mod error;
+pub mod output;
+pub mod progress;
+pub mod stream;
+pub mod views;
+
+use std::io::{self, Write};
+
+use args::{Cli, Command};
+use client::Controller;
+use error::CliError;
+use output::Output;
+use views::{ErrorBody, ErrorView};
+
+/// Runs the parsed command line. Arguments are validated before anything
+/// is read or connected, so a malformed ID never costs a round trip.
+pub async fn run(cli: &Cli) -> Result<(), CliError> {
+    let command = cli.command()?;
+    let url = config::controller_url(cli.controller.as_deref(), cli.config.as_deref())?;
+    if let Command::Delete { id, yes } = &command {
+        commands::delete::check_can_confirm(id, *yes)?;
+    }
+    let out = Output::new(cli.json);
+    let mut controller = Controller::connect(&url).await?;
+    let c = &mut controller;
+    match &command {
+        Command::Create { app, no_services } => {
+            commands::create::run(c, out, app, *no_services).await
+        }
+        Command::List { app, limit } => commands::list::run(c, out, app.as_deref(), *limit).await,
+        Command::Info { id } => commands::info::run(c, out, id).await,
+        Command::Restore { id, target_app } => {
+            commands::restore::run(c, out, id, target_app.as_deref()).await
+        }
+        Command::Delete { id, yes } => commands::delete::run(c, out, id, *yes).await,
+    }
+}
+
+/// Prints `err` on stderr: `Error: MESSAGE` and a hint line, or with
+/// `--json` one `{"error":{"code","message"}}` document.
+pub fn report(err: &CliError, json: bool) {
+    // The reader of stdout went away (`hop3 backup:list | head -1`):
+    // nobody is left to tell, and saying so would only be noise.
+    if let CliError::Output(e) = err
+        && e.kind() == io::ErrorKind::BrokenPipe
+    {
+        return;
+    }
+    let mut stderr = io::stderr().lock();
+    // If stderr itself is gone there is nowhere left to report to.
+    let _ = if json {
+        let view = ErrorView {
+            error: ErrorBody {
+                code: err.code_name().to_owned(),
+                message: err.to_string(),
+            },
+        };
+        let text = serde_json::to_string(&view).unwrap_or_default();
+        writeln!(stderr, "{text}")
+    } else {
+        match err.hint() {
+            Some(hint) => writeln!(stderr, "Error: {err}\nHint: {hint}"),
+            None => writeln!(stderr, "Error: {err}"),
+        }
+    };
+}

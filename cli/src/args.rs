@@ -1,0 +1,334 @@
+//! Command-line arguments: the guide's colon form (`backup:list`) and Hop3's
+//! newer space form (`backup list`), both turned into one validated [`Command`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use hop3_proto::BackupId;
+use hop3_proto::names::validate_app_name;
+
+use crate::error::CliError;
+
+/// Where the controller listens when neither a flag, the environment nor a
+/// config file says otherwise.
+pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7410";
+
+/// How many backups `backup:list` shows by default, as in the guide.
+pub const DEFAULT_LIMIT: u32 = 20;
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  any other failure (including a declined confirmation)
+  2  usage error: bad arguments, invalid backup ID or app name, --yes needed
+  3  not found: no such application or backup
+  4  failed precondition: checksum mismatch, another operation in progress
+  5  resource exhausted: not enough disk space
+  6  permission denied or unauthenticated
+  7  the controller cannot be reached";
+
+/// Back up and restore Hop3 applications through a hop3-backup controller.
+#[derive(Debug, Parser)]
+#[command(name = "hop3", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    /// URL of the hop3-backup controller [default: http://127.0.0.1:7410]
+    // No clap default: a config file sits between the environment and the
+    // default, so the fallback is applied in `config::controller_url`.
+    #[arg(long, global = true, env = "HOP3_CONTROLLER", value_name = "URL")]
+    pub controller: Option<String>,
+
+    /// Print one JSON document on stdout instead of the human output.
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// TOML file with `controller = "URL"` (the flag and HOP3_CONTROLLER win over it).
+    #[arg(long, global = true, env = "HOP3_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: TopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum TopCommand {
+    /// Back up an application.
+    #[command(name = "backup:create")]
+    Create(CreateArgs),
+    /// List backups, newest first.
+    #[command(name = "backup:list")]
+    List(ListArgs),
+    /// Show a backup's details and verify its checksums.
+    #[command(name = "backup:info")]
+    Info(IdArgs),
+    /// Restore an application from a backup.
+    #[command(name = "backup:restore")]
+    Restore(RestoreArgs),
+    /// Delete a backup.
+    #[command(name = "backup:delete")]
+    Delete(DeleteArgs),
+    /// The same commands in Hop3's space form: `hop3 backup list`.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BackupCommand {
+    /// Back up an application.
+    Create(CreateArgs),
+    /// List backups, newest first.
+    List(ListArgs),
+    /// Show a backup's details and verify its checksums.
+    Info(IdArgs),
+    /// Restore an application from a backup.
+    Restore(RestoreArgs),
+    /// Delete a backup.
+    Delete(DeleteArgs),
+}
+
+#[derive(Debug, Args)]
+struct CreateArgs {
+    /// The application to back up.
+    app: String,
+    /// Leave attached services (databases) out of the backup.
+    #[arg(long)]
+    no_services: bool,
+}
+
+#[derive(Debug, Args)]
+struct ListArgs {
+    /// Only this application's backups.
+    app: Option<String>,
+    /// Only this application's backups (same as the positional APP).
+    #[arg(long = "app", value_name = "APP", conflicts_with = "app")]
+    app_flag: Option<String>,
+    /// Show at most N backups.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    limit: u32,
+}
+
+#[derive(Debug, Args)]
+struct IdArgs {
+    /// The backup ID, e.g. 20251108_143022_a8f3d9.
+    id: String,
+}
+
+#[derive(Debug, Args)]
+struct RestoreArgs {
+    /// The backup ID, e.g. 20251108_143022_a8f3d9.
+    id: String,
+    /// Restore into this application instead of the backup's own (clones it).
+    #[arg(long, value_name = "NAME")]
+    target_app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DeleteArgs {
+    /// The backup ID, e.g. 20251108_143022_a8f3d9.
+    id: String,
+    /// Delete without asking (needed when stdin is not a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+}
+
+/// One command, with its backup IDs and app names already validated, so no
+/// request with a malformed one ever reaches the controller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// `backup:create APP [--no-services]`
+    Create { app: String, no_services: bool },
+    /// `backup:list [APP] [--limit N]`
+    List { app: Option<String>, limit: u32 },
+    /// `backup:info ID`
+    Info { id: BackupId },
+    /// `backup:restore ID [--target-app NAME]`
+    Restore {
+        id: BackupId,
+        target_app: Option<String>,
+    },
+    /// `backup:delete ID [--yes]`
+    Delete { id: BackupId, yes: bool },
+}
+
+impl Cli {
+    /// The command to run, validated.
+    pub fn command(&self) -> Result<Command, CliError> {
+        use BackupCommand as B;
+        use TopCommand as T;
+        Ok(match &self.command {
+            T::Create(a) | T::Backup(B::Create(a)) => Command::Create {
+                app: app_name(&a.app)?,
+                no_services: a.no_services,
+            },
+            T::List(a) | T::Backup(B::List(a)) => Command::List {
+                app: a
+                    .app
+                    .as_deref()
+                    .or(a.app_flag.as_deref())
+                    .map(app_name)
+                    .transpose()?,
+                limit: a.limit,
+            },
+            T::Info(a) | T::Backup(B::Info(a)) => Command::Info {
+                id: backup_id(&a.id)?,
+            },
+            T::Restore(a) | T::Backup(B::Restore(a)) => Command::Restore {
+                id: backup_id(&a.id)?,
+                target_app: a.target_app.as_deref().map(app_name).transpose()?,
+            },
+            T::Delete(a) | T::Backup(B::Delete(a)) => Command::Delete {
+                id: backup_id(&a.id)?,
+                yes: a.yes,
+            },
+        })
+    }
+}
+
+fn backup_id(s: &str) -> Result<BackupId, CliError> {
+    Ok(s.parse::<BackupId>()?)
+}
+
+fn app_name(s: &str) -> Result<String, CliError> {
+    validate_app_name(s)?;
+    Ok(s.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        let argv = std::iter::once("hop3").chain(args.iter().copied());
+        Cli::try_parse_from(argv).expect("arguments parse")
+    }
+
+    fn command(args: &[&str]) -> Command {
+        parse(args).command().expect("arguments are valid")
+    }
+
+    const ID: &str = "20251108_143022_a8f3d9";
+
+    #[test]
+    fn list_in_colon_form_with_app_and_limit() {
+        assert_eq!(
+            command(&["backup:list", "blog", "--limit", "5"]),
+            Command::List {
+                app: Some("blog".into()),
+                limit: 5
+            }
+        );
+    }
+
+    #[test]
+    fn list_in_space_form_with_app_flag() {
+        assert_eq!(
+            command(&["backup", "list", "--app", "blog"]),
+            Command::List {
+                app: Some("blog".into()),
+                limit: DEFAULT_LIMIT
+            }
+        );
+        assert_eq!(
+            command(&["backup", "list"]),
+            Command::List {
+                app: None,
+                limit: 20
+            }
+        );
+    }
+
+    #[test]
+    fn list_refuses_two_apps_and_a_zero_limit() {
+        let argv = ["hop3", "backup", "list", "a", "--app", "b"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        assert!(Cli::try_parse_from(["hop3", "backup:list", "--limit", "0"]).is_err());
+    }
+
+    #[test]
+    fn both_forms_give_the_same_command() {
+        let pairs: [(&[&str], &[&str]); 5] = [
+            (
+                &["backup:create", "my-app", "--no-services"],
+                &["backup", "create", "my-app", "--no-services"],
+            ),
+            (&["backup:list", "blog"], &["backup", "list", "blog"]),
+            (&["backup:info", ID], &["backup", "info", ID]),
+            (
+                &["backup:restore", ID, "--target-app", "copy"],
+                &["backup", "restore", ID, "--target-app", "copy"],
+            ),
+            (
+                &["backup:delete", ID, "--yes"],
+                &["backup", "delete", ID, "-y"],
+            ),
+        ];
+        for (colon, space) in pairs {
+            assert_eq!(command(colon), command(space), "{colon:?} vs {space:?}");
+        }
+        assert_eq!(
+            command(&["backup:create", "my-app", "--no-services"]),
+            Command::Create {
+                app: "my-app".into(),
+                no_services: true
+            }
+        );
+    }
+
+    #[test]
+    fn json_is_accepted_before_or_after_the_command() {
+        for args in [
+            &["--json", "backup:list"][..],
+            &["backup:list", "--json"],
+            &["backup", "--json", "list"],
+            &["backup", "list", "blog", "--json"],
+        ] {
+            assert!(parse(args).json, "{args:?}");
+        }
+        assert!(!parse(&["backup:list"]).json);
+    }
+
+    #[test]
+    fn controller_and_config_flags_are_global() {
+        let cli = parse(&[
+            "backup:info",
+            ID,
+            "--controller",
+            "http://h:1",
+            "--config",
+            "/x.toml",
+        ]);
+        assert_eq!(cli.controller.as_deref(), Some("http://h:1"));
+        assert_eq!(cli.config, Some(PathBuf::from("/x.toml")));
+    }
+
+    #[test]
+    fn invalid_backup_ids_are_refused_before_any_call() {
+        for args in [
+            &["backup:info", "not-an-id"][..],
+            &["backup", "restore", "../../etc"],
+            &["backup:delete", "20251108_143022_A8F3D9", "--yes"],
+        ] {
+            let err = parse(args).command().unwrap_err();
+            assert!(
+                matches!(err, CliError::InvalidBackupId(_)),
+                "{args:?}: {err:?}"
+            );
+            assert!(err.to_string().contains("invalid backup ID"), "{err}");
+            assert_eq!(err.exit_code(), 2);
+        }
+    }
+
+    #[test]
+    fn invalid_app_names_are_refused_before_any_call() {
+        for args in [
+            &["backup:create", "../etc"][..],
+            &["backup:list", "a b"],
+            &["backup", "list", "--app", ".hidden"],
+            &["backup:restore", ID, "--target-app", "x/y"],
+        ] {
+            let err = parse(args).command().unwrap_err();
+            assert!(matches!(err, CliError::InvalidName(_)), "{args:?}: {err:?}");
+            assert!(err.to_string().contains("invalid app name"), "{err}");
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! `backup:list [APP] [--limit N]`.
+
+use hop3_proto::v1::BackupSummary;
+
+use crate::client::Controller;
+use crate::error::CliError;
+use crate::output::{Output, format_created, format_size, render_table};
+use crate::views::SummaryView;
+
+/// Lists backups, newest first as the controller returns them.
+pub async fn run(
+    controller: &mut Controller,
+    out: Output,
+    app: Option<&str>,
+    limit: u32,
+) -> Result<(), CliError> {
+    let backups = controller.list_backups(app, limit).await?;
+    if out.is_json() {
+        let views: Vec<SummaryView> = backups.into_iter().map(SummaryView::from).collect();
+        out.json(&views)
+    } else {
+        out.text(&render(&backups))
+    }
+}
+
+/// The table of the guide, or `No backups found.`
+pub fn render(backups: &[BackupSummary]) -> String {
+    if backups.is_empty() {
+        return "No backups found.\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = backups
+        .iter()
+        .map(|b| {
+            vec![
+                b.backup_id.clone(),
+                b.app.clone(),
+                format_size(b.total_size),
+                format_created(&b.created_at, &b.backup_id),
+                b.status.clone(),
+                service_names(&b.services),
+            ]
+        })
+        .collect();
+    render_table(
+        &["BACKUP ID", "APP", "SIZE", "CREATED", "STATUS", "SERVICES"],
+        &rows,
+    )
+}
+
+/// The names of `type:name` services, as Hop3 lists them, or `-`.
+fn service_names(services: &[String]) -> String {
+    if services.is_empty() {
+        return "-".to_owned();
+    }
+    services
+        .iter()
+        .map(|s| s.split_once(':').map_or(s.as_str(), |(_, name)| name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(id: &str, created: &str, size: u64, services: &[&str]) -> BackupSummary {
+        BackupSummary {
+            backup_id: id.into(),
+            app: "my-app".into(),
+            status: "COMPLETED".into(),
+            created_at: created.into(),
+            total_size: size,
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn renders_the_guide_table() {
+        let backups = [
+            summary(
+                "20251108_143022_a8f3d9",
+                "2025-11-08T14:30:22Z",
+                16_357_785,
+                &["postgres:my-database"],
+            ),
+            summary(
+                "20251107_093015_b7e4c8",
+                "2025-11-07T09:30:15+00:00",
+                16_148_070,
+                &[],
+            ),
+        ];
+        assert_eq!(
+            render(&backups),
+            "\
+BACKUP ID               APP     SIZE     CREATED              STATUS     SERVICES
+20251108_143022_a8f3d9  my-app  15.6 MB  2025-11-08 14:30:22  COMPLETED  my-database
+20251107_093015_b7e4c8  my-app  15.4 MB  2025-11-07 09:30:15  COMPLETED  -
+"
+        );
+    }
+
+    #[test]
+    fn an_empty_list_says_so() {
+        assert_eq!(render(&[]), "No backups found.\n");
+    }
+
+    #[test]
+    fn services_show_their_names() {
+        assert_eq!(
+            service_names(&["postgres:db".into(), "redis:cache".into(), "odd".into()]),
+            "db, cache, odd"
+        );
+    }
+}

@@ -1,0 +1,12 @@
+//! One module per command. Each makes its calls through the [`Controller`],
+//! prints its result through [`Output`], and renders its human text with a
+//! pure function that the tests check line by line.
+//!
+//! [`Controller`]: crate::client::Controller
+//! [`Output`]: crate::output::Output
+
+pub mod create;
+pub mod delete;
+pub mod info;
+pub mod list;
+pub mod restore;

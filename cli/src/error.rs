@@ -1,0 +1,338 @@
+//! The CLI's one error type, and the one place it is mapped to what the user
+//! sees: a message, an optional hint, a code for `--json` and an exit code.
+
+use std::io;
+use std::path::PathBuf;
+
+use hop3_proto::backup_id::InvalidBackupId;
+use hop3_proto::names::InvalidName;
+use tonic::Code;
+
+/// Exit codes, as documented in `hop3 --help`.
+pub mod exit {
+    /// Any failure without a more specific code.
+    pub const FAILURE: u8 = 1;
+    /// Bad arguments (clap uses 2 for its own usage errors too).
+    pub const USAGE: u8 = 2;
+    /// No such application or backup.
+    pub const NOT_FOUND: u8 = 3;
+    /// Checksum mismatch, another operation in progress.
+    pub const FAILED_PRECONDITION: u8 = 4;
+    /// Not enough disk space.
+    pub const RESOURCE_EXHAUSTED: u8 = 5;
+    /// Permission denied or unauthenticated.
+    pub const PERMISSION_DENIED: u8 = 6;
+    /// The controller cannot be reached.
+    pub const UNREACHABLE: u8 = 7;
+}
+
+/// What a request was about, so that a NOT_FOUND gets the right hint
+/// without reading the controller's message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subject {
+    /// The request named an application.
+    App,
+    /// The request named a backup.
+    Backup,
+}
+
+/// Everything that can make a `hop3` command fail.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A backup ID on the command line is malformed.
+    #[error(transparent)]
+    InvalidBackupId(#[from] InvalidBackupId),
+
+    /// An app name on the command line is not a valid name.
+    #[error(transparent)]
+    InvalidName(#[from] InvalidName),
+
+    /// The controller URL cannot be parsed.
+    #[error("invalid controller URL {url:?}: {reason}")]
+    InvalidControllerUrl { url: String, reason: String },
+
+    /// The config file cannot be read or parsed.
+    #[error("cannot use config file {}: {reason}", path.display())]
+    Config { path: PathBuf, reason: String },
+
+    /// No connection could be made to the controller.
+    #[error(
+        "Cannot reach the controller at {url}: is hop3-controller running? \
+         (set --controller or HOP3_CONTROLLER)"
+    )]
+    Unreachable { url: String },
+
+    /// The connection broke during a call.
+    #[error("Lost the connection to the controller at {url}: {detail}")]
+    ConnectionLost { url: String, detail: String },
+
+    /// The controller answered with an error status. Its messages are written
+    /// for users, so they are shown as they are.
+    #[error("{message}")]
+    Status {
+        code: Code,
+        message: String,
+        subject: Subject,
+    },
+
+    /// A create or restore stream ended without its final `completed` event:
+    /// the outcome is unknown, which is never a success.
+    #[error(
+        "The controller ended the {operation} without reporting its outcome; \
+         check with: hop3 backup:list"
+    )]
+    Incomplete { operation: &'static str },
+
+    /// The controller reported the backup as FAILED.
+    #[error("Backup {backup_id} failed: {reason}")]
+    BackupFailed { backup_id: String, reason: String },
+
+    /// The controller sent a reply that lacks a required part.
+    #[error("Unexpected reply from the controller: {0}")]
+    UnexpectedReply(&'static str),
+
+    /// `backup:delete` without `--yes` and nobody at a terminal to ask.
+    #[error(
+        "Refusing to delete backup {backup_id} without confirmation: stdin is not a terminal. \
+         Pass --yes to delete from a script"
+    )]
+    ConfirmationRequired { backup_id: String },
+
+    /// The user did not type `yes` at the confirmation prompt.
+    #[error("Deletion cancelled: backup {backup_id} was not deleted")]
+    NotConfirmed { backup_id: String },
+
+    /// `backup:info` found files whose checksum does not match (or are missing).
+    #[error(
+        "Backup {backup_id} failed its integrity check: {}",
+        describe_bad(files)
+    )]
+    IntegrityFailed {
+        backup_id: String,
+        files: Vec<String>,
+    },
+
+    /// Reading the answer to the confirmation prompt failed.
+    #[error("Cannot read the confirmation: {0}")]
+    Prompt(#[source] io::Error),
+
+    /// Writing the output failed (e.g. a closed pipe).
+    #[error("Cannot write the output: {0}")]
+    Output(#[source] io::Error),
+}
+
+fn describe_bad(files: &[String]) -> String {
+    if files.is_empty() {
+        "the controller reports it invalid".to_owned()
+    } else {
+        format!("checksum mismatch in {}", files.join(", "))
+    }
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::InvalidBackupId(_)
+            | Self::InvalidName(_)
+            | Self::InvalidControllerUrl { .. }
+            | Self::Config { .. }
+            | Self::ConfirmationRequired { .. } => exit::USAGE,
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } => exit::UNREACHABLE,
+            Self::Status { code, .. } => status_exit_code(*code),
+            Self::IntegrityFailed { .. } => exit::FAILED_PRECONDITION,
+            Self::Incomplete { .. }
+            | Self::BackupFailed { .. }
+            | Self::UnexpectedReply(_)
+            | Self::NotConfirmed { .. }
+            | Self::Prompt(_)
+            | Self::Output(_) => exit::FAILURE,
+        }
+    }
+
+    /// A gRPC-style code name for the `--json` error document, so scripts
+    /// can tell failures apart without parsing messages.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            Self::InvalidBackupId(_)
+            | Self::InvalidName(_)
+            | Self::InvalidControllerUrl { .. }
+            | Self::Config { .. }
+            | Self::ConfirmationRequired { .. } => "INVALID_ARGUMENT",
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } => "UNAVAILABLE",
+            Self::Status { code, .. } => grpc_code_name(*code),
+            Self::IntegrityFailed { .. } => "FAILED_PRECONDITION",
+            Self::NotConfirmed { .. } => "CANCELLED",
+            Self::Incomplete { .. }
+            | Self::BackupFailed { .. }
+            | Self::UnexpectedReply(_)
+            | Self::Prompt(_)
+            | Self::Output(_) => "INTERNAL",
+        }
+    }
+
+    /// What to do about it, in the spirit of the guide's Troubleshooting section.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Self::Status { code, subject, .. } => match (code, subject) {
+                (Code::NotFound, Subject::App) => Some("Check the application name."),
+                (Code::NotFound, Subject::Backup) => {
+                    Some("List backups with: hop3 backup:list (or hop3 backup:list APP)")
+                }
+                (Code::ResourceExhausted, _) => Some(
+                    "Delete old backups: hop3 backup:list, then hop3 backup:delete ID \
+                     (check space with: df -h on the backup store)",
+                ),
+                (Code::PermissionDenied, _) => Some(
+                    "This usually indicates a system-level issue: contact your system \
+                     administrator or check file permissions.",
+                ),
+                (Code::Unauthenticated, _) => {
+                    Some("The controller did not accept this client: check its credentials.")
+                }
+                _ => None,
+            },
+            Self::IntegrityFailed { .. } => Some(
+                "The backup has been corrupted or modified: do not use it. Use a different \
+                 backup, or create a new one from the current state.",
+            ),
+            _ => None,
+        }
+    }
+
+    /// Maps a status from a call: transport failures (which tonic reports as
+    /// statuses carrying a source error) become connection errors, anything
+    /// the controller itself answered is kept with its code and message.
+    pub fn from_status(status: tonic::Status, subject: Subject, url: &str) -> Self {
+        let local = std::error::Error::source(&status).is_some();
+        if local && matches!(status.code(), Code::Unavailable | Code::Unknown) {
+            return Self::ConnectionLost {
+                url: url.to_owned(),
+                detail: status.message().to_owned(),
+            };
+        }
+        let message = if status.message().is_empty() {
+            status.code().description().to_owned()
+        } else {
+            status.message().to_owned()
+        };
+        Self::Status {
+            code: status.code(),
+            message,
+            subject,
+        }
+    }
+}
+
+fn status_exit_code(code: Code) -> u8 {
+    match code {
+        Code::NotFound => exit::NOT_FOUND,
+        // ABORTED is what a concurrency conflict is often reported as.
+        Code::FailedPrecondition | Code::Aborted => exit::FAILED_PRECONDITION,
+        Code::ResourceExhausted => exit::RESOURCE_EXHAUSTED,
+        Code::PermissionDenied | Code::Unauthenticated => exit::PERMISSION_DENIED,
+        Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
+        // UNAVAILABLE answered by the controller itself (e.g. an agent is
+        // down) is not "controller unreachable": that one comes from the
+        // transport and is mapped in `from_status`.
+        Code::Ok
+        | Code::Cancelled
+        | Code::Unknown
+        | Code::DeadlineExceeded
+        | Code::AlreadyExists
+        | Code::Unimplemented
+        | Code::Internal
+        | Code::Unavailable
+        | Code::DataLoss => exit::FAILURE,
+    }
+}
+
+fn grpc_code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(code: Code, message: &str, subject: Subject) -> CliError {
+        CliError::from_status(tonic::Status::new(code, message), subject, "http://c")
+    }
+
+    #[test]
+    fn controller_statuses_keep_their_message_and_get_a_code() {
+        let e = status(
+            Code::NotFound,
+            "Backup not found: 20251108_143022_a8f3d9",
+            Subject::Backup,
+        );
+        assert_eq!(e.to_string(), "Backup not found: 20251108_143022_a8f3d9");
+        assert_eq!(e.exit_code(), 3);
+        assert_eq!(e.code_name(), "NOT_FOUND");
+        assert!(e.hint().unwrap().contains("hop3 backup:list"));
+
+        let e = status(
+            Code::NotFound,
+            "Application not found: my-app",
+            Subject::App,
+        );
+        assert_eq!(e.hint(), Some("Check the application name."));
+
+        let cases = [
+            (Code::FailedPrecondition, 4, "FAILED_PRECONDITION"),
+            (Code::ResourceExhausted, 5, "RESOURCE_EXHAUSTED"),
+            (Code::PermissionDenied, 6, "PERMISSION_DENIED"),
+            (Code::Unauthenticated, 6, "UNAUTHENTICATED"),
+            (Code::InvalidArgument, 2, "INVALID_ARGUMENT"),
+            (Code::Internal, 1, "INTERNAL"),
+            (Code::Unavailable, 1, "UNAVAILABLE"),
+        ];
+        for (code, exit, name) in cases {
+            let e = status(code, "m", Subject::App);
+            assert_eq!((e.exit_code(), e.code_name()), (exit, name), "{code:?}");
+        }
+        assert!(
+            status(Code::ResourceExhausted, "m", Subject::App)
+                .hint()
+                .unwrap()
+                .contains("backup:delete")
+        );
+    }
+
+    #[test]
+    fn an_empty_status_message_is_replaced_by_the_code_description() {
+        let e = status(Code::Internal, "", Subject::App);
+        assert!(!e.to_string().is_empty());
+    }
+
+    #[test]
+    fn unreachable_names_the_url_and_exits_7() {
+        let e = CliError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+        };
+        assert!(
+            e.to_string()
+                .starts_with("Cannot reach the controller at http://127.0.0.1:1:")
+        );
+        assert_eq!(e.exit_code(), exit::UNREACHABLE);
+        assert_eq!(e.code_name(), "UNAVAILABLE");
+    }
+}

@@ -1,0 +1,248 @@
+//! The `--json` documents. These are the CLI's own presentation types, kept
+//! apart from the wire types so that the field names scripts rely on do not
+//! move when the proto changes.
+
+use hop3_proto::v1::{
+    AppState, BackupDetails, BackupSummary, FileCheck, RestoreResult, ServiceInfo,
+};
+use serde::Serialize;
+
+/// One backup: `backup:create` prints one, `backup:list` an array of them.
+#[derive(Debug, Serialize)]
+pub struct SummaryView {
+    pub backup_id: String,
+    pub app: String,
+    pub host: String,
+    pub status: String,
+    pub created_at: String,
+    pub total_size: u64,
+    pub services: Vec<String>,
+    pub location: String,
+    pub error: String,
+}
+
+impl From<BackupSummary> for SummaryView {
+    fn from(s: BackupSummary) -> Self {
+        Self {
+            backup_id: s.backup_id,
+            app: s.app,
+            host: s.host,
+            status: s.status,
+            created_at: s.created_at,
+            total_size: s.total_size,
+            services: s.services,
+            location: s.location,
+            error: s.error,
+        }
+    }
+}
+
+/// `backup:info`.
+#[derive(Debug, Serialize)]
+pub struct DetailsView {
+    pub backup_id: String,
+    pub app: String,
+    pub host: String,
+    pub status: String,
+    pub created_at: String,
+    pub total_size: u64,
+    pub error: String,
+    pub format_version: String,
+    pub hop3_version: String,
+    pub env_vars_count: u32,
+    pub services_included: bool,
+    pub files: Vec<FileView>,
+    pub services: Vec<ServiceView>,
+    pub app_state: AppStateView,
+    pub all_valid: bool,
+}
+
+impl From<BackupDetails> for DetailsView {
+    fn from(d: BackupDetails) -> Self {
+        let s = d.summary.unwrap_or_default();
+        Self {
+            backup_id: s.backup_id,
+            app: s.app,
+            host: s.host,
+            status: s.status,
+            created_at: s.created_at,
+            total_size: s.total_size,
+            error: s.error,
+            format_version: d.format_version,
+            hop3_version: d.hop3_version,
+            env_vars_count: d.env_vars_count,
+            services_included: d.services_included,
+            files: d.files.into_iter().map(FileView::from).collect(),
+            services: d.services.into_iter().map(ServiceView::from).collect(),
+            app_state: d.app_state.unwrap_or_default().into(),
+            all_valid: d.all_valid,
+        }
+    }
+}
+
+/// One verified file of a backup.
+#[derive(Debug, Serialize)]
+pub struct FileView {
+    pub path: String,
+    pub expected: String,
+    pub actual: String,
+    pub size: u64,
+    pub valid: bool,
+}
+
+impl From<FileCheck> for FileView {
+    fn from(f: FileCheck) -> Self {
+        Self {
+            path: f.path,
+            expected: f.expected,
+            actual: f.actual,
+            size: f.size,
+            valid: f.valid,
+        }
+    }
+}
+
+/// One service dump in a backup.
+#[derive(Debug, Serialize)]
+pub struct ServiceView {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub file: String,
+    pub size: u64,
+}
+
+impl From<ServiceInfo> for ServiceView {
+    fn from(s: ServiceInfo) -> Self {
+        Self {
+            kind: s.r#type,
+            name: s.name,
+            file: s.file,
+            size: s.size,
+        }
+    }
+}
+
+/// Hostname, port and run state of an app.
+#[derive(Debug, Serialize)]
+pub struct AppStateView {
+    pub hostname: String,
+    pub port: u32,
+    pub run_state: String,
+}
+
+impl From<AppState> for AppStateView {
+    fn from(a: AppState) -> Self {
+        Self {
+            hostname: a.hostname,
+            port: a.port,
+            run_state: a.run_state,
+        }
+    }
+}
+
+/// `backup:restore`.
+#[derive(Debug, Serialize)]
+pub struct RestoreView {
+    pub backup_id: String,
+    pub app: String,
+    pub host: String,
+    pub hostname: String,
+    pub port: u32,
+    pub run_state: String,
+}
+
+impl From<RestoreResult> for RestoreView {
+    fn from(r: RestoreResult) -> Self {
+        let state = r.app_state.unwrap_or_default();
+        Self {
+            backup_id: r.backup_id,
+            app: r.app,
+            host: r.host,
+            hostname: state.hostname,
+            port: state.port,
+            run_state: state.run_state,
+        }
+    }
+}
+
+/// `backup:delete`.
+#[derive(Debug, Serialize)]
+pub struct DeletedView {
+    pub deleted: String,
+}
+
+/// The error document printed on stderr with `--json`.
+#[derive(Debug, Serialize)]
+pub struct ErrorView {
+    pub error: ErrorBody,
+}
+
+/// The body of [`ErrorView`].
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: String,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn field_names_are_the_documented_ones() {
+        let details = BackupDetails {
+            summary: Some(BackupSummary {
+                backup_id: "20251108_143022_a8f3d9".into(),
+                app: "my-app".into(),
+                host: "h1".into(),
+                status: "COMPLETED".into(),
+                created_at: "2025-11-08T14:30:22Z".into(),
+                total_size: 10,
+                services: vec!["postgres:db".into()],
+                location: "/store".into(),
+                error: String::new(),
+            }),
+            format_version: "1.0".into(),
+            hop3_version: "0.8.0".into(),
+            env_vars_count: 2,
+            files: vec![FileCheck {
+                path: "env.json".into(),
+                expected: "sha256:aa".into(),
+                actual: "sha256:aa".into(),
+                size: 10,
+                valid: true,
+            }],
+            services: vec![ServiceInfo {
+                r#type: "postgres".into(),
+                name: "db".into(),
+                file: "services/postgres_db.sql".into(),
+                size: 3,
+            }],
+            app_state: Some(AppState {
+                hostname: "h".into(),
+                port: 8000,
+                run_state: "RUNNING".into(),
+            }),
+            all_valid: true,
+            services_included: true,
+        };
+        let value = serde_json::to_value(DetailsView::from(details)).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "backup_id": "20251108_143022_a8f3d9", "app": "my-app", "host": "h1",
+                "status": "COMPLETED", "created_at": "2025-11-08T14:30:22Z", "total_size": 10,
+                "error": "", "format_version": "1.0", "hop3_version": "0.8.0",
+                "env_vars_count": 2, "services_included": true,
+                "files": [{"path": "env.json", "expected": "sha256:aa", "actual": "sha256:aa",
+                           "size": 10, "valid": true}],
+                "services": [{"type": "postgres", "name": "db",
+                              "file": "services/postgres_db.sql", "size": 3}],
+                "app_state": {"hostname": "h", "port": 8000, "run_state": "RUNNING"},
+                "all_valid": true
+            })
+        );
+    }
+}

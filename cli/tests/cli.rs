@@ -1,0 +1,390 @@
+//! The `hop3` binary as a user runs it: help, local validation and an
+//! unreachable controller without any server, then every command against a
+//! fake controller (a real gRPC server with canned answers). Building this
+//! test also makes `cargo test --workspace` build `hop3` for the end-to-end
+//! tests.
+
+mod fake_controller;
+
+use std::process::{Command, Output, Stdio};
+
+use fake_controller::{BAD_ID, FakeController, GOOD_ID, UNKNOWN_ID};
+use serde_json::Value;
+
+/// `hop3 ARGS` with a clean environment for the variables it reads.
+fn hop3(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hop3"))
+        .args(args)
+        .env_remove("HOP3_CONTROLLER")
+        .env_remove("HOP3_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("hop3 runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn help_lists_the_commands_and_the_exit_codes() {
+    let o = hop3(&["--help"]);
+    assert!(o.status.success());
+    let help = stdout(&o);
+    for word in [
+        "backup:create",
+        "backup:list",
+        "backup:info",
+        "backup:restore",
+        "backup:delete",
+        "--controller",
+        "--json",
+        "Exit codes",
+    ] {
+        assert!(help.contains(word), "{word} missing from:\n{help}");
+    }
+    let o = hop3(&["backup", "--help"]);
+    assert!(o.status.success());
+    for word in ["create", "list", "info", "restore", "delete"] {
+        assert!(stdout(&o).contains(word));
+    }
+}
+
+#[test]
+fn an_invalid_backup_id_fails_before_contacting_anything() {
+    // Port 1 would make a connection attempt fail with exit 7: getting the
+    // usage exit code and the ID message shows no attempt was made.
+    let o = hop3(&[
+        "--controller",
+        "http://127.0.0.1:1",
+        "backup:info",
+        "not-an-id",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("Error: invalid backup ID"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn an_invalid_app_name_fails_with_a_json_error() {
+    let o = hop3(&["backup", "create", "../etc", "--json"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stdout(&o).is_empty());
+    let doc: serde_json::Value = serde_json::from_str(&stderr(&o)).expect("JSON on stderr");
+    assert_eq!(doc["error"]["code"], "INVALID_ARGUMENT");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid app name")
+    );
+}
+
+#[test]
+fn an_unreachable_controller_exits_7() {
+    let o = hop3(&["--controller", "http://127.0.0.1:1", "backup:list"]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("Cannot reach the controller at http://127.0.0.1:1"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
+}
+
+#[test]
+fn the_controller_can_come_from_the_environment_or_a_config_file() {
+    let o = Command::new(env!("CARGO_BIN_EXE_hop3"))
+        .args(["backup", "list", "--json"])
+        .env("HOP3_CONTROLLER", "http://127.0.0.1:1")
+        .env_remove("HOP3_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7));
+    let doc: serde_json::Value = serde_json::from_str(&stderr(&o)).unwrap();
+    assert_eq!(doc["error"]["code"], "UNAVAILABLE");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hop3.toml");
+    std::fs::write(&config, "controller = \"http://127.0.0.1:1\"\n").unwrap();
+    let o = hop3(&["--config", config.to_str().unwrap(), "backup:list"]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("http://127.0.0.1:1"));
+}
+
+#[test]
+fn delete_without_yes_and_without_a_terminal_is_refused() {
+    // Refused before connecting: no controller runs, yet the answer is the
+    // confirmation error, not "cannot reach".
+    let o = hop3(&[
+        "--controller",
+        "http://127.0.0.1:1",
+        "backup:delete",
+        "20251108_143022_a8f3d9",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let o = hop3(&["backup:list", "--limit", "many"]);
+    assert_eq!(o.status.code(), Some(2));
+    let o = hop3(&["backup:create"]);
+    assert_eq!(o.status.code(), Some(2));
+}
+
+// ---- against a fake controller -------------------------------------------
+
+/// `hop3 --controller URL ARGS`.
+fn against(fake: &FakeController, args: &[&str]) -> Output {
+    let url = fake.url();
+    let mut all = vec!["--controller", url.as_str()];
+    all.extend_from_slice(args);
+    hop3(&all)
+}
+
+fn json(o: &Output) -> Value {
+    serde_json::from_str(&stdout(o)).unwrap_or_else(|e| panic!("{e}: {}", stdout(o)))
+}
+
+fn json_error(o: &Output) -> Value {
+    serde_json::from_str(&stderr(o)).unwrap_or_else(|e| panic!("{e}: {}", stderr(o)))
+}
+
+#[test]
+fn create_prints_the_guide_output_and_progress_on_stderr() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:create", "my-app"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "Creating backup for app 'my-app'...\n\
+             \n\
+             Backup created successfully!\n\
+             \n\
+             Backup ID: {GOOD_ID}\n\
+             Location: /var/hop3/backups/apps/my-app/{GOOD_ID}\n\
+             Total size: 15.6 MB\n\
+             \n\
+             To restore this backup:\n  \
+             hop3 backup:restore {GOOD_ID}\n"
+        )
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("progress: source 0% (0.0 B / 1000.0 B)\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("progress: source 50% (500.0 B / 1000.0 B)\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("progress: services/postgres_my-database 4.0 KB\n"),
+        "{err}"
+    );
+}
+
+#[test]
+fn create_in_space_form_with_json() {
+    let fake = FakeController::start();
+    let o = against(
+        &fake,
+        &["backup", "create", "blog", "--no-services", "--json"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = json(&o);
+    assert_eq!(doc["backup_id"], GOOD_ID);
+    assert_eq!(doc["app"], "blog");
+    assert_eq!(doc["status"], "COMPLETED");
+    assert_eq!(doc["total_size"], 16_357_785);
+    assert_eq!(doc["services"][0], "postgres:my-database");
+    for field in ["host", "created_at", "location", "error"] {
+        assert!(doc[field].is_string(), "{field}");
+    }
+}
+
+#[test]
+fn create_failures_map_to_messages_hints_and_exit_codes() {
+    let fake = FakeController::start();
+    let cases = [
+        (
+            "ghost",
+            3,
+            "Error: Application not found: ghost\nHint: Check the application name.",
+        ),
+        (
+            "busy",
+            4,
+            "Error: Another operation is in progress for app 'busy'",
+        ),
+        (
+            "full",
+            5,
+            "Error: Insufficient disk space: 2.0 GB needed, 1.0 GB free\nHint: Delete old backups",
+        ),
+        (
+            "cut",
+            1,
+            "Error: The controller ended the backup without reporting its outcome",
+        ),
+        (
+            "broken",
+            1,
+            "Error: Backup 20251108_143022_a8f3d9 failed: pg_dump exited with status 1",
+        ),
+    ];
+    for (app, code, message) in cases {
+        let o = against(&fake, &["backup:create", app]);
+        assert_eq!(o.status.code(), Some(code), "{app}: {}", stderr(&o));
+        assert!(stderr(&o).contains(message), "{app}: {}", stderr(&o));
+        assert!(!stdout(&o).contains("successfully"), "{app}");
+    }
+    let o = against(&fake, &["--json", "backup:create", "ghost"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert!(stdout(&o).is_empty());
+    let doc = json_error(&o);
+    assert_eq!(doc["error"]["code"], "NOT_FOUND");
+    assert_eq!(doc["error"]["message"], "Application not found: ghost");
+}
+
+#[test]
+fn list_prints_a_table_or_json() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "BACKUP ID               APP     SIZE     CREATED              STATUS     SERVICES\n\
+             {GOOD_ID}  my-app  15.6 MB  2025-11-08 14:30:22  COMPLETED  my-database\n\
+             {BAD_ID}  my-app  15.4 MB  2025-11-07 09:30:15  COMPLETED  -\n"
+        )
+    );
+    let o = against(&fake, &["backup:list", "my-app", "--limit", "1"]);
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
+    let o = against(&fake, &["backup", "list", "--app", "blog"]);
+    assert_eq!(stdout(&o), "No backups found.\n");
+
+    let o = against(&fake, &["backup:list", "--json"]);
+    let doc = json(&o);
+    let list = doc.as_array().expect("an array");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0]["backup_id"], GOOD_ID);
+    assert_eq!(list[1]["services"], Value::Array(vec![]));
+}
+
+#[test]
+fn info_shows_the_block_and_fails_on_a_bad_checksum() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:info", GOOD_ID]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.starts_with(&format!(
+        "Backup Information\n{}\n\nBackup ID: {GOOD_ID}\n",
+        "=".repeat(50)
+    )));
+    assert!(out.contains("  ✓ data.tar.gz\n"), "{out}");
+    assert!(out.contains("Services Included: (1)\n  - postgres:my-database (8.2 MB)\n"));
+    assert!(out.ends_with("Integrity: ✓ All checksums valid\n"), "{out}");
+
+    let o = against(&fake, &["backup", "info", BAD_ID]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("  ✗ data.tar.gz\n"), "{out}");
+    assert!(
+        out.contains("Integrity: ✗ Checksum mismatch: data.tar.gz, env.json (missing)\n"),
+        "{out}"
+    );
+    assert!(stderr(&o).starts_with("Error: "), "{}", stderr(&o));
+
+    let o = against(&fake, &["backup:info", BAD_ID, "--json"]);
+    assert_eq!(o.status.code(), Some(4));
+    let doc = json(&o);
+    assert_eq!(doc["all_valid"], false);
+    assert_eq!(doc["files"][1]["valid"], false);
+    assert_eq!(doc["files"][2]["actual"], "");
+    assert_eq!(doc["services"][0]["type"], "postgres");
+    assert_eq!(doc["app_state"]["port"], 8000);
+    assert_eq!(json_error(&o)["error"]["code"], "FAILED_PRECONDITION");
+
+    let o = against(&fake, &["backup:info", UNKNOWN_ID]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(
+        stderr(&o).lines().collect::<Vec<_>>(),
+        [
+            format!("Error: Backup not found: {UNKNOWN_ID}").as_str(),
+            "Hint: List backups with: hop3 backup:list (or hop3 backup:list APP)"
+        ]
+    );
+}
+
+#[test]
+fn restore_prints_the_guide_output() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:restore", GOOD_ID]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "Restoring backup {GOOD_ID}...\n\
+             \n\
+             Restore completed successfully!\n\
+             \n\
+             Application: my-app\n\
+             Hostname: myapp.example.com\n\
+             Port: 8000\n\
+             \n\
+             To start the application:\n  \
+             hop3 app:restart my-app\n"
+        )
+    );
+
+    let o = against(
+        &fake,
+        &[
+            "backup",
+            "restore",
+            GOOD_ID,
+            "--target-app",
+            "my-app-test",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = json(&o);
+    assert_eq!(doc["app"], "my-app-test");
+    assert_eq!(doc["backup_id"], GOOD_ID);
+    assert_eq!(doc["hostname"], "myapp.example.com");
+    assert_eq!(doc["port"], 8000);
+    assert_eq!(doc["run_state"], "STOPPED");
+    assert_eq!(doc["host"], "host-1");
+
+    let o = against(&fake, &["backup:restore", BAD_ID]);
+    assert_eq!(o.status.code(), Some(4));
+    assert!(stderr(&o).contains("Error: Checksum mismatch: data.tar.gz"));
+}
+
+#[test]
+fn delete_with_yes() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:delete", GOOD_ID, "--yes"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "✓ Backup deleted successfully\n");
+
+    let o = against(&fake, &["--json", "backup", "delete", GOOD_ID, "-y"]);
+    assert_eq!(json(&o), serde_json::json!({ "deleted": GOOD_ID }));
+
+    let o = against(&fake, &["backup:delete", UNKNOWN_ID, "--yes"]);
+    assert_eq!(o.status.code(), Some(3));
+}
