@@ -10,11 +10,12 @@ use hop3_proto::{CHUNK_SIZE, Checksum};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
-use crate::apps::{read_app_config, read_env};
+use crate::apps::{APP_FILE, read_app_config, read_env};
 use crate::archive;
 use crate::error::{AgentError, Result};
 use crate::events::{EventSender, StreamProgress};
 use crate::progress::Progress;
+use crate::services;
 use crate::state::AgentState;
 
 type Sender = EventSender<v1::BackupAppEvent>;
@@ -28,6 +29,16 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     let dir = state.root.existing_app(&req.app).await?;
     let cfg = read_app_config(&req.app, &dir).await?;
     let env = read_env(&dir).await?;
+    // Every service is checked before anything is sent: an unknown type
+    // fails the backup up front instead of after minutes of archiving.
+    let dumps = if req.include_services {
+        cfg.services
+            .iter()
+            .map(services::artifact_path)
+            .collect::<Result<Vec<_>>>()?
+    } else {
+        Vec::new()
+    };
     let trees = ["git", "src", "data"].map(|t| dir.join(t));
     let estimated = tree_size(trees.to_vec()).await;
     out.send(event(Event::Plan(v1::BackupPlan {
@@ -44,49 +55,49 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     let progress = StreamProgress::new(out.clone(), estimated, |p| event(Event::Progress(p)));
     progress.step("source", estimated);
     let source = [("git", dir.join("git")), ("src", dir.join("src"))];
-    artifact(out, "source.tar.gz", |w| async {
+    artifact(out, file("source.tar.gz"), |w| async {
         archive::pack(&source, w, &progress).await.map(drop)
     })
     .await?;
     progress.step("data", 0);
     let data = [("data", dir.join("data"))];
-    artifact(out, "data.tar.gz", |w| async {
+    artifact(out, file("data.tar.gz"), |w| async {
         archive::pack(&data, w, &progress).await.map(drop)
     })
     .await?;
     progress.step("env", 0);
     let env_json = serde_json::to_vec_pretty(&env).expect("a string map serialises");
-    artifact(out, "env.json", |mut w| async move {
-        w.write_all(&env_json)
-            .await
-            .map_err(|e| AgentError::io("writing env.json", e))?;
-        w.shutdown()
-            .await
-            .map_err(|e| AgentError::io("writing env.json", e))
-    })
-    .await?;
-    if req.include_services && !cfg.services.is_empty() {
-        let kinds: Vec<_> = cfg.services.iter().map(|s| s.kind.as_str()).collect();
-        return Err(AgentError::AppConfig {
-            app: req.app.clone(),
-            reason: format!(
-                "attached services ({}) cannot be dumped by this agent yet; use --no-services",
-                kinds.join(", ")
-            ),
-        });
+    artifact(out, file("env.json"), |w| write_all(w, env_json)).await?;
+    // app.json carries the service connections a restore on a fresh host needs.
+    let app_json = tokio::fs::read(dir.join(APP_FILE))
+        .await
+        .map_err(|e| AgentError::io("reading app.json", e))?;
+    artifact(out, file(APP_FILE), |w| write_all(w, app_json)).await?;
+    for (service, (_, path)) in cfg.services.iter().zip(&dumps) {
+        progress.step(&format!("services/{}", services::label(service)), 0);
+        let start = v1::ArtifactStart {
+            path: path.clone(),
+            service_type: service.kind.clone(),
+            service_name: service.name.clone(),
+        };
+        artifact(out, start, |mut w| async move {
+            services::dump(&state.tools, service, &mut w).await
+        })
+        .await?;
     }
     Ok(())
 }
 
 /// Sends one artifact: its start, the bytes `produce` writes, cut into
 /// chunks of `CHUNK_SIZE`, and its end with digest and size.
-async fn artifact<F, Fut>(out: &Sender, path: &str, produce: F) -> Result<()>
+async fn artifact<F, Fut>(out: &Sender, start: v1::ArtifactStart, produce: F) -> Result<()>
 where
     F: FnOnce(DuplexStream) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    out.send(event(Event::Start(v1::ArtifactStart { path: path.into() })))
-        .await?;
+    let path = start.path.clone();
+    let path = path.as_str();
+    out.send(event(Event::Start(start))).await?;
     let (writer, mut reader) = tokio::io::duplex(CHUNK_SIZE);
     let pump = async {
         let mut hasher = Sha256::new();
@@ -123,6 +134,22 @@ where
     };
     tokio::try_join!(produce(writer), pump)?;
     Ok(())
+}
+
+fn file(path: &str) -> v1::ArtifactStart {
+    v1::ArtifactStart {
+        path: path.into(),
+        ..Default::default()
+    }
+}
+
+async fn write_all(mut w: DuplexStream, bytes: Vec<u8>) -> Result<()> {
+    w.write_all(&bytes)
+        .await
+        .map_err(|e| AgentError::io("streaming a file", e))?;
+    w.shutdown()
+        .await
+        .map_err(|e| AgentError::io("streaming a file", e))
 }
 
 /// Bytes of the regular files under `roots`, without following symlinks:

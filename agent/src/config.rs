@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::apps::HostRoot;
 use crate::hooks::Hooks;
+use crate::services::Tools;
 use crate::state::AgentState;
 
 /// How an agent serves its host.
@@ -21,6 +22,12 @@ pub struct AgentOptions {
     /// Command that starts an app after a restore (run with sh -c; HOP3_APP is set).
     #[arg(long, env = "HOP3_START_CMD")]
     pub start_cmd: Option<String>,
+    /// Directory of pg_dump and psql [default: found on PATH].
+    #[arg(long, env = "HOP3_PG_BIN")]
+    pub pg_bin: Option<PathBuf>,
+    /// Directory of mysqldump and mysql [default: found on PATH].
+    #[arg(long, env = "HOP3_MYSQL_BIN")]
+    pub mysql_bin: Option<PathBuf>,
 }
 
 impl AgentOptions {
@@ -32,6 +39,10 @@ impl AgentOptions {
             hooks: Hooks {
                 stop: self.stop_cmd.clone(),
                 start: self.start_cmd.clone(),
+            },
+            tools: Tools {
+                pg_bin: self.pg_bin.clone(),
+                mysql_bin: self.mysql_bin.clone(),
             },
         }
     }

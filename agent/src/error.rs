@@ -50,6 +50,16 @@ pub enum AgentError {
     Hook { what: &'static str, detail: String },
     #[error("the controller went away before the operation finished")]
     Cancelled,
+    #[error("Service {service} failed ({step}): {detail}")]
+    Service {
+        service: String,
+        step: &'static str,
+        detail: String,
+    },
+    #[error(
+        "unknown service type {kind:?} for service {service:?} (supported: postgres, mysql, redis)"
+    )]
+    UnknownService { service: String, kind: String },
 }
 
 impl AgentError {
@@ -82,6 +92,8 @@ impl AgentError {
             Self::Protocol(_) => Code::InvalidArgument,
             Self::Hook { .. } => Code::FailedPrecondition,
             Self::Cancelled => Code::Cancelled,
+            Self::Service { .. } => Code::FailedPrecondition,
+            Self::UnknownService { .. } => Code::FailedPrecondition,
         }
     }
 }

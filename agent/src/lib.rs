@@ -14,6 +14,7 @@ pub mod progress;
 pub mod restore;
 pub mod server;
 pub mod service;
+pub mod services;
 pub mod state;
 
 pub use config::AgentOptions;

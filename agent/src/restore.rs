@@ -2,7 +2,7 @@
 //! and staged beside the app, then swapped in with one atomic rename, so the
 //! app is either wholly as it was or wholly restored.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -18,14 +18,15 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::StreamReader;
 use tonic::Streaming;
 
-use crate::apps::{self, APP_FILE, AppConfig, ENV_FILE, read_app_config};
+use crate::apps::{self, APP_FILE, AppConfig, ENV_FILE, ServiceConfig, read_app_config};
 use crate::archive;
 use crate::error::{AgentError, Result};
 use crate::events::{EventSender, StreamProgress};
 use crate::progress::Progress;
+use crate::services;
 use crate::state::AgentState;
 
-/// Largest `env.json` accepted.
+/// Largest `env.json` or `app.json` accepted.
 const MAX_ENV_BYTES: usize = 16 * 1024 * 1024;
 
 type Sender = EventSender<v1::RestoreAppEvent>;
@@ -57,6 +58,14 @@ pub async fn restore(
         .await
         .map_err(|e| AgentError::io("creating the apps directory", e))?;
     check_space(&apps_dir, header.total_bytes).await?;
+    let live_cfg = if tokio::fs::try_exists(live.join(APP_FILE))
+        .await
+        .unwrap_or(false)
+    {
+        Some(read_app_config(&app, &live).await?)
+    } else {
+        None
+    };
 
     let staging = staging_dir(&apps_dir, &app, &manifest.backup_id);
     remove_tree(&staging).await?;
@@ -68,17 +77,32 @@ pub async fn restore(
     let progress = StreamProgress::new(out.clone(), header.total_bytes, |p| v1::RestoreAppEvent {
         event: Some(Event::Progress(p)),
     });
+    let mut job = Restoring {
+        state,
+        app: app.clone(),
+        clone: app != manifest.app_name,
+        manifest: &manifest,
+        live_cfg,
+        staging: staging.clone(),
+        backup_cfg: None,
+        env: None,
+        targets: Vec::new(),
+        staged: Vec::new(),
+    };
     let staged = async {
-        receive(&mut inbound, &manifest, &staging, &progress).await?;
-        write_app_config(&live, &staging, &manifest).await
+        job.receive(&mut inbound, &progress).await?;
+        job.write_config().await
     }
     .await;
     if let Err(e) = staged {
-        discard(staging);
+        job.discard().await;
         return Err(e);
     }
     progress.step("swap", 0);
-    swap_in(state, &app, &live, &staging, &manifest.backup_id).await?;
+    if let Err(e) = job.swap_in(&app, &live).await {
+        job.discard().await;
+        return Err(e);
+    }
     tracing::info!(app, backup_id = %manifest.backup_id, "restore: done");
     let meta = &manifest.app_metadata;
     Ok(v1::RestoreDone {
@@ -99,73 +123,280 @@ async fn next(inbound: &mut Streaming<v1::RestoreAppMessage>) -> Result<Msg> {
     }
 }
 
-/// Receives every artifact into `staging`, then the commit.
-async fn receive(
-    inbound: &mut Streaming<v1::RestoreAppMessage>,
-    manifest: &Manifest,
-    staging: &Path,
-    progress: &dyn Progress,
-) -> Result<()> {
-    let mut received = BTreeSet::new();
-    loop {
-        match next(inbound).await? {
-            Msg::Start(s) => {
-                validate_artifact_path(&s.path)?;
-                let Some(expected) = manifest.checksums.get(&s.path) else {
-                    return Err(AgentError::Protocol(format!(
-                        "{} is not in the backup's manifest",
-                        s.path
-                    )));
-                };
-                if !received.insert(s.path.clone()) {
-                    return Err(AgentError::Protocol(format!("{} sent twice", s.path)));
+/// One restore in progress.
+struct Restoring<'a> {
+    state: &'a AgentState,
+    /// The app restored into.
+    app: String,
+    manifest: &'a Manifest,
+    /// Restoring into another app's name: services get their own copies.
+    clone: bool,
+    /// The target app's app.json, if the app exists on this host.
+    live_cfg: Option<AppConfig>,
+    staging: PathBuf,
+    /// The app.json saved in the backup (absent in older backups).
+    backup_cfg: Option<AppConfig>,
+    env: Option<BTreeMap<String, String>>,
+    /// Each restored service: where its data was, where it goes.
+    targets: Vec<(ServiceConfig, ServiceConfig)>,
+    staged: Vec<services::Staged>,
+}
+
+/// What arrived for one artifact.
+enum Received {
+    Nothing,
+    Env(Vec<u8>),
+    AppConfig(Vec<u8>),
+    Service(Box<services::Staged>),
+}
+
+impl Restoring<'_> {
+    /// Receives every artifact into the staging directory and scratch
+    /// databases, then the commit.
+    async fn receive(
+        &mut self,
+        inbound: &mut Streaming<v1::RestoreAppMessage>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let mut received = BTreeSet::new();
+        loop {
+            match next(inbound).await? {
+                Msg::Start(s) => {
+                    validate_artifact_path(&s.path)?;
+                    let Some(expected) = self.manifest.checksums.get(&s.path) else {
+                        return Err(AgentError::Protocol(format!(
+                            "{} is not in the backup's manifest",
+                            s.path
+                        )));
+                    };
+                    if !received.insert(s.path.clone()) {
+                        return Err(AgentError::Protocol(format!("{} sent twice", s.path)));
+                    }
+                    progress.step(&s.path, 0);
+                    let target = self.target_for(&s.path).await?;
+                    match receive_artifact(
+                        &self.state.tools,
+                        inbound,
+                        &s.path,
+                        expected,
+                        target,
+                        progress,
+                    )
+                    .await?
+                    {
+                        Received::Nothing => {}
+                        Received::Env(bytes) => {
+                            self.env = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                                AgentError::BadArchive {
+                                    archive: s.path.clone(),
+                                    reason: e.to_string(),
+                                }
+                            })?)
+                        }
+                        Received::AppConfig(bytes) => {
+                            self.backup_cfg = Some(serde_json::from_slice(&bytes).map_err(|e| {
+                                AgentError::BadArchive {
+                                    archive: s.path.clone(),
+                                    reason: e.to_string(),
+                                }
+                            })?)
+                        }
+                        Received::Service(staged) => self.staged.push(*staged),
+                    }
                 }
-                progress.step(&s.path, 0);
-                receive_artifact(inbound, &s.path, expected, staging, progress).await?;
-            }
-            Msg::Commit(_) => break,
-            _ => {
-                return Err(AgentError::Protocol(
-                    "expected an artifact or the commit".into(),
-                ));
+                Msg::Commit(_) => break,
+                _ => {
+                    return Err(AgentError::Protocol(
+                        "expected an artifact or the commit".into(),
+                    ));
+                }
             }
         }
+        if let Some(missing) = self
+            .manifest
+            .checksums
+            .keys()
+            .find(|p| !received.contains(*p))
+        {
+            return Err(AgentError::Protocol(format!("{missing} was never sent")));
+        }
+        Ok(())
     }
-    if let Some(missing) = manifest.checksums.keys().find(|p| !received.contains(*p)) {
-        return Err(AgentError::Protocol(format!("{missing} was never sent")));
+
+    /// Where the bytes of artifact `path` go.
+    async fn target_for(&mut self, path: &str) -> Result<Target> {
+        Ok(match path {
+            "source.tar.gz" => spawn_unpack(path, &self.staging, &["git", "src"]),
+            "data.tar.gz" => spawn_unpack(path, &self.staging, &["data"]),
+            "env.json" => Target::Buffer(Vec::new(), Received::Env as fn(Vec<u8>) -> Received),
+            APP_FILE => Target::Buffer(Vec::new(), Received::AppConfig as fn(Vec<u8>) -> Received),
+            _ => match self
+                .manifest
+                .services
+                .iter()
+                .find(|s| s.backup_file == path)
+            {
+                Some(entry) => {
+                    let (source, target) = self.resolve_service(&entry.kind, &entry.name).await?;
+                    self.targets.push((source, target.clone()));
+                    let tag = format!("{}_{}", self.manifest.backup_id, self.targets.len());
+                    spawn_load(self.state.tools.clone(), target, tag)
+                }
+                None => {
+                    tracing::warn!(artifact = path, "not restored: unknown artifact");
+                    Target::Ignored
+                }
+            },
+        })
     }
-    Ok(())
+
+    /// The connection a service's data came from, and the one it goes to:
+    /// the live app's own, or for a clone a new database of its own.
+    async fn resolve_service(
+        &self,
+        kind: &str,
+        name: &str,
+    ) -> Result<(ServiceConfig, ServiceConfig)> {
+        let find = |cfg: &Option<AppConfig>| {
+            cfg.as_ref()
+                .and_then(|c| c.services.iter().find(|s| s.kind == kind && s.name == name))
+                .cloned()
+        };
+        let source = find(&self.backup_cfg);
+        let live = find(&self.live_cfg);
+        let unknown = || AgentError::Service {
+            service: format!("{kind}:{name}"),
+            step: "connect",
+            detail:
+                "no connection is known for it: neither the backup nor the app's app.json lists it"
+                    .into(),
+        };
+        match (source, live) {
+            (Some(source), Some(live)) => Ok((source, live)),
+            (None, Some(live)) => Ok((live.clone(), live)),
+            (Some(source), None) if self.clone => {
+                let url = services::clone_url(&source, &self.app).await?;
+                let target = ServiceConfig {
+                    url,
+                    ..source.clone()
+                };
+                Ok((source, target))
+            }
+            (Some(source), None) => Ok((source.clone(), source)),
+            (None, None) => Err(unknown()),
+        }
+    }
+
+    /// Writes ENV and app.json into the staging directory, pointing a
+    /// clone's services and the variables that carried their URLs at its copies.
+    async fn write_config(&self) -> Result<()> {
+        if let Some(env) = &self.env {
+            let mut env = env.clone();
+            for (source, target) in &self.targets {
+                if source.url == target.url {
+                    continue;
+                }
+                for value in env.values_mut() {
+                    if value.contains(&source.url) {
+                        *value = value.replace(&source.url, &target.url);
+                    }
+                }
+            }
+            write_private(
+                &self.staging.join(ENV_FILE),
+                apps::format_env(&env).as_bytes(),
+            )
+            .await?;
+        }
+        let mut cfg = self
+            .live_cfg
+            .clone()
+            .or_else(|| self.backup_cfg.clone())
+            .unwrap_or_default();
+        for (_, target) in &self.targets {
+            match cfg
+                .services
+                .iter_mut()
+                .find(|s| s.kind == target.kind && s.name == target.name)
+            {
+                Some(s) => s.url = target.url.clone(),
+                None => cfg.services.push(target.clone()),
+            }
+        }
+        let meta = &self.manifest.app_metadata;
+        cfg.hostname = meta.hostname.clone();
+        cfg.port = meta.port;
+        cfg.run_state = meta.run_state.clone();
+        let json = serde_json::to_vec_pretty(&cfg).expect("app.json serialises");
+        write_private(&self.staging.join(APP_FILE), &json).await
+    }
+
+    /// Stops the app, switches the databases and swaps the staged tree in,
+    /// starts the app again; rolls the files back if it will not start.
+    async fn swap_in(&mut self, app: &str, live: &Path) -> Result<()> {
+        let state = self.state;
+        let existed = tokio::fs::try_exists(live).await.unwrap_or(false);
+        if existed {
+            state.hooks.stop(app).await?;
+        }
+        while !self.staged.is_empty() {
+            let staged = self.staged.remove(0);
+            if let Err(e) = services::switch(&state.tools, &staged).await {
+                self.staged.insert(0, staged);
+                if existed {
+                    let _ = state.hooks.start(app).await;
+                }
+                return Err(e);
+            }
+        }
+        let id = &self.manifest.backup_id;
+        if !existed {
+            return rename(&self.staging, live).await;
+        }
+        exchange(&self.staging, live).await?;
+        if let Err(e) = state.hooks.start(app).await {
+            tracing::warn!(app, "restored app does not start; rolling its files back");
+            exchange(&self.staging, live).await?;
+            if let Err(again) = state.hooks.start(app).await {
+                tracing::warn!(app, error = %again, "the previous version does not start either");
+            }
+            return Err(e);
+        }
+        // The old tree now sits at the staging path.
+        let old = live.with_file_name(format!(".{app}.old-{id}"));
+        remove_tree(&old).await?;
+        rename(&self.staging, &old).await?;
+        discard(old);
+        Ok(())
+    }
+
+    /// Removes what a failed restore staged; live data is untouched.
+    async fn discard(&mut self) {
+        for staged in self.staged.drain(..) {
+            services::discard(&self.state.tools, &staged).await;
+        }
+        discard(self.staging.clone());
+    }
 }
 
 /// Where the bytes of one artifact go while they arrive.
 enum Target {
     Archive {
         tx: Option<mpsc::Sender<io::Result<Bytes>>>,
-        task: tokio::task::JoinHandle<Result<()>>,
+        task: tokio::task::JoinHandle<Result<Received>>,
     },
-    Env(Vec<u8>),
+    Buffer(Vec<u8>, fn(Vec<u8>) -> Received),
     Ignored,
 }
 
 async fn receive_artifact(
+    tools: &services::Tools,
     inbound: &mut Streaming<v1::RestoreAppMessage>,
     path: &str,
     expected: &Checksum,
-    staging: &Path,
+    mut target: Target,
     progress: &dyn Progress,
-) -> Result<()> {
-    let mut target = match path {
-        "source.tar.gz" => spawn_unpack(path, staging, &["git", "src"]),
-        "data.tar.gz" => spawn_unpack(path, staging, &["data"]),
-        "env.json" => Target::Env(Vec::new()),
-        other => {
-            tracing::warn!(
-                artifact = other,
-                "this agent does not restore this artifact yet"
-            );
-            Target::Ignored
-        }
-    };
+) -> Result<Received> {
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let end = loop {
@@ -176,7 +407,7 @@ async fn receive_artifact(
                 progress.advance(data.len() as u64);
                 match &mut target {
                     Target::Archive { tx, .. } => {
-                        // A failed unpack closes its end; keep hashing so a
+                        // A failed consumer closes its end; keep hashing so a
                         // damaged artifact is still reported as a mismatch.
                         if let Some(sender) = tx
                             && sender.send(Ok(data)).await.is_err()
@@ -184,9 +415,9 @@ async fn receive_artifact(
                             *tx = None;
                         }
                     }
-                    Target::Env(buf) => {
+                    Target::Buffer(buf, _) => {
                         if buf.len() + data.len() > MAX_ENV_BYTES {
-                            return Err(AgentError::Protocol("env.json is too large".into()));
+                            return Err(AgentError::Protocol(format!("{path} is too large")));
                         }
                         buf.extend_from_slice(&data);
                     }
@@ -202,34 +433,40 @@ async fn receive_artifact(
         }
     };
     let actual = Checksum::from_hasher(hasher);
-    let unpacked = match target {
+    let intact = actual == *expected && end.sha256 == expected.to_string() && end.size == size;
+    let result = match target {
         Target::Archive { tx, task } => {
+            if !intact {
+                // Cut the consumer's input short with an error: nothing damaged is kept.
+                if let Some(tx) = &tx {
+                    let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
+                }
+            }
             drop(tx);
-            Some(task.await.unwrap_or_else(|e| {
+            task.await.unwrap_or_else(|e| {
                 Err(AgentError::Protocol(format!(
-                    "unpacking {path} panicked: {e}"
+                    "restoring {path} panicked: {e}"
                 )))
-            }))
+            })
         }
-        Target::Env(buf) if actual == *expected => {
-            let env: std::collections::BTreeMap<String, String> = serde_json::from_slice(&buf)
-                .map_err(|e| AgentError::BadArchive {
-                    archive: path.into(),
-                    reason: e.to_string(),
-                })?;
-            write_private(&staging.join(ENV_FILE), apps::format_env(&env).as_bytes()).await?;
-            None
-        }
-        _ => None,
+        Target::Buffer(buf, wrap) => Ok(wrap(buf)),
+        Target::Ignored => Ok(Received::Nothing),
     };
-    if actual != *expected || end.sha256 != expected.to_string() || end.size != size {
+    if !intact {
+        if let Ok(Received::Service(staged)) = &result {
+            tracing::warn!(
+                service = staged.label(),
+                "dropping a scratch copy of a damaged dump"
+            );
+            services::discard(tools, staged).await;
+        }
         return Err(AgentError::ChecksumMismatch {
             path: path.into(),
             expected: expected.to_string(),
             actual: actual.to_string(),
         });
     }
-    unpacked.unwrap_or(Ok(()))
+    result
 }
 
 fn spawn_unpack(path: &str, staging: &Path, allowed: &'static [&'static str]) -> Target {
@@ -238,64 +475,22 @@ fn spawn_unpack(path: &str, staging: &Path, allowed: &'static [&'static str]) ->
     let dst = staging.to_path_buf();
     let task = tokio::spawn(async move {
         let reader = StreamReader::new(ReceiverStream::new(rx));
-        archive::unpack(&name, reader, &dst, allowed).await
+        archive::unpack(&name, reader, &dst, allowed)
+            .await
+            .map(|()| Received::Nothing)
     });
     Target::Archive { tx: Some(tx), task }
 }
 
-/// app.json of the restored app: the live one's fields (or none for a new
-/// app) with hostname, port and run state from the backup.
-async fn write_app_config(live: &Path, staging: &Path, manifest: &Manifest) -> Result<()> {
-    let mut cfg = if tokio::fs::try_exists(live.join(APP_FILE))
-        .await
-        .unwrap_or(false)
-    {
-        read_app_config(&manifest.app_name, live).await?
-    } else {
-        AppConfig::default()
-    };
-    let meta = &manifest.app_metadata;
-    cfg.hostname = meta.hostname.clone();
-    cfg.port = meta.port;
-    cfg.run_state = meta.run_state.clone();
-    let json = serde_json::to_vec_pretty(&cfg).expect("app.json serialises");
-    write_private(&staging.join(APP_FILE), &json).await
-}
-
-/// Stops the app, swaps the staged tree in, starts it again; rolls back if it
-/// will not start. The old tree is deleted in the background.
-async fn swap_in(
-    state: &AgentState,
-    app: &str,
-    live: &Path,
-    staging: &Path,
-    id: &str,
-) -> Result<()> {
-    let existed = tokio::fs::try_exists(live).await.unwrap_or(false);
-    if existed {
-        if let Err(e) = state.hooks.stop(app).await {
-            discard(staging.to_path_buf());
-            return Err(e);
-        }
-        exchange(staging, live).await?;
-        if let Err(e) = state.hooks.start(app).await {
-            tracing::warn!(app, "restored app does not start; rolling back");
-            exchange(staging, live).await?;
-            discard(staging.to_path_buf());
-            if let Err(again) = state.hooks.start(app).await {
-                tracing::warn!(app, error = %again, "the previous version does not start either");
-            }
-            return Err(e);
-        }
-        // The old tree now sits at the staging path.
-        let old = live.with_file_name(format!(".{app}.old-{id}"));
-        remove_tree(&old).await?;
-        rename(staging, &old).await?;
-        discard(old);
-    } else {
-        rename(staging, live).await?;
-    }
-    Ok(())
+fn spawn_load(tools: services::Tools, target: ServiceConfig, tag: String) -> Target {
+    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
+    let task = tokio::spawn(async move {
+        let mut reader = StreamReader::new(ReceiverStream::new(rx));
+        services::load(&tools, &target, &tag, &mut reader)
+            .await
+            .map(|s| Received::Service(Box::new(s)))
+    });
+    Target::Archive { tx: Some(tx), task }
 }
 
 async fn exchange(a: &Path, b: &Path) -> Result<()> {

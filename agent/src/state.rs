@@ -2,6 +2,7 @@
 
 use crate::apps::HostRoot;
 use crate::hooks::Hooks;
+use crate::services::Tools;
 
 /// An agent's configuration and host, shared by its handlers.
 #[derive(Clone, Debug)]
@@ -12,4 +13,6 @@ pub struct AgentState {
     pub host_id: String,
     /// Commands that stop and start apps around a restore.
     pub hooks: Hooks,
+    /// Where the database dump and load tools are.
+    pub tools: Tools,
 }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hop3_agent::events::EventSender;
-use hop3_proto::manifest::{AppMetadata, FORMAT_VERSION, Manifest};
+use hop3_proto::manifest::{AppMetadata, FORMAT_VERSION, Manifest, ServiceEntry};
 use hop3_proto::names::validate_artifact_path;
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
 use hop3_proto::{BackupId, HOP3_VERSION};
@@ -25,7 +25,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 
 /// The artifacts every backup has.
-const REQUIRED: [&str; 3] = ["source.tar.gz", "data.tar.gz", "env.json"];
+const REQUIRED: [&str; 4] = ["source.tar.gz", "data.tar.gz", "env.json", "app.json"];
 
 /// A create, ready to run: the app is found and locked, the row is STARTED.
 pub struct CreateJob {
@@ -76,14 +76,14 @@ async fn execute(ctl: &Controller, job: &CreateJob, out: &Out) -> Result<BackupR
         .map_err(|s| ControllerError::from_agent(&job.host, s))?
         .into_inner();
     let mut partial = ctl.store.begin(&job.app, &id).await?;
-    let plan = match receive(ctl, job, stream, &mut partial, out).await {
-        Ok(plan) => plan,
+    let received = match receive(ctl, job, stream, &mut partial, out).await {
+        Ok(r) => r,
         Err(e) => {
             partial.abort().await;
             return Err(e);
         }
     };
-    let manifest = manifest(job, &plan, &partial);
+    let manifest = manifest(job, received, &partial);
     let size = manifest.size_bytes;
     if let Err(e) = partial.commit(&manifest).await {
         ctl.store.discard(&job.app, &id).await;
@@ -113,7 +113,7 @@ async fn receive(
     mut stream: tonic::Streaming<v1::BackupAppEvent>,
     partial: &mut PartialBackup,
     out: &Out,
-) -> Result<v1::BackupPlan> {
+) -> Result<Received> {
     let host = job.host.as_str();
     let protocol = |detail: String| ControllerError::Protocol {
         host: host.to_owned(),
@@ -121,6 +121,7 @@ async fn receive(
     };
     let mut plan = None;
     let mut current = None;
+    let mut services = Vec::new();
     loop {
         let msg = tokio::time::timeout(IDLE_TIMEOUT, stream.message())
             .await
@@ -146,6 +147,14 @@ async fn receive(
                 validate_artifact_path(&s.path).map_err(|e| protocol(e.to_string()))?;
                 if partial.files().contains_key(&s.path) {
                     return Err(protocol(format!("{} sent twice", s.path)));
+                }
+                if !s.service_type.is_empty() {
+                    services.push(ServiceEntry {
+                        kind: s.service_type.clone(),
+                        name: s.service_name.clone(),
+                        backup_file: s.path.clone(),
+                        size_bytes: 0,
+                    });
                 }
                 current = Some(partial.create(&s.path).await?);
             }
@@ -187,11 +196,21 @@ async fn receive(
     if let Some(missing) = REQUIRED.iter().find(|p| !partial.files().contains_key(**p)) {
         return Err(protocol(format!("the stream ended without {missing}")));
     }
-    Ok(plan)
+    for s in &mut services {
+        s.size_bytes = partial.files()[&s.backup_file].1;
+    }
+    Ok(Received { plan, services })
 }
 
-fn manifest(job: &CreateJob, plan: &v1::BackupPlan, partial: &PartialBackup) -> Manifest {
-    let state = plan.app_state.clone().unwrap_or_default();
+/// What a complete stream delivered besides the files.
+struct Received {
+    plan: v1::BackupPlan,
+    services: Vec<ServiceEntry>,
+}
+
+fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Manifest {
+    let plan = received.plan;
+    let state = plan.app_state.unwrap_or_default();
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
     Manifest {
         backup_id: job.id.to_string(),
@@ -210,7 +229,7 @@ fn manifest(job: &CreateJob, plan: &v1::BackupPlan, partial: &PartialBackup) -> 
             port: (state.port != 0).then_some(state.port),
             run_state: non_empty(state.run_state),
         },
-        services: Vec::new(),
+        services: received.services,
         env_vars_count: plan.env_vars_count,
         expires_after: 0,
         services_included: job.include_services,

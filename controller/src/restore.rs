@@ -157,7 +157,10 @@ async fn send_backup(
             .open_artifact(&row.app, &row.backup_id, path)
             .await?;
         if tx
-            .send(msg(Msg::Start(v1::ArtifactStart { path: path.clone() })))
+            .send(msg(Msg::Start(v1::ArtifactStart {
+                path: path.clone(),
+                ..Default::default()
+            })))
             .await
             .is_err()
         {

@@ -238,7 +238,8 @@ mod tests {
 
     #[test]
     fn refuses_hostile_or_broken_manifests() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("format", Box::new(|v| v["format_version"] = "2.0".into())),
             (
                 "traversal",

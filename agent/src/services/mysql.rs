@@ -1,0 +1,223 @@
+//! MySQL and MariaDB: consistent `mysqldump` SQL dumps (one transaction, with
+//! routines, triggers and events), restored with `mysql` into a scratch
+//! database first. Credentials reach the tools through a 0600 option file.
+//!
+//! MySQL cannot rename a database, and tables with triggers cannot move
+//! between databases, so the switch empties the live database and copies the
+//! verified scratch one into it; the scratch copy is kept if that copy fails.
+
+use std::path::PathBuf;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::process::Command;
+
+use super::conn::ConnInfo;
+use super::process::{self, Step};
+use super::tools::Tools;
+use crate::error::{AgentError, Result};
+
+/// A private option file holding the credentials; removed on drop.
+struct OptionFile {
+    dir: PathBuf,
+    path: PathBuf,
+}
+
+impl OptionFile {
+    async fn write(service: &str, conn: &ConnInfo) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        let mut text = format!(
+            "[client]\nhost={}\nuser={}\n",
+            quote(&conn.host),
+            quote(&conn.user)
+        );
+        if let Some(port) = conn.port {
+            text.push_str(&format!("port={port}\nprotocol=TCP\n"));
+        }
+        if let Some(pw) = &conn.password {
+            text.push_str(&format!("password={}\n", quote(pw)));
+        }
+        let dir = std::env::temp_dir().join(format!(
+            "hop3-agent-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let path = dir.join("client.cnf");
+        let (d, p) = (dir.clone(), path.clone());
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::DirBuilder::new().mode(0o700).create(&d)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&p)?;
+            std::io::Write::write_all(&mut f, text.as_bytes())
+        })
+        .await
+        .expect("option file task")
+        .map_err(|e| AgentError::Service {
+            service: service.to_owned(),
+            step: "connect",
+            detail: format!("cannot write the client option file: {e}"),
+        })?;
+        Ok(Self { dir, path })
+    }
+
+    fn arg(&self) -> String {
+        format!("--defaults-extra-file={}", self.path.display())
+    }
+}
+
+impl Drop for OptionFile {
+    fn drop(&mut self) {
+        // Tiny and local: done inline so the secret never outlives its use.
+        let _ = std::fs::remove_file(&self.path);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+fn ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+/// A tool command; the option file must come first on its command line.
+fn command(tools: &Tools, tool: &str, opts: &OptionFile) -> Command {
+    let mut cmd = Command::new(tools.mysql(tool));
+    cmd.env_remove("MYSQL_PWD").arg(opts.arg());
+    cmd
+}
+
+const DUMP_ARGS: [&str; 7] = [
+    "--single-transaction",
+    "--routines",
+    "--triggers",
+    "--events",
+    "--hex-blob",
+    "--no-tablespaces",
+    "--default-character-set=utf8mb4",
+];
+
+async fn execute(tools: &Tools, step: &Step<'_>, opts: &OptionFile, sql: &str) -> Result<()> {
+    let mut cmd = command(tools, "mysql", opts);
+    cmd.args(["--batch", "-e", sql]);
+    process::output(step, cmd).await.map(drop)
+}
+
+/// Streams a dump of `conn`'s database into `out`.
+pub async fn dump<W: AsyncWrite + Unpin>(
+    tools: &Tools,
+    service: &str,
+    conn: &ConnInfo,
+    out: &mut W,
+) -> Result<()> {
+    let secrets = secrets(conn);
+    let step = Step {
+        service,
+        step: "dump",
+        secrets: &secrets,
+    };
+    let opts = OptionFile::write(service, conn).await?;
+    let mut cmd = command(tools, "mysqldump", &opts);
+    cmd.args(DUMP_ARGS).arg("--").arg(&conn.database);
+    process::dump_to(&step, cmd, out).await
+}
+
+/// Loads a dump into a new database `scratch`.
+pub async fn load<R: AsyncRead + Unpin>(
+    tools: &Tools,
+    service: &str,
+    conn: &ConnInfo,
+    scratch: &str,
+    input: &mut R,
+) -> Result<()> {
+    let secrets = secrets(conn);
+    let step = Step {
+        service,
+        step: "create scratch database",
+        secrets: &secrets,
+    };
+    let opts = OptionFile::write(service, conn).await?;
+    let s = ident(scratch);
+    execute(
+        tools,
+        &step,
+        &opts,
+        &format!("DROP DATABASE IF EXISTS {s}; CREATE DATABASE {s} CHARACTER SET utf8mb4"),
+    )
+    .await?;
+    let step = Step {
+        step: "load",
+        ..step
+    };
+    let mut cmd = command(tools, "mysql", &opts);
+    cmd.args([
+        "--binary-mode",
+        "--default-character-set=utf8mb4",
+        "--",
+        scratch,
+    ]);
+    process::load_from(&step, cmd, input).await
+}
+
+/// Replaces the live database's content with the scratch one's, then drops the scratch.
+pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, scratch: &str) -> Result<()> {
+    let secrets = secrets(conn);
+    let step = Step {
+        service,
+        step: "switch",
+        secrets: &secrets,
+    };
+    let opts = OptionFile::write(service, conn).await?;
+    let live = ident(&conn.database);
+    execute(
+        tools,
+        &step,
+        &opts,
+        &format!("DROP DATABASE IF EXISTS {live}; CREATE DATABASE {live} CHARACTER SET utf8mb4"),
+    )
+    .await?;
+    let mut dump = command(tools, "mysqldump", &opts);
+    dump.args(DUMP_ARGS).arg("--").arg(scratch);
+    let mut load = command(tools, "mysql", &opts);
+    load.args([
+        "--binary-mode",
+        "--default-character-set=utf8mb4",
+        "--",
+        &conn.database,
+    ]);
+    let (mut w, mut r) = tokio::io::duplex(hop3_proto::CHUNK_SIZE);
+    let copy_out = async {
+        let res = process::dump_to(&step, dump, &mut w).await;
+        drop(w);
+        res
+    };
+    tokio::try_join!(copy_out, process::load_from(&step, load, &mut r))?;
+    drop_database(tools, service, conn, scratch).await
+}
+
+/// Drops a database if it exists.
+pub async fn drop_database(
+    tools: &Tools,
+    service: &str,
+    conn: &ConnInfo,
+    name: &str,
+) -> Result<()> {
+    let secrets = secrets(conn);
+    let step = Step {
+        service,
+        step: "drop",
+        secrets: &secrets,
+    };
+    let opts = OptionFile::write(service, conn).await?;
+    execute(
+        tools,
+        &step,
+        &opts,
+        &format!("DROP DATABASE IF EXISTS {}", ident(name)),
+    )
+    .await
+}
+
+fn secrets(conn: &ConnInfo) -> Vec<&str> {
+    conn.password.as_deref().into_iter().collect()
+}
