@@ -123,21 +123,29 @@ pub async fn load<R: AsyncRead + Unpin>(
             (db.to_string(), String::new())
         }
     };
-    match kind {
-        Kind::Postgres => postgres::load(tools, &label, &conn, &scratch, input).await?,
-        Kind::Mysql => mysql::load(tools, &label, &conn, &scratch, input).await?,
+    let loaded = match kind {
+        Kind::Postgres => postgres::load(tools, &label, &conn, &scratch, input).await,
+        Kind::Mysql => mysql::load(tools, &label, &conn, &scratch, input).await,
         Kind::Redis => {
             let db = scratch.parse().expect("a DB number");
-            redis::load(&label, &conn, db, &secrets, input).await?
+            redis::load(&label, &conn, db, &secrets, input).await
         }
-    }
-    Ok(Staged {
+    };
+    let staged = Staged {
         kind,
         label,
         conn,
         scratch,
         old,
-    })
+    };
+    match loaded {
+        Ok(()) => Ok(staged),
+        Err(e) => {
+            // A half-loaded scratch copy is of no use to anyone.
+            discard(tools, &staged).await;
+            Err(e)
+        }
+    }
 }
 
 /// Makes the staged copy the live database.

@@ -50,8 +50,39 @@ async fn finish(step: &Step<'_>, child: &mut tokio::process::Child) -> Result<()
     if status.success() {
         return Ok(());
     }
-    let text = String::from_utf8_lossy(&err);
-    Err(step.error(format!("{status}: {}", text.trim())))
+    Err(step.error(format!(
+        "{status}: {}",
+        summarize(&String::from_utf8_lossy(&err))
+    )))
+}
+
+/// The lines of a tool's stderr that say what went wrong: those naming an
+/// error, else the last few (tools echo whole statements before the error).
+fn summarize(stderr: &str) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let errors: Vec<&str> = lines
+        .iter()
+        .copied()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            l.contains("error") || l.contains("fatal") || l.contains("denied")
+        })
+        .collect();
+    let picked = if errors.is_empty() {
+        &lines[lines.len().saturating_sub(3)..]
+    } else {
+        &errors[..]
+    };
+    picked
+        .iter()
+        .take(5)
+        .copied()
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn spawn(step: &Step<'_>, cmd: &mut Command) -> Result<tokio::process::Child> {

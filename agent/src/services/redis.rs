@@ -175,7 +175,8 @@ pub async fn empty_db(
         .await
         .unwrap_or_default();
     let count: u32 = configured.get(1).and_then(|n| n.parse().ok()).unwrap_or(16);
-    for db in 0..count {
+    // From the top: low DBs (0 above all) are the ones apps use without asking.
+    for db in (0..count).rev() {
         if avoid.contains(&db) {
             continue;
         }
