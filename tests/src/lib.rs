@@ -1,1 +1,20 @@
+//! End-to-end test support for hop3-backup: the real `hop3-controller`,
+//! `hop3-agent` and `hop3` binaries run as processes against real apps
+//! (real git repositories, real files) in temporary directories.
+//!
+//! - [`harness`]: starting, waiting on and stopping processes ([`System`]).
+//! - [`fixtures`]: building apps on a host's disk ([`App`]).
+//! - [`snapshot`]: capturing an app's state to compare ([`Snapshot`]).
+//! - [`cli`]: running `hop3` and reading its `--json`.
+//!
+//! The scenarios live in `tests/e2e/`, all in one test binary.
 
+pub mod cli;
+pub mod fixtures;
+pub mod harness;
+pub mod snapshot;
+
+pub use cli::Output;
+pub use fixtures::App;
+pub use harness::System;
+pub use snapshot::Snapshot;

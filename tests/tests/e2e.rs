@@ -1,0 +1,18 @@
+//! End-to-end scenarios: the real binaries, real git, real files. One test
+//! binary; each scenario starts its own system in its own temporary
+//! directory, so they run in parallel.
+//!
+//! Build the binaries first: `cargo build --workspace --bins`.
+
+#[path = "e2e/agent_crash.rs"]
+mod agent_crash;
+#[path = "e2e/catalog.rs"]
+mod catalog;
+#[path = "e2e/concurrency.rs"]
+mod concurrency;
+#[path = "e2e/failures.rs"]
+mod failures;
+#[path = "e2e/roundtrip.rs"]
+mod roundtrip;
+#[path = "e2e/store_format.rs"]
+mod store_format;

@@ -1,0 +1,103 @@
+//! Scenario 6: one operation at a time per app, any number across apps.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use hop3_tests::System;
+use hop3_tests::cli::BackupSummary;
+use hop3_tests::fixtures::App;
+use hop3_tests::harness::{list_dir, wait_until};
+
+/// How long one create or restore of a few hundred MiB may take on a
+/// loaded two-core machine with debug binaries.
+const BIG_OPERATION: Duration = Duration::from_secs(300);
+
+#[test]
+fn a_second_operation_on_a_busy_app_is_refused() -> Result<()> {
+    let sys = System::start()?;
+    let app = App::build(&sys.root, "big", 13, &sys.scratch("fixtures")?)?;
+    app.big_data(200)?;
+
+    // A create is in flight once its .partial directory exists.
+    let mut first = sys.hop3_spawn(["--json", "backup:create", "big"])?;
+    wait_until(
+        BIG_OPERATION,
+        "the first create's .partial directory",
+        || {
+            if !sys.partials()?.is_empty() {
+                return Ok(Some(()));
+            }
+            if !first.is_running()? {
+                bail!("the first create ended before a .partial directory appeared");
+            }
+            Ok(None)
+        },
+    )?;
+    let second = sys.hop3(["backup:create", "big"]);
+    ensure!(
+        first.is_running()?,
+        "the first create finished before the second was refused: inconclusive, make the app bigger"
+    );
+    second.failure(&["in progress"])?;
+
+    let out = first.wait(BIG_OPERATION)?.success()?;
+    let created: BackupSummary = out.json()?;
+    ensure!(created.status == "COMPLETED", "{created:?}");
+    ensure!(sys.partials()?.is_empty(), "{:?}", sys.partials()?);
+    let listed = sys.list(&["big"])?;
+    ensure!(
+        listed.len() == 1 && listed[0].backup_id == created.backup_id,
+        "the refused create left a trace in the catalog: {listed:?}"
+    );
+
+    // The same for a restore: in flight once it stages beside the app.
+    let mut restore = sys.hop3_spawn(["--json", "backup:restore", &created.backup_id])?;
+    wait_until(
+        BIG_OPERATION,
+        "the restore's staging directory in apps/",
+        || {
+            let apps = list_dir(&sys.root.join("apps"))?;
+            if apps.iter().any(|name| name.starts_with('.')) {
+                return Ok(Some(()));
+            }
+            if !restore.is_running()? {
+                bail!("the restore ended before anything was staged in apps/ ({apps:?})");
+            }
+            Ok(None)
+        },
+    )?;
+    let during = sys.hop3(["backup:create", "big"]);
+    ensure!(
+        restore.is_running()?,
+        "the restore finished before the create was refused: inconclusive, make the app bigger"
+    );
+    during.failure(&["in progress"])?;
+    restore.wait(BIG_OPERATION)?.success()?;
+    ensure!(sys.list(&["big"])?.len() == 1);
+    Ok(())
+}
+
+#[test]
+fn creates_of_two_apps_run_side_by_side() -> Result<()> {
+    let sys = System::start()?;
+    let scratch = sys.scratch("fixtures")?;
+    for (name, seed) in [("left", 14), ("right", 15)] {
+        App::build(&sys.root, name, seed, &scratch)?.big_data(48)?;
+    }
+    let left = sys.hop3_spawn(["--json", "backup:create", "left"])?;
+    let right = sys.hop3_spawn(["--json", "backup:create", "right"])?;
+    let left: BackupSummary = left.wait(BIG_OPERATION)?.success()?.json()?;
+    let right: BackupSummary = right.wait(BIG_OPERATION)?.success()?.json()?;
+    ensure!(left.status == "COMPLETED" && left.app == "left", "{left:?}");
+    ensure!(
+        right.status == "COMPLETED" && right.app == "right",
+        "{right:?}"
+    );
+    ensure!(left.backup_id != right.backup_id);
+    for b in [&left, &right] {
+        ensure!(sys.backup_dir(&b.app, &b.backup_id).is_dir(), "{b:?}");
+    }
+    ensure!(sys.list(&[])?.len() == 2);
+    ensure!(sys.partials()?.is_empty());
+    Ok(())
+}
