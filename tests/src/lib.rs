@@ -12,6 +12,7 @@
 pub mod cli;
 pub mod fixtures;
 pub mod harness;
+pub mod servers;
 pub mod snapshot;
 
 pub use cli::Output;

@@ -14,5 +14,7 @@ mod concurrency;
 mod failures;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
+#[path = "e2e/services.rs"]
+mod services;
 #[path = "e2e/store_format.rs"]
 mod store_format;
