@@ -39,6 +39,11 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     } else {
         Vec::new()
     };
+    if req.include_services {
+        for service in &cfg.services {
+            services::check(&state.tools, service).await?;
+        }
+    }
     let trees = ["git", "src", "data"].map(|t| dir.join(t));
     let estimated = tree_size(trees.to_vec()).await;
     out.send(event(Event::Plan(v1::BackupPlan {

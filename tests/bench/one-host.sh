@@ -75,11 +75,11 @@ echo '{"hostname":"bench.example.com","port":8000,"run_state":"RUNNING","service
 du -sh "$app"
 
 cport=$(free_port); aport=$(free_port)
-/usr/bin/time -f "%M" -o "$work/controller.rss" "$bin/hop3-controller" --listen 127.0.0.1:$cport \
+"$bin/hop3-controller" --listen 127.0.0.1:$cport \
     --store "$work/store" --catalog "sqlite://$work/catalog.db" 2>"$work/controller.log" &
 pids+=($!)
 sleep 0.5
-/usr/bin/time -f "%M" -o "$work/agent.rss" "$bin/hop3-agent" --listen 127.0.0.1:$aport \
+"$bin/hop3-agent" --listen 127.0.0.1:$aport \
     --controller http://127.0.0.1:$cport --root "$work/root" --host-id bench 2>"$work/agent.log" &
 pids+=($!)
 hop3() { "$bin/hop3" --controller http://127.0.0.1:$cport "$@"; }
@@ -103,13 +103,16 @@ t5=$(date +%s.%N)
 mkdir "$work/guide-out" && tar -xzf "$work/guide.tar.gz" -C "$work/guide-out"
 t6=$(date +%s.%N)
 
+# Peak RSS (VmHWM) of each process, read before stopping it.
+hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+crss=$(hwm "${pids[0]}"); arss=$(hwm "${pids[1]}")
 for p in "${pids[@]}"; do kill "$p"; done
 wait 2>/dev/null || true
 pids=()
 diff -r "$work/root/apps/.gone/data" "$work/root/apps/bench/data" >/dev/null && same=yes || same=NO
 
 python3 - "$size_mib" "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$t6" "$stored" \
-    "$(cat "$work/controller.rss")" "$(cat "$work/agent.rss")" "$same" <<'PY'
+    "$crss" "$arss" "$same" <<'PY'
 import sys
 size, t0, t1, t2, t3, t4, t5, t6, stored, crss, arss, same = sys.argv[1:]
 size = int(size); t = list(map(float, (t0, t1, t2, t3, t4, t5, t6)))

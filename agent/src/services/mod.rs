@@ -39,6 +39,15 @@ impl Kind {
         }
     }
 
+    /// The canonical type name, used in file names whatever alias app.json uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Postgres => "postgres",
+            Self::Mysql => "mysql",
+            Self::Redis => "redis",
+        }
+    }
+
     fn extension(self) -> &'static str {
         match self {
             Self::Postgres | Self::Mysql => "sql",
@@ -65,6 +74,23 @@ pub fn artifact_path(service: &ServiceConfig) -> Result<(Kind, String)> {
             kind.extension()
         ),
     ))
+}
+
+/// Checks that `service` can be reached with its credentials (and, for
+/// PostgreSQL, that pg_dump is recent enough), before a backup spends
+/// minutes archiving files it would then throw away.
+pub async fn check(tools: &Tools, service: &ServiceConfig) -> Result<()> {
+    let kind = Kind::parse(service)?;
+    let label = label(service);
+    let conn = ConnInfo::parse(&label, &service.url)?;
+    match kind {
+        Kind::Postgres => postgres::check(tools, &label, &conn).await,
+        Kind::Mysql => mysql::check(tools, &label, &conn).await,
+        Kind::Redis => {
+            let secrets = secrets(&conn);
+            redis::check(&label, &service.url, &secrets).await
+        }
+    }
 }
 
 /// Streams a dump of `service` into `out`.

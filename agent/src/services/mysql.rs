@@ -103,6 +103,20 @@ async fn execute(tools: &Tools, step: &Step<'_>, opts: &OptionFile, sql: &str) -
     process::output(step, cmd).await.map(drop)
 }
 
+/// Connects to the service's database.
+pub async fn check(tools: &Tools, service: &str, conn: &ConnInfo) -> Result<()> {
+    let secrets = secrets(conn);
+    let step = Step {
+        service,
+        step: "connect",
+        secrets: &secrets,
+    };
+    let opts = OptionFile::write(service, conn).await?;
+    let mut cmd = command(tools, "mysql", &opts);
+    cmd.args(["--batch", "-e", "SELECT 1", "--", &conn.database]);
+    process::output(&step, cmd).await.map(drop)
+}
+
 /// Streams a dump of `conn`'s database into `out`.
 pub async fn dump<W: AsyncWrite + Unpin>(
     tools: &Tools,

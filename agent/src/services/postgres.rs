@@ -78,6 +78,20 @@ async fn check_versions(tools: &Tools, conn: &ConnInfo, step: &Step<'_>) -> Resu
     Ok(())
 }
 
+/// Connects to the service's database and checks pg_dump's version.
+pub async fn check(tools: &Tools, service: &str, conn: &ConnInfo) -> Result<()> {
+    let secrets = secrets(conn);
+    let step = Step {
+        service,
+        step: "connect",
+        secrets: &secrets,
+    };
+    let mut cmd = psql(tools, conn, &conn.database);
+    cmd.args(["-A", "-t", "-c", "SELECT 1"]);
+    process::output(&step, cmd).await?;
+    check_versions(tools, conn, &step).await
+}
+
 /// Streams a plain SQL dump of `conn`'s database into `out`.
 pub async fn dump<W: AsyncWrite + Unpin>(
     tools: &Tools,
@@ -91,7 +105,6 @@ pub async fn dump<W: AsyncWrite + Unpin>(
         step: "dump",
         secrets: &secrets,
     };
-    check_versions(tools, conn, &step).await?;
     let mut cmd = command(tools, "pg_dump", conn, &conn.database);
     cmd.args([
         "--format=plain",

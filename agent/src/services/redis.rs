@@ -54,6 +54,21 @@ fn write_bulk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Connects and pings.
+pub async fn check(service: &str, url: &str, secrets: &[&str]) -> Result<()> {
+    let step = Step {
+        service,
+        step: "connect",
+        secrets,
+    };
+    let mut con = connect(&step, url).await?;
+    redis::cmd("PING")
+        .query_async::<String>(&mut con)
+        .await
+        .map(drop)
+        .map_err(|e| step.error(e.to_string()))
+}
+
 /// Streams every key of the URL's DB into `out` as RESTORE commands.
 pub async fn dump<W: AsyncWrite + Unpin>(
     service: &str,
