@@ -22,6 +22,9 @@ pub struct AgentOptions {
     /// Command that starts an app after a restore (run with sh -c; HOP3_APP is set).
     #[arg(long, env = "HOP3_START_CMD")]
     pub start_cmd: Option<String>,
+    /// Backups and restores run at once on this host; more wait their turn.
+    #[arg(long, env = "HOP3_MAX_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub max_jobs: u32,
     /// Directory of pg_dump and psql [default: found on PATH].
     #[arg(long, env = "HOP3_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
@@ -44,6 +47,7 @@ impl AgentOptions {
                 pg_bin: self.pg_bin.clone(),
                 mysql_bin: self.mysql_bin.clone(),
             },
+            jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),
         }
     }
 }

@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::events::EventSender;
 use crate::state::AgentState;
+
 use crate::{backup, restore};
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -49,6 +50,13 @@ impl AgentService for AgentServiceImpl {
         let state = self.state.clone();
         tokio::spawn(async move {
             let app = req.app.clone();
+            let Some(_permit) = wait_turn(&state, &tx, |p| v1::BackupAppEvent {
+                event: Some(v1::backup_app_event::Event::Progress(p)),
+            })
+            .await
+            else {
+                return;
+            };
             tracing::info!(app, backup_id = %req.backup_id, "backup: start");
             match backup::produce(&state, req, &tx).await {
                 Ok(()) => tracing::info!(app, "backup: sent"),
@@ -71,6 +79,13 @@ impl AgentService for AgentServiceImpl {
         let (tx, rx) = EventSender::channel();
         let state = self.state.clone();
         tokio::spawn(async move {
+            let Some(_permit) = wait_turn(&state, &tx, |p| v1::RestoreAppEvent {
+                event: Some(v1::restore_app_event::Event::Progress(p)),
+            })
+            .await
+            else {
+                return;
+            };
             match restore::restore(&state, inbound, &tx).await {
                 Ok(done) => {
                     let _ = tx
@@ -86,5 +101,27 @@ impl AgentService for AgentServiceImpl {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Waits for a job permit, telling the controller every few seconds that the
+/// job is queued (so its idle timeout does not fire). None if the controller left.
+async fn wait_turn<T: Send + 'static>(
+    state: &AgentState,
+    tx: &EventSender<T>,
+    queued: fn(v1::Progress) -> T,
+) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let acquire = state.jobs.clone().acquire_owned();
+    tokio::pin!(acquire);
+    loop {
+        tokio::select! {
+            permit = &mut acquire => return permit.ok(),
+            _ = tokio::time::sleep(std::time::Duration::from_secs(5)) => {
+                let event = queued(v1::Progress { step: "queued".into(), bytes_done: 0, bytes_total: 0 });
+                if tx.send(event).await.is_err() {
+                    return None;
+                }
+            }
+        }
     }
 }

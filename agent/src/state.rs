@@ -1,5 +1,9 @@
 //! What every request handler of an agent shares.
 
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+
 use crate::apps::HostRoot;
 use crate::hooks::Hooks;
 use crate::services::Tools;
@@ -15,4 +19,6 @@ pub struct AgentState {
     pub hooks: Hooks,
     /// Where the database dump and load tools are.
     pub tools: Tools,
+    /// Permits for backups and restores running at once on this host.
+    pub jobs: Arc<Semaphore>,
 }

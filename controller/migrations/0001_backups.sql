@@ -5,7 +5,7 @@ CREATE TABLE backups (
     host        TEXT NOT NULL,
     status      TEXT NOT NULL CHECK (status IN ('STARTED', 'COMPLETED', 'FAILED')),
     created_at  TEXT NOT NULL,
-    total_size  INTEGER NOT NULL DEFAULT 0,
+    total_size  BIGINT NOT NULL DEFAULT 0,
     services    TEXT NOT NULL DEFAULT '[]',
     error       TEXT
 );

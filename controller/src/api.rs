@@ -73,7 +73,8 @@ impl BackupService for BackupApi {
     ) -> Result<Response<Self::CreateBackupStream>, Status> {
         let req = req.into_inner();
         check_app(&req.app)?;
-        let (host, client) = self.ctl.registry.find_app(&req.app).await?;
+        let host = (!req.host.is_empty()).then_some(req.host.as_str());
+        let (host, client) = self.ctl.registry.find_app(&req.app, host).await?;
         let lock = self.lock(&req.app)?;
         let mut id = BackupId::generate();
         while self
@@ -208,15 +209,29 @@ impl BackupService for BackupApi {
             }
             .into());
         }
-        let client = self
-            .ctl
-            .registry
-            .client(&row.host)
-            .ok_or_else(|| ControllerError::HostOffline(row.host.clone()))?;
+        let host = if !req.target_host.is_empty() {
+            hop3_proto::names::validate_host_id(&req.target_host)
+                .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+            req.target_host.clone()
+        } else if !row.host.is_empty() {
+            row.host.clone()
+        } else {
+            self.ctl
+                .registry
+                .only_online()
+                .ok_or(ControllerError::NoTargetHost)?
+        };
+        let client = self.ctl.registry.client(&host).ok_or_else(|| {
+            if req.target_host.is_empty() {
+                ControllerError::RestoreHostOffline(host.clone())
+            } else {
+                ControllerError::HostOffline(host.clone())
+            }
+        })?;
         let lock = self.lock(&target_app)?;
-        tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %row.host, "restore started");
+        tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
         let job = RestoreJob {
-            host: row.host.clone(),
+            host,
             row,
             target_app,
             client,
@@ -247,6 +262,52 @@ impl BackupService for BackupApi {
         tracing::info!(backup_id = %row.backup_id, app = %row.app, "backup deleted");
         Ok(Response::new(v1::DeleteBackupResponse {}))
     }
+
+    async fn import_backup(
+        &self,
+        req: Request<v1::ImportBackupRequest>,
+    ) -> Result<Response<v1::BackupSummary>, Status> {
+        let path = std::path::PathBuf::from(&req.get_ref().path);
+        if !path.is_absolute() {
+            return Err(ControllerError::InvalidArgument(
+                "the backup directory must be an absolute path on the controller's machine".into(),
+            )
+            .into());
+        }
+        let row = crate::recovery::import(&self.ctl, &path).await?;
+        Ok(Response::new(self.ctl.summary(&row)))
+    }
+
+    async fn list_agents(
+        &self,
+        _req: Request<v1::ListAgentsRequest>,
+    ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        let mut agents = Vec::new();
+        for a in self.ctl.registry.list() {
+            // Ask online agents for their apps now: heartbeats may be seconds old,
+            // and the in-process agent never sends one.
+            let mut apps = a.apps.clone();
+            if a.online
+                && let Some(mut client) = self.ctl.registry.client(&a.host_id)
+                && let Ok(Ok(resp)) = tokio::time::timeout(
+                    std::time::Duration::from_secs(2),
+                    client.list_apps(v1::ListAppsRequest {}),
+                )
+                .await
+            {
+                apps = resp.into_inner().apps;
+            }
+            agents.push(v1::AgentInfo {
+                host: a.host_id,
+                address: a.address,
+                version: a.version,
+                online: a.online,
+                last_seen: hop3_proto::manifest::Manifest::format_time(a.last_seen.into()),
+                apps,
+            });
+        }
+        Ok(Response::new(v1::ListAgentsResponse { agents }))
+    }
 }
 
 /// The agents' API.
@@ -272,7 +333,7 @@ impl AgentRegistry for RegistryApi {
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
         self.ctl
             .registry
-            .register(&req.host_id, &req.address, &req.version, false)?;
+            .register(&req.host_id, &req.address, &req.version, req.apps, false)?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_seconds: HEARTBEAT.as_secs() as u32,
         }))

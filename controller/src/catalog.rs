@@ -1,10 +1,13 @@
-//! The catalog: one row per backup, in SQLite (PostgreSQL later). All SQL of
-//! the controller lives here.
+//! The catalog: one row per backup, in SQLite (one machine) or PostgreSQL (a
+//! fleet), through sqlx's `Any` driver: the same SQL serves both (`$n`
+//! placeholders, portable types). All SQL of the controller lives here.
 
+use std::collections::HashSet;
 use std::str::FromStr;
 
+use sqlx::AnyPool;
 use sqlx::Row;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+use sqlx::any::AnyPoolOptions;
 
 /// What the catalog can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -13,7 +16,7 @@ pub enum CatalogError {
     Db(#[from] sqlx::Error),
     #[error("catalog migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("catalog URL {0:?} is not supported (use sqlite://PATH)")]
+    #[error("catalog URL {0:?} is not supported (use sqlite://PATH or postgres://...)")]
     UnsupportedUrl(String),
     #[error("catalog row {0} is damaged: {1}")]
     BadRow(String, String),
@@ -68,7 +71,7 @@ pub struct BackupRow {
 /// The catalog of backups.
 #[derive(Clone)]
 pub struct Catalog {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 /// A SELECT of every column, as the static string sqlx wants.
@@ -84,16 +87,34 @@ macro_rules! select_rows {
 impl Catalog {
     /// Opens (creating if missing) the catalog at `url` and brings its schema up to date.
     pub async fn open(url: &str) -> Result<Self, CatalogError> {
-        if !url.starts_with("sqlite:") {
-            return Err(CatalogError::UnsupportedUrl(url.to_owned()));
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        if !sqlite && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+            // Never echo the URL: a PostgreSQL one holds a password.
+            let scheme = url.split(':').next().unwrap_or_default();
+            return Err(CatalogError::UnsupportedUrl(format!("{scheme}:...")));
         }
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(opts)
+        let url = if sqlite && !url.contains('?') {
+            format!("{url}?mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
             .await?;
         sqlx::migrate!("./migrations").run(&pool).await?;
         Ok(Self { pool })
@@ -101,20 +122,7 @@ impl Catalog {
 
     /// Records a backup that has just started.
     pub async fn insert(&self, row: &BackupRow) -> Result<(), CatalogError> {
-        sqlx::query(
-            "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&row.backup_id)
-        .bind(&row.app)
-        .bind(&row.host)
-        .bind(row.status.as_str())
-        .bind(&row.created_at)
-        .bind(row.total_size as i64)
-        .bind(serde_json::to_string(&row.services).expect("strings serialise"))
-        .bind(&row.error)
-        .execute(&self.pool)
-        .await?;
+        insert_row(row).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -125,7 +133,7 @@ impl Catalog {
         total_size: u64,
         services: &[String],
     ) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE backups SET status = 'COMPLETED', total_size = ?, services = ?, error = NULL WHERE backup_id = ?")
+        sqlx::query("UPDATE backups SET status = 'COMPLETED', total_size = $1, services = $2, error = NULL WHERE backup_id = $3")
             .bind(total_size as i64)
             .bind(serde_json::to_string(services).expect("strings serialise"))
             .bind(id)
@@ -136,7 +144,7 @@ impl Catalog {
 
     /// Marks a backup FAILED with the reason.
     pub async fn fail(&self, id: &str, reason: &str) -> Result<(), CatalogError> {
-        sqlx::query("UPDATE backups SET status = 'FAILED', error = ? WHERE backup_id = ?")
+        sqlx::query("UPDATE backups SET status = 'FAILED', error = $1 WHERE backup_id = $2")
             .bind(reason)
             .bind(id)
             .execute(&self.pool)
@@ -156,7 +164,7 @@ impl Catalog {
 
     /// One backup by ID.
     pub async fn get(&self, id: &str) -> Result<Option<BackupRow>, CatalogError> {
-        let row = sqlx::query(select_rows!("WHERE backup_id = ?"))
+        let row = sqlx::query(select_rows!("WHERE backup_id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -172,7 +180,7 @@ impl Catalog {
         let rows = match app {
             Some(app) => {
                 sqlx::query(select_rows!(
-                    "WHERE app = ? ORDER BY created_at DESC, backup_id DESC LIMIT ?"
+                    "WHERE app = $1 ORDER BY created_at DESC, backup_id DESC LIMIT $2"
                 ))
                 .bind(app)
                 .bind(limit as i64)
@@ -181,7 +189,7 @@ impl Catalog {
             }
             None => {
                 sqlx::query(select_rows!(
-                    "ORDER BY created_at DESC, backup_id DESC LIMIT ?"
+                    "ORDER BY created_at DESC, backup_id DESC LIMIT $1"
                 ))
                 .bind(limit as i64)
                 .fetch_all(&self.pool)
@@ -191,9 +199,45 @@ impl Catalog {
         rows.iter().map(from_row).collect()
     }
 
+    /// Makes the catalog agree with the store: `found` are the COMPLETED
+    /// backups the store holds. Missing ones are added, COMPLETED rows whose
+    /// directory is gone are dropped. Returns (added, dropped).
+    pub async fn reconcile(&self, found: &[BackupRow]) -> Result<(usize, usize), CatalogError> {
+        let known: Vec<(String, String)> = sqlx::query("SELECT backup_id, status FROM backups")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get("backup_id")?, r.try_get("status")?)))
+            .collect::<Result<_, sqlx::Error>>()?;
+        let in_store: HashSet<&str> = found.iter().map(|r| r.backup_id.as_str()).collect();
+        let in_catalog: HashSet<&str> = known.iter().map(|(id, _)| id.as_str()).collect();
+        let mut tx = self.pool.begin().await?;
+        let mut added = 0;
+        for row in found
+            .iter()
+            .filter(|r| !in_catalog.contains(r.backup_id.as_str()))
+        {
+            insert_row(row).execute(&mut *tx).await?;
+            added += 1;
+        }
+        let mut dropped = 0;
+        for (id, _) in known
+            .iter()
+            .filter(|(id, status)| status == "COMPLETED" && !in_store.contains(id.as_str()))
+        {
+            sqlx::query("DELETE FROM backups WHERE backup_id = $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            dropped += 1;
+        }
+        tx.commit().await?;
+        Ok((added, dropped))
+    }
+
     /// Forgets a backup.
     pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
-        sqlx::query("DELETE FROM backups WHERE backup_id = ?")
+        sqlx::query("DELETE FROM backups WHERE backup_id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -201,7 +245,22 @@ impl Catalog {
     }
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<BackupRow, CatalogError> {
+fn insert_row(row: &BackupRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    sqlx::query(
+        "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(&row.backup_id)
+    .bind(&row.app)
+    .bind(&row.host)
+    .bind(row.status.as_str())
+    .bind(&row.created_at)
+    .bind(row.total_size as i64)
+    .bind(serde_json::to_string(&row.services).expect("strings serialise"))
+    .bind(row.error.as_deref())
+}
+
+fn from_row(r: &sqlx::any::AnyRow) -> Result<BackupRow, CatalogError> {
     let id: String = r.try_get("backup_id")?;
     let bad = |what: String| CatalogError::BadRow(id.clone(), what);
     let status: String = r.try_get("status")?;

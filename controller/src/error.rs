@@ -31,10 +31,20 @@ pub enum ControllerError {
     StoreFull(String),
     #[error("Permission denied: {0}")]
     PermissionDenied(String),
-    #[error("host {0} is offline (its agent is not registered)")]
+    #[error("host {0} is offline (no heartbeat from its agent)")]
     HostOffline(String),
-    #[error("app {app} is served by several hosts ({hosts}); name one")]
+    #[error(
+        "host {0} is offline (no heartbeat from its agent); to restore onto another host, pass --target-host HOST"
+    )]
+    RestoreHostOffline(String),
+    #[error(
+        "no host to restore onto: the backup does not say which host made it; pass --target-host HOST"
+    )]
+    NoTargetHost,
+    #[error("app {app} is served by several hosts ({hosts}); pass --host HOST")]
     Ambiguous { app: String, hosts: String },
+    #[error("Backup {0} already exists in the catalog")]
+    AlreadyExists(String),
     /// The agent answered with an error: its code and message are kept.
     #[error("{host}: {message}")]
     Agent {
@@ -112,7 +122,11 @@ impl ControllerError {
             }
             Self::InsufficientSpace { .. } | Self::StoreFull(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
-            Self::HostOffline(_) | Self::AgentLost { .. } => Code::Unavailable,
+            Self::HostOffline(_) | Self::RestoreHostOffline(_) | Self::AgentLost { .. } => {
+                Code::Unavailable
+            }
+            Self::NoTargetHost => Code::InvalidArgument,
+            Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::Agent { code, .. } => *code,
             Self::Protocol { .. } | Self::Catalog(_) | Self::Store(_) => Code::Internal,
             Self::Manifest(_) => Code::DataLoss,

@@ -7,6 +7,7 @@ pub mod config;
 pub mod create;
 pub mod error;
 pub mod locks;
+pub mod recovery;
 pub mod registry;
 pub mod restore;
 pub mod server;

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use hop3_proto::MAX_MESSAGE_SIZE;
 use hop3_proto::v1::ListAppsRequest;
@@ -28,7 +28,20 @@ struct Entry {
     /// The in-process agent never heartbeats and is always online.
     pinned: bool,
     last_seen: Instant,
+    last_seen_at: SystemTime,
+    apps: Vec<String>,
     client: AgentClient,
+}
+
+/// What the controller knows of one agent.
+#[derive(Clone, Debug)]
+pub struct AgentView {
+    pub host_id: String,
+    pub address: String,
+    pub version: String,
+    pub online: bool,
+    pub last_seen: SystemTime,
+    pub apps: Vec<String>,
 }
 
 /// Registered agents by host id.
@@ -60,14 +73,20 @@ impl Registry {
         host_id: &str,
         address: &str,
         version: &str,
+        apps: Vec<String>,
         pinned: bool,
     ) -> Result<()> {
         let mut agents = self.agents.write().expect("registry poisoned");
         let now = Instant::now();
         match agents.get_mut(host_id) {
             Some(e) if e.address == address => {
+                if !e.online() {
+                    tracing::info!(host_id, address, "agent back online");
+                }
                 e.last_seen = now;
+                e.last_seen_at = SystemTime::now();
                 e.version = version.to_owned();
+                e.apps = apps;
             }
             _ => {
                 tracing::info!(host_id, address, version, "agent registered");
@@ -78,6 +97,8 @@ impl Registry {
                         version: version.to_owned(),
                         pinned,
                         last_seen: now,
+                        last_seen_at: SystemTime::now(),
+                        apps,
                         client: agent_client(address)?,
                     },
                 );
@@ -95,6 +116,33 @@ impl Registry {
             .map(|e| e.client.clone())
     }
 
+    /// Every agent ever registered since start, online or not.
+    pub fn list(&self) -> Vec<AgentView> {
+        let agents = self.agents.read().expect("registry poisoned");
+        agents
+            .iter()
+            .map(|(h, e)| AgentView {
+                host_id: h.clone(),
+                address: e.address.clone(),
+                version: e.version.clone(),
+                online: e.online(),
+                last_seen: if e.pinned {
+                    SystemTime::now()
+                } else {
+                    e.last_seen_at
+                },
+                apps: e.apps.clone(),
+            })
+            .collect()
+    }
+
+    /// The host to restore onto when none is named and the backup does not
+    /// say: the only online agent, if there is exactly one.
+    pub fn only_online(&self) -> Option<String> {
+        let online = self.online();
+        (online.len() == 1).then(|| online[0].0.clone())
+    }
+
     fn online(&self) -> Vec<(String, AgentClient)> {
         let agents = self.agents.read().expect("registry poisoned");
         agents
@@ -106,9 +154,17 @@ impl Registry {
 
     /// The host that serves `app`, asking each online agent now (its list may
     /// have changed since its last heartbeat).
-    pub async fn find_app(&self, app: &str) -> Result<(String, AgentClient)> {
+    pub async fn find_app(&self, app: &str, host: Option<&str>) -> Result<(String, AgentClient)> {
         let mut found = Vec::new();
-        for (host, mut client) in self.online() {
+        let candidates = match host {
+            Some(h) => vec![(
+                h.to_owned(),
+                self.client(h)
+                    .ok_or_else(|| ControllerError::HostOffline(h.to_owned()))?,
+            )],
+            None => self.online(),
+        };
+        for (host, mut client) in candidates {
             let asked = tokio::time::timeout(
                 Duration::from_secs(10),
                 client.list_apps(ListAppsRequest {}),

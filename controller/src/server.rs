@@ -49,6 +49,9 @@ pub async fn run(
         registry: Registry::default(),
         locks: AppLocks::default(),
     });
+    crate::recovery::rebuild_catalog(&ctl)
+        .await
+        .context("cannot check the catalog against the store")?;
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -67,6 +70,7 @@ pub async fn run(
             &state.host_id,
             &format!("http://{agent_addr}"),
             hop3_proto::HOP3_VERSION,
+            Vec::new(),
             true,
         )?;
         tracing::info!(root = %config.agent.root.display(), host_id = %state.host_id, agent = %agent_addr, "local agent serving");

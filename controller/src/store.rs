@@ -177,6 +177,63 @@ impl Store {
             .map_err(StoreError::io("deleting the backup"))
     }
 
+    /// Every complete backup in the store, each with its manifest or why it
+    /// cannot be used: a directory whose manifest is unreadable, invalid,
+    /// names another app or ID than its place, or lists a missing file.
+    pub async fn scan(&self) -> Result<Vec<Scanned>> {
+        let mut out = Vec::new();
+        let mut apps = fs::read_dir(self.root.join("apps"))
+            .await
+            .map_err(StoreError::io("listing the store"))?;
+        while let Some(app) = apps
+            .next_entry()
+            .await
+            .map_err(StoreError::io("listing the store"))?
+        {
+            let app_name = app.file_name().to_string_lossy().into_owned();
+            let Ok(mut entries) = fs::read_dir(app.path()).await else {
+                continue;
+            };
+            while let Ok(Some(e)) = entries.next_entry().await {
+                let id = e.file_name().to_string_lossy().into_owned();
+                if id.contains('.') {
+                    continue; // .partial, .deleting
+                }
+                let checked = self.check_stored(&app_name, &id).await;
+                out.push(Scanned {
+                    path: e.path(),
+                    manifest: checked,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn check_stored(&self, app: &str, id: &str) -> std::result::Result<Manifest, String> {
+        if hop3_proto::names::validate_app_name(app).is_err()
+            || id.parse::<hop3_proto::BackupId>().is_err()
+        {
+            return Err("not a backup directory (bad app name or backup ID)".into());
+        }
+        let manifest = self
+            .read_manifest(app, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if manifest.app_name != app || manifest.backup_id != id {
+            return Err(format!(
+                "metadata.json names {}/{}, not where it lies",
+                manifest.app_name, manifest.backup_id
+            ));
+        }
+        let dir = self.backup_dir(app, id);
+        for path in manifest.checksums.keys() {
+            if !fs::try_exists(dir.join(path)).await.unwrap_or(false) {
+                return Err(format!("{path} is missing"));
+            }
+        }
+        Ok(manifest)
+    }
+
     /// Removes whatever exists of backup `id` of `app`, partial or complete,
     /// after a failure that must leave nothing behind.
     pub async fn discard(&self, app: &str, id: &str) {
@@ -217,6 +274,13 @@ impl Store {
         }
         Ok(removed)
     }
+}
+
+/// One backup directory found by a scan.
+pub struct Scanned {
+    pub path: PathBuf,
+    /// The manifest, or why the directory is not a usable backup.
+    pub manifest: std::result::Result<Manifest, String>,
 }
 
 /// A backup being written.
