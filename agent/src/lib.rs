@@ -7,6 +7,7 @@ pub mod apps;
 pub mod archive;
 pub mod backup;
 pub mod config;
+pub mod config_file;
 pub mod error;
 pub mod events;
 pub mod hooks;

@@ -4,12 +4,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
 use hop3_agent::{AgentOptions, server};
 
 /// Serves this host's Hop3 apps to a hop3-backup controller: archives,
 /// dumps and restores them.
-#[derive(Parser, Debug)]
+#[derive(clap::Parser, Debug)]
 #[command(name = "hop3-agent", version)]
 struct Args {
     /// Address to serve the agent's gRPC API on.
@@ -21,6 +20,9 @@ struct Args {
     /// The URL the controller should use to reach this agent [default: http://LISTEN].
     #[arg(long, env = "HOP3_AGENT_ADVERTISE")]
     advertise: Option<String>,
+    /// TOML file of settings, keyed by flag name (flags and environment win over it).
+    #[arg(long, env = "HOP3_CONFIG", value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
     #[command(flatten)]
     agent: AgentOptions,
 }
@@ -34,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args = Args::parse();
+    let args: Args = hop3_agent::config_file::parse_with_config()?;
     let state = Arc::new(args.agent.state());
     let listener = server::bind(args.listen)
         .await

@@ -115,8 +115,14 @@ pub async fn restore(
     })
 }
 
+/// Longest silence accepted from the controller in the middle of a restore.
+const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 async fn next(inbound: &mut Streaming<v1::RestoreAppMessage>) -> Result<Msg> {
-    match inbound.next().await {
+    let msg = tokio::time::timeout(IDLE_TIMEOUT, inbound.next())
+        .await
+        .map_err(|_| AgentError::Cancelled)?;
+    match msg {
         Some(Ok(v1::RestoreAppMessage { msg: Some(m) })) => Ok(m),
         Some(Ok(_)) => Err(AgentError::Protocol("empty restore message".into())),
         Some(Err(_)) | None => Err(AgentError::Cancelled),

@@ -1,11 +1,11 @@
 //! Command-line arguments: the guide's colon form (`backup:list`) and Hop3's
 //! newer space form (`backup list`), both turned into one validated [`Command`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use hop3_proto::BackupId;
-use hop3_proto::names::validate_app_name;
+use hop3_proto::names::{validate_app_name, validate_host_id};
 
 use crate::error::CliError;
 
@@ -20,9 +20,11 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0  success
   1  any other failure (including a declined confirmation)
-  2  usage error: bad arguments, invalid backup ID or app name, --yes needed
-  3  not found: no such application or backup
-  4  failed precondition: checksum mismatch, another operation in progress
+  2  usage error: bad arguments, invalid backup ID, app or host name or path,
+     --yes needed
+  3  not found: no such application, backup or directory
+  4  failed precondition: checksum mismatch, another operation in progress,
+     backup already imported
   5  resource exhausted: not enough disk space
   6  permission denied or unauthenticated
   7  the controller cannot be reached";
@@ -66,9 +68,18 @@ enum TopCommand {
     /// Delete a backup.
     #[command(name = "backup:delete")]
     Delete(DeleteArgs),
+    /// Register a backup directory found on the controller's machine.
+    #[command(name = "backup:import")]
+    Import(ImportArgs),
+    /// List the agents the controller knows, online or not.
+    #[command(name = "agent:list")]
+    AgentList,
     /// The same commands in Hop3's space form: `hop3 backup list`.
     #[command(subcommand)]
     Backup(BackupCommand),
+    /// The agent commands in Hop3's space form: `hop3 agent list`.
+    #[command(subcommand)]
+    Agent(AgentCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -83,6 +94,14 @@ enum BackupCommand {
     Restore(RestoreArgs),
     /// Delete a backup.
     Delete(DeleteArgs),
+    /// Register a backup directory found on the controller's machine.
+    Import(ImportArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// List the agents the controller knows, online or not.
+    List,
 }
 
 #[derive(Debug, Args)]
@@ -92,6 +111,9 @@ struct CreateArgs {
     /// Leave attached services (databases) out of the backup.
     #[arg(long)]
     no_services: bool,
+    /// Back up this host's copy of the app (needed when several hosts serve it).
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -120,6 +142,9 @@ struct RestoreArgs {
     /// Restore into this application instead of the backup's own (clones it).
     #[arg(long, value_name = "NAME")]
     target_app: Option<String>,
+    /// Restore onto this host instead of the backup's own.
+    #[arg(long, value_name = "HOST")]
+    target_host: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -131,23 +156,40 @@ struct DeleteArgs {
     yes: bool,
 }
 
+#[derive(Debug, Args)]
+struct ImportArgs {
+    /// The backup directory, as a path on the controller's machine (a
+    /// relative path is taken from the current directory).
+    #[arg(value_name = "DIR")]
+    dir: PathBuf,
+}
+
 /// One command, with its backup IDs and app names already validated, so no
 /// request with a malformed one ever reaches the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `backup:create APP [--no-services]`
-    Create { app: String, no_services: bool },
+    /// `backup:create APP [--no-services] [--host HOST]`
+    Create {
+        app: String,
+        no_services: bool,
+        host: Option<String>,
+    },
     /// `backup:list [APP] [--limit N]`
     List { app: Option<String>, limit: u32 },
     /// `backup:info ID`
     Info { id: BackupId },
-    /// `backup:restore ID [--target-app NAME]`
+    /// `backup:restore ID [--target-app NAME] [--target-host HOST]`
     Restore {
         id: BackupId,
         target_app: Option<String>,
+        target_host: Option<String>,
     },
     /// `backup:delete ID [--yes]`
     Delete { id: BackupId, yes: bool },
+    /// `backup:import DIR`, with DIR made absolute.
+    Import { path: String },
+    /// `agent:list`
+    AgentList,
 }
 
 impl Cli {
@@ -159,6 +201,7 @@ impl Cli {
             T::Create(a) | T::Backup(B::Create(a)) => Command::Create {
                 app: app_name(&a.app)?,
                 no_services: a.no_services,
+                host: a.host.as_deref().map(host_id).transpose()?,
             },
             T::List(a) | T::Backup(B::List(a)) => Command::List {
                 app: a
@@ -175,11 +218,16 @@ impl Cli {
             T::Restore(a) | T::Backup(B::Restore(a)) => Command::Restore {
                 id: backup_id(&a.id)?,
                 target_app: a.target_app.as_deref().map(app_name).transpose()?,
+                target_host: a.target_host.as_deref().map(host_id).transpose()?,
             },
             T::Delete(a) | T::Backup(B::Delete(a)) => Command::Delete {
                 id: backup_id(&a.id)?,
                 yes: a.yes,
             },
+            T::Import(a) | T::Backup(B::Import(a)) => Command::Import {
+                path: absolute_path(&a.dir)?,
+            },
+            T::AgentList | T::Agent(AgentCommand::List) => Command::AgentList,
         })
     }
 }
@@ -191,6 +239,26 @@ fn backup_id(s: &str) -> Result<BackupId, CliError> {
 fn app_name(s: &str) -> Result<String, CliError> {
     validate_app_name(s)?;
     Ok(s.to_owned())
+}
+
+fn host_id(s: &str) -> Result<String, CliError> {
+    validate_host_id(s)?;
+    Ok(s.to_owned())
+}
+
+/// `dir` made absolute from the current directory, without resolving
+/// symlinks (the controller reads it, possibly on another machine): as text,
+/// since that is what goes on the wire.
+fn absolute_path(dir: &Path) -> Result<String, CliError> {
+    let invalid = |reason: String| CliError::InvalidPath {
+        path: dir.to_path_buf(),
+        reason,
+    };
+    let absolute = std::path::absolute(dir).map_err(|e| invalid(e.to_string()))?;
+    absolute
+        .into_os_string()
+        .into_string()
+        .map_err(|_| invalid("is not valid UTF-8".to_owned()))
 }
 
 #[cfg(test)]
@@ -246,11 +314,24 @@ mod tests {
 
     #[test]
     fn both_forms_give_the_same_command() {
-        let pairs: [(&[&str], &[&str]); 5] = [
+        let pairs: [(&[&str], &[&str]); 9] = [
             (
                 &["backup:create", "my-app", "--no-services"],
                 &["backup", "create", "my-app", "--no-services"],
             ),
+            (
+                &["backup:create", "my-app", "--host", "web-1"],
+                &["backup", "create", "--host", "web-1", "my-app"],
+            ),
+            (
+                &["backup:restore", ID, "--target-host", "web-2"],
+                &["backup", "restore", ID, "--target-host", "web-2"],
+            ),
+            (
+                &["backup:import", "/srv/in/x"],
+                &["backup", "import", "/srv/in/x"],
+            ),
+            (&["agent:list"], &["agent", "list"]),
             (&["backup:list", "blog"], &["backup", "list", "blog"]),
             (&["backup:info", ID], &["backup", "info", ID]),
             (
@@ -269,9 +350,121 @@ mod tests {
             command(&["backup:create", "my-app", "--no-services"]),
             Command::Create {
                 app: "my-app".into(),
-                no_services: true
+                no_services: true,
+                host: None,
             }
         );
+    }
+
+    #[test]
+    fn create_takes_a_host() {
+        assert_eq!(
+            command(&["backup:create", "my-app", "--host", "web-1.example.com"]),
+            Command::Create {
+                app: "my-app".into(),
+                no_services: false,
+                host: Some("web-1.example.com".into()),
+            }
+        );
+        assert_eq!(
+            command(&["backup", "create", "blog", "--no-services", "--host", "h2"]),
+            Command::Create {
+                app: "blog".into(),
+                no_services: true,
+                host: Some("h2".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn restore_takes_a_target_app_and_host() {
+        let id: BackupId = ID.parse().unwrap();
+        assert_eq!(
+            command(&[
+                "backup:restore",
+                ID,
+                "--target-app",
+                "copy",
+                "--target-host",
+                "web-2"
+            ]),
+            Command::Restore {
+                id: id.clone(),
+                target_app: Some("copy".into()),
+                target_host: Some("web-2".into()),
+            }
+        );
+        assert_eq!(
+            command(&["backup", "restore", ID, "--target-host", "web-2"]),
+            Command::Restore {
+                id: id.clone(),
+                target_app: None,
+                target_host: Some("web-2".into()),
+            }
+        );
+        assert_eq!(
+            command(&["backup:restore", ID]),
+            Command::Restore {
+                id,
+                target_app: None,
+                target_host: None,
+            }
+        );
+    }
+
+    #[test]
+    fn agent_list_in_both_forms() {
+        assert_eq!(command(&["agent:list"]), Command::AgentList);
+        assert_eq!(command(&["agent", "list", "--json"]), Command::AgentList);
+        assert!(parse(&["--json", "agent:list"]).json);
+        assert!(Cli::try_parse_from(["hop3", "agent:list", "extra"]).is_err());
+        assert!(Cli::try_parse_from(["hop3", "agent"]).is_err());
+    }
+
+    #[test]
+    fn import_makes_the_directory_absolute() {
+        assert_eq!(
+            command(&["backup:import", "/srv/incoming/20251108_143022_a8f3d9"]),
+            Command::Import {
+                path: "/srv/incoming/20251108_143022_a8f3d9".into()
+            }
+        );
+        let cwd = std::env::current_dir().unwrap();
+        let expected = cwd.join("incoming").join("b1");
+        assert_eq!(
+            command(&["backup", "import", "incoming/b1"]),
+            Command::Import {
+                path: expected.to_str().unwrap().to_owned()
+            }
+        );
+        assert!(Cli::try_parse_from(["hop3", "backup:import"]).is_err());
+    }
+
+    #[test]
+    fn an_unusable_import_directory_is_refused_before_any_call() {
+        // clap refuses an empty path itself (a usage error, exit 2).
+        assert!(Cli::try_parse_from(["hop3", "backup:import", ""]).is_err());
+    }
+
+    /// The path goes on the wire as text: non-UTF-8 cannot be sent.
+    #[cfg(unix)]
+    #[test]
+    fn a_non_utf8_import_directory_is_refused_before_any_call() {
+        use std::ffi::OsString;
+        use std::os::unix::ffi::OsStringExt;
+        let argv = [
+            OsString::from("hop3"),
+            OsString::from("backup:import"),
+            OsString::from_vec(b"/srv/\xff".to_vec()),
+        ];
+        let err = Cli::try_parse_from(argv).unwrap().command().unwrap_err();
+        assert!(matches!(err, CliError::InvalidPath { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "invalid backup directory \"/srv/\\xFF\": is not valid UTF-8"
+        );
+        assert_eq!(err.exit_code(), 2);
+        assert_eq!(err.code_name(), "INVALID_ARGUMENT");
     }
 
     #[test]
@@ -329,6 +522,21 @@ mod tests {
             let err = parse(args).command().unwrap_err();
             assert!(matches!(err, CliError::InvalidName(_)), "{args:?}: {err:?}");
             assert!(err.to_string().contains("invalid app name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn invalid_host_names_are_refused_before_any_call() {
+        for args in [
+            &["backup:create", "my-app", "--host", "../etc"][..],
+            &["backup", "create", "my-app", "--host", ""],
+            &["backup:restore", ID, "--target-host", "a b"],
+            &["backup", "restore", ID, "--target-host", ".hidden"],
+        ] {
+            let err = parse(args).command().unwrap_err();
+            assert!(matches!(err, CliError::InvalidName(_)), "{args:?}: {err:?}");
+            assert!(err.to_string().contains("invalid host id"), "{err}");
+            assert_eq!(err.exit_code(), 2);
         }
     }
 }

@@ -6,8 +6,9 @@ use std::time::Duration;
 use hop3_proto::BackupId;
 use hop3_proto::v1::backup_service_client::BackupServiceClient;
 use hop3_proto::v1::{
-    BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest, DeleteBackupRequest,
-    GetBackupRequest, ListBackupsRequest, RestoreBackupEvent, RestoreBackupRequest,
+    AgentInfo, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
+    DeleteBackupRequest, GetBackupRequest, ImportBackupRequest, ListAgentsRequest,
+    ListBackupsRequest, RestoreBackupEvent, RestoreBackupRequest,
 };
 use tonic::Streaming;
 use tonic::transport::{Channel, Endpoint};
@@ -51,15 +52,18 @@ impl Controller {
         CliError::from_status(status, subject, &self.url)
     }
 
-    /// `CreateBackup`: the stream of progress events ending with the summary.
+    /// `CreateBackup` of `host`'s copy of `app` (the controller picks the
+    /// host when `None`): the stream of progress events ending with the summary.
     pub async fn create_backup(
         &mut self,
         app: &str,
         no_services: bool,
+        host: Option<&str>,
     ) -> Result<Streaming<CreateBackupEvent>, CliError> {
         let request = CreateBackupRequest {
             app: app.to_owned(),
             no_services,
+            host: host.unwrap_or_default().to_owned(),
         };
         match self.client.create_backup(request).await {
             Ok(response) => Ok(response.into_inner()),
@@ -94,15 +98,18 @@ impl Controller {
         }
     }
 
-    /// `RestoreBackup`: the stream of progress events ending with the result.
+    /// `RestoreBackup` (into the backup's own app and host unless told
+    /// otherwise): the stream of progress events ending with the result.
     pub async fn restore_backup(
         &mut self,
         id: &BackupId,
         target_app: Option<&str>,
+        target_host: Option<&str>,
     ) -> Result<Streaming<RestoreBackupEvent>, CliError> {
         let request = RestoreBackupRequest {
             backup_id: id.to_string(),
             target_app: target_app.unwrap_or_default().to_owned(),
+            target_host: target_host.unwrap_or_default().to_owned(),
         };
         match self.client.restore_backup(request).await {
             Ok(response) => Ok(response.into_inner()),
@@ -118,6 +125,25 @@ impl Controller {
         match self.client.delete_backup(request).await {
             Ok(_) => Ok(()),
             Err(status) => Err(self.error(status, Subject::Backup)),
+        }
+    }
+
+    /// `ImportBackup` of the directory at `path` on the controller's machine.
+    pub async fn import_backup(&mut self, path: &str) -> Result<BackupSummary, CliError> {
+        let request = ImportBackupRequest {
+            path: path.to_owned(),
+        };
+        match self.client.import_backup(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.error(status, Subject::Directory)),
+        }
+    }
+
+    /// `ListAgents`: every agent the controller knows, online or not.
+    pub async fn list_agents(&mut self) -> Result<Vec<AgentInfo>, CliError> {
+        match self.client.list_agents(ListAgentsRequest {}).await {
+            Ok(response) => Ok(response.into_inner().agents),
+            Err(status) => Err(self.error(status, Subject::Fleet)),
         }
     }
 }

@@ -14,9 +14,9 @@ pub mod exit {
     pub const FAILURE: u8 = 1;
     /// Bad arguments (clap uses 2 for its own usage errors too).
     pub const USAGE: u8 = 2;
-    /// No such application or backup.
+    /// No such application, backup or directory.
     pub const NOT_FOUND: u8 = 3;
-    /// Checksum mismatch, another operation in progress.
+    /// Checksum mismatch, another operation in progress, backup already imported.
     pub const FAILED_PRECONDITION: u8 = 4;
     /// Not enough disk space.
     pub const RESOURCE_EXHAUSTED: u8 = 5;
@@ -34,6 +34,10 @@ pub enum Subject {
     App,
     /// The request named a backup.
     Backup,
+    /// The request named a backup directory on the controller's machine.
+    Directory,
+    /// The request named nothing in particular (e.g. listing the agents).
+    Fleet,
 }
 
 /// Everything that can make a `hop3` command fail.
@@ -43,9 +47,13 @@ pub enum CliError {
     #[error(transparent)]
     InvalidBackupId(#[from] InvalidBackupId),
 
-    /// An app name on the command line is not a valid name.
+    /// An app or host name on the command line is not a valid name.
     #[error(transparent)]
     InvalidName(#[from] InvalidName),
+
+    /// A directory on the command line cannot be made absolute or sent.
+    #[error("invalid backup directory {path:?}: {reason}")]
+    InvalidPath { path: PathBuf, reason: String },
 
     /// The controller URL cannot be parsed.
     #[error("invalid controller URL {url:?}: {reason}")]
@@ -135,6 +143,7 @@ impl CliError {
         match self {
             Self::InvalidBackupId(_)
             | Self::InvalidName(_)
+            | Self::InvalidPath { .. }
             | Self::InvalidControllerUrl { .. }
             | Self::Config { .. }
             | Self::ConfirmationRequired { .. } => exit::USAGE,
@@ -156,6 +165,7 @@ impl CliError {
         match self {
             Self::InvalidBackupId(_)
             | Self::InvalidName(_)
+            | Self::InvalidPath { .. }
             | Self::InvalidControllerUrl { .. }
             | Self::Config { .. }
             | Self::ConfirmationRequired { .. } => "INVALID_ARGUMENT",
@@ -178,6 +188,13 @@ impl CliError {
                 (Code::NotFound, Subject::App) => Some("Check the application name."),
                 (Code::NotFound, Subject::Backup) => {
                     Some("List backups with: hop3 backup:list (or hop3 backup:list APP)")
+                }
+                (Code::NotFound, Subject::Directory) => Some(
+                    "The directory is read by the controller: give its path on the \
+                     controller's machine.",
+                ),
+                (Code::AlreadyExists, _) => {
+                    Some("The backup is already in the catalog: hop3 backup:list")
                 }
                 (Code::ResourceExhausted, _) => Some(
                     "Delete old backups: hop3 backup:list, then hop3 backup:delete ID \
@@ -227,8 +244,9 @@ impl CliError {
 fn status_exit_code(code: Code) -> u8 {
     match code {
         Code::NotFound => exit::NOT_FOUND,
-        // ABORTED is what a concurrency conflict is often reported as.
-        Code::FailedPrecondition | Code::Aborted => exit::FAILED_PRECONDITION,
+        // ABORTED is what a concurrency conflict is often reported as;
+        // ALREADY_EXISTS is an import of a backup the catalog already holds.
+        Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => exit::FAILED_PRECONDITION,
         Code::ResourceExhausted => exit::RESOURCE_EXHAUSTED,
         Code::PermissionDenied | Code::Unauthenticated => exit::PERMISSION_DENIED,
         Code::InvalidArgument | Code::OutOfRange => exit::USAGE,
@@ -239,7 +257,6 @@ fn status_exit_code(code: Code) -> u8 {
         | Code::Cancelled
         | Code::Unknown
         | Code::DeadlineExceeded
-        | Code::AlreadyExists
         | Code::Unimplemented
         | Code::Internal
         | Code::Unavailable
@@ -298,6 +315,7 @@ mod tests {
 
         let cases = [
             (Code::FailedPrecondition, 4, "FAILED_PRECONDITION"),
+            (Code::AlreadyExists, 4, "ALREADY_EXISTS"),
             (Code::ResourceExhausted, 5, "RESOURCE_EXHAUSTED"),
             (Code::PermissionDenied, 6, "PERMISSION_DENIED"),
             (Code::Unauthenticated, 6, "UNAUTHENTICATED"),
@@ -315,6 +333,29 @@ mod tests {
                 .unwrap()
                 .contains("backup:delete")
         );
+    }
+
+    #[test]
+    fn import_failures_get_their_own_hints() {
+        let e = status(
+            Code::NotFound,
+            "Backup directory not found: /srv/x",
+            Subject::Directory,
+        );
+        assert_eq!(e.exit_code(), 3);
+        assert!(e.hint().unwrap().contains("controller's machine"));
+        let e = status(
+            Code::AlreadyExists,
+            "Backup already exists: 20251108_143022_a8f3d9",
+            Subject::Directory,
+        );
+        assert_eq!(e.exit_code(), exit::FAILED_PRECONDITION);
+        assert_eq!(
+            e.to_string(),
+            "Backup already exists: 20251108_143022_a8f3d9"
+        );
+        assert!(e.hint().unwrap().contains("hop3 backup:list"));
+        assert_eq!(status(Code::NotFound, "m", Subject::Fleet).hint(), None);
     }
 
     #[test]

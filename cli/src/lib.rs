@@ -1,4 +1,4 @@
-//! The `hop3` command-line client of hop3-backup: the `backup:*` commands,
+//! The `hop3` command-line client of hop3-backup: the `backup:*` and `agent:*` commands,
 //! their output, progress and exit codes. It talks gRPC to the controller
 //! through the contract crate `hop3-proto` and nothing else.
 
@@ -32,15 +32,24 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
     let mut controller = Controller::connect(&url).await?;
     let c = &mut controller;
     match &command {
-        Command::Create { app, no_services } => {
-            commands::create::run(c, out, app, *no_services).await
-        }
+        Command::Create {
+            app,
+            no_services,
+            host,
+        } => commands::create::run(c, out, app, *no_services, host.as_deref()).await,
         Command::List { app, limit } => commands::list::run(c, out, app.as_deref(), *limit).await,
         Command::Info { id } => commands::info::run(c, out, id).await,
-        Command::Restore { id, target_app } => {
-            commands::restore::run(c, out, id, target_app.as_deref()).await
+        Command::Restore {
+            id,
+            target_app,
+            target_host,
+        } => {
+            let (app, host) = (target_app.as_deref(), target_host.as_deref());
+            commands::restore::run(c, out, id, app, host).await
         }
         Command::Delete { id, yes } => commands::delete::run(c, out, id, *yes).await,
+        Command::Import { path } => commands::import::run(c, out, path).await,
+        Command::AgentList => commands::agents::run(c, out).await,
     }
 }
 

@@ -70,6 +70,14 @@ fn parse_utc(rfc3339: &str) -> Option<OffsetDateTime> {
         .map(|t| t.to_offset(time::UtcOffset::UTC))
 }
 
+/// `t` as `YYYY-MM-DD HH:MM:SS`, or `raw` if it cannot be formatted.
+fn format_table_time(t: OffsetDateTime, raw: &str) -> String {
+    t.format(format_description!(
+        "[year]-[month]-[day] [hour]:[minute]:[second]"
+    ))
+    .unwrap_or_else(|_| raw.to_owned())
+}
+
 /// `created_at` as `YYYY-MM-DD HH:MM:SS` (UTC) for tables and prompts. Falls
 /// back on the time in the backup ID, then on the raw text, so that a
 /// malformed timestamp never hides a backup.
@@ -77,12 +85,20 @@ pub fn format_created(created_at: &str, backup_id: &str) -> String {
     let when = parse_utc(created_at)
         .or_else(|| backup_id.parse::<BackupId>().ok().map(|id| id.timestamp()));
     match when {
-        Some(t) => t
-            .format(format_description!(
-                "[year]-[month]-[day] [hour]:[minute]:[second]"
-            ))
-            .unwrap_or_else(|_| created_at.to_owned()),
+        Some(t) => format_table_time(t, created_at),
         None => created_at.to_owned(),
+    }
+}
+
+/// An RFC 3339 time as `YYYY-MM-DD HH:MM:SS` (UTC) for tables; the raw text
+/// when it does not parse, `-` when there is none.
+pub fn format_time(rfc3339: &str) -> String {
+    if rfc3339.is_empty() {
+        return "-".to_owned();
+    }
+    match parse_utc(rfc3339) {
+        Some(t) => format_table_time(t, rfc3339),
+        None => rfc3339.to_owned(),
     }
 }
 
@@ -164,6 +180,13 @@ mod tests {
         );
         assert_eq!(format_created("garbage", id), "2025-11-08 14:30:22");
         assert_eq!(format_created("garbage", "x"), "garbage");
+        assert_eq!(
+            format_time("2025-11-08T15:30:22.5+01:00"),
+            "2025-11-08 14:30:22"
+        );
+        assert_eq!(format_time("2025-11-08T14:30:22Z"), "2025-11-08 14:30:22");
+        assert_eq!(format_time("garbage"), "garbage");
+        assert_eq!(format_time(""), "-");
         assert_eq!(
             format_rfc3339("2025-11-08T14:30:22.123456+00:00"),
             "2025-11-08T14:30:22Z"

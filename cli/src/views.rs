@@ -3,7 +3,7 @@
 //! move when the proto changes.
 
 use hop3_proto::v1::{
-    AppState, BackupDetails, BackupSummary, FileCheck, RestoreResult, ServiceInfo,
+    AgentInfo, AppState, BackupDetails, BackupSummary, FileCheck, RestoreResult, ServiceInfo,
 };
 use serde::Serialize;
 
@@ -166,6 +166,37 @@ impl From<RestoreResult> for RestoreView {
     }
 }
 
+/// One agent: `agent:list` prints an array of them.
+#[derive(Debug, Serialize)]
+pub struct AgentView {
+    pub host: String,
+    pub address: String,
+    pub version: String,
+    /// `online` or `offline`.
+    pub status: &'static str,
+    /// RFC 3339, as the controller gives it.
+    pub last_seen: String,
+    pub apps: Vec<String>,
+}
+
+impl From<AgentInfo> for AgentView {
+    fn from(a: AgentInfo) -> Self {
+        Self {
+            host: a.host,
+            address: a.address,
+            version: a.version,
+            status: agent_status(a.online),
+            last_seen: a.last_seen,
+            apps: a.apps,
+        }
+    }
+}
+
+/// An agent's status as `agent:list` shows it, in both outputs.
+pub fn agent_status(online: bool) -> &'static str {
+    if online { "online" } else { "offline" }
+}
+
 /// `backup:delete`.
 #[derive(Debug, Serialize)]
 pub struct DeletedView {
@@ -244,5 +275,27 @@ mod tests {
                 "all_valid": true
             })
         );
+    }
+
+    #[test]
+    fn agent_field_names_are_the_documented_ones() {
+        let agent = AgentInfo {
+            host: "web-1".into(),
+            address: "http://10.0.0.5:7411".into(),
+            version: "0.1.0".into(),
+            online: false,
+            last_seen: "2025-11-08T14:30:22Z".into(),
+            apps: vec!["blog".into(), "shop".into()],
+        };
+        let value = serde_json::to_value(AgentView::from(agent)).unwrap();
+        assert_eq!(
+            value,
+            json!({
+                "host": "web-1", "address": "http://10.0.0.5:7411", "version": "0.1.0",
+                "status": "offline", "last_seen": "2025-11-08T14:30:22Z",
+                "apps": ["blog", "shop"]
+            })
+        );
+        assert_eq!(agent_status(true), "online");
     }
 }

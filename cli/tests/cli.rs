@@ -6,6 +6,7 @@
 
 mod fake_controller;
 
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use fake_controller::{BAD_ID, FakeController, GOOD_ID, UNKNOWN_ID};
@@ -13,13 +14,17 @@ use serde_json::Value;
 
 /// `hop3 ARGS` with a clean environment for the variables it reads.
 fn hop3(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hop3"))
+    hop3_command(args).output().expect("hop3 runs")
+}
+
+fn hop3_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hop3"));
+    command
         .args(args)
         .env_remove("HOP3_CONTROLLER")
         .env_remove("HOP3_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("hop3 runs")
+        .stdin(Stdio::null());
+    command
 }
 
 fn stdout(o: &Output) -> String {
@@ -41,6 +46,8 @@ fn help_lists_the_commands_and_the_exit_codes() {
         "backup:info",
         "backup:restore",
         "backup:delete",
+        "backup:import",
+        "agent:list",
         "--controller",
         "--json",
         "Exit codes",
@@ -49,8 +56,37 @@ fn help_lists_the_commands_and_the_exit_codes() {
     }
     let o = hop3(&["backup", "--help"]);
     assert!(o.status.success());
-    for word in ["create", "list", "info", "restore", "delete"] {
+    for word in ["create", "list", "info", "restore", "delete", "import"] {
         assert!(stdout(&o).contains(word));
+    }
+    let o = hop3(&["agent", "--help"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("list"));
+    let o = hop3(&["backup:create", "--help"]);
+    assert!(stdout(&o).contains("--host <HOST>"), "{}", stdout(&o));
+    let o = hop3(&["backup:restore", "--help"]);
+    assert!(
+        stdout(&o).contains("--target-host <HOST>"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn an_invalid_host_fails_before_contacting_anything() {
+    for args in [
+        &["backup:create", "my-app", "--host", "../etc"][..],
+        &["backup", "restore", GOOD_ID, "--target-host", "a/b"],
+    ] {
+        let mut all = vec!["--controller", "http://127.0.0.1:1"];
+        all.extend_from_slice(args);
+        let o = hop3(&all);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        assert!(
+            stderr(&o).starts_with("Error: invalid host id"),
+            "{}",
+            stderr(&o)
+        );
     }
 }
 
@@ -212,6 +248,28 @@ fn create_in_space_form_with_json() {
     for field in ["host", "created_at", "location", "error"] {
         assert!(doc[field].is_string(), "{field}");
     }
+    fake.received(|r| {
+        assert_eq!(r.creates.len(), 1);
+        assert!(r.creates[0].no_services);
+        assert_eq!(r.creates[0].host, "", "no --host: the controller picks");
+    });
+}
+
+#[test]
+fn create_sends_the_host() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:create", "my-app", "--host", "web-1"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = against(&fake, &["backup", "create", "--host", "web-2", "blog"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    fake.received(|r| {
+        let sent: Vec<_> = r
+            .creates
+            .iter()
+            .map(|c| (c.app.as_str(), c.host.as_str(), c.no_services))
+            .collect();
+        assert_eq!(sent, [("my-app", "web-1", false), ("blog", "web-2", false)]);
+    });
 }
 
 #[test]
@@ -342,6 +400,7 @@ fn restore_prints_the_guide_output() {
              Restore completed successfully!\n\
              \n\
              Application: my-app\n\
+             Host: host-1\n\
              Hostname: myapp.example.com\n\
              Port: 8000\n\
              \n\
@@ -373,6 +432,179 @@ fn restore_prints_the_guide_output() {
     let o = against(&fake, &["backup:restore", BAD_ID]);
     assert_eq!(o.status.code(), Some(4));
     assert!(stderr(&o).contains("Error: Checksum mismatch: data.tar.gz"));
+}
+
+#[test]
+fn restore_sends_the_target_host() {
+    let fake = FakeController::start();
+    let o = against(
+        &fake,
+        &["backup:restore", GOOD_ID, "--target-host", "web-2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("\nApplication: my-app\nHost: web-2\nHostname: "),
+        "{}",
+        stdout(&o)
+    );
+    let o = against(
+        &fake,
+        &[
+            "--json",
+            "backup",
+            "restore",
+            GOOD_ID,
+            "--target-app",
+            "copy",
+            "--target-host",
+            "web-3",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = json(&o);
+    assert_eq!(
+        (&doc["app"], &doc["host"]),
+        (&"copy".into(), &"web-3".into())
+    );
+    fake.received(|r| {
+        let sent: Vec<_> = r
+            .restores
+            .iter()
+            .map(|q| (q.target_app.as_str(), q.target_host.as_str()))
+            .collect();
+        assert_eq!(sent, [("", "web-2"), ("copy", "web-3")]);
+    });
+}
+
+#[test]
+fn agent_list_prints_a_table_or_json() {
+    let fake = FakeController::start();
+    let expected = "\
+HOST         ADDRESS                STATUS   LAST SEEN            APPS
+web-1        http://10.0.0.5:7411   online   2025-11-08 14:30:22  blog, my-app
+db-server-2  http://10.0.0.17:7411  offline  2025-11-07 09:30:15  -
+";
+    for args in [&["agent:list"][..], &["agent", "list"]] {
+        let o = against(&fake, args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(stdout(&o), expected, "{args:?}");
+    }
+
+    let o = against(&fake, &["agent:list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        json(&o),
+        serde_json::json!([
+            {
+                "host": "web-1", "address": "http://10.0.0.5:7411", "version": "0.1.0",
+                "status": "online", "last_seen": "2025-11-08T14:30:22Z",
+                "apps": ["blog", "my-app"]
+            },
+            {
+                "host": "db-server-2", "address": "http://10.0.0.17:7411", "version": "0.0.9",
+                "status": "offline", "last_seen": "2025-11-07T10:30:15.123456+01:00",
+                "apps": []
+            }
+        ])
+    );
+}
+
+#[test]
+fn agent_list_without_agents() {
+    let fake = FakeController::start_with_agents(Vec::new());
+    let o = against(&fake, &["agent", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "No agents registered.\n");
+    let o = against(&fake, &["--json", "agent:list"]);
+    assert_eq!(json(&o), serde_json::json!([]));
+}
+
+#[test]
+fn import_prints_the_summary() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:import", "/srv/incoming/old-backup"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        stdout(&o),
+        format!(
+            "Backup imported successfully!\n\
+             \n\
+             Backup ID: {GOOD_ID}\n\
+             Application: my-app\n\
+             Location: /var/hop3/backups/apps/my-app/{GOOD_ID}\n\
+             Total size: 15.6 MB\n\
+             \n\
+             To restore this backup:\n  \
+             hop3 backup:restore {GOOD_ID}\n"
+        )
+    );
+
+    let o = against(&fake, &["--json", "backup", "import", "/srv/incoming/b"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let doc = json(&o);
+    assert_eq!(doc["backup_id"], GOOD_ID);
+    assert_eq!(doc["app"], "my-app");
+    assert_eq!(doc["status"], "COMPLETED");
+    assert_eq!(doc["total_size"], 16_357_785);
+    for field in ["host", "created_at", "location", "error"] {
+        assert!(doc[field].is_string(), "{field}");
+    }
+    fake.received(|r| {
+        let sent: Vec<_> = r.imports.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(sent, ["/srv/incoming/old-backup", "/srv/incoming/b"]);
+    });
+}
+
+#[test]
+fn import_sends_a_relative_directory_made_absolute() {
+    let fake = FakeController::start();
+    let dir = tempfile::tempdir().unwrap();
+    let url = fake.url();
+    let o = hop3_command(&["--controller", &url, "backup:import", "incoming/b1"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expected = dir.path().join("incoming").join("b1");
+    fake.received(|r| {
+        assert_eq!(r.imports.len(), 1);
+        assert_eq!(Path::new(&r.imports[0].path), expected);
+    });
+}
+
+#[test]
+fn import_failures_map_to_messages_hints_and_exit_codes() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["backup:import", "/srv/missing"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("Error: Backup directory not found: /srv/missing\nHint: "),
+        "{}",
+        stderr(&o)
+    );
+
+    let o = against(&fake, &["backup:import", "/srv/dup"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with(&format!("Error: Backup {GOOD_ID} already exists\n")),
+        "{}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).is_empty());
+
+    let o = against(&fake, &["--json", "backup:import", "/srv/dup"]);
+    assert_eq!(o.status.code(), Some(4));
+    let doc = json_error(&o);
+    assert_eq!(doc["error"]["code"], "ALREADY_EXISTS");
+    assert_eq!(
+        doc["error"]["message"],
+        format!("Backup {GOOD_ID} already exists")
+    );
+
+    // An empty path is refused before connecting (port 1 would give exit 7).
+    let o = hop3(&["--controller", "http://127.0.0.1:1", "backup:import", ""]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("Cannot reach"), "{}", stderr(&o));
 }
 
 #[test]

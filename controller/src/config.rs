@@ -22,6 +22,9 @@ pub struct Config {
     /// Also serve this host's apps with an agent inside this process.
     #[arg(long, env = "HOP3_LOCAL_AGENT")]
     pub local_agent: bool,
+    /// TOML file of settings, keyed by flag name (flags and environment win over it).
+    #[arg(long, env = "HOP3_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub agent: AgentOptions,
 }

@@ -1,6 +1,5 @@
 //! `hop3-controller`: the controller of hop3-backup.
 
-use clap::Parser;
 use hop3_controller::{Config, server};
 
 #[tokio::main]
@@ -12,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let config = Config::parse();
+    let config: Config = hop3_agent::config_file::parse_with_config()?;
     server::run(config, shutdown_signal()).await
 }
 

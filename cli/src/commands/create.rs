@@ -1,4 +1,4 @@
-//! `backup:create APP [--no-services]`.
+//! `backup:create APP [--no-services] [--host HOST]`.
 
 use hop3_proto::v1::BackupSummary;
 
@@ -12,17 +12,18 @@ use crate::views::SummaryView;
 /// The status of a backup the controller gave up on.
 const FAILED: &str = "FAILED";
 
-/// Backs `app` up, showing progress on stderr.
+/// Backs `app` up (`host`'s copy of it when given), showing progress on stderr.
 pub async fn run(
     controller: &mut Controller,
     out: Output,
     app: &str,
     no_services: bool,
+    host: Option<&str>,
 ) -> Result<(), CliError> {
     if !out.is_json() {
         out.text(&format!("Creating backup for app '{app}'...\n"))?;
     }
-    let stream = controller.create_backup(app, no_services).await?;
+    let stream = controller.create_backup(app, no_services, host).await?;
     let mut progress = progress::for_stderr();
     let on_error = |status| controller.error(status, Subject::App);
     let summary = follow(stream, progress.as_mut(), on_error, "backup").await?;

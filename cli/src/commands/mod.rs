@@ -5,8 +5,10 @@
 //! [`Controller`]: crate::client::Controller
 //! [`Output`]: crate::output::Output
 
+pub mod agents;
 pub mod create;
 pub mod delete;
+pub mod import;
 pub mod info;
 pub mod list;
 pub mod restore;

@@ -1,4 +1,4 @@
-//! `backup:restore ID [--target-app NAME]`.
+//! `backup:restore ID [--target-app NAME] [--target-host HOST]`.
 
 use hop3_proto::BackupId;
 use hop3_proto::v1::RestoreResult;
@@ -10,17 +10,21 @@ use crate::progress;
 use crate::stream::follow;
 use crate::views::RestoreView;
 
-/// Restores backup `id` (into `target_app` when given), showing progress on stderr.
+/// Restores backup `id` (into `target_app` on `target_host` when given),
+/// showing progress on stderr.
 pub async fn run(
     controller: &mut Controller,
     out: Output,
     id: &BackupId,
     target_app: Option<&str>,
+    target_host: Option<&str>,
 ) -> Result<(), CliError> {
     if !out.is_json() {
         out.text(&format!("Restoring backup {id}...\n"))?;
     }
-    let stream = controller.restore_backup(id, target_app).await?;
+    let stream = controller
+        .restore_backup(id, target_app, target_host)
+        .await?;
     let mut progress = progress::for_stderr();
     let on_error = |status| controller.error(status, Subject::Backup);
     let result = follow(stream, progress.as_mut(), on_error, "restore").await?;
@@ -42,11 +46,13 @@ pub fn render(r: &RestoreResult) -> String {
     format!(
         "\nRestore completed successfully!\n\n\
          Application: {app}\n\
+         Host: {host}\n\
          Hostname: {hostname}\n\
          Port: {port}\n\n\
          To start the application:\n  \
          hop3 app:restart {app}\n",
         app = r.app,
+        host = or_na(&r.host),
         hostname = or_na(&state.hostname),
         port = or_na(&port),
     )
@@ -75,6 +81,7 @@ mod tests {
 Restore completed successfully!
 
 Application: my-app
+Host: h1
 Hostname: myapp.example.com
 Port: 8000
 

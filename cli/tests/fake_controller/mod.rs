@@ -1,15 +1,19 @@
 //! A fake controller for the CLI's tests: a real gRPC `BackupService` on a
-//! free port whose answers depend on the app name or backup ID asked for.
+//! free port whose answers depend on the app name, backup ID or directory
+//! asked for. It records the requests that carry more than a name, so tests
+//! can check what the CLI sent.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use hop3_proto::v1::backup_service_server::{BackupService, BackupServiceServer};
 use hop3_proto::v1::{
-    AppState, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
-    DeleteBackupRequest, DeleteBackupResponse, FileCheck, GetBackupRequest, ListBackupsRequest,
-    ListBackupsResponse, Progress, RestoreBackupEvent, RestoreBackupRequest, RestoreResult,
-    ServiceInfo, create_backup_event, restore_backup_event,
+    AgentInfo, AppState, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
+    DeleteBackupRequest, DeleteBackupResponse, FileCheck, GetBackupRequest, ImportBackupRequest,
+    ListAgentsRequest, ListAgentsResponse, ListBackupsRequest, ListBackupsResponse, Progress,
+    RestoreBackupEvent, RestoreBackupRequest, RestoreResult, ServiceInfo, create_backup_event,
+    restore_backup_event,
 };
 use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -22,15 +26,52 @@ pub const BAD_ID: &str = "20251107_093015_b7e4c8";
 /// A well-formed ID the fake does not know.
 pub const UNKNOWN_ID: &str = "20240101_000000_000000";
 
+/// The requests the fake received, in order.
+#[derive(Debug, Default)]
+pub struct Received {
+    pub creates: Vec<CreateBackupRequest>,
+    pub restores: Vec<RestoreBackupRequest>,
+    pub imports: Vec<ImportBackupRequest>,
+}
+
 /// The fake, serving until dropped.
 pub struct FakeController {
     runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
+    received: Arc<Mutex<Received>>,
+}
+
+/// The agents [`FakeController::start`] knows: one online serving two
+/// apps, one offline serving none.
+pub fn agents() -> Vec<AgentInfo> {
+    vec![
+        AgentInfo {
+            host: "web-1".into(),
+            address: "http://10.0.0.5:7411".into(),
+            version: "0.1.0".into(),
+            online: true,
+            last_seen: "2025-11-08T14:30:22Z".into(),
+            apps: vec!["blog".into(), "my-app".into()],
+        },
+        AgentInfo {
+            host: "db-server-2".into(),
+            address: "http://10.0.0.17:7411".into(),
+            version: "0.0.9".into(),
+            online: false,
+            last_seen: "2025-11-07T10:30:15.123456+01:00".into(),
+            apps: Vec::new(),
+        },
+    ]
 }
 
 impl FakeController {
-    /// Starts serving on a free port of 127.0.0.1.
+    /// Starts serving on a free port of 127.0.0.1, knowing [`agents`].
     pub fn start() -> Self {
+        Self::start_with_agents(agents())
+    }
+
+    /// Starts serving on a free port of 127.0.0.1, knowing `agents`.
+    pub fn start_with_agents(agents: Vec<AgentInfo>) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -40,20 +81,31 @@ impl FakeController {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .unwrap();
         let addr = listener.local_addr().unwrap();
+        let received = Arc::new(Mutex::new(Received::default()));
+        let fake = Fake {
+            agents,
+            received: Arc::clone(&received),
+        };
         runtime.spawn(
             tonic::transport::Server::builder()
-                .add_service(BackupServiceServer::new(Fake))
+                .add_service(BackupServiceServer::new(fake))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         Self {
             runtime: Some(runtime),
             addr,
+            received,
         }
     }
 
     /// The URL to pass with `--controller`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Runs `check` on the requests received so far.
+    pub fn received<T>(&self, check: impl FnOnce(&Received) -> T) -> T {
+        check(&self.received.lock().unwrap())
     }
 }
 
@@ -65,7 +117,10 @@ impl Drop for FakeController {
     }
 }
 
-struct Fake;
+struct Fake {
+    agents: Vec<AgentInfo>,
+    received: Arc<Mutex<Received>>,
+}
 
 type EventStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
@@ -123,7 +178,9 @@ impl BackupService for Fake {
         &self,
         request: Request<CreateBackupRequest>,
     ) -> Result<Response<Self::CreateBackupStream>, Status> {
-        let app = request.into_inner().app;
+        let request = request.into_inner();
+        self.received.lock().unwrap().creates.push(request.clone());
+        let app = request.app;
         let completed = |s: BackupSummary| {
             Ok(CreateBackupEvent {
                 event: Some(create_backup_event::Event::Completed(s)),
@@ -222,6 +279,7 @@ impl BackupService for Fake {
         request: Request<RestoreBackupRequest>,
     ) -> Result<Response<Self::RestoreBackupStream>, Status> {
         let request = request.into_inner();
+        self.received.lock().unwrap().restores.push(request.clone());
         if request.backup_id == BAD_ID {
             return Err(Status::failed_precondition(
                 "Checksum mismatch: data.tar.gz (expected sha256:aaaa..., found sha256:bbbb...)",
@@ -238,6 +296,11 @@ impl BackupService for Fake {
         } else {
             request.target_app
         };
+        let host = if request.target_host.is_empty() {
+            "host-1".to_owned()
+        } else {
+            request.target_host
+        };
         let events = vec![
             Ok(RestoreBackupEvent {
                 event: Some(restore_backup_event::Event::Progress(progress(
@@ -248,7 +311,7 @@ impl BackupService for Fake {
                 event: Some(restore_backup_event::Event::Completed(RestoreResult {
                     backup_id: GOOD_ID.into(),
                     app,
-                    host: "host-1".into(),
+                    host,
                     app_state: Some(AppState {
                         hostname: "myapp.example.com".into(),
                         port: 8000,
@@ -270,5 +333,41 @@ impl BackupService for Fake {
         } else {
             Err(Status::not_found(format!("Backup not found: {id}")))
         }
+    }
+
+    /// Refuses a relative path as the controller would; otherwise the last
+    /// component decides: `missing`, `dup`, or an import of [`GOOD_ID`].
+    async fn import_backup(
+        &self,
+        request: Request<ImportBackupRequest>,
+    ) -> Result<Response<BackupSummary>, Status> {
+        let request = request.into_inner();
+        self.received.lock().unwrap().imports.push(request.clone());
+        let path = std::path::Path::new(&request.path);
+        if !path.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "The backup directory must be an absolute path: {}",
+                request.path
+            )));
+        }
+        match path.file_name().and_then(|n| n.to_str()) {
+            Some("missing") => Err(Status::not_found(format!(
+                "Backup directory not found: {}",
+                request.path
+            ))),
+            Some("dup") => Err(Status::already_exists(format!(
+                "Backup {GOOD_ID} already exists"
+            ))),
+            _ => Ok(Response::new(summary(GOOD_ID, "my-app"))),
+        }
+    }
+
+    async fn list_agents(
+        &self,
+        _request: Request<ListAgentsRequest>,
+    ) -> Result<Response<ListAgentsResponse>, Status> {
+        Ok(Response::new(ListAgentsResponse {
+            agents: self.agents.clone(),
+        }))
     }
 }

@@ -1,0 +1,99 @@
+//! `agent:list`: the agents the controller knows, online or not.
+
+use hop3_proto::v1::AgentInfo;
+
+use crate::client::Controller;
+use crate::error::CliError;
+use crate::output::{Output, format_time, render_table};
+use crate::views::{AgentView, agent_status};
+
+/// Lists the agents in the order the controller returns them.
+pub async fn run(controller: &mut Controller, out: Output) -> Result<(), CliError> {
+    let agents = controller.list_agents().await?;
+    if out.is_json() {
+        let views: Vec<AgentView> = agents.into_iter().map(AgentView::from).collect();
+        out.json(&views)
+    } else {
+        out.text(&render(&agents))
+    }
+}
+
+/// A plain table like `backup:list`'s, or `No agents registered.`
+pub fn render(agents: &[AgentInfo]) -> String {
+    if agents.is_empty() {
+        return "No agents registered.\n".to_owned();
+    }
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            vec![
+                a.host.clone(),
+                a.address.clone(),
+                agent_status(a.online).to_owned(),
+                format_time(&a.last_seen),
+                app_names(&a.apps),
+            ]
+        })
+        .collect();
+    render_table(&["HOST", "ADDRESS", "STATUS", "LAST SEEN", "APPS"], &rows)
+}
+
+/// The apps an agent serves, comma-joined, or `-`.
+fn app_names(apps: &[String]) -> String {
+    if apps.is_empty() {
+        "-".to_owned()
+    } else {
+        apps.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn agent(host: &str, online: bool, last_seen: &str, apps: &[&str]) -> AgentInfo {
+        AgentInfo {
+            host: host.into(),
+            address: format!("http://{host}:7411"),
+            version: "0.1.0".into(),
+            online,
+            last_seen: last_seen.into(),
+            apps: apps.iter().map(|s| (*s).to_owned()).collect(),
+        }
+    }
+
+    #[test]
+    fn renders_an_aligned_table() {
+        let agents = [
+            agent("web-1", true, "2025-11-08T14:30:22Z", &["blog", "shop"]),
+            agent(
+                "db-server-2",
+                false,
+                "2025-11-07T10:30:15.123456+01:00",
+                &[],
+            ),
+        ];
+        assert_eq!(
+            render(&agents),
+            "\
+HOST         ADDRESS                  STATUS   LAST SEEN            APPS
+web-1        http://web-1:7411        online   2025-11-08 14:30:22  blog, shop
+db-server-2  http://db-server-2:7411  offline  2025-11-07 09:30:15  -
+"
+        );
+    }
+
+    #[test]
+    fn a_missing_last_seen_shows_a_dash() {
+        let text = render(&[agent("h", false, "", &["a"])]);
+        assert_eq!(
+            text.lines().nth(1),
+            Some("h     http://h:7411  offline  -          a")
+        );
+    }
+
+    #[test]
+    fn no_agents_says_so() {
+        assert_eq!(render(&[]), "No agents registered.\n");
+    }
+}
