@@ -17,6 +17,7 @@ pub mod server;
 pub mod service;
 pub mod services;
 pub mod state;
+pub mod tls;
 
 pub use config::AgentOptions;
 pub use error::AgentError;

@@ -20,6 +20,13 @@ struct Args {
     /// The URL the controller should use to reach this agent [default: http://LISTEN].
     #[arg(long, env = "HOP3_AGENT_ADVERTISE")]
     advertise: Option<String>,
+    /// Serve and call over mutual TLS with DIR/ca.pem and DIR/HOST_ID.pem/.key
+    /// (from hop3-controller certs issue-agent HOST_ID).
+    #[arg(long, env = "HOP3_TLS_DIR", value_name = "DIR")]
+    tls_dir: Option<std::path::PathBuf>,
+    /// Allow plain, unauthenticated gRPC on a non-loopback address.
+    #[arg(long, env = "HOP3_INSECURE")]
+    insecure: bool,
     /// TOML file of settings, keyed by flag name (flags and environment win over it).
     #[arg(long, env = "HOP3_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
@@ -38,20 +45,34 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args: Args = hop3_agent::config_file::parse_with_config()?;
     let state = Arc::new(args.agent.state());
+    let tls = match &args.tls_dir {
+        Some(dir) => Some(hop3_agent::tls::TlsFiles::load(dir, &state.host_id)?),
+        None => None,
+    };
+    if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
+        anyhow::bail!(
+            "refusing to serve plain, unauthenticated gRPC on {}: use --tls-dir DIR, listen on a loopback address, or pass --insecure",
+            args.listen
+        );
+    }
     let listener = server::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
-    let advertise = args.advertise.unwrap_or_else(|| format!("http://{local}"));
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let advertise = args
+        .advertise
+        .unwrap_or_else(|| format!("{scheme}://{local}"));
     let (reporter, health) = server::health().await;
     tracing::info!(listen = %local, root = %args.agent.root.display(), host_id = %state.host_id, "hop3-agent serving");
     tokio::spawn(server::register_loop(
         state.clone(),
+        tls.clone(),
         args.controller,
         advertise,
         reporter.clone(),
     ));
-    server::serve(state, listener, (reporter, health), shutdown_signal()).await?;
+    server::serve(state, tls, listener, (reporter, health), shutdown_signal()).await?;
     Ok(())
 }
 

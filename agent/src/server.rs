@@ -17,6 +17,7 @@ use tonic_health::server::HealthReporter;
 use crate::restore::clean_leftovers;
 use crate::service::AgentServiceImpl;
 use crate::state::AgentState;
+use crate::tls::{CONTROLLER_NAME, TlsFiles, peer_name};
 
 /// Retry delay after a failed registration.
 const REGISTER_RETRY: Duration = Duration::from_secs(2);
@@ -25,6 +26,7 @@ const REGISTER_RETRY: Duration = Duration::from_secs(2);
 /// NOT_SERVING until `set_serving` is called on the returned reporter.
 pub async fn serve(
     state: Arc<AgentState>,
+    tls: Option<TlsFiles>,
     listener: TcpListener,
     health: (
         HealthReporter,
@@ -36,7 +38,26 @@ pub async fn serve(
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &tls {
+        // Only the controller may call: TLS checks the certificate chains to
+        // our CA, the interceptor that it is the controller's.
+        builder = builder.tls_config(tls.server(false))?;
+    }
+    let only_controller = tls.is_some();
+    let svc = tonic::service::interceptor::InterceptedService::new(
+        svc,
+        move |req: tonic::Request<()>| {
+            if only_controller && peer_name(&req).as_deref() != Some(CONTROLLER_NAME) {
+                tracing::warn!(peer = ?peer_name(&req), "refused a caller that is not the controller");
+                return Err(tonic::Status::permission_denied(
+                    "only the controller may call this agent",
+                ));
+            }
+            Ok(req)
+        },
+    );
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health.1)
@@ -61,11 +82,12 @@ pub async fn health() -> (
 /// the controller asks for, forever. Health turns SERVING after the first success.
 pub async fn register_loop(
     state: Arc<AgentState>,
+    tls: Option<TlsFiles>,
     controller: String,
     advertise: String,
     reporter: HealthReporter,
 ) {
-    let endpoint = match Endpoint::from_shared(controller.clone()) {
+    let mut endpoint = match Endpoint::from_shared(controller.clone()) {
         Ok(e) => e
             .connect_timeout(Duration::from_secs(5))
             .timeout(Duration::from_secs(10)),
@@ -74,6 +96,15 @@ pub async fn register_loop(
             return;
         }
     };
+    if let Some(tls) = &tls {
+        endpoint = match endpoint.tls_config(tls.client(CONTROLLER_NAME)) {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::error!(controller, error = %e, "cannot set up TLS to the controller");
+                return;
+            }
+        };
+    }
     let mut client = AgentRegistryClient::new(endpoint.connect_lazy());
     let mut registered = false;
     loop {

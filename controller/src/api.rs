@@ -71,6 +71,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::CreateBackupRequest>,
     ) -> Result<Response<Self::CreateBackupStream>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
         let req = req.into_inner();
         check_app(&req.app)?;
         let host = (!req.host.is_empty()).then_some(req.host.as_str());
@@ -111,6 +112,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::ListBackupsRequest>,
     ) -> Result<Response<v1::ListBackupsResponse>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
         let req = req.into_inner();
         let app = (!req.app.is_empty()).then_some(req.app.as_str());
         if let Some(app) = app {
@@ -135,6 +137,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::GetBackupRequest>,
     ) -> Result<Response<v1::BackupDetails>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
         let row = self.row(&req.get_ref().backup_id).await?;
         let mut details = v1::BackupDetails {
             summary: Some(self.ctl.summary(&row)),
@@ -194,6 +197,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::RestoreBackupRequest>,
     ) -> Result<Response<Self::RestoreBackupStream>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
         let req = req.into_inner();
         let row = self.row(&req.backup_id).await?;
         let target_app = if req.target_app.is_empty() {
@@ -246,6 +250,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::DeleteBackupRequest>,
     ) -> Result<Response<v1::DeleteBackupResponse>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
         let row = self.row(&req.get_ref().backup_id).await?;
         // A backup being written or restored from stays until that ends.
         let _lock = self.lock(&row.app)?;
@@ -267,6 +272,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::ImportBackupRequest>,
     ) -> Result<Response<v1::BackupSummary>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
         let path = std::path::PathBuf::from(&req.get_ref().path);
         if !path.is_absolute() {
             return Err(ControllerError::InvalidArgument(
@@ -282,6 +288,7 @@ impl BackupService for BackupApi {
         &self,
         _req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
+        self.ctl.auth.check(_req.metadata()).await?;
         let mut agents = Vec::new();
         for a in self.ctl.registry.list() {
             // Ask online agents for their apps now: heartbeats may be seconds old,
@@ -328,6 +335,25 @@ impl AgentRegistry for RegistryApi {
         &self,
         req: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        if self.ctl.mutual_tls {
+            let hello = req.get_ref();
+            match hop3_agent::tls::peer_name(&req) {
+                Some(name) if name == hello.host_id => {}
+                Some(name) => {
+                    tracing::warn!(claimed = %hello.host_id, certificate = %name, "refused an agent registering as another host");
+                    return Err(Status::permission_denied(format!(
+                        "this agent's certificate is for host {name:?}, not {:?}",
+                        hello.host_id
+                    )));
+                }
+                None => {
+                    tracing::warn!(claimed = %hello.host_id, "refused an agent without a certificate");
+                    return Err(Status::unauthenticated(
+                        "agents must present their host's certificate (hop3-controller certs issue-agent)",
+                    ));
+                }
+            }
+        }
         let req = req.into_inner();
         hop3_proto::names::validate_host_id(&req.host_id)
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;

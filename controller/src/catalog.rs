@@ -235,6 +235,61 @@ impl Catalog {
         Ok((added, dropped))
     }
 
+    /// Records a new API token by its hash; false if the name is taken.
+    pub async fn create_token(
+        &self,
+        name: &str,
+        hash: &str,
+        now: &str,
+    ) -> Result<bool, CatalogError> {
+        let done = sqlx::query(
+            "INSERT INTO tokens (name, hash, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Revokes a token; false if there is no live token of that name.
+    pub async fn revoke_token(&self, name: &str, now: &str) -> Result<bool, CatalogError> {
+        let done =
+            sqlx::query("UPDATE tokens SET revoked_at = $1 WHERE name = $2 AND revoked_at IS NULL")
+                .bind(now)
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The name of the live token with this hash.
+    pub async fn token_name(&self, hash: &str) -> Result<Option<String>, CatalogError> {
+        let row = sqlx::query("SELECT name FROM tokens WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("name")).transpose()?)
+    }
+
+    /// Every token: name, creation time, revocation time.
+    pub async fn list_tokens(&self) -> Result<Vec<(String, String, Option<String>)>, CatalogError> {
+        let rows = sqlx::query("SELECT name, created_at, revoked_at FROM tokens ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("name")?,
+                    r.try_get("created_at")?,
+                    r.try_get("revoked_at")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
     /// Forgets a backup.
     pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
         sqlx::query("DELETE FROM backups WHERE backup_id = $1")

@@ -2,7 +2,9 @@
 //! backups and restores through the hosts' agents.
 
 pub mod api;
+pub mod auth;
 pub mod catalog;
+pub mod certs;
 pub mod config;
 pub mod create;
 pub mod error;

@@ -10,6 +10,8 @@ use hop3_proto::v1::ListAppsRequest;
 use hop3_proto::v1::agent_service_client::AgentServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
+use hop3_agent::tls::TlsFiles;
+
 use crate::error::{ControllerError, Result};
 
 /// How often agents are asked to call in.
@@ -48,11 +50,15 @@ pub struct AgentView {
 #[derive(Default)]
 pub struct Registry {
     agents: RwLock<BTreeMap<String, Entry>>,
+    /// With TLS, agents are reached over mutual TLS at https:// addresses.
+    tls: Option<TlsFiles>,
 }
 
-/// Connects lazily to an agent, with keepalives so a dead peer is noticed.
-pub fn agent_client(address: &str) -> Result<AgentClient> {
-    let endpoint = Endpoint::from_shared(address.to_owned())
+/// Connects lazily to an agent, with keepalives so a dead peer is noticed;
+/// over mutual TLS to an https:// address, checking the agent's certificate
+/// is for `host_id`.
+pub fn agent_client(address: &str, host_id: &str, tls: Option<&TlsFiles>) -> Result<AgentClient> {
+    let mut endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| {
             ControllerError::InvalidArgument(format!("bad agent address {address:?}: {e}"))
         })?
@@ -61,12 +67,30 @@ pub fn agent_client(address: &str) -> Result<AgentClient> {
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true)
         .tcp_nodelay(true);
+    if address.starts_with("https://") {
+        let tls = tls.ok_or_else(|| {
+            ControllerError::InvalidArgument(format!(
+                "agent {host_id} is at an https:// address but the controller has no --tls-dir"
+            ))
+        })?;
+        endpoint = endpoint.tls_config(tls.client(host_id)).map_err(|e| {
+            ControllerError::InvalidArgument(format!("TLS for agent {host_id}: {e}"))
+        })?;
+    }
     Ok(AgentServiceClient::new(endpoint.connect_lazy())
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE))
 }
 
 impl Registry {
+    /// A registry whose agents are reached with `tls` when their address is https://.
+    pub fn new(tls: Option<TlsFiles>) -> Self {
+        Self {
+            agents: RwLock::default(),
+            tls,
+        }
+    }
+
     /// Records an agent's registration or heartbeat.
     pub fn register(
         &self,
@@ -99,7 +123,7 @@ impl Registry {
                         last_seen: now,
                         last_seen_at: SystemTime::now(),
                         apps,
-                        client: agent_client(address)?,
+                        client: agent_client(address, host_id, self.tls.as_ref())?,
                     },
                 );
             }

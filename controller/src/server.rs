@@ -14,7 +14,10 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use hop3_agent::tls::{CONTROLLER_NAME, TlsFiles};
+
 use crate::api::{BackupApi, RegistryApi};
+use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::locks::AppLocks;
@@ -43,11 +46,28 @@ pub async fn run(
             "cleaned up after an interrupted run"
         );
     }
+    let tls = match &config.tls_dir {
+        Some(dir) => Some(TlsFiles::load(dir, CONTROLLER_NAME)?),
+        None => None,
+    };
+    if tls.is_none() && !config.listen.ip().is_loopback() && !config.insecure {
+        anyhow::bail!(
+            "refusing to serve plain, unauthenticated gRPC on {}: use --tls-dir DIR (see certs init), listen on a loopback address, or pass --insecure",
+            config.listen
+        );
+    }
+    let auth = if tls.is_some() {
+        Auth::Tokens(catalog.clone())
+    } else {
+        Auth::Open
+    };
     let ctl = Arc::new(Controller {
         catalog,
         store,
-        registry: Registry::default(),
+        registry: Registry::new(tls.clone()),
         locks: AppLocks::default(),
+        auth,
+        mutual_tls: tls.is_some(),
     });
     crate::recovery::rebuild_catalog(&ctl)
         .await
@@ -77,6 +97,7 @@ pub async fn run(
         tokio::spawn(async move {
             if let Err(e) = hop3_agent::server::serve(
                 state,
+                None,
                 agent_listener,
                 (reporter, health),
                 std::future::pending(),
@@ -94,7 +115,11 @@ pub async fn run(
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()));
     tracing::info!(listen = %local, store = %config.store.display(), "hop3-controller serving");
-    Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder.tls_config(tls.server(true))?;
+    }
+    builder
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)

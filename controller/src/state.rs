@@ -1,5 +1,6 @@
 //! What every handler and job of the controller shares.
 
+use crate::auth::Auth;
 use crate::catalog::{BackupRow, Catalog};
 use crate::locks::AppLocks;
 use crate::registry::Registry;
@@ -12,6 +13,10 @@ pub struct Controller {
     pub store: Store,
     pub registry: Registry,
     pub locks: AppLocks,
+    /// Who may call the CLI's API.
+    pub auth: Auth,
+    /// Whether agents must prove their host with a certificate.
+    pub mutual_tls: bool,
 }
 
 impl Controller {
