@@ -205,6 +205,8 @@ where
         .set_unpack_xattrs(false)
         .build();
     let mut memo = Default::default();
+    // Only root can give files away; anyone else keeps them as their own, as tar does.
+    let restore_owners = rustix::process::geteuid().is_root();
     // Directories are made owner-writable while unpacking so their content can
     // be written, and get their archived modes back at the end, deepest first.
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
@@ -237,6 +239,7 @@ where
                 _ => return Err(hostile(&path, "unsupported entry type")),
             }
             let mode = entry.header().mode().unwrap_or(0o755);
+            let owner = (entry.header().uid().ok(), entry.header().gid().ok());
             let unpacked = entry
                 .unpack_in_raw(&dst, &mut memo)
                 .await
@@ -244,6 +247,9 @@ where
             let Some(written) = unpacked else {
                 return Err(hostile(&path, "refused by the extractor"));
             };
+            if restore_owners {
+                chown(&written, owner).await?;
+            }
             if kind == EntryType::Directory {
                 set_mode(&written, mode | 0o700).await?;
                 dir_modes.push((written, mode));
@@ -299,6 +305,17 @@ fn unpack_error(archive: &str, path: &Path, e: io::Error) -> AgentError {
             reason: format!("at {}: {e}", path.display()),
         },
     }
+}
+
+/// Gives an unpacked entry (a symlink itself, never its target) its archived owner.
+async fn chown(path: &Path, (uid, gid): (Option<u64>, Option<u64>)) -> Result<()> {
+    let path = path.to_path_buf();
+    let to_u32 = |id: Option<u64>| id.and_then(|v| u32::try_from(v).ok());
+    let (uid, gid) = (to_u32(uid), to_u32(gid));
+    tokio::task::spawn_blocking(move || std::os::unix::fs::lchown(&path, uid, gid))
+        .await
+        .expect("chown task")
+        .map_err(|e| AgentError::io("restoring file owners", e))
 }
 
 async fn set_mode(path: &Path, mode: u32) -> Result<()> {
@@ -367,6 +384,34 @@ mod tests {
         );
         std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
         std::fs::set_permissions(d.join("ro"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    #[tokio::test]
+    async fn owners_come_back_when_root() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: only root can restore owners");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("owned"), b"x").unwrap();
+        symlink("owned", src.join("link")).unwrap();
+        std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(4321)).unwrap();
+        std::os::unix::fs::lchown(src.join("link"), Some(1235), Some(4322)).unwrap();
+        let buf = pack(&[("data", src)], Vec::new(), &NoProgress)
+            .await
+            .unwrap();
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack("data.tar.gz", &buf[..], &out, &["data"])
+            .await
+            .unwrap();
+        let f = std::fs::symlink_metadata(out.join("data/owned")).unwrap();
+        assert_eq!((f.uid(), f.gid()), (1234, 4321));
+        let l = std::fs::symlink_metadata(out.join("data/link")).unwrap();
+        assert_eq!((l.uid(), l.gid()), (1235, 4322));
     }
 
     async fn archive_with(build: impl FnOnce(&mut tar_sync::Builder<Vec<u8>>)) -> Vec<u8> {

@@ -58,6 +58,8 @@ pub async fn serve(
         },
     );
     builder
+        .max_concurrent_streams(Some(64))
+        .concurrency_limit_per_connection(64)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health.1)

@@ -113,13 +113,18 @@ pub async fn run(
     let backup = BackupServiceServer::new(BackupApi::new(ctl.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()));
+    // Registrations are small: a large one is refused before it is buffered.
+    let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
+        .max_decoding_message_size(1024 * 1024);
     tracing::info!(listen = %local, store = %config.store.display(), "hop3-controller serving");
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server(true))?;
     }
     builder
+        // Bounds what one client can hold open: streams per connection and requests in flight.
+        .max_concurrent_streams(Some(64))
+        .concurrency_limit_per_connection(64)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health)
