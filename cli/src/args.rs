@@ -17,6 +17,11 @@ pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7410";
 pub const DEFAULT_LIMIT: u32 = 20;
 
 const EXIT_CODES: &str = "\
+Secure mode (a controller serving TLS):
+  hop3 --controller https://HOST:7410 --ca-cert ca.pem backup:list
+  with the token from hop3-controller tokens create NAME in HOP3_TOKEN
+  (or `token = \"...\"` in a chmod 600 --config file).
+
 Exit codes:
   0  success
   1  any other failure (including a declined confirmation)
@@ -43,7 +48,14 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// TOML file with `controller = "URL"` (the flag and HOP3_CONTROLLER win over it).
+    /// PEM file of the CA that signed the controller's certificate, for an
+    /// https:// controller (the ca.pem of hop3-controller certs init).
+    #[arg(long, global = true, env = "HOP3_CA_CERT", value_name = "FILE")]
+    pub ca_cert: Option<PathBuf>,
+
+    /// TOML file with `controller = "URL"`, `ca_cert = "FILE"` and `token =
+    /// "TOKEN"` (flags and environment win over it; a file with a token must
+    /// be chmod 600).
     #[arg(long, global = true, env = "HOP3_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
@@ -489,9 +501,12 @@ mod tests {
             "http://h:1",
             "--config",
             "/x.toml",
+            "--ca-cert",
+            "/ca.pem",
         ]);
         assert_eq!(cli.controller.as_deref(), Some("http://h:1"));
         assert_eq!(cli.config, Some(PathBuf::from("/x.toml")));
+        assert_eq!(cli.ca_cert, Some(PathBuf::from("/ca.pem")));
     }
 
     #[test]

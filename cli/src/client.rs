@@ -1,6 +1,9 @@
-//! The one client of the controller: connects, makes the calls, and turns
-//! every failure into a [`CliError`] in one place.
+//! The one client of the controller: connects (over TLS for `https://`),
+//! adds the bearer token to every call, makes the calls, and turns every
+//! failure into a [`CliError`] in one place.
 
+use std::net::IpAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use hop3_proto::BackupId;
@@ -10,38 +13,115 @@ use hop3_proto::v1::{
     DeleteBackupRequest, GetBackupRequest, ImportBackupRequest, ListAgentsRequest,
     ListBackupsRequest, RestoreBackupEvent, RestoreBackupRequest,
 };
-use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Request, Status, Streaming};
 
-use crate::error::{CliError, Subject};
+use crate::config::{Settings, Token};
+use crate::error::{CliError, Subject, TlsFailure};
 
 /// How long to wait for the connection before calling the controller
 /// unreachable. Calls themselves have no deadline: a backup of a large app
 /// takes minutes.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Adds `authorization: Bearer TOKEN` to every call, when there is a token.
+/// The value is marked sensitive, so that its `Debug` does not show it.
+#[derive(Clone, Default)]
+pub struct Authorization(Option<MetadataValue<Ascii>>);
+
+impl Authorization {
+    /// The header for `token`; refused (without quoting it) when it cannot
+    /// be sent as a header value.
+    pub fn bearer(token: &Token) -> Result<Self, CliError> {
+        let invalid = || CliError::InvalidToken {
+            origin: token.origin().to_owned(),
+        };
+        let secret = token.secret();
+        if !secret.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid());
+        }
+        let mut value =
+            MetadataValue::try_from(format!("Bearer {secret}")).map_err(|_| invalid())?;
+        value.set_sensitive(true);
+        Ok(Self(Some(value)))
+    }
+}
+
+impl Interceptor for Authorization {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
 /// A connection to the controller's `BackupService`.
 pub struct Controller {
-    client: BackupServiceClient<Channel>,
+    client: BackupServiceClient<InterceptedService<Channel, Authorization>>,
     url: String,
 }
 
 impl Controller {
     /// Connects now rather than at the first call, so that an unreachable
     /// controller is reported as such (exit 7) and not as a failed call.
-    pub async fn connect(url: &str) -> Result<Self, CliError> {
-        let url = normalize_url(url)?;
-        let endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| CliError::InvalidControllerUrl {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?
+    ///
+    /// An `https://` URL is reached over TLS, trusting `settings.ca_cert`
+    /// (no other root: without it the handshake fails, with a hint) and
+    /// checking the certificate is for the URL's host. The token is sent
+    /// over TLS, or in plain text only to a loopback host, where it never
+    /// leaves the machine.
+    pub async fn connect(settings: &Settings) -> Result<Self, CliError> {
+        let url = normalize_url(&settings.url)?;
+        let invalid_url = |reason: String| CliError::InvalidControllerUrl {
+            url: url.clone(),
+            reason,
+        };
+        let mut endpoint = Endpoint::from_shared(url.clone())
+            .map_err(|e| invalid_url(e.to_string()))?
             .connect_timeout(CONNECT_TIMEOUT);
+        let host = endpoint
+            .uri()
+            .host()
+            .map(|h| h.trim_start_matches('[').trim_end_matches(']').to_owned())
+            .ok_or_else(|| invalid_url("it names no host".to_owned()))?;
+        let tls = endpoint.uri().scheme_str() == Some("https");
+        if tls {
+            let mut config = ClientTlsConfig::new().domain_name(host.clone());
+            if let Some(path) = &settings.ca_cert {
+                config = config.ca_certificate(read_ca_cert(path)?);
+            }
+            endpoint = endpoint
+                .tls_config(config)
+                .map_err(|e| match &settings.ca_cert {
+                    Some(path) => CliError::CaCert {
+                        path: path.clone(),
+                        reason: describe(&e),
+                    },
+                    None => invalid_url(describe(&e)),
+                })?;
+        }
+        let authorization = match &settings.token {
+            Some(token) => {
+                let header = Authorization::bearer(token)?;
+                if tls || is_loopback(&host) {
+                    header
+                } else {
+                    Authorization::default()
+                }
+            }
+            None => Authorization::default(),
+        };
         let channel = endpoint
             .connect()
             .await
-            .map_err(|_| CliError::Unreachable { url: url.clone() })?;
-        let client = BackupServiceClient::new(channel)
+            .map_err(|e| connect_error(&e, &url, settings.ca_cert.is_some()))?;
+        let client = BackupServiceClient::with_interceptor(channel, authorization)
             .max_decoding_message_size(hop3_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(hop3_proto::MAX_MESSAGE_SIZE);
         Ok(Self { client, url })
@@ -148,27 +228,116 @@ impl Controller {
     }
 }
 
-/// Accepts `host:port` as a shorthand for `http://host:port`, and refuses
-/// `https://` up front: this build has no TLS, and a connection attempt
-/// would only fail with a misleading "cannot reach".
+/// Accepts `host:port` as a shorthand for `http://host:port`; refuses any
+/// scheme but `http` and `https`.
 fn normalize_url(url: &str) -> Result<String, CliError> {
     let url = url.trim();
-    if url.starts_with("https://") {
-        return Err(CliError::InvalidControllerUrl {
+    match url.split_once("://") {
+        None => Ok(format!("http://{url}")),
+        Some(("http" | "https", _)) => Ok(url.to_owned()),
+        Some((scheme, _)) => Err(CliError::InvalidControllerUrl {
             url: url.to_owned(),
-            reason: "TLS (https) is not supported by this build of hop3; use http://".to_owned(),
-        });
+            reason: format!("unsupported scheme {scheme:?}: use http:// or https://"),
+        }),
     }
-    if url.contains("://") {
-        Ok(url.to_owned())
-    } else {
-        Ok(format!("http://{url}"))
+}
+
+/// `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The CA certificate(s) in the PEM file at `path`.
+fn read_ca_cert(path: &Path) -> Result<Certificate, CliError> {
+    let err = |reason: String| CliError::CaCert {
+        path: path.to_owned(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+    let marker: &[u8] = b"-----BEGIN CERTIFICATE-----";
+    if !pem.windows(marker.len()).any(|w| w == marker) {
+        return Err(err(
+            "it holds no PEM certificate (expected the ca.pem written by \
+             hop3-controller certs init)"
+                .to_owned(),
+        ));
+    }
+    Ok(Certificate::from_pem(pem))
+}
+
+/// An error and its sources, as one line.
+fn describe(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        source = e.source();
+    }
+    text
+}
+
+/// The rustls error somewhere in `err`'s sources, if any (tokio-rustls
+/// wraps it in an `io::Error`).
+fn find_tls_error<'a>(err: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = Some(err);
+    while let Some(e) = current {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        if let Some(tls) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return Some(tls);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// A failed connection: a failed TLS handshake is told apart from a
+/// controller that cannot be reached at all.
+fn connect_error(err: &tonic::transport::Error, url: &str, ca_cert: bool) -> CliError {
+    let Some(tls) = find_tls_error(err) else {
+        return CliError::Unreachable {
+            url: url.to_owned(),
+        };
+    };
+    use rustls::{CertificateError as C, Error as E, InvalidMessage};
+    let kind = match tls {
+        E::InvalidCertificate(C::UnknownIssuer | C::BadSignature) => TlsFailure::UnknownIssuer,
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            TlsFailure::WrongName
+        }
+        E::InvalidMessage(InvalidMessage::InvalidContentType) => TlsFailure::NotTls,
+        _ => TlsFailure::Other,
+    };
+    CliError::Tls {
+        url: url.to_owned(),
+        detail: tls.to_string(),
+        kind,
+        ca_cert,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SECRET: &str = "hop3_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn settings(url: &str) -> Settings {
+        Settings {
+            url: url.to_owned(),
+            ca_cert: None,
+            token: None,
+        }
+    }
 
     #[test]
     fn urls_without_a_scheme_get_http() {
@@ -177,15 +346,80 @@ mod tests {
             "http://127.0.0.1:7410"
         );
         assert_eq!(normalize_url("http://c:1").unwrap(), "http://c:1");
-        assert!(normalize_url("https://c:1").is_err());
+        assert_eq!(normalize_url("https://c:1").unwrap(), "https://c:1");
+        let err = normalize_url("ftp://c:1").unwrap_err();
+        assert!(err.to_string().contains("use http:// or https://"), "{err}");
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        for host in ["127.0.0.1", "127.1.2.3", "::1", "localhost", "LOCALHOST"] {
+            assert!(is_loopback(host), "{host}");
+        }
+        for host in ["10.0.0.5", "controller.example.com", "::2", "0.0.0.0"] {
+            assert!(!is_loopback(host), "{host}");
+        }
     }
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable() {
-        let err = Controller::connect("http://127.0.0.1:1")
+        let err = Controller::connect(&settings("http://127.0.0.1:1"))
             .await
             .err()
             .expect("nothing listens on port 1");
         assert!(matches!(err, CliError::Unreachable { .. }), "{err:?}");
+        let err = Controller::connect(&settings("https://127.0.0.1:1"))
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        assert!(matches!(err, CliError::Unreachable { .. }), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_missing_or_empty_ca_cert_is_a_usage_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        for path in [dir.path().join("missing.pem"), empty] {
+            let mut s = settings("https://127.0.0.1:1");
+            s.ca_cert = Some(path.clone());
+            let err = Controller::connect(&s).await.err().expect("refused");
+            assert!(matches!(err, CliError::CaCert { .. }), "{err:?}");
+            assert_eq!(err.exit_code(), 2);
+            assert!(
+                err.to_string().contains(&path.display().to_string()),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_is_a_sensitive_bearer_value() {
+        let token = Token::new(SECRET, "HOP3_TOKEN").unwrap();
+        let mut auth = Authorization::bearer(&token).unwrap();
+        let request = auth.call(Request::new(())).unwrap();
+        let value = request.metadata().get("authorization").unwrap();
+        assert_eq!(value.to_str().unwrap(), format!("Bearer {SECRET}"));
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains(SECRET));
+        assert!(!format!("{:?}", request.metadata()).contains(SECRET));
+
+        let mut none = Authorization::default();
+        let request = none.call(Request::new(())).unwrap();
+        assert!(request.metadata().get("authorization").is_none());
+    }
+
+    #[test]
+    fn an_unsendable_token_is_refused_without_quoting_it() {
+        for bad in ["hop3_abc def", "hop3_é", "hop3_\u{7f}x"] {
+            let token = Token::new(bad, "HOP3_TOKEN").unwrap();
+            let err = Authorization::bearer(&token).err().expect("refused");
+            assert!(matches!(err, CliError::InvalidToken { .. }), "{err:?}");
+            assert_eq!(err.exit_code(), 2);
+            let message = err.to_string();
+            assert!(message.contains("HOP3_TOKEN"), "{message}");
+            assert!(!message.contains(bad), "{message}");
+            assert!(!format!("{err:?}").contains(bad));
+        }
     }
 }

@@ -40,6 +40,19 @@ pub enum Subject {
     Fleet,
 }
 
+/// Why a TLS handshake failed, for the hint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    /// The certificate does not chain to a trusted CA.
+    UnknownIssuer,
+    /// The certificate is not valid for the URL's host.
+    WrongName,
+    /// The peer did not speak TLS (a controller started without TLS).
+    NotTls,
+    /// Anything else (expired certificate, protocol error...).
+    Other,
+}
+
 /// Everything that can make a `hop3` command fail.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
@@ -62,6 +75,41 @@ pub enum CliError {
     /// The config file cannot be read or parsed.
     #[error("cannot use config file {}: {reason}", path.display())]
     Config { path: PathBuf, reason: String },
+
+    /// The config file holds a token but others than its owner may read it.
+    #[error(
+        "Refusing to read the token from config file {file}: it is readable by group or \
+         others (mode {mode:03o}). Run: chmod 600 {file}",
+        file = path.display()
+    )]
+    TokenFileNotPrivate { path: PathBuf, mode: u32 },
+
+    /// The token cannot be sent as a header. Never says what the token is.
+    #[error(
+        "The token from {origin} cannot be sent: it must be printable ASCII without spaces \
+         (hop3_ followed by 64 hex digits)"
+    )]
+    InvalidToken { origin: String },
+
+    /// The CA certificate for `https://` cannot be read or holds no certificate.
+    #[error("Cannot use CA certificate {}: {reason}", path.display())]
+    CaCert { path: PathBuf, reason: String },
+
+    /// The TCP connection was made but the TLS handshake failed: an
+    /// untrusted certificate, one for another name, or a plain-text server.
+    #[error("TLS connection to the controller at {url} failed: {detail}{}", if *ca_cert {
+        ""
+    } else {
+        " (no CA certificate given: pass --ca-cert FILE, set HOP3_CA_CERT, or put \
+         ca_cert = \"FILE\" in the config file)"
+    })]
+    Tls {
+        url: String,
+        detail: String,
+        kind: TlsFailure,
+        /// Whether a CA certificate was given.
+        ca_cert: bool,
+    },
 
     /// No connection could be made to the controller.
     #[error(
@@ -146,8 +194,13 @@ impl CliError {
             | Self::InvalidPath { .. }
             | Self::InvalidControllerUrl { .. }
             | Self::Config { .. }
+            | Self::TokenFileNotPrivate { .. }
+            | Self::InvalidToken { .. }
+            | Self::CaCert { .. }
             | Self::ConfirmationRequired { .. } => exit::USAGE,
-            Self::Unreachable { .. } | Self::ConnectionLost { .. } => exit::UNREACHABLE,
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Tls { .. } => {
+                exit::UNREACHABLE
+            }
             Self::Status { code, .. } => status_exit_code(*code),
             Self::IntegrityFailed { .. } => exit::FAILED_PRECONDITION,
             Self::Incomplete { .. }
@@ -168,8 +221,13 @@ impl CliError {
             | Self::InvalidPath { .. }
             | Self::InvalidControllerUrl { .. }
             | Self::Config { .. }
+            | Self::TokenFileNotPrivate { .. }
+            | Self::InvalidToken { .. }
+            | Self::CaCert { .. }
             | Self::ConfirmationRequired { .. } => "INVALID_ARGUMENT",
-            Self::Unreachable { .. } | Self::ConnectionLost { .. } => "UNAVAILABLE",
+            Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Tls { .. } => {
+                "UNAVAILABLE"
+            }
             Self::Status { code, .. } => grpc_code_name(*code),
             Self::IntegrityFailed { .. } => "FAILED_PRECONDITION",
             Self::NotConfirmed { .. } => "CANCELLED",
@@ -204,11 +262,35 @@ impl CliError {
                     "This usually indicates a system-level issue: contact your system \
                      administrator or check file permissions.",
                 ),
-                (Code::Unauthenticated, _) => {
-                    Some("The controller did not accept this client: check its credentials.")
-                }
+                (Code::Unauthenticated, _) => Some(
+                    "Create a token with: hop3-controller tokens create NAME, then export \
+                     HOP3_TOKEN=...",
+                ),
                 _ => None,
             },
+            Self::Tls { kind, ca_cert, .. } => Some(match (kind, ca_cert) {
+                (TlsFailure::NotTls, _) => {
+                    "The controller does not serve TLS: use an http:// URL for a controller \
+                     started without --tls-dir."
+                }
+                (TlsFailure::WrongName, _) => {
+                    "The controller's certificate is not valid for the URL's host: connect \
+                     with a name given to hop3-controller certs init --name."
+                }
+                (_, false) => {
+                    "Pass the CA that signed the controller's certificate: \
+                     --ca-cert DIR/ca.pem (the DIR of hop3-controller certs init)."
+                }
+                (_, true) => {
+                    "Check that --ca-cert is the ca.pem of this controller's certificates \
+                     (hop3-controller certs init)."
+                }
+            }),
+            // What a plain-text client gets from a controller serving TLS.
+            Self::ConnectionLost { url, .. } if url.starts_with("http://") => Some(
+                "If the controller serves TLS (started with --tls-dir), use an https:// URL \
+                 and --ca-cert FILE.",
+            ),
             Self::IntegrityFailed { .. } => Some(
                 "The backup has been corrupted or modified: do not use it. Use a different \
                  backup, or create a new one from the current state.",
@@ -356,6 +438,59 @@ mod tests {
         );
         assert!(e.hint().unwrap().contains("hop3 backup:list"));
         assert_eq!(status(Code::NotFound, "m", Subject::Fleet).hint(), None);
+    }
+
+    #[test]
+    fn unauthenticated_and_permission_denied_exit_6_with_the_servers_message() {
+        let message =
+            "not authorized: set HOP3_TOKEN to a valid token (hop3-controller tokens create NAME)";
+        let e = status(Code::Unauthenticated, message, Subject::Backup);
+        assert_eq!(e.to_string(), message);
+        assert_eq!(e.exit_code(), exit::PERMISSION_DENIED);
+        assert_eq!(
+            e.hint(),
+            Some(
+                "Create a token with: hop3-controller tokens create NAME, then export \
+                 HOP3_TOKEN=..."
+            )
+        );
+        let e = status(Code::PermissionDenied, "denied", Subject::App);
+        assert_eq!((e.to_string().as_str(), e.exit_code()), ("denied", 6));
+    }
+
+    #[test]
+    fn tls_failures_exit_7_and_suggest_the_ca_cert() {
+        let tls = |kind, ca_cert| CliError::Tls {
+            url: "https://c:1".into(),
+            detail: "invalid peer certificate: UnknownIssuer".into(),
+            kind,
+            ca_cert,
+        };
+        let e = tls(TlsFailure::UnknownIssuer, false);
+        assert_eq!((e.exit_code(), e.code_name()), (7, "UNAVAILABLE"));
+        assert!(e.to_string().contains("--ca-cert FILE"), "{e}");
+        assert!(e.hint().unwrap().contains("--ca-cert"));
+        let e = tls(TlsFailure::UnknownIssuer, true);
+        assert!(!e.to_string().contains("no CA certificate given"), "{e}");
+        assert!(e.hint().unwrap().contains("ca.pem of this controller"));
+        assert!(
+            tls(TlsFailure::WrongName, true)
+                .hint()
+                .unwrap()
+                .contains("--name")
+        );
+        assert!(
+            tls(TlsFailure::NotTls, true)
+                .hint()
+                .unwrap()
+                .contains("http://")
+        );
+        let lost = |url: &str| CliError::ConnectionLost {
+            url: url.into(),
+            detail: "transport error".into(),
+        };
+        assert!(lost("http://c:1").hint().unwrap().contains("https://"));
+        assert_eq!(lost("https://c:1").hint(), None);
     }
 
     #[test]

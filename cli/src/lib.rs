@@ -16,6 +16,7 @@ use std::io::{self, Write};
 
 use args::{Cli, Command};
 use client::Controller;
+use config::{Settings, Sources};
 use error::CliError;
 use output::Output;
 use views::{ErrorBody, ErrorView};
@@ -24,12 +25,20 @@ use views::{ErrorBody, ErrorView};
 /// is read or connected, so a malformed ID never costs a round trip.
 pub async fn run(cli: &Cli) -> Result<(), CliError> {
     let command = cli.command()?;
-    let url = config::controller_url(cli.controller.as_deref(), cli.config.as_deref())?;
+    // Read here and handed down: it is never a clap argument, so that clap
+    // never shows it (in --help's `[env: ...]`, say).
+    let token_env = std::env::var(config::TOKEN_ENV).ok();
+    let settings = Settings::resolve(Sources {
+        controller: cli.controller.as_deref(),
+        ca_cert: cli.ca_cert.as_deref(),
+        token_env: token_env.as_deref(),
+        config_file: cli.config.as_deref(),
+    })?;
     if let Command::Delete { id, yes } = &command {
         commands::delete::check_can_confirm(id, *yes)?;
     }
     let out = Output::new(cli.json);
-    let mut controller = Controller::connect(&url).await?;
+    let mut controller = Controller::connect(&settings).await?;
     let c = &mut controller;
     match &command {
         Command::Create {

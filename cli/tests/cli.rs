@@ -1,6 +1,7 @@
 //! The `hop3` binary as a user runs it: help, local validation and an
 //! unreachable controller without any server, then every command against a
-//! fake controller (a real gRPC server with canned answers). Building this
+//! fake controller (a real gRPC server with canned answers), also in secure
+//! mode: requiring a bearer token, serving TLS. Building this
 //! test also makes `cargo test --workspace` build `hop3` for the end-to-end
 //! tests.
 
@@ -9,7 +10,9 @@ mod fake_controller;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use fake_controller::{BAD_ID, FakeController, GOOD_ID, UNKNOWN_ID};
+use fake_controller::{
+    BAD_ID, FakeController, GOOD_ID, NOT_AUTHORIZED, Options, TestCa, UNKNOWN_ID,
+};
 use serde_json::Value;
 
 /// `hop3 ARGS` with a clean environment for the variables it reads.
@@ -23,6 +26,8 @@ fn hop3_command(args: &[&str]) -> Command {
         .args(args)
         .env_remove("HOP3_CONTROLLER")
         .env_remove("HOP3_CONFIG")
+        .env_remove("HOP3_CA_CERT")
+        .env_remove("HOP3_TOKEN")
         .stdin(Stdio::null());
     command
 }
@@ -619,4 +624,316 @@ fn delete_with_yes() {
 
     let o = against(&fake, &["backup:delete", UNKNOWN_ID, "--yes"]);
     assert_eq!(o.status.code(), Some(3));
+}
+
+// ---- secure mode: bearer token and TLS ------------------------------------
+
+const TOKEN: &str = "hop3_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+const UNAUTHENTICATED_HINT: &str =
+    "Hint: Create a token with: hop3-controller tokens create NAME, then export HOP3_TOKEN=...";
+
+/// `hop3 --controller URL ARGS` with `env` set.
+fn against_with(fake: &FakeController, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let url = fake.url();
+    let mut all = vec!["--controller", url.as_str()];
+    all.extend_from_slice(args);
+    let mut command = hop3_command(&all);
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().expect("hop3 runs")
+}
+
+/// Neither output of `o` shows `secret`.
+fn assert_hidden(o: &Output, secret: &str) {
+    assert!(!stdout(o).contains(secret), "{}", stdout(o));
+    assert!(!stderr(o).contains(secret), "{}", stderr(o));
+}
+
+fn requiring_token() -> FakeController {
+    FakeController::start_with(Options {
+        token: Some(TOKEN.to_owned()),
+        ..Options::default()
+    })
+}
+
+#[cfg(unix)]
+fn write_private(path: &Path, text: &str, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[test]
+fn a_token_from_the_environment_is_sent_on_every_call() {
+    let fake = requiring_token();
+    let o = against_with(&fake, &[("HOP3_TOKEN", TOKEN)], &["backup:list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(GOOD_ID), "{}", stdout(&o));
+    assert_hidden(&o, TOKEN);
+
+    // Streams and the other calls carry it too.
+    for args in [
+        &["backup:create", "my-app"][..],
+        &["backup:info", GOOD_ID],
+        &["backup:restore", GOOD_ID],
+        &["backup:delete", GOOD_ID, "--yes"],
+        &["backup:import", "/srv/in/b"],
+        &["agent:list"],
+    ] {
+        let o = against_with(&fake, &[("HOP3_TOKEN", TOKEN)], args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_hidden(&o, TOKEN);
+    }
+}
+
+#[test]
+fn without_the_right_token_the_call_is_refused_with_exit_6_and_a_hint() {
+    let fake = requiring_token();
+    let o = against(&fake, &["backup:list"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        format!("Error: {NOT_AUTHORIZED}\n{UNAUTHENTICATED_HINT}\n")
+    );
+    assert!(stdout(&o).is_empty());
+
+    let wrong = "hop3_ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff";
+    let o = against_with(&fake, &[("HOP3_TOKEN", wrong)], &["backup:create", "app"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not authorized"), "{}", stderr(&o));
+    assert_hidden(&o, wrong);
+
+    let o = against_with(&fake, &[("HOP3_TOKEN", wrong)], &["--json", "agent:list"]);
+    assert_eq!(o.status.code(), Some(6));
+    let doc = json_error(&o);
+    assert_eq!(doc["error"]["code"], "UNAUTHENTICATED");
+    assert_eq!(doc["error"]["message"], NOT_AUTHORIZED);
+    assert_hidden(&o, wrong);
+}
+
+#[test]
+fn a_token_that_cannot_be_sent_is_refused_without_showing_it() {
+    let fake = requiring_token();
+    let bad = "hop3_secret with spaces";
+    let o = against_with(&fake, &[("HOP3_TOKEN", bad)], &["--json", "backup:list"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let doc = json_error(&o);
+    assert_eq!(doc["error"]["code"], "INVALID_ARGUMENT");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("HOP3_TOKEN"),
+        "{doc}"
+    );
+    assert_hidden(&o, "secret with spaces");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_token_from_a_private_config_file_is_used_and_an_open_one_refused() {
+    let fake = requiring_token();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hop3.toml");
+    let text = format!("controller = \"{}\"\ntoken = \"{TOKEN}\"\n", fake.url());
+    write_private(&config, &text, 0o600);
+    let config_arg = config.to_str().unwrap();
+    let o = hop3(&["--config", config_arg, "backup:list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_hidden(&o, TOKEN);
+
+    write_private(&config, &text, 0o644);
+    for json in [false, true] {
+        let mut args = vec!["--config", config_arg, "backup:list"];
+        if json {
+            args.push("--json");
+        }
+        let o = hop3(&args);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains(&format!("chmod 600 {config_arg}")),
+            "{}",
+            stderr(&o)
+        );
+        assert_hidden(&o, TOKEN);
+    }
+    // HOP3_TOKEN wins over the file, whose token is then not read.
+    let o = hop3_command(&["--config", config_arg, "backup:list"])
+        .env("HOP3_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+}
+
+/// A CA, written to `dir/ca.pem`, and a fake controller serving TLS with a
+/// certificate it signed for 127.0.0.1, requiring [`TOKEN`].
+fn tls_controller(dir: &Path) -> (FakeController, String) {
+    let ca = TestCa::new("hop3-backup test CA");
+    let ca_path = dir.join("ca.pem");
+    std::fs::write(&ca_path, &ca.pem).unwrap();
+    let fake = FakeController::start_with(Options {
+        token: Some(TOKEN.to_owned()),
+        tls: Some(ca.server_cert(&["127.0.0.1"])),
+        ..Options::default()
+    });
+    (fake, ca_path.to_str().unwrap().to_owned())
+}
+
+#[test]
+fn https_with_the_ca_cert_works() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, ca) = tls_controller(dir.path());
+    let url = fake.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+
+    let o = hop3_command(&["--controller", &url, "--ca-cert", &ca, "backup:list"])
+        .env("HOP3_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains(GOOD_ID), "{}", stdout(&o));
+
+    // HOP3_CA_CERT, and a streamed call.
+    let o = hop3_command(&["--controller", &url, "backup:create", "my-app"])
+        .env("HOP3_CA_CERT", &ca)
+        .env("HOP3_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // ca_cert in the config file, relative to it, with the token.
+    let config = dir.path().join("hop3.toml");
+    let text = format!("controller = \"{url}\"\nca_cert = \"ca.pem\"\n");
+    std::fs::write(&config, text).unwrap();
+    let o = hop3_command(&["--config", config.to_str().unwrap(), "agent:list"])
+        .env("HOP3_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+
+    // Over TLS too, no token is refused with exit 6.
+    let o = hop3(&["--controller", &url, "--ca-cert", &ca, "backup:list"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not authorized"), "{}", stderr(&o));
+}
+
+#[test]
+fn https_without_the_ca_cert_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, _ca) = tls_controller(dir.path());
+    let url = fake.url();
+    let o = hop3_command(&["--controller", &url, "backup:list"])
+        .env("HOP3_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with(&format!(
+            "Error: TLS connection to the controller at {url} failed: "
+        )),
+        "{err}"
+    );
+    assert!(err.contains("UnknownIssuer"), "{err}");
+    assert!(err.contains("--ca-cert"), "{err}");
+    assert!(err.contains("\nHint: "), "{err}");
+    assert_hidden(&o, TOKEN);
+
+    let o = hop3(&["--json", "--controller", &url, "backup:list"]);
+    assert_eq!(o.status.code(), Some(7));
+    let doc = json_error(&o);
+    assert_eq!(doc["error"]["code"], "UNAVAILABLE");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--ca-cert"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn https_with_another_ca_or_another_name_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, _ca) = tls_controller(dir.path());
+    let url = fake.url();
+
+    let other = dir.path().join("other-ca.pem");
+    std::fs::write(&other, TestCa::new("another CA").pem).unwrap();
+    let o = hop3(&[
+        "--controller",
+        &url,
+        "--ca-cert",
+        other.to_str().unwrap(),
+        "backup:list",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("UnknownIssuer"), "{}", stderr(&o));
+    assert!(
+        !stderr(&o).contains("no CA certificate given"),
+        "{}",
+        stderr(&o)
+    );
+
+    // The server name checked is the URL's host: the certificate is for
+    // 127.0.0.1, not localhost.
+    let ca = dir.path().join("ca.pem");
+    let by_name = format!("https://localhost:{}", fake.port());
+    let o = hop3(&[
+        "--controller",
+        &by_name,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "backup:list",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not valid for"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("certs init --name"), "{}", stderr(&o));
+}
+
+#[test]
+fn http_to_a_tls_controller_suggests_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, _ca) = tls_controller(dir.path());
+    let url = fake.url().replacen("https://", "http://", 1);
+    let o = hop3_command(&["--controller", &url, "backup:list"])
+        .env("HOP3_TOKEN", TOKEN)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("use an https:// URL"), "{}", stderr(&o));
+    assert_hidden(&o, TOKEN);
+}
+
+#[test]
+fn https_to_a_plain_controller_or_with_an_unusable_ca_fails_clearly() {
+    let plain = FakeController::start();
+    let url = plain.url().replacen("http://", "https://", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, TestCa::new("x").pem).unwrap();
+    let o = hop3(&[
+        "--controller",
+        &url,
+        "--ca-cert",
+        ca.to_str().unwrap(),
+        "backup:list",
+    ]);
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("does not serve TLS"), "{}", stderr(&o));
+
+    let o = hop3(&[
+        "--controller",
+        &url,
+        "--ca-cert",
+        "/nonexistent/ca.pem",
+        "backup:list",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("Error: Cannot use CA certificate /nonexistent/ca.pem: "),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -1,7 +1,8 @@
 //! A fake controller for the CLI's tests: a real gRPC `BackupService` on a
 //! free port whose answers depend on the app name, backup ID or directory
 //! asked for. It records the requests that carry more than a name, so tests
-//! can check what the CLI sent.
+//! can check what the CLI sent. It can require a bearer token and serve TLS,
+//! as the real controller does in secure mode.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use hop3_proto::v1::{
 };
 use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 /// A backup that verifies.
@@ -38,6 +40,7 @@ pub struct Received {
 pub struct FakeController {
     runtime: Option<tokio::runtime::Runtime>,
     addr: SocketAddr,
+    https: bool,
     received: Arc<Mutex<Received>>,
 }
 
@@ -64,14 +67,97 @@ pub fn agents() -> Vec<AgentInfo> {
     ]
 }
 
+/// The message the real controller answers a call without a valid token with.
+pub const NOT_AUTHORIZED: &str =
+    "not authorized: set HOP3_TOKEN to a valid token (hop3-controller tokens create NAME)";
+
+/// How the fake serves.
+pub struct Options {
+    /// The agents it knows.
+    pub agents: Vec<AgentInfo>,
+    /// When set, every call must carry `authorization: Bearer TOKEN`, or
+    /// gets UNAUTHENTICATED as from the real controller in secure mode.
+    pub token: Option<String>,
+    /// When set, it serves TLS with this certificate, and its URL is https://.
+    pub tls: Option<ServerCert>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            agents: agents(),
+            token: None,
+            tls: None,
+        }
+    }
+}
+
+/// A server certificate and its key, PEM.
+#[derive(Clone)]
+pub struct ServerCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A throw-away certificate authority, as `hop3-controller certs init` makes.
+pub struct TestCa {
+    /// The CA certificate, to pass with `--ca-cert`.
+    pub pem: String,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl TestCa {
+    pub fn new(common_name: &str) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A server certificate valid for `names` (IP addresses or DNS names).
+    pub fn server_cert(&self, names: &[&str]) -> ServerCert {
+        use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let mut params = CertificateParams::new(names).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hop3-controller");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 impl FakeController {
     /// Starts serving on a free port of 127.0.0.1, knowing [`agents`].
     pub fn start() -> Self {
-        Self::start_with_agents(agents())
+        Self::start_with(Options::default())
     }
 
     /// Starts serving on a free port of 127.0.0.1, knowing `agents`.
     pub fn start_with_agents(agents: Vec<AgentInfo>) -> Self {
+        Self::start_with(Options {
+            agents,
+            ..Options::default()
+        })
+    }
+
+    /// Starts serving on a free port of 127.0.0.1 as `options` say.
+    pub fn start_with(options: Options) -> Self {
+        let Options { agents, token, tls } = options;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
@@ -86,21 +172,51 @@ impl FakeController {
             agents,
             received: Arc::clone(&received),
         };
+        let expected = token.map(|t| format!("Bearer {t}"));
+        let check = move |request: Request<()>| -> Result<Request<()>, Status> {
+            let Some(expected) = &expected else {
+                return Ok(request);
+            };
+            let given = request
+                .metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok());
+            if given == Some(expected.as_str()) {
+                Ok(request)
+            } else {
+                Err(Status::unauthenticated(NOT_AUTHORIZED))
+            }
+        };
+        let mut server = tonic::transport::Server::builder();
+        let https = tls.is_some();
+        if let Some(cert) = tls {
+            let identity = Identity::from_pem(cert.cert_pem, cert.key_pem);
+            server = server
+                .tls_config(ServerTlsConfig::new().identity(identity))
+                .unwrap();
+        }
         runtime.spawn(
-            tonic::transport::Server::builder()
-                .add_service(BackupServiceServer::new(fake))
+            server
+                .add_service(BackupServiceServer::with_interceptor(fake, check))
                 .serve_with_incoming(TcpListenerStream::new(listener)),
         );
         Self {
             runtime: Some(runtime),
             addr,
+            https,
             received,
         }
     }
 
     /// The URL to pass with `--controller`.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.https { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
     }
 
     /// Runs `check` on the requests received so far.
