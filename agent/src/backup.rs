@@ -4,14 +4,14 @@
 use std::future::Future;
 use std::path::{Path, PathBuf};
 
-use bytes::Bytes;
 use hop3_proto::v1::{self, backup_app_event::Event};
 use hop3_proto::{CHUNK_SIZE, Checksum};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use crate::apps::{APP_FILE, read_app_config, read_env};
 use crate::archive;
+use crate::chunks::next_chunk;
 use crate::error::{AgentError, Result};
 use crate::events::{EventSender, StreamProgress};
 use crate::progress::Progress;
@@ -107,29 +107,13 @@ where
     let pump = async {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
-        loop {
-            let mut buf = vec![0u8; CHUNK_SIZE];
-            let mut filled = 0;
-            while filled < CHUNK_SIZE {
-                let n = reader
-                    .read(&mut buf[filled..])
-                    .await
-                    .map_err(|e| AgentError::io(format!("producing {path}"), e))?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            buf.truncate(filled);
-            hasher.update(&buf);
-            size += filled as u64;
-            out.send(event(Event::Chunk(Bytes::from(buf)))).await?;
-            if filled < CHUNK_SIZE {
-                break;
-            }
+        while let Some(chunk) = next_chunk(&mut reader)
+            .await
+            .map_err(|e| AgentError::io(format!("producing {path}"), e))?
+        {
+            hasher.update(&chunk);
+            size += chunk.len() as u64;
+            out.send(event(Event::Chunk(chunk))).await?;
         }
         out.send(event(Event::End(v1::ArtifactEnd {
             sha256: Checksum::from_hasher(hasher).to_string(),

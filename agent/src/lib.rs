@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod archive;
 pub mod backup;
+pub mod chunks;
 pub mod config;
 pub mod config_file;
 pub mod error;

@@ -72,16 +72,13 @@ async fn main() -> anyhow::Result<()> {
         advertise,
         reporter.clone(),
     ));
-    server::serve(state, tls, listener, (reporter, health), shutdown_signal()).await?;
+    server::serve(
+        state,
+        tls,
+        listener,
+        (reporter, health),
+        hop3_agent::server::shutdown_signal(),
+    )
+    .await?;
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

@@ -16,7 +16,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mut config: Config = hop3_agent::config_file::parse_with_config()?;
     match config.command.take() {
-        None => server::run(config, shutdown_signal()).await,
+        None => server::run(config, hop3_agent::server::shutdown_signal()).await,
         Some(Admin::Certs(cmd)) => run_certs(cmd),
         Some(Admin::Tokens(cmd)) => run_tokens(&config, cmd).await,
     }
@@ -84,14 +84,4 @@ async fn run_tokens(config: &Config, cmd: TokensCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
 }

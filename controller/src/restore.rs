@@ -3,13 +3,11 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use hop3_agent::chunks::next_chunk;
 use hop3_agent::events::{EventSender, StreamProgress};
 use hop3_agent::progress::Progress;
-use hop3_proto::CHUNK_SIZE;
 use hop3_proto::manifest::Manifest;
 use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -167,31 +165,17 @@ async fn send_backup(
             return Ok(());
         }
         let mut size = 0u64;
-        loop {
-            let mut buf = vec![0u8; CHUNK_SIZE];
-            let mut filled = 0;
-            while filled < CHUNK_SIZE {
-                let n = file.read(&mut buf[filled..]).await.map_err(|e| {
-                    crate::store::StoreError::Io {
-                        context: format!("reading {path}"),
-                        source: e,
-                    }
-                })?;
-                if n == 0 {
-                    break;
-                }
-                filled += n;
-            }
-            if filled == 0 {
-                break;
-            }
-            buf.truncate(filled);
-            size += filled as u64;
-            if tx.send(msg(Msg::Chunk(Bytes::from(buf)))).await.is_err() {
+        while let Some(chunk) =
+            next_chunk(&mut file)
+                .await
+                .map_err(|e| crate::store::StoreError::Io {
+                    context: format!("reading {path}"),
+                    source: e,
+                })?
+        {
+            size += chunk.len() as u64;
+            if tx.send(msg(Msg::Chunk(chunk))).await.is_err() {
                 return Ok(());
-            }
-            if filled < CHUNK_SIZE {
-                break;
             }
         }
         let end = v1::ArtifactEnd {

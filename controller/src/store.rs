@@ -182,6 +182,21 @@ impl Store {
     /// names another app or ID than its place, or lists a missing file.
     pub async fn scan(&self) -> Result<Vec<Scanned>> {
         let mut out = Vec::new();
+        for (app, id, path) in self.entries().await? {
+            if id.contains('.') {
+                continue; // .partial, .deleting
+            }
+            out.push(Scanned {
+                manifest: self.check_stored(&app, &id).await,
+                path,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every `(app, entry name, path)` under `apps/*/`.
+    async fn entries(&self) -> Result<Vec<(String, String, PathBuf)>> {
+        let mut out = Vec::new();
         let mut apps = fs::read_dir(self.root.join("apps"))
             .await
             .map_err(StoreError::io("listing the store"))?;
@@ -195,15 +210,11 @@ impl Store {
                 continue;
             };
             while let Ok(Some(e)) = entries.next_entry().await {
-                let id = e.file_name().to_string_lossy().into_owned();
-                if id.contains('.') {
-                    continue; // .partial, .deleting
-                }
-                let checked = self.check_stored(&app_name, &id).await;
-                out.push(Scanned {
-                    path: e.path(),
-                    manifest: checked,
-                });
+                out.push((
+                    app_name.clone(),
+                    e.file_name().to_string_lossy().into_owned(),
+                    e.path(),
+                ));
             }
         }
         Ok(out)
@@ -251,25 +262,12 @@ impl Store {
     /// stopped mid-way; returns how many.
     pub async fn clean_leftovers(&self) -> Result<usize> {
         let mut removed = 0;
-        let mut apps = fs::read_dir(self.root.join("apps"))
-            .await
-            .map_err(StoreError::io("listing the store"))?;
-        while let Some(app) = apps
-            .next_entry()
-            .await
-            .map_err(StoreError::io("listing the store"))?
-        {
-            let Ok(mut entries) = fs::read_dir(app.path()).await else {
-                continue;
-            };
-            while let Ok(Some(e)) = entries.next_entry().await {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".partial") || name.ends_with(".deleting") {
-                    fs::remove_dir_all(e.path())
-                        .await
-                        .map_err(StoreError::io("removing a partial backup"))?;
-                    removed += 1;
-                }
+        for (_, name, path) in self.entries().await? {
+            if name.ends_with(".partial") || name.ends_with(".deleting") {
+                fs::remove_dir_all(&path)
+                    .await
+                    .map_err(StoreError::io("removing a partial backup"))?;
+                removed += 1;
             }
         }
         Ok(removed)

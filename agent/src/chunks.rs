@@ -1,0 +1,41 @@
+//! Cutting a byte stream into the chunks that travel in stream messages.
+
+use bytes::Bytes;
+use hop3_proto::CHUNK_SIZE;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// Reads the next chunk: `CHUNK_SIZE` bytes, fewer only at the end of the
+/// stream, `None` once it is exhausted. Full chunks keep the number of
+/// messages (and their per-message costs) low.
+pub async fn next_chunk<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Option<Bytes>> {
+    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut filled = 0;
+    while filled < CHUNK_SIZE {
+        let n = reader.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    if filled == 0 {
+        return Ok(None);
+    }
+    buf.truncate(filled);
+    Ok(Some(Bytes::from(buf)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn full_chunks_then_the_rest() {
+        let data = vec![7u8; CHUNK_SIZE * 2 + 5];
+        let mut r = &data[..];
+        let mut sizes = Vec::new();
+        while let Some(c) = next_chunk(&mut r).await.unwrap() {
+            sizes.push(c.len());
+        }
+        assert_eq!(sizes, [CHUNK_SIZE, CHUNK_SIZE, 5]);
+    }
+}
