@@ -25,6 +25,10 @@ pub struct AgentOptions {
     /// Backups and restores run at once on this host; more wait their turn.
     #[arg(long, env = "HOP3_MAX_JOBS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub max_jobs: u32,
+    /// Seconds of silence from the other side after which a backup or restore
+    /// stream is given up.
+    #[arg(long, env = "HOP3_IDLE_TIMEOUT", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout: u64,
     /// Directory of pg_dump and psql [default: found on PATH].
     #[arg(long, env = "HOP3_PG_BIN")]
     pub pg_bin: Option<PathBuf>,
@@ -47,6 +51,7 @@ impl AgentOptions {
                 pg_bin: self.pg_bin.clone(),
                 mysql_bin: self.mysql_bin.clone(),
             },
+            idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),
         }
     }

@@ -50,6 +50,8 @@ pub enum AgentError {
     Hook { what: &'static str, detail: String },
     #[error("the controller went away before the operation finished")]
     Cancelled,
+    #[error("the controller sent nothing for {0}s; gave up")]
+    Stalled(u64),
     #[error("Service {service} failed ({step}): {detail}")]
     Service {
         service: String,
@@ -92,6 +94,7 @@ impl AgentError {
             Self::Protocol(_) => Code::InvalidArgument,
             Self::Hook { .. } => Code::FailedPrecondition,
             Self::Cancelled => Code::Cancelled,
+            Self::Stalled(_) => Code::DeadlineExceeded,
             Self::Service { .. } => Code::FailedPrecondition,
             Self::UnknownService { .. } => Code::FailedPrecondition,
         }

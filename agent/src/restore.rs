@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
@@ -42,7 +43,7 @@ pub async fn restore(
     mut inbound: Streaming<v1::RestoreAppMessage>,
     out: &Sender,
 ) -> Result<v1::RestoreDone> {
-    let header = match next(&mut inbound).await? {
+    let header = match next(&mut inbound, state.idle_timeout).await? {
         Msg::Header(h) => h,
         _ => {
             return Err(AgentError::Protocol(
@@ -115,13 +116,11 @@ pub async fn restore(
     })
 }
 
-/// Longest silence accepted from the controller in the middle of a restore.
-const IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
-
-async fn next(inbound: &mut Streaming<v1::RestoreAppMessage>) -> Result<Msg> {
-    let msg = tokio::time::timeout(IDLE_TIMEOUT, inbound.next())
+/// The next message, or `Cancelled` once the controller is gone or silent for `idle`.
+async fn next(inbound: &mut Streaming<v1::RestoreAppMessage>, idle: Duration) -> Result<Msg> {
+    let msg = tokio::time::timeout(idle, inbound.next())
         .await
-        .map_err(|_| AgentError::Cancelled)?;
+        .map_err(|_| AgentError::Stalled(idle.as_secs()))?;
     match msg {
         Some(Ok(v1::RestoreAppMessage { msg: Some(m) })) => Ok(m),
         Some(Ok(_)) => Err(AgentError::Protocol("empty restore message".into())),
@@ -166,7 +165,7 @@ impl Restoring<'_> {
     ) -> Result<()> {
         let mut received = BTreeSet::new();
         loop {
-            match next(inbound).await? {
+            match next(inbound, self.state.idle_timeout).await? {
                 Msg::Start(s) => {
                     validate_artifact_path(&s.path)?;
                     let Some(expected) = self.manifest.checksums.get(&s.path) else {
@@ -180,15 +179,8 @@ impl Restoring<'_> {
                     }
                     progress.step(&s.path, 0);
                     let target = self.target_for(&s.path).await?;
-                    match receive_artifact(
-                        &self.state.tools,
-                        inbound,
-                        &s.path,
-                        expected,
-                        target,
-                        progress,
-                    )
-                    .await?
+                    match receive_artifact(self.state, inbound, &s.path, expected, target, progress)
+                        .await?
                     {
                         Received::Nothing => {}
                         Received::Env(bytes) => {
@@ -396,7 +388,7 @@ enum Target {
 }
 
 async fn receive_artifact(
-    tools: &services::Tools,
+    state: &AgentState,
     inbound: &mut Streaming<v1::RestoreAppMessage>,
     path: &str,
     expected: &Checksum,
@@ -406,7 +398,7 @@ async fn receive_artifact(
     let mut hasher = Sha256::new();
     let mut size = 0u64;
     let end = loop {
-        match next(inbound).await? {
+        match next(inbound, state.idle_timeout).await? {
             Msg::Chunk(data) => {
                 hasher.update(&data);
                 size += data.len() as u64;
@@ -464,7 +456,7 @@ async fn receive_artifact(
                 service = staged.label(),
                 "dropping a scratch copy of a damaged dump"
             );
-            services::discard(tools, staged).await;
+            services::discard(&state.tools, staged).await;
         }
         return Err(AgentError::ChecksumMismatch {
             path: path.into(),

@@ -19,6 +19,8 @@ pub struct AgentState {
     pub hooks: Hooks,
     /// Where the database dump and load tools are.
     pub tools: Tools,
+    /// Longest silence accepted from the controller in the middle of a restore.
+    pub idle_timeout: std::time::Duration,
     /// Permits for backups and restores running at once on this host.
     pub jobs: Arc<Semaphore>,
 }

@@ -3,7 +3,6 @@
 //! failure remove what was written and mark it FAILED.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use hop3_agent::events::EventSender;
 use hop3_proto::manifest::{AppMetadata, FORMAT_VERSION, Manifest, ServiceEntry};
@@ -17,9 +16,6 @@ use crate::locks::AppLock;
 use crate::registry::AgentClient;
 use crate::state::Controller;
 use crate::store::PartialBackup;
-
-/// Longest silence accepted from an agent in the middle of a backup.
-const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Free space kept beyond the agent's estimate.
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
@@ -123,11 +119,11 @@ async fn receive(
     let mut current = None;
     let mut services = Vec::new();
     loop {
-        let msg = tokio::time::timeout(IDLE_TIMEOUT, stream.message())
+        let msg = tokio::time::timeout(ctl.idle_timeout, stream.message())
             .await
             .map_err(|_| ControllerError::AgentLost {
                 host: host.to_owned(),
-                detail: format!("no data for {}s", IDLE_TIMEOUT.as_secs()),
+                detail: format!("no data for {}s", ctl.idle_timeout.as_secs()),
             })?
             .map_err(|s| ControllerError::from_agent(host, s))?;
         let Some(msg) = msg else { break };

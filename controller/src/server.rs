@@ -67,6 +67,7 @@ pub async fn run(
         registry: Registry::new(tls.clone()),
         locks: AppLocks::default(),
         auth,
+        idle_timeout: std::time::Duration::from_secs(config.agent.idle_timeout),
         mutual_tls: tls.is_some(),
     });
     crate::recovery::rebuild_catalog(&ctl)

@@ -15,6 +15,8 @@ pub struct Controller {
     pub locks: AppLocks,
     /// Who may call the CLI's API.
     pub auth: Auth,
+    /// Longest silence accepted from an agent in the middle of a backup.
+    pub idle_timeout: std::time::Duration,
     /// Whether agents must prove their host with a certificate.
     pub mutual_tls: bool,
 }
