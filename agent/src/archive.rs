@@ -289,22 +289,37 @@ fn check_entry_path(path: &Path, allowed_top: &[&str]) -> std::result::Result<()
 }
 
 fn unpack_error(archive: &str, path: &Path, e: io::Error) -> AgentError {
-    // Most `io::Error`s here come from reading a damaged stream; disk-full and
-    // permission errors are the host's and keep their kinds.
+    // The extractor wraps the real error in text naming the host's staging
+    // path; what a user needs is the innermost cause, named by entry.
+    let cause = innermost(&e);
+    let entry = path.display().to_string();
     match e.kind() {
-        io::ErrorKind::StorageFull | io::ErrorKind::PermissionDenied => {
-            AgentError::io(format!("unpacking {}", path.display()), e)
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => AgentError::HostFull(entry),
+        io::ErrorKind::PermissionDenied => {
+            AgentError::PermissionDenied(format!("unpacking {entry}"))
         }
         io::ErrorKind::AlreadyExists => AgentError::HostileEntry {
             archive: archive.to_owned(),
-            entry: path.display().to_string(),
+            entry,
             reason: "duplicate entry".into(),
         },
         _ => AgentError::BadArchive {
             archive: archive.to_owned(),
-            reason: format!("at {}: {e}", path.display()),
+            reason: format!("at {entry}: {cause}"),
         },
     }
+}
+
+/// The deepest error in a chain, without the wrappers' own words.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = e;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    let text = current.to_string();
+    // An io::Error built around a TarError has no `source`; its text is the
+    // wrapper's, with the cause at the end after the last colon.
+    text.rsplit(": ").next().unwrap_or(&text).to_owned()
 }
 
 /// Gives an unpacked entry (a symlink itself, never its target) its archived owner.

@@ -34,7 +34,13 @@ pub enum AgentError {
     BadArchive { archive: String, reason: String },
     #[error("{0} changed size while it was being archived; retry the backup")]
     FileChanged(PathBuf),
-    #[error("Insufficient disk space on host: need {needed} bytes, {available} available")]
+    #[error(
+        "Insufficient disk space on the app's host while unpacking {0}; free space there and retry"
+    )]
+    HostFull(String),
+    #[error(
+        "Insufficient disk space on the app's host: need {needed} bytes, {available} available"
+    )]
     InsufficientSpace { needed: u64, available: u64 },
     #[error("Permission denied: {0}")]
     PermissionDenied(String),
@@ -85,7 +91,7 @@ impl AgentError {
             Self::HostileEntry { .. } => Code::InvalidArgument,
             Self::BadArchive { .. } => Code::DataLoss,
             Self::FileChanged(_) => Code::Aborted,
-            Self::InsufficientSpace { .. } => Code::ResourceExhausted,
+            Self::InsufficientSpace { .. } | Self::HostFull(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull => {
                 Code::ResourceExhausted

@@ -49,6 +49,12 @@ async fn main() -> anyhow::Result<()> {
         Some(dir) => Some(hop3_agent::tls::TlsFiles::load(dir, &state.host_id)?),
         None => None,
     };
+    if tls.is_none() && args.controller.starts_with("https://") {
+        anyhow::bail!(
+            "the controller is at an https:// URL: pass --tls-dir DIR with this host's certificate (hop3-controller certs issue-agent {})",
+            state.host_id
+        );
+    }
     if tls.is_none() && !args.listen.ip().is_loopback() && !args.insecure {
         anyhow::bail!(
             "refusing to serve plain, unauthenticated gRPC on {}: use --tls-dir DIR, listen on a loopback address, or pass --insecure",

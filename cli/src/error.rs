@@ -254,6 +254,11 @@ impl CliError {
                 (Code::AlreadyExists, _) => {
                     Some("The backup is already in the catalog: hop3 backup:list")
                 }
+                // A restore fills the app's host; everything else the store.
+                (Code::ResourceExhausted, Subject::Backup) => Some(
+                    "Free disk space on the app's host (df -h on its HOP3_ROOT), then retry \
+                     the restore: the app is unchanged.",
+                ),
                 (Code::ResourceExhausted, _) => Some(
                     "Delete old backups: hop3 backup:list, then hop3 backup:delete ID \
                      (check space with: df -h on the backup store)",

@@ -27,7 +27,7 @@ pub enum ControllerError {
         "Insufficient disk space in the store: about {needed} bytes needed, {available} available"
     )]
     InsufficientSpace { needed: u64, available: u64 },
-    #[error("Insufficient disk space in the store while writing {0}")]
+    #[error("Insufficient disk space in the store ({0}); delete old backups and retry")]
     StoreFull(String),
     #[error("Permission denied: {0}")]
     PermissionDenied(String),

@@ -339,6 +339,23 @@ pub struct Deleted {
     pub deleted: String,
 }
 
+/// One agent of `agent:list --json`.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct AgentRow {
+    pub host: String,
+    pub address: String,
+    pub version: String,
+    /// `online` or `offline`.
+    pub status: String,
+    /// RFC 3339.
+    pub last_seen: String,
+    /// The apps it served when last heard from.
+    pub apps: Vec<String>,
+}
+
+/// The keys every `agent:list --json` entry has.
+pub const AGENT_KEYS: &[&str] = &["host", "address", "version", "status", "last_seen", "apps"];
+
 /// The keys every `backup:create` / `backup:list` entry has.
 pub const SUMMARY_KEYS: &[&str] = &[
     "backup_id",
@@ -400,10 +417,52 @@ impl System {
 
     /// `hop3 --json backup:restore ID [--target-app NAME]`, checked to succeed.
     pub fn restore(&self, id: &str, target_app: Option<&str>) -> Result<RestoreResult> {
+        self.restore_to(id, target_app, None)
+    }
+
+    /// `hop3 --json backup:restore ID [--target-app NAME] [--target-host
+    /// HOST]`, checked to succeed.
+    pub fn restore_to(
+        &self,
+        id: &str,
+        target_app: Option<&str>,
+        target_host: Option<&str>,
+    ) -> Result<RestoreResult> {
         let mut args = vec!["--json", "backup:restore", id];
         if let Some(target) = target_app {
             args.extend(["--target-app", target]);
         }
+        if let Some(host) = target_host {
+            args.extend(["--target-host", host]);
+        }
         self.hop3(args).success()?.json()
+    }
+
+    /// `hop3 --json backup:create APP --host HOST`, checked to succeed with a
+    /// COMPLETED backup of that host's copy.
+    pub fn create_on(&self, app: &str, host: &str) -> Result<BackupSummary> {
+        let out = self
+            .hop3(["--json", "backup:create", app, "--host", host])
+            .success()?;
+        let summary: BackupSummary = out.json()?;
+        if summary.status != "COMPLETED" || summary.app != app || summary.host != host {
+            bail!("unexpected create result {summary:?}\n{}", out.report());
+        }
+        Ok(summary)
+    }
+
+    /// `hop3 --json agent:list`, each entry checked to have every key.
+    pub fn agents(&self) -> Result<Vec<AgentRow>> {
+        let out = self.hop3(["--json", "agent:list"]).success()?;
+        let raw: Vec<serde_json::Value> = out.json()?;
+        for value in &raw {
+            require_keys(value, AGENT_KEYS)?;
+        }
+        out.json()
+    }
+
+    /// The `agent:list --json` entry of `host`, if listed.
+    pub fn agent_row(&self, host: &str) -> Result<Option<AgentRow>> {
+        Ok(self.agents()?.into_iter().find(|a| a.host == host))
     }
 }

@@ -424,6 +424,17 @@ impl App {
         write_file(&self.dir.join("app.json"), text.as_bytes(), 0o644)
     }
 
+    /// Sets the `services` of `app.json`: `(type, name, url)` each.
+    pub fn set_services(&self, services: &[(&str, &str, &str)]) -> Result<()> {
+        let mut json = self.app_json()?;
+        json["services"] = services
+            .iter()
+            .map(|(kind, name, url)| serde_json::json!({"type": kind, "name": name, "url": url}))
+            .collect();
+        let text = serde_json::to_string_pretty(&json)? + "\n";
+        write_file(&self.dir.join("app.json"), text.as_bytes(), 0o644)
+    }
+
     /// The parsed `app.json`.
     pub fn app_json(&self) -> Result<serde_json::Value> {
         let text = fs::read_to_string(self.dir.join("app.json"))?;

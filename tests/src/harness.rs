@@ -3,15 +3,15 @@
 //! Every process gets free ports, a cleared environment (PATH, HOME, a
 //! `RUST_LOG`), and a log file of its own holding its stdout and stderr. A
 //! process counts as started once its `grpc.health.v1` service answers
-//! SERVING; nothing here sleeps for a fixed time. Dropping a [`Process`] (or
-//! the [`System`] that owns it) sends SIGTERM, then SIGKILL after a grace
-//! period, and fails the test if a log holds an ` ERROR ` line the test did
-//! not allow, or a panic.
+//! SERVING (over TLS for one that serves TLS); nothing here sleeps for a
+//! fixed time. Dropping a [`Process`] (or the [`System`] that owns it) sends
+//! SIGTERM, then SIGKILL after a grace period, and fails the test if a log
+//! holds an ` ERROR ` line the test did not allow, or a panic.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{self, File};
 use std::io;
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -147,6 +147,12 @@ pub struct Process {
     args: ArgsFn,
     env: Vec<(OsString, OsString)>,
     log_dir: PathBuf,
+    /// The address it listens on and is checked at (127.0.0.1 by default).
+    host: String,
+    /// How its health is checked over TLS, when it serves TLS.
+    tls: Option<TlsProbe>,
+    /// What counts as started.
+    ready: Ready,
     port: u16,
     child: Option<Child>,
     runs: Vec<Run>,
@@ -176,12 +182,44 @@ impl Process {
         env: Vec<(OsString, OsString)>,
         args: impl Fn(u16) -> Vec<OsString> + Send + 'static,
     ) -> Result<Process> {
+        Self::start_on("127.0.0.1", name, program, log_dir, env, args)
+    }
+
+    /// [`start`](Self::start) for a process that listens on `host` (an
+    /// address of a test's own network namespace, say) rather than on
+    /// 127.0.0.1: its health is checked there, and [`url`](Self::url) says
+    /// `http://HOST:PORT`. `args` must make it listen there.
+    pub fn start_on(
+        host: &str,
+        name: &str,
+        program: PathBuf,
+        log_dir: &Path,
+        env: Vec<(OsString, OsString)>,
+        args: impl Fn(u16) -> Vec<OsString> + Send + 'static,
+    ) -> Result<Process> {
+        Self::start_probed(name, program, log_dir, env, Probe::plain(host), args)
+    }
+
+    /// [`start`](Self::start) checked as `probe` says: at its host, over TLS
+    /// for a process that serves TLS (then [`url`](Self::url) says
+    /// `https://`), and until it is SERVING or only until it listens.
+    pub fn start_probed(
+        name: &str,
+        program: PathBuf,
+        log_dir: &Path,
+        env: Vec<(OsString, OsString)>,
+        probe: Probe,
+        args: impl Fn(u16) -> Vec<OsString> + Send + 'static,
+    ) -> Result<Process> {
         let mut process = Process {
             name: name.to_owned(),
             program,
             args: Box::new(args),
             env,
             log_dir: log_dir.to_owned(),
+            host: probe.host,
+            tls: probe.tls,
+            ready: probe.ready,
             port: 0,
             child: None,
             runs: Vec::new(),
@@ -292,16 +330,31 @@ impl Process {
                     self.log_tails()
                 );
             }
-            match health_check(&url) {
+            match self.check_ready(&url) {
                 Ok(true) => return Ok(()),
                 Ok(false) | Err(_) if start.elapsed() < STARTUP_DEADLINE => {
                     std::thread::sleep(POLL_INTERVAL)
                 }
                 outcome => bail!(
-                    "{} not SERVING on {url} after {STARTUP_DEADLINE:?} (last check: {outcome:?})\n{}",
+                    "{} not {} on {url} after {STARTUP_DEADLINE:?} (last check: {outcome:?})\n{}",
                     self.name,
+                    self.ready.describe(),
                     self.log_tails()
                 ),
+            }
+        }
+    }
+
+    /// One check of whether the process has started, as its probe says.
+    fn check_ready(&self, url: &str) -> Result<bool> {
+        match self.ready {
+            Ready::Serving => health_check_tls(url, self.tls.as_ref()),
+            Ready::Listening => {
+                let addr = (self.host.as_str(), self.port)
+                    .to_socket_addrs()?
+                    .next()
+                    .with_context(|| format!("{} resolves to no address", self.host))?;
+                Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok())
             }
         }
     }
@@ -316,9 +369,11 @@ impl Process {
         self.port
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (or the host given to [`start_on`](Self::start_on));
+    /// `https://` for a process probed over TLS.
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}:{}", self.host, self.port)
     }
 
     /// Its process ID, while it runs.
@@ -358,6 +413,13 @@ impl Process {
     pub fn restart(&mut self) -> Result<()> {
         self.stop();
         self.launch(Some(self.port))
+    }
+
+    /// Replaces the arguments the next [`restart`](Self::restart) starts the
+    /// process with (`args(port)`, as for [`start`](Self::start)); the
+    /// running process, if any, is left alone.
+    pub fn set_args(&mut self, args: impl Fn(u16) -> Vec<OsString> + Send + 'static) {
+        self.args = Box::new(args);
     }
 
     /// SIGTERM, then SIGKILL if the process has not exited after
@@ -467,7 +529,14 @@ fn signal(child: &Child, sig: Signal) {
 /// `Ok(true)` when SERVING. Runs on a thread of its own with its own
 /// runtime, so it works from plain tests and from async ones alike.
 pub fn health_check(url: &str) -> Result<bool> {
+    health_check_tls(url, None)
+}
+
+/// [`health_check`] over TLS as `tls` says (plain without it): for an
+/// `https://` controller or agent.
+pub fn health_check_tls(url: &str, tls: Option<&TlsProbe>) -> Result<bool> {
     let url = url.to_owned();
+    let tls = tls.map(TlsProbe::client_config).transpose()?;
     std::thread::scope(|s| {
         s.spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -476,11 +545,13 @@ pub fn health_check(url: &str) -> Result<bool> {
             runtime.block_on(async move {
                 use tonic_health::pb::health_check_response::ServingStatus;
                 use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
-                let channel = tonic::transport::Endpoint::from_shared(url)?
+                let mut endpoint = tonic::transport::Endpoint::from_shared(url)?
                     .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(2))
-                    .connect()
-                    .await?;
+                    .timeout(Duration::from_secs(2));
+                if let Some(tls) = tls {
+                    endpoint = endpoint.tls_config(tls)?;
+                }
+                let channel = endpoint.connect().await?;
                 let response = HealthClient::new(channel)
                     .check(HealthCheckRequest {
                         service: String::new(),
@@ -492,6 +563,94 @@ pub fn health_check(url: &str) -> Result<bool> {
         .join()
         .map_err(|_| anyhow!("the health check thread panicked"))?
     })
+}
+
+/// How a process serving TLS is health-checked: the authority its
+/// certificate must chain to, the name it must be for (`hop3-controller`
+/// for the controller, the host ID for an agent), and the client
+/// certificate to present to a server that requires one (an agent does).
+#[derive(Clone, Debug)]
+pub struct TlsProbe {
+    /// PEM of the certificate authority (`ca.pem`).
+    pub ca: PathBuf,
+    /// The name the server's certificate must be valid for.
+    pub domain: String,
+    /// PEM certificate and key to present, if any.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsProbe {
+    /// The client side of TLS to the server probed.
+    pub fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let read = |path: &Path| {
+            fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let mut config = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&self.ca)?))
+            .domain_name(self.domain.clone());
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Ok(config)
+    }
+}
+
+/// What counts as a started process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ready {
+    /// Its health service answers SERVING.
+    Serving,
+    /// It accepts TCP connections: for one that is not meant to turn
+    /// healthy (an agent its controller refuses).
+    Listening,
+}
+
+impl Ready {
+    fn describe(self) -> &'static str {
+        match self {
+            Ready::Serving => "SERVING",
+            Ready::Listening => "listening",
+        }
+    }
+}
+
+/// Where and how [`Process::start_probed`] checks that a process started.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    /// The address it listens on and is checked at.
+    pub host: String,
+    /// TLS for its health check, when it serves TLS.
+    pub tls: Option<TlsProbe>,
+    /// What counts as started.
+    pub ready: Ready,
+}
+
+impl Probe {
+    /// Plain gRPC health at `host`, until SERVING.
+    pub fn plain(host: &str) -> Self {
+        Self {
+            host: host.to_owned(),
+            tls: None,
+            ready: Ready::Serving,
+        }
+    }
+
+    /// Health over TLS at 127.0.0.1, until SERVING.
+    pub fn tls(tls: TlsProbe) -> Self {
+        Self {
+            tls: Some(tls),
+            ..Self::plain("127.0.0.1")
+        }
+    }
+
+    /// The same probe, waiting only until the process listens.
+    pub fn listening(self) -> Self {
+        Self {
+            ready: Ready::Listening,
+            ..self
+        }
+    }
 }
 
 /// The sorted names in `dir`; none when it does not exist (yet, or any
@@ -595,9 +754,40 @@ pub struct Agent {
 pub struct SystemBuilder {
     local_agent: bool,
     hooks: bool,
+    catalog: Option<String>,
+    controller_args: Vec<OsString>,
+    controller_env: Vec<(OsString, OsString)>,
+    controller_host: Option<String>,
+    store: Option<PathBuf>,
+    tls: bool,
 }
 
 impl SystemBuilder {
+    /// The address the controller listens on instead of 127.0.0.1 (the
+    /// root end of a test's own veth pair, so that an agent in a network
+    /// namespace reaches it).
+    pub fn controller_host(mut self, host: impl Into<String>) -> Self {
+        self.controller_host = Some(host.into());
+        self
+    }
+
+    /// The store directory instead of `<tmp>/store` (on a small file system
+    /// of the test's own, say); created if needed, made 0700.
+    pub fn store(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.store = Some(dir.into());
+        self
+    }
+
+    /// Secure mode: the harness makes a certificate authority
+    /// (`hop3-controller certs init` into [`System::tls_dir`]) and starts
+    /// the controller with `--tls-dir`; its URL is `https://`, `hop3` is run
+    /// with `--ca-cert` (and the token given to [`System::set_token`]), and
+    /// standalone agents get certificates of their host and `--tls-dir`.
+    pub fn tls(mut self) -> Self {
+        self.tls = true;
+        self
+    }
+
     /// Whether the controller runs an agent in-process (default: yes).
     pub fn local_agent(mut self, yes: bool) -> Self {
         self.local_agent = yes;
@@ -611,12 +801,36 @@ impl SystemBuilder {
         self
     }
 
+    /// The controller's `--catalog` URL (default: a SQLite file of the
+    /// test's own, `sqlite://<tmp>/catalog/catalog.db`).
+    pub fn catalog(mut self, url: impl Into<String>) -> Self {
+        self.catalog = Some(url.into());
+        self
+    }
+
+    /// More arguments for the controller, after those the harness gives it.
+    pub fn controller_args<I, S>(mut self, args: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<OsString>,
+    {
+        self.controller_args
+            .extend(args.into_iter().map(Into::into));
+        self
+    }
+
+    /// A variable for the controller's environment, on top of the base one.
+    pub fn controller_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.controller_env.push((key.into(), value.into()));
+        self
+    }
+
     /// Starts the controller and waits until it is healthy.
     pub fn start(self) -> Result<System> {
         let dir = tempfile::Builder::new().prefix("hop3-e2e-").tempdir()?;
         let base = dir.path().to_owned();
         let root = base.join("root");
-        let store = base.join("store");
+        let store = self.store.unwrap_or_else(|| base.join("store"));
         let catalog = base.join("catalog");
         let logs = base.join("logs");
         for d in [
@@ -637,33 +851,59 @@ impl SystemBuilder {
             Vec::new()
         };
 
-        let mut fixed: Vec<OsString> = vec![
-            "--store".into(),
-            store.clone().into(),
-            "--catalog".into(),
-            format!("sqlite://{}", catalog.join("catalog.db").display()).into(),
-        ];
+        let mut local_agent: Vec<OsString> = Vec::new();
         if self.local_agent {
-            fixed.extend([
+            local_agent.extend([
                 "--local-agent".into(),
                 "--root".into(),
                 root.clone().into(),
                 "--host-id".into(),
                 LOCAL_HOST_ID.into(),
             ]);
-            fixed.extend(hook_args.iter().cloned());
+            local_agent.extend(hook_args.iter().cloned());
         }
-        let controller = Process::start(
+        let mut config = ControllerConfig {
+            store: store.clone(),
+            catalog: self
+                .catalog
+                .unwrap_or_else(|| format!("sqlite://{}", catalog.join("catalog.db").display())),
+            local_agent,
+            extra: self.controller_args,
+            host: self
+                .controller_host
+                .unwrap_or_else(|| "127.0.0.1".to_owned()),
+        };
+        let mut probe = Probe::plain(&config.host);
+        let tls_dir = if self.tls {
+            let dir = base.join("tls");
+            let args: [OsString; 4] = [
+                "certs".into(),
+                "init".into(),
+                "--dir".into(),
+                dir.clone().into(),
+            ];
+            run_admin(&base, args, Vec::new()).success()?;
+            config
+                .extra
+                .extend(["--tls-dir".into(), dir.clone().into()]);
+            probe.tls = Some(TlsProbe {
+                ca: dir.join("ca.pem"),
+                domain: CONTROLLER_NAME.to_owned(),
+                identity: None,
+            });
+            Some(dir)
+        } else {
+            None
+        };
+        let mut env = tmpdir_env(&base);
+        env.extend(self.controller_env);
+        let controller = Process::start_probed(
             "controller",
             binary("hop3-controller"),
             &logs,
-            tmpdir_env(&base),
-            move |port| {
-                let mut args: Vec<OsString> =
-                    vec!["--listen".into(), format!("127.0.0.1:{port}").into()];
-                args.extend(fixed.iter().cloned());
-                args
-            },
+            env,
+            probe,
+            config.args(),
         )?;
         Ok(System {
             root,
@@ -675,8 +915,44 @@ impl SystemBuilder {
             base,
             dir: Some(dir),
             controller,
+            controller_config: config,
             agents: Vec::new(),
+            tls_dir,
+            token: None,
         })
+    }
+}
+
+/// What the controller is started with, kept so that it can be started
+/// again on the same store with another catalog.
+#[derive(Clone, Debug)]
+struct ControllerConfig {
+    store: PathBuf,
+    catalog: String,
+    /// `--local-agent` and its options, when it runs one.
+    local_agent: Vec<OsString>,
+    extra: Vec<OsString>,
+    /// The address it listens on.
+    host: String,
+}
+
+impl ControllerConfig {
+    /// The controller's arguments for a port.
+    fn args(&self) -> impl Fn(u16) -> Vec<OsString> + Send + 'static {
+        let mut fixed: Vec<OsString> = vec![
+            "--store".into(),
+            self.store.clone().into(),
+            "--catalog".into(),
+            self.catalog.clone().into(),
+        ];
+        fixed.extend(self.local_agent.iter().cloned());
+        fixed.extend(self.extra.iter().cloned());
+        let host = self.host.clone();
+        move |port| {
+            let mut args: Vec<OsString> = vec!["--listen".into(), format!("{host}:{port}").into()];
+            args.extend(fixed.iter().cloned());
+            args
+        }
     }
 }
 
@@ -688,6 +964,27 @@ fn tmpdir_env(base: &Path) -> Vec<(OsString, OsString)> {
 
 /// The host ID given to the controller's local agent.
 pub const LOCAL_HOST_ID: &str = "e2e-local";
+
+/// The name the controller's certificate is for (and the agents check).
+pub const CONTROLLER_NAME: &str = "hop3-controller";
+
+/// `hop3-controller ARGS...` (an administration command: certs, tokens)
+/// run to completion with the base environment and TMPDIR in `base`;
+/// `logs` are quoted when a check of its output fails.
+fn run_admin<I, S>(base: &Path, args: I, logs: Vec<PathBuf>) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(binary("hop3-controller"));
+    cmd.args(args)
+        .env_clear()
+        .envs(base_env())
+        .envs(tmpdir_env(base))
+        .stdin(Stdio::null());
+    let line = cli::describe(&cmd);
+    Output::new(line, cmd.output().expect("running hop3-controller"), logs)
+}
 
 /// `--stop-cmd` / `--start-cmd` arguments that record each call in `log`.
 fn hook_args(log: &Path) -> Vec<OsString> {
@@ -720,7 +1017,12 @@ pub struct System {
     base: PathBuf,
     dir: Option<TempDir>,
     controller: Process,
+    controller_config: ControllerConfig,
     agents: Vec<Agent>,
+    /// The certificate authority's directory, in secure mode.
+    tls_dir: Option<PathBuf>,
+    /// The token `hop3` is run with (HOP3_TOKEN), if any.
+    token: Option<String>,
 }
 
 impl std::fmt::Debug for System {
@@ -743,6 +1045,12 @@ impl System {
         SystemBuilder {
             local_agent: true,
             hooks: false,
+            catalog: None,
+            controller_args: Vec::new(),
+            controller_env: Vec::new(),
+            controller_host: None,
+            store: None,
+            tls: false,
         }
     }
 
@@ -750,6 +1058,53 @@ impl System {
     /// (`<tmp>/hosts/<host_id>`) registered with this controller, and waits
     /// until it is healthy (which it is only once registered).
     pub fn start_agent(&mut self, host_id: &str) -> Result<&mut Agent> {
+        self.start_agent_with(host_id, &[])
+    }
+
+    /// [`start_agent`](Self::start_agent) with more arguments after those
+    /// the harness gives (`--max-jobs 1`, say).
+    ///
+    /// In secure mode the agent gets a certificate of its host
+    /// ([`issue_agent_cert`](Self::issue_agent_cert)) and `--tls-dir`, and
+    /// its health is checked over TLS.
+    pub fn start_agent_with(&mut self, host_id: &str, extra: &[&str]) -> Result<&mut Agent> {
+        let Some(ca) = self.tls_dir.as_ref().map(|d| d.join("ca.pem")) else {
+            return self.launch_agent(host_id, extra, None, Probe::plain("127.0.0.1"));
+        };
+        let dir = self.issue_agent_cert(host_id)?;
+        let probe = Probe::tls(TlsProbe {
+            ca,
+            domain: host_id.to_owned(),
+            // The agent answers only certificates of our authority.
+            identity: Some((
+                dir.join(format!("{host_id}.pem")),
+                dir.join(format!("{host_id}.key")),
+            )),
+        });
+        self.launch_agent(host_id, extra, Some(&dir), probe)
+    }
+
+    /// Starts a standalone agent the controller is expected to refuse: with
+    /// the TLS material in `tls_dir` (`--tls-dir`; none: plain), pointed at
+    /// this controller's URL, and waited on only until it listens (it never
+    /// turns SERVING: that needs a registration).
+    pub fn start_refused_agent(
+        &mut self,
+        host_id: &str,
+        tls_dir: Option<&Path>,
+    ) -> Result<&mut Agent> {
+        self.launch_agent(host_id, &[], tls_dir, Probe::plain("127.0.0.1").listening())
+    }
+
+    /// Starts a standalone agent `host_id` (with `--tls-dir` when given),
+    /// checked as `probe` says.
+    fn launch_agent(
+        &mut self,
+        host_id: &str,
+        extra: &[&str],
+        tls_dir: Option<&Path>,
+        probe: Probe,
+    ) -> Result<&mut Agent> {
         let root = self.agent_root(host_id)?;
         let mut fixed: Vec<OsString> = vec![
             "--controller".into(),
@@ -762,11 +1117,16 @@ impl System {
         if self.hooks {
             fixed.extend(hook_args(&self.hooks_log));
         }
-        let process = Process::start(
+        if let Some(dir) = tls_dir {
+            fixed.extend(["--tls-dir".into(), dir.into()]);
+        }
+        fixed.extend(extra.iter().map(OsString::from));
+        let process = Process::start_probed(
             &format!("agent-{host_id}"),
             binary("hop3-agent"),
             &self.logs,
             tmpdir_env(&self.base),
+            probe,
             move |port| {
                 let mut args: Vec<OsString> =
                     vec!["--listen".into(), format!("127.0.0.1:{port}").into()];
@@ -803,6 +1163,39 @@ impl System {
         &mut self.controller
     }
 
+    /// The controller's `--catalog` URL.
+    pub fn catalog(&self) -> &str {
+        &self.controller_config.catalog
+    }
+
+    /// `sqlite://<tmp>/catalog/<name>`: a catalog file of the test's own that
+    /// does not exist yet, for [`set_catalog`](Self::set_catalog).
+    pub fn sqlite_catalog(&self, name: &str) -> String {
+        format!(
+            "sqlite://{}",
+            self.base.join("catalog").join(name).display()
+        )
+    }
+
+    /// Makes the controller's next start use the catalog `url` (on the same
+    /// store); the running controller is left alone until
+    /// [`restart_controller`](Self::restart_controller).
+    pub fn set_catalog(&mut self, url: &str) {
+        self.controller_config.catalog = url.to_owned();
+        self.controller.set_args(self.controller_config.args());
+    }
+
+    /// Stops the controller (SIGTERM, unless it is already gone, e.g. after
+    /// [`Process::kill`]) and starts it again on the same store with the
+    /// catalog it was last given, on the same port when it is still free,
+    /// and waits for its health. Standalone agents keep the URL they were
+    /// started with, so they find it again when the port was kept.
+    pub fn restart_controller(&mut self) -> Result<()> {
+        self.controller.restart()?;
+        self.url = self.controller.url();
+        Ok(())
+    }
+
     /// A scratch directory inside the test's directory, created on demand.
     pub fn scratch(&self, name: &str) -> Result<PathBuf> {
         let dir = self.base.join("scratch").join(name);
@@ -829,7 +1222,77 @@ impl System {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        cli::command(&self.url, args)
+        let mut all: Vec<OsString> = Vec::new();
+        if let Some(dir) = &self.tls_dir {
+            all.extend(["--ca-cert".into(), dir.join("ca.pem").into()]);
+        }
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        let mut cmd = cli::command(&self.url, all);
+        if let Some(token) = &self.token {
+            cmd.env("HOP3_TOKEN", token);
+        }
+        cmd
+    }
+
+    /// The certificate authority's directory in secure mode
+    /// ([`SystemBuilder::tls`]): `ca.pem`, `ca.key`, `hop3-controller.pem`
+    /// and `.key`.
+    pub fn tls_dir(&self) -> Option<&Path> {
+        self.tls_dir.as_deref()
+    }
+
+    /// The token `hop3` is run with from now on (HOP3_TOKEN); none: no token.
+    pub fn set_token(&mut self, token: Option<&str>) {
+        self.token = token.map(str::to_owned);
+    }
+
+    /// `hop3-controller --store STORE --catalog CATALOG ARGS...` (tokens
+    /// create, say) run to completion next to the running controller.
+    pub fn admin<I, S>(&self, args: I) -> Output
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut all: Vec<OsString> = vec![
+            "--store".into(),
+            self.store.clone().into(),
+            "--catalog".into(),
+            self.controller_config.catalog.clone().into(),
+        ];
+        all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+        run_admin(&self.base, all, self.log_paths())
+    }
+
+    /// `hop3-controller tokens create NAME`: the token it prints once.
+    pub fn create_token(&self, name: &str) -> Result<String> {
+        let out = self.admin(["tokens", "create", name]).success()?;
+        Ok(out.stdout.trim().to_owned())
+    }
+
+    /// The certificate of agent host `host_id`, issued by this system's
+    /// authority (`certs issue-agent HOST --out`) on the first call: the
+    /// directory holding `ca.pem`, `HOST.pem` and `HOST.key`, for the
+    /// agent's `--tls-dir`. Only in secure mode.
+    pub fn issue_agent_cert(&self, host_id: &str) -> Result<PathBuf> {
+        let ca_dir = self
+            .tls_dir
+            .as_ref()
+            .context("agent certificates need a system started with tls()")?;
+        let out = self.base.join("agent-tls").join(host_id);
+        if out.join(format!("{host_id}.pem")).is_file() {
+            return Ok(out);
+        }
+        let args: [OsString; 7] = [
+            "certs".into(),
+            "issue-agent".into(),
+            host_id.into(),
+            "--dir".into(),
+            ca_dir.into(),
+            "--out".into(),
+            out.clone().into(),
+        ];
+        run_admin(&self.base, args, Vec::new()).success()?;
+        Ok(out)
     }
 
     /// Every log file of every process, controller first.

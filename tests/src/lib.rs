@@ -6,14 +6,18 @@
 //! - [`fixtures`]: building apps on a host's disk ([`App`]).
 //! - [`snapshot`]: capturing an app's state to compare ([`Snapshot`]).
 //! - [`cli`]: running `hop3` and reading its `--json`.
+//! - [`netns`], [`tmpfs`]: faults to inject: a network link to cut, a small
+//!   file system to fill.
 //!
 //! The scenarios live in `tests/e2e/`, all in one test binary.
 
 pub mod cli;
 pub mod fixtures;
 pub mod harness;
+pub mod netns;
 pub mod servers;
 pub mod snapshot;
+pub mod tmpfs;
 
 pub use cli::Output;
 pub use fixtures::App;

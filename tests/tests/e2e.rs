@@ -12,8 +12,18 @@ mod catalog;
 mod concurrency;
 #[path = "e2e/failures.rs"]
 mod failures;
+#[path = "e2e/faults.rs"]
+mod faults;
+#[path = "e2e/fleet.rs"]
+mod fleet;
+#[path = "e2e/limits.rs"]
+mod limits;
+#[path = "e2e/recovery.rs"]
+mod recovery;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
+#[path = "e2e/security.rs"]
+mod security;
 #[path = "e2e/services.rs"]
 mod services;
 #[path = "e2e/store_format.rs"]

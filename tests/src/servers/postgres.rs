@@ -205,6 +205,18 @@ impl Postgres {
         Ok(self.url(user, password, db))
     }
 
+    /// Creates the empty database `db`, owned by the superuser, for a
+    /// controller's catalog; returns `postgres://ADMIN:PW@127.0.0.1:PORT/db`
+    /// (the password percent-encoded), as `hop3-controller --catalog` takes it.
+    pub fn create_catalog(&self, db: &str) -> Result<String> {
+        self.query("postgres", &format!("CREATE DATABASE \"{db}\""))?;
+        Ok(format!(
+            "postgres://{ADMIN}:{}@127.0.0.1:{}/{db}",
+            super::url_encode(&self.admin_password),
+            self.port
+        ))
+    }
+
     /// `postgresql://user:password@127.0.0.1:PORT/db`.
     pub fn url(&self, user: &str, password: &str, db: &str) -> String {
         format!(

@@ -9,6 +9,7 @@ use hop3_tests::System;
 use hop3_tests::cli::{self, BackupSummary, Deleted};
 use hop3_tests::fixtures::App;
 use hop3_tests::harness::wait_until;
+use hop3_tests::servers::Postgres;
 use hop3_tests::snapshot::sha256_file;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -29,7 +30,27 @@ fn ids(list: &[BackupSummary]) -> Vec<&str> {
 
 #[test]
 fn list_info_and_delete() -> Result<()> {
-    let sys = System::start()?;
+    list_info_and_delete_on(System::start()?)
+}
+
+#[test]
+fn list_info_and_delete_on_a_postgres_catalog() -> Result<()> {
+    let pg = Postgres::start()?;
+    let url = pg.create_catalog("hop3_catalog")?;
+    let sys = System::builder().catalog(url).start()?;
+    list_info_and_delete_on(sys)?;
+    // The catalog really is in PostgreSQL: it has tables there.
+    let tables = pg.rows(
+        "hop3_catalog",
+        "SELECT tablename FROM pg_tables \
+         WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+    )?;
+    ensure!(!tables.is_empty(), "no table in the PostgreSQL catalog");
+    Ok(())
+}
+
+/// The catalog scenario against `sys`, whatever its catalog.
+fn list_info_and_delete_on(sys: System) -> Result<()> {
     let scratch = sys.scratch("fixtures")?;
     App::build(&sys.root, "alpha", 4, &scratch)?;
     App::build(&sys.root, "beta", 5, &scratch)?;

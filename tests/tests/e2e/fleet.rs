@@ -1,0 +1,387 @@
+//! A fleet: several hosts, one agent each, one controller. Which agents
+//! are online, a host lost and its app brought back on a fresh one, the
+//! same app name on two hosts, and agents that limit how many jobs they run.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use hop3_tests::cli::{AgentRow, BackupSummary};
+use hop3_tests::fixtures::App;
+use hop3_tests::harness::{du, list_dir, wait_until};
+use hop3_tests::servers::{self, Postgres, diff_lines};
+use hop3_tests::snapshot::{self, Snapshot};
+use hop3_tests::{Output, System};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// How long an agent unheard of may take to be listed offline: 15 s
+/// without a heartbeat, heartbeats every 5 s, and some slack for a loaded
+/// machine.
+const OFFLINE_DEADLINE: Duration = Duration::from_secs(25);
+
+/// How long an agent's heartbeat may take to bring news (its apps).
+const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(20);
+
+/// How long one backup or restore of a few dozen MiB may take on a loaded
+/// two-core machine with debug binaries.
+const OPERATION: Duration = Duration::from_secs(300);
+
+/// A table of every awkward kind of value and a sequence: what the app's
+/// database holds.
+const PG_SCHEMA: &str = r#"
+CREATE TABLE customers (
+    id serial PRIMARY KEY,
+    name text NOT NULL,
+    balance numeric(12,2) NOT NULL DEFAULT 0,
+    payload bytea,
+    created_at timestamptz NOT NULL
+);
+CREATE SEQUENCE invoice_no START 1000;
+INSERT INTO customers (name, balance, payload, created_at)
+    SELECT 'Zoë ' || i || E' — 日本語 🚀 «l''apostrophe»\nline two', i * 1.25,
+           '\x00ff0d0a'::bytea || decode(md5(i::text), 'hex'),
+           timestamptz '2024-01-01 00:00:00+00' + i * interval '1 hour'
+    FROM generate_series(1, 2000) AS i;
+SELECT setval('invoice_no', 1042);
+"#;
+
+/// Fails with both listings' differences unless they are equal.
+fn same(expected: &[String], actual: &[String], what: &str) -> Result<()> {
+    if expected != actual {
+        bail!("{what} differs:\n{}", diff_lines(expected, actual, 15));
+    }
+    Ok(())
+}
+
+/// Waits until `agent:list` lists `host` as `status` and returns its row.
+fn wait_status(sys: &System, host: &str, status: &str, deadline: Duration) -> Result<AgentRow> {
+    let mut last = None;
+    let waited = wait_until(deadline, &format!("{host} listed {status}"), || {
+        last = sys.agent_row(host)?;
+        Ok(last.clone().filter(|a| a.status == status))
+    });
+    waited.with_context(|| format!("agent:list says {last:?}"))
+}
+
+/// Fails unless `last_seen` is an RFC 3339 time within `window` before now.
+fn seen_recently(row: &AgentRow, window: Duration) -> Result<()> {
+    let t = OffsetDateTime::parse(&row.last_seen, &Rfc3339)
+        .with_context(|| format!("last_seen is not RFC 3339: {row:?}"))?;
+    let age = OffsetDateTime::now_utc() - t;
+    ensure!(
+        age >= -time::Duration::seconds(2) && age <= window,
+        "last_seen {} is {age} ago: {row:?}",
+        row.last_seen
+    );
+    Ok(())
+}
+
+/// Fails unless the human `agent:list` shows its header and, for each
+/// `(host, status)`, a line naming both.
+fn human_agent_list(out: &Output, expected: &[(&str, &str)]) -> Result<()> {
+    let header = out.stdout.lines().next().unwrap_or_default();
+    for column in ["HOST", "ADDRESS", "STATUS", "LAST SEEN", "APPS"] {
+        ensure!(
+            header.contains(column),
+            "agent:list's header lacks {column}\n{}",
+            out.report()
+        );
+    }
+    for (host, status) in expected {
+        ensure!(
+            out.stdout
+                .lines()
+                .any(|l| l.split_whitespace().any(|w| w == *host) && l.contains(status)),
+            "agent:list has no line with {host} {status}\n{}",
+            out.report()
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn a_lost_host_comes_back_on_a_fresh_one() -> Result<()> {
+    let pg = Postgres::start()?;
+    let password = servers::password();
+    let url = pg.create_app_database("app_user", &password, "shop")?;
+    pg.script_as("app_user", &password, "shop", PG_SCHEMA)?;
+    let database = pg.fingerprint("shop")?;
+
+    let mut sys = System::builder().local_agent(false).start()?;
+    let root_a = sys.agent_root("host-a")?;
+    let app = App::build(&root_a, "shop", 201, &sys.scratch("fixtures")?)?;
+    app.set_services(&[("postgres", "db", &url)])?;
+    let mut env = Snapshot::of(&app.dir)?.env;
+    env.insert("DATABASE_URL".into(), url.clone());
+    app.write_env(&env)?;
+    let app_json = app.app_json()?;
+    let original = Snapshot::of(&app.dir)?;
+    snapshot::fsck(&app.git_dir())?;
+    sys.start_agent("host-a")?;
+
+    let created = sys.create("shop")?;
+    ensure!(created.host == "host-a", "{created:?}");
+    ensure!(created.services == ["postgres:db"], "{created:?}");
+
+    // The fleet as the operator sees it.
+    let a = wait_until(HEARTBEAT_DEADLINE, "host-a online with shop", || {
+        Ok(sys
+            .agent_row("host-a")?
+            .filter(|a| a.status == "online" && a.apps == ["shop"]))
+    })
+    .with_context(|| format!("agent:list says {:?}", sys.agents()))?;
+    ensure!(!a.address.is_empty() && !a.version.is_empty(), "{a:?}");
+    seen_recently(&a, Duration::from_secs(20))?;
+    let listed = sys.agents()?;
+    ensure!(listed.len() == 1, "one agent was started: {listed:?}");
+    human_agent_list(
+        &sys.hop3(["agent:list"]).success()?,
+        &[("host-a", "online")],
+    )?;
+    human_agent_list(
+        &sys.hop3(["agent", "list"]).success()?,
+        &[("host-a", "online")],
+    )?;
+
+    // The host is lost: its agent stops, its disk is gone, and the database
+    // server comes back without the app's database (its role survives).
+    let lost_at = Instant::now();
+    let complaint = sys.agent("host-a").process.stop();
+    ensure!(complaint.is_none(), "{complaint:?}");
+    fs::remove_dir_all(&root_a)?;
+    pg.query("postgres", "DROP DATABASE shop WITH (FORCE)")?;
+
+    // A fresh host, its agent empty.
+    let b = sys.start_agent("host-b")?;
+    let root_b = b.root.clone();
+    ensure!(list_dir(&root_b.join("apps"))?.is_empty());
+    let a = wait_status(&sys, "host-a", "offline", OFFLINE_DEADLINE)?;
+    eprintln!(
+        "host-a listed offline {:.1?} after it stopped",
+        lost_at.elapsed()
+    );
+    ensure!(
+        a.apps == ["shop"],
+        "an offline agent keeps what it last served: {a:?}"
+    );
+    let b = wait_status(&sys, "host-b", "online", HEARTBEAT_DEADLINE)?;
+    ensure!(b.apps.is_empty(), "{b:?}");
+    human_agent_list(
+        &sys.hop3(["agent:list"]).success()?,
+        &[("host-a", "offline"), ("host-b", "online")],
+    )?;
+
+    // The backup's own host is gone: the CLI says what to do.
+    sys.hop3(["backup:restore", &created.backup_id])
+        .failure(&["offline", "--target-host"])?;
+    sys.hop3(["--json", "backup:restore", &created.backup_id])
+        .failure(&["offline", "--target-host"])?;
+    ensure!(
+        list_dir(&root_b.join("apps"))?.is_empty(),
+        "a refused restore left {:?} on host-b",
+        list_dir(&root_b.join("apps"))?
+    );
+
+    let start = Instant::now();
+    let restored = sys.restore_to(&created.backup_id, None, Some("host-b"))?;
+    let took = start.elapsed();
+    eprintln!(
+        "host-loss restore of {} ({} bytes) onto host-b took {took:.2?}",
+        created.backup_id, created.total_size
+    );
+    ensure!(
+        restored.app == "shop" && restored.host == "host-b",
+        "{restored:?}"
+    );
+    ensure!(
+        Some(restored.hostname.as_str()) == original.hostname.as_deref()
+            && Some(u64::from(restored.port)) == original.port,
+        "{restored:?}"
+    );
+
+    let back = App::existing(&root_b, "shop");
+    original.assert_same(&Snapshot::of(&back.dir)?, "the app brought back on host-b")?;
+    snapshot::fsck(&back.git_dir())?;
+    ensure!(
+        back.app_json()?["services"] == app_json["services"],
+        "{}",
+        back.app_json()?
+    );
+    same(&database, &pg.fingerprint("shop")?, "the app's database")?;
+    let next = pg.query_as(
+        "app_user",
+        &password,
+        "shop",
+        "SELECT nextval('invoice_no')",
+    )?;
+    ensure!(next.trim() == "1043", "the next invoice number is {next:?}");
+
+    // The new host now serves it, as its next heartbeat tells.
+    wait_until(HEARTBEAT_DEADLINE, "host-b to list shop", || {
+        Ok(sys
+            .agent_row("host-b")?
+            .filter(|b| b.apps == ["shop"] && b.status == "online"))
+    })?;
+    Ok(())
+}
+
+#[test]
+fn the_same_app_on_two_hosts_needs_a_host_named() -> Result<()> {
+    let mut sys = System::builder().local_agent(false).start()?;
+    let scratch = sys.scratch("fixtures")?;
+    // Each copy's work repository in a scratch directory of its own.
+    let a = App::build(&sys.agent_root("host-a")?, "shop", 202, &sys.scratch("a")?)?;
+    let b = App::build(&sys.agent_root("host-b")?, "shop", 203, &sys.scratch("b")?)?;
+    let (orig_a, orig_b) = (Snapshot::of(&a.dir)?, Snapshot::of(&b.dir)?);
+    ensure!(orig_a.port != orig_b.port, "the two copies must differ");
+    sys.start_agent("host-a")?;
+    sys.start_agent("host-b")?;
+
+    sys.hop3(["backup:create", "shop"])
+        .failure(&["several hosts", "--host"])?;
+    sys.hop3(["--json", "backup:create", "shop"])
+        .failure(&["several hosts", "--host"])?;
+    let listed = sys.list(&[])?;
+    ensure!(listed.is_empty(), "a refused create left {listed:?}");
+    ensure!(sys.partials()?.is_empty());
+
+    let from_b = sys.create_on("shop", "host-b")?;
+    let from_a = sys.create_on("shop", "host-a")?;
+    for (created, host, original) in [(&from_b, "host-b", &orig_b), (&from_a, "host-a", &orig_a)] {
+        let listed = sys.list(&["shop"])?;
+        let entry = listed
+            .iter()
+            .find(|l| l.backup_id == created.backup_id)
+            .with_context(|| format!("{created:?} not listed: {listed:?}"))?;
+        ensure!(entry.host == host, "{entry:?}");
+        let info = sys.info(&created.backup_id)?;
+        ensure!(info.host == host && info.all_valid, "{info:?}");
+        ensure!(
+            Some(u64::from(info.app_state.port)) == original.port,
+            "the backup made with --host {host} holds another copy: {info:?}"
+        );
+    }
+
+    // A restore goes back to the backup's own host, and only there.
+    b.mutate(&scratch)?;
+    let restored = sys.restore(&from_b.backup_id, None)?;
+    ensure!(restored.host == "host-b", "{restored:?}");
+    orig_b.assert_same(&Snapshot::of(&b.dir)?, "host-b's copy after its restore")?;
+    orig_a.assert_same(&Snapshot::of(&a.dir)?, "host-a's copy, not restored")?;
+    Ok(())
+}
+
+/// Partial backup directories of `apps`, by path, with their sizes.
+fn partial_sizes(sys: &System, apps: &[&str]) -> Result<BTreeMap<String, u64>> {
+    let mut sizes = BTreeMap::new();
+    for p in sys.partials()? {
+        let app = p
+            .parent()
+            .and_then(|d| d.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if apps.contains(&app.as_str()) {
+            sizes.insert(p.display().to_string(), du(&p));
+        }
+    }
+    Ok(sizes)
+}
+
+#[test]
+fn backups_on_two_agents_run_at_once_within_each_agents_limit() -> Result<()> {
+    let mut sys = System::builder().local_agent(false).start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let root_a = sys.agent_root("host-a")?;
+    let root_b = sys.agent_root("host-b")?;
+    let mut originals = BTreeMap::new();
+    for (root, name, seed) in [
+        (&root_a, "one", 211),
+        (&root_a, "two", 212),
+        (&root_b, "three", 213),
+    ] {
+        let app = App::build(root, name, seed, &scratch)?;
+        app.big_data(64)?;
+        originals.insert(name, Snapshot::of(&app.dir)?);
+    }
+    sys.start_agent_with("host-a", &["--max-jobs", "1"])?;
+    sys.start_agent("host-b")?;
+
+    let mut running: Vec<_> = ["one", "two", "three"]
+        .iter()
+        .map(|app| sys.hop3_spawn(["--json", "backup:create", app]))
+        .collect::<Result<_>>()?;
+
+    // host-a runs one job at a time: never do both of its backups take in
+    // data at once (both .partial directories growing between two looks).
+    // A job that waits its turn may have an empty .partial meanwhile.
+    let mut previous = BTreeMap::new();
+    let (mut both_growing, mut looks) = (0, 0);
+    let start = Instant::now();
+    loop {
+        let mut still = false;
+        for create in &mut running {
+            still |= create.is_running()?;
+        }
+        if !still {
+            break;
+        }
+        if start.elapsed() > OPERATION {
+            bail!("the three creates did not end within {OPERATION:?}");
+        }
+        let sizes = partial_sizes(&sys, &["one", "two"])?;
+        let growing = sizes
+            .iter()
+            .filter(|(p, s)| previous.get(*p).is_some_and(|before| *s > before))
+            .count();
+        if growing >= 2 {
+            both_growing += 1;
+        }
+        looks += 1;
+        previous = sizes;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("{looks} looks at host-a's .partial directories, {both_growing} with both growing");
+    // One look may straddle the moment one job hands over to the other.
+    ensure!(
+        both_growing <= 2,
+        "host-a started with --max-jobs 1 took in two backups at once in {both_growing} of {looks} looks"
+    );
+
+    let mut created: BTreeMap<String, BackupSummary> = BTreeMap::new();
+    for create in running {
+        let summary: BackupSummary = create.wait(OPERATION)?.success()?.json()?;
+        ensure!(summary.status == "COMPLETED", "{summary:?}");
+        created.insert(summary.app.clone(), summary);
+    }
+    ensure!(
+        created.keys().map(String::as_str).collect::<Vec<_>>() == ["one", "three", "two"],
+        "{created:?}"
+    );
+    for (app, host) in [("one", "host-a"), ("two", "host-a"), ("three", "host-b")] {
+        let summary = &created[app];
+        ensure!(summary.host == host, "{summary:?}");
+        let info = sys.info(&summary.backup_id)?;
+        ensure!(info.all_valid && info.status == "COMPLETED", "{info:?}");
+    }
+    ensure!(sys.partials()?.is_empty(), "{:?}", sys.partials()?);
+    let listed = sys.list(&[])?;
+    ensure!(
+        listed.len() == 3 && listed.iter().all(|b| b.status == "COMPLETED"),
+        "{listed:?}"
+    );
+
+    // Whichever of host-a's two waited its turn, both hold their own app:
+    // each restored in place after a bad deploy comes back exactly.
+    for name in ["two", "one"] {
+        let app = App::existing(&root_a, name);
+        app.mutate(&scratch)?;
+        sys.restore(&created[name].backup_id, None)?;
+        originals[name].assert_same(
+            &Snapshot::of(&app.dir)?,
+            &format!("{name} restored from the concurrent backup"),
+        )?;
+    }
+    Ok(())
+}
