@@ -8,8 +8,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use async_compression::Level;
-use async_compression::tokio::bufread::GzipDecoder;
-use async_compression::tokio::write::GzipEncoder;
+use async_compression::tokio::bufread::{GzipDecoder, ZstdDecoder};
+use async_compression::tokio::write::{GzipEncoder, ZstdEncoder};
+use async_compression::zstd::CParameter;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio_stream::StreamExt;
 use tokio_tar::{Archive, ArchiveBuilder, Builder, EntryType, Header, HeaderMode};
@@ -21,14 +22,81 @@ use crate::progress::Progress;
 /// backup is compression; `tar -xzf` reads any level.
 const GZIP_LEVEL: i32 = 3;
 
-/// Writes a gzip tar of `members` (name in the archive, directory on disk)
-/// into `out`, then flushes and shuts `out` down and hands it back. Missing
-/// members are left out.
-pub async fn pack<W>(members: &[(&str, PathBuf)], out: W, progress: &dyn Progress) -> Result<W>
+/// zstd level for format 1.1 archives, compressed on all cores.
+const ZSTD_LEVEL: i32 = 3;
+
+/// How an archive is compressed: gzip (format 1.0) or zstd (format 1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Codec {
+    Gzip,
+    Zstd,
+}
+
+impl Codec {
+    /// The codec of a backup format version ("" is the default, 1.0).
+    pub fn for_format(format: &str) -> Result<Self> {
+        match format {
+            "" | "1.0" => Ok(Self::Gzip),
+            "1.1" => Ok(Self::Zstd),
+            other => Err(AgentError::Protocol(format!(
+                "unknown backup format {:?} (this agent writes 1.0 and 1.1)",
+                other.chars().take(20).collect::<String>()
+            ))),
+        }
+    }
+
+    /// The file name of archive `stem` ("source", "data").
+    pub fn file(self, stem: &str) -> String {
+        match self {
+            Self::Gzip => format!("{stem}.tar.gz"),
+            Self::Zstd => format!("{stem}.tar.zst"),
+        }
+    }
+
+    /// The codec and stem of an archive's file name.
+    pub fn of_file(name: &str) -> Option<(Self, &str)> {
+        name.strip_suffix(".tar.gz")
+            .map(|stem| (Self::Gzip, stem))
+            .or_else(|| name.strip_suffix(".tar.zst").map(|stem| (Self::Zstd, stem)))
+    }
+}
+
+/// Writes a compressed tar of `members` (name in the archive, directory on
+/// disk) into `out`, then flushes and shuts `out` down and hands it back.
+/// Missing members are left out.
+pub async fn pack<W>(
+    members: &[(&str, PathBuf)],
+    out: W,
+    codec: Codec,
+    progress: &dyn Progress,
+) -> Result<W>
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let encoder = GzipEncoder::with_quality(out, Level::Precise(GZIP_LEVEL));
+    match codec {
+        Codec::Gzip => {
+            let encoder = GzipEncoder::with_quality(out, Level::Precise(GZIP_LEVEL));
+            Ok(tar_into(members, encoder, progress).await?.into_inner())
+        }
+        Codec::Zstd => {
+            let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+            // The frame checksum lets a reader catch damage the tar layer would miss.
+            let params = [
+                CParameter::nb_workers(workers),
+                CParameter::checksum_flag(true),
+            ];
+            let encoder =
+                ZstdEncoder::with_quality_and_params(out, Level::Precise(ZSTD_LEVEL), &params);
+            Ok(tar_into(members, encoder, progress).await?.into_inner())
+        }
+    }
+}
+
+/// Writes the tar of `members` into `encoder` and shuts it down.
+async fn tar_into<E>(members: &[(&str, PathBuf)], encoder: E, progress: &dyn Progress) -> Result<E>
+where
+    E: AsyncWrite + Unpin + Send + 'static,
+{
     let mut builder = Builder::new(encoder);
     builder.mode(HeaderMode::Complete);
     builder.follow_symlinks(false);
@@ -43,7 +111,7 @@ where
     builder.finish().await.map_err(write_err)?;
     let mut encoder = builder.into_inner().await.map_err(write_err)?;
     encoder.shutdown().await.map_err(write_err)?;
-    Ok(encoder.into_inner())
+    Ok(encoder)
 }
 
 /// Appends `dir` and everything below it, depth first in name order, without
@@ -97,7 +165,8 @@ where
             // The header already promises `size` bytes: never write more (a
             // growing log), and refuse fewer (a file truncated meanwhile).
             let mut reader = CountingReader {
-                inner: file.take(size),
+                // Large reads: each read of a tokio File is a trip to the blocking pool.
+                inner: tokio::io::BufReader::with_capacity(256 * 1024, file.take(size)),
                 count: 0,
                 progress,
             };
@@ -176,13 +245,19 @@ fn escapes(entry: &Path, target: &Path) -> bool {
     false
 }
 
-/// Unpacks a gzip tar from `input` into `dst` (which must exist), accepting
+/// Unpacks a compressed tar from `input` into `dst` (which must exist), accepting
 /// only regular files, directories and symlinks whose paths start with one of
 /// `allowed_top` and stay inside it. Anything else fails with the entry named,
 /// and the caller throws the partly filled `dst` away.
-pub async fn unpack<R>(archive: &str, input: R, dst: &Path, allowed_top: &[&str]) -> Result<()>
+pub async fn unpack<R>(
+    archive: &str,
+    input: R,
+    codec: Codec,
+    dst: &Path,
+    allowed_top: &[&str],
+) -> Result<()>
 where
-    R: AsyncRead + Unpin + Send,
+    R: AsyncRead + Unpin + Send + 'static,
 {
     let bad = |reason: String| AgentError::BadArchive {
         archive: archive.to_owned(),
@@ -196,7 +271,11 @@ where
     let dst = tokio::fs::canonicalize(dst)
         .await
         .map_err(|e| AgentError::io("opening the staging directory", e))?;
-    let decoder = GzipDecoder::new(BufReader::with_capacity(hop3_proto::CHUNK_SIZE, input));
+    let buffered = BufReader::with_capacity(hop3_proto::CHUNK_SIZE, input);
+    let decoder: Box<dyn AsyncRead + Unpin + Send> = match codec {
+        Codec::Gzip => Box::new(GzipDecoder::new(buffered)),
+        Codec::Zstd => Box::new(ZstdDecoder::new(buffered)),
+    };
     let mut ar: Archive<_> = ArchiveBuilder::new(decoder)
         .set_preserve_permissions(true)
         .set_preserve_mtime(true)
@@ -256,7 +335,7 @@ where
             }
         }
     }
-    // Reading on to the end checks the gzip trailer (CRC and length).
+    // Reading on to the end checks the gzip trailer (CRC, length) or the zstd frame checksum.
     let mut rest = ar
         .into_inner()
         .map_err(|_| bad("archive still in use".into()))?;
@@ -372,14 +451,25 @@ mod tests {
         std::fs::write(src.join("ro/inside"), b"x").unwrap();
         std::fs::set_permissions(src.join("ro"), std::fs::Permissions::from_mode(0o555)).unwrap();
 
-        let buf = pack(&[("data", src.clone())], Vec::new(), &NoProgress)
-            .await
-            .unwrap();
+        let buf = pack(
+            &[("data", src.clone())],
+            Vec::new(),
+            Codec::Gzip,
+            &NoProgress,
+        )
+        .await
+        .unwrap();
         let out = tmp.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        unpack("data.tar.gz", &buf[..], &out, &["data"])
-            .await
-            .unwrap();
+        unpack(
+            "data.tar.gz",
+            std::io::Cursor::new(buf),
+            Codec::Gzip,
+            &out,
+            &["data"],
+        )
+        .await
+        .unwrap();
         let d = out.join("data");
         assert_eq!(
             std::fs::read(d.join("nested/file with space.txt")).unwrap(),
@@ -402,6 +492,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn zstd_round_trip_and_truncation() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir_all(src.join("sub")).unwrap();
+        let body: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
+        std::fs::write(src.join("sub/f"), &body).unwrap();
+        let buf = pack(&[("data", src)], Vec::new(), Codec::Zstd, &NoProgress)
+            .await
+            .unwrap();
+        assert_eq!(&buf[..4], [0x28, 0xb5, 0x2f, 0xfd], "not a zstd frame");
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack(
+            "data.tar.zst",
+            std::io::Cursor::new(buf.clone()),
+            Codec::Zstd,
+            &out,
+            &["data"],
+        )
+        .await
+        .unwrap();
+        assert_eq!(std::fs::read(out.join("data/sub/f")).unwrap(), body);
+        for cut in [buf.len() - 2, buf.len() / 2] {
+            let out = tempfile::tempdir().unwrap();
+            let res = unpack(
+                "data.tar.zst",
+                std::io::Cursor::new(buf[..cut].to_vec()),
+                Codec::Zstd,
+                out.path(),
+                &["data"],
+            )
+            .await;
+            assert!(res.is_err(), "cut at {cut} accepted");
+        }
+    }
+
+    #[tokio::test]
     async fn owners_come_back_when_root() {
         use std::os::unix::fs::MetadataExt;
         if !rustix::process::geteuid().is_root() {
@@ -415,14 +542,20 @@ mod tests {
         symlink("owned", src.join("link")).unwrap();
         std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(4321)).unwrap();
         std::os::unix::fs::lchown(src.join("link"), Some(1235), Some(4322)).unwrap();
-        let buf = pack(&[("data", src)], Vec::new(), &NoProgress)
+        let buf = pack(&[("data", src)], Vec::new(), Codec::Gzip, &NoProgress)
             .await
             .unwrap();
         let out = tmp.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        unpack("data.tar.gz", &buf[..], &out, &["data"])
-            .await
-            .unwrap();
+        unpack(
+            "data.tar.gz",
+            std::io::Cursor::new(buf),
+            Codec::Gzip,
+            &out,
+            &["data"],
+        )
+        .await
+        .unwrap();
         let f = std::fs::symlink_metadata(out.join("data/owned")).unwrap();
         assert_eq!((f.uid(), f.gid()), (1234, 4321));
         let l = std::fs::symlink_metadata(out.join("data/link")).unwrap();
@@ -524,7 +657,14 @@ mod tests {
         ];
         for (what, bytes) in cases {
             let tmp = tempfile::tempdir().unwrap();
-            let res = unpack("data.tar.gz", &bytes[..], tmp.path(), &["data"]).await;
+            let res = unpack(
+                "data.tar.gz",
+                std::io::Cursor::new(bytes),
+                Codec::Gzip,
+                tmp.path(),
+                &["data"],
+            )
+            .await;
             assert!(res.is_err(), "{what} accepted");
         }
     }
@@ -535,12 +675,19 @@ mod tests {
         let src = tmp.path().join("d");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("f"), vec![7u8; 100_000]).unwrap();
-        let buf = pack(&[("data", src)], Vec::new(), &NoProgress)
+        let buf = pack(&[("data", src)], Vec::new(), Codec::Gzip, &NoProgress)
             .await
             .unwrap();
         for cut in [buf.len() - 4, buf.len() / 2, 10] {
             let out = tempfile::tempdir().unwrap();
-            let res = unpack("data.tar.gz", &buf[..cut], out.path(), &["data"]).await;
+            let res = unpack(
+                "data.tar.gz",
+                std::io::Cursor::new(buf[..cut].to_vec()),
+                Codec::Gzip,
+                out.path(),
+                &["data"],
+            )
+            .await;
             assert!(res.is_err(), "cut at {cut} accepted");
         }
     }

@@ -57,17 +57,18 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     })))
     .await?;
 
+    let codec = archive::Codec::for_format(&req.format)?;
     let progress = StreamProgress::new(out.clone(), estimated, |p| event(Event::Progress(p)));
     progress.step("source", estimated);
     let source = [("git", dir.join("git")), ("src", dir.join("src"))];
-    artifact(out, file("source.tar.gz"), |w| async {
-        archive::pack(&source, w, &progress).await.map(drop)
+    artifact(out, file(&codec.file("source")), |w| async {
+        archive::pack(&source, w, codec, &progress).await.map(drop)
     })
     .await?;
     progress.step("data", 0);
     let data = [("data", dir.join("data"))];
-    artifact(out, file("data.tar.gz"), |w| async {
-        archive::pack(&data, w, &progress).await.map(drop)
+    artifact(out, file(&codec.file("data")), |w| async {
+        archive::pack(&data, w, codec, &progress).await.map(drop)
     })
     .await?;
     progress.step("env", 0);

@@ -223,11 +223,15 @@ impl Restoring<'_> {
 
     /// Where the bytes of artifact `path` go.
     async fn target_for(&mut self, path: &str) -> Result<Target> {
-        Ok(match path {
-            "source.tar.gz" => spawn_unpack(path, &self.staging, &["git", "src"]),
-            "data.tar.gz" => spawn_unpack(path, &self.staging, &["data"]),
-            "env.json" => Target::Buffer(Vec::new(), Received::Env as fn(Vec<u8>) -> Received),
-            APP_FILE => Target::Buffer(Vec::new(), Received::AppConfig as fn(Vec<u8>) -> Received),
+        Ok(match (path, archive::Codec::of_file(path)) {
+            (_, Some((codec, "source"))) => {
+                spawn_unpack(path, codec, &self.staging, &["git", "src"])
+            }
+            (_, Some((codec, "data"))) => spawn_unpack(path, codec, &self.staging, &["data"]),
+            ("env.json", _) => Target::Buffer(Vec::new(), Received::Env as fn(Vec<u8>) -> Received),
+            (APP_FILE, _) => {
+                Target::Buffer(Vec::new(), Received::AppConfig as fn(Vec<u8>) -> Received)
+            }
             _ => match self
                 .manifest
                 .services
@@ -467,13 +471,18 @@ async fn receive_artifact(
     result
 }
 
-fn spawn_unpack(path: &str, staging: &Path, allowed: &'static [&'static str]) -> Target {
+fn spawn_unpack(
+    path: &str,
+    codec: archive::Codec,
+    staging: &Path,
+    allowed: &'static [&'static str],
+) -> Target {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let name = path.to_owned();
     let dst = staging.to_path_buf();
     let task = tokio::spawn(async move {
         let reader = StreamReader::new(ReceiverStream::new(rx));
-        archive::unpack(&name, reader, &dst, allowed)
+        archive::unpack(&name, reader, codec, &dst, allowed)
             .await
             .map(|()| Received::Nothing)
     });

@@ -126,6 +126,10 @@ struct CreateArgs {
     /// Back up this host's copy of the app (needed when several hosts serve it).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
+    /// On-disk format: 1.0 (gzip, readable by every Hop3 and tar -xzf) or
+    /// 1.1 (zstd, faster; tar --zstd -xf) [default: the controller's, 1.0].
+    #[arg(long, value_name = "VERSION", value_parser = ["1.0", "1.1"])]
+    format: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -180,11 +184,12 @@ struct ImportArgs {
 /// request with a malformed one ever reaches the controller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// `backup:create APP [--no-services] [--host HOST]`
+    /// `backup:create APP [--no-services] [--host HOST] [--format VERSION]`
     Create {
         app: String,
         no_services: bool,
         host: Option<String>,
+        format: Option<String>,
     },
     /// `backup:list [APP] [--limit N]`
     List { app: Option<String>, limit: u32 },
@@ -214,6 +219,7 @@ impl Cli {
                 app: app_name(&a.app)?,
                 no_services: a.no_services,
                 host: a.host.as_deref().map(host_id).transpose()?,
+                format: a.format.clone(),
             },
             T::List(a) | T::Backup(B::List(a)) => Command::List {
                 app: a
@@ -364,6 +370,7 @@ mod tests {
                 app: "my-app".into(),
                 no_services: true,
                 host: None,
+                format: None,
             }
         );
     }
@@ -376,6 +383,7 @@ mod tests {
                 app: "my-app".into(),
                 no_services: false,
                 host: Some("web-1.example.com".into()),
+                format: None,
             }
         );
         assert_eq!(
@@ -384,6 +392,7 @@ mod tests {
                 app: "blog".into(),
                 no_services: true,
                 host: Some("h2".into()),
+                format: None,
             }
         );
     }

@@ -139,11 +139,13 @@ impl Controller {
         app: &str,
         no_services: bool,
         host: Option<&str>,
+        format: Option<&str>,
     ) -> Result<Streaming<CreateBackupEvent>, CliError> {
         let request = CreateBackupRequest {
             app: app.to_owned(),
             no_services,
             host: host.unwrap_or_default().to_owned(),
+            format: format.unwrap_or_default().to_owned(),
         };
         match self.client.create_backup(request).await {
             Ok(response) => Ok(response.into_inner()),

@@ -45,7 +45,18 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
             app,
             no_services,
             host,
-        } => commands::create::run(c, out, app, *no_services, host.as_deref()).await,
+            format,
+        } => {
+            commands::create::run(
+                c,
+                out,
+                app,
+                *no_services,
+                host.as_deref(),
+                format.as_deref(),
+            )
+            .await
+        }
         Command::List { app, limit } => commands::list::run(c, out, app.as_deref(), *limit).await,
         Command::Info { id } => commands::info::run(c, out, id).await,
         Command::Restore {

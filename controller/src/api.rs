@@ -74,6 +74,17 @@ impl BackupService for BackupApi {
         self.ctl.auth.check(req.metadata()).await?;
         let req = req.into_inner();
         check_app(&req.app)?;
+        let format = match req.format.as_str() {
+            "" => hop3_proto::manifest::FORMAT_VERSION.to_owned(),
+            f if hop3_proto::manifest::READABLE_FORMATS.contains(&f) => f.to_owned(),
+            other => {
+                return Err(ControllerError::InvalidArgument(format!(
+                    "unknown backup format {:?}: use 1.0 (gzip) or 1.1 (zstd)",
+                    other.chars().take(20).collect::<String>()
+                ))
+                .into());
+            }
+        };
         let host = (!req.host.is_empty()).then_some(req.host.as_str());
         let (host, client) = self.ctl.registry.find_app(&req.app, host).await?;
         let lock = self.lock(&req.app)?;
@@ -94,6 +105,7 @@ impl BackupService for BackupApi {
             client,
             id,
             include_services: !req.no_services,
+            format,
             lock,
         };
         self.ctl

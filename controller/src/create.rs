@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use hop3_agent::events::EventSender;
-use hop3_proto::manifest::{AppMetadata, FORMAT_VERSION, Manifest, ServiceEntry};
+use hop3_proto::manifest::{AppMetadata, FORMAT_1_1, Manifest, ServiceEntry};
 use hop3_proto::names::validate_artifact_path;
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
 use hop3_proto::{BackupId, HOP3_VERSION};
@@ -20,8 +20,14 @@ use crate::store::PartialBackup;
 /// Free space kept beyond the agent's estimate.
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 
-/// The artifacts every backup has.
-const REQUIRED: [&str; 4] = ["source.tar.gz", "data.tar.gz", "env.json", "app.json"];
+/// The artifacts every backup of `format` has.
+fn required(format: &str) -> [&'static str; 4] {
+    if format == FORMAT_1_1 {
+        ["source.tar.zst", "data.tar.zst", "env.json", "app.json"]
+    } else {
+        ["source.tar.gz", "data.tar.gz", "env.json", "app.json"]
+    }
+}
 
 /// A create, ready to run: the app is found and locked, the row is STARTED.
 pub struct CreateJob {
@@ -30,6 +36,8 @@ pub struct CreateJob {
     pub client: AgentClient,
     pub id: BackupId,
     pub include_services: bool,
+    /// The on-disk format version to write ("1.0" or "1.1").
+    pub format: String,
     pub lock: AppLock,
 }
 
@@ -67,6 +75,7 @@ async fn execute(ctl: &Controller, job: &CreateJob, out: &Out) -> Result<BackupR
             app: job.app.clone(),
             include_services: job.include_services,
             backup_id: id.clone(),
+            format: job.format.clone(),
         })
         .await
         .map_err(|s| ControllerError::from_agent(&job.host, s))?
@@ -189,7 +198,10 @@ async fn receive(
         return Err(protocol("the stream ended inside an artifact".into()));
     }
     let plan = plan.ok_or_else(|| protocol("the stream ended before the plan".into()))?;
-    if let Some(missing) = REQUIRED.iter().find(|p| !partial.files().contains_key(**p)) {
+    if let Some(missing) = required(&job.format)
+        .iter()
+        .find(|p| !partial.files().contains_key(**p))
+    {
         return Err(protocol(format!("the stream ended without {missing}")));
     }
     for s in &mut services {
@@ -212,7 +224,7 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Man
         backup_id: job.id.to_string(),
         app_name: job.app.clone(),
         created_at: Manifest::format_time(job.id.timestamp()),
-        format_version: FORMAT_VERSION.into(),
+        format_version: job.format.clone(),
         hop3_version: HOP3_VERSION.into(),
         size_bytes: partial.files().values().map(|(_, s)| s).sum(),
         checksums: partial

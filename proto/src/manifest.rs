@@ -13,8 +13,16 @@ use time::format_description::well_known::Rfc3339;
 use crate::names::{self, InvalidName};
 use crate::{BackupId, Checksum};
 
-/// The format version this build writes.
+/// The format version this build writes by default: gzip archives, readable
+/// by every Hop3 and by `tar -xzf`.
 pub const FORMAT_VERSION: &str = "1.0";
+
+/// Format 1.1: the same layout with zstd archives (`source.tar.zst`,
+/// `data.tar.zst`), readable with `tar --zstd -xf`.
+pub const FORMAT_1_1: &str = "1.1";
+
+/// The format versions this build reads.
+pub const READABLE_FORMATS: [&str; 2] = [FORMAT_VERSION, FORMAT_1_1];
 
 /// The name of the manifest inside a backup directory.
 pub const MANIFEST_FILE: &str = "metadata.json";
@@ -82,7 +90,7 @@ pub struct ServiceEntry {
 pub enum ManifestError {
     #[error("metadata.json is not valid: {0}")]
     Json(#[from] serde_json::Error),
-    #[error("metadata.json has unsupported format version {0:?} (this build reads 1.x)")]
+    #[error("metadata.json has unsupported format version {0:?} (this build reads 1.0 and 1.1)")]
     UnsupportedVersion(String),
     #[error("metadata.json: {0}")]
     BadId(#[from] crate::backup_id::InvalidBackupId),
@@ -112,8 +120,7 @@ impl Manifest {
 
     /// Checks the rules `from_json` enforces.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        let major = self.format_version.split('.').next().unwrap_or_default();
-        if major != "1" {
+        if !READABLE_FORMATS.contains(&self.format_version.as_str()) {
             return Err(ManifestError::UnsupportedVersion(
                 self.format_version.chars().take(20).collect(),
             ));
@@ -241,6 +248,7 @@ mod tests {
         type Mutation = Box<dyn Fn(&mut serde_json::Value)>;
         let cases: Vec<(&str, Mutation)> = vec![
             ("format", Box::new(|v| v["format_version"] = "2.0".into())),
+            ("minor", Box::new(|v| v["format_version"] = "1.2".into())),
             (
                 "traversal",
                 Box::new(|v| {

@@ -4,11 +4,12 @@
 # peak RSS of each process, and the guide's own pipeline (tar -czf +
 # sha256sum, tar -xzf) on the same data as a baseline in the same run.
 #
-#   tests/bench/one-host.sh [SIZE_MIB]      (default 200)
+#   tests/bench/one-host.sh [SIZE_MIB] [FORMAT]   (default 200, 1.0; 1.1 = zstd)
 #
 # Not part of `cargo test`: numbers, not assertions.
 set -euo pipefail
 size_mib=${1:-200}
+format=${2:-1.0}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$repo/target/release
 [ -x "$bin/hop3-controller" ] || cargo build --release --workspace --bins --manifest-path "$repo/Cargo.toml"
@@ -87,7 +88,7 @@ for _ in $(seq 50); do hop3 backup:list >/dev/null 2>&1 && grep -q registered "$
 
 sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
 t0=$(date +%s.%N)
-id=$(hop3 backup:create bench 2>/dev/null | awk '/Backup ID:/ {print $3}')
+id=$(hop3 backup:create bench --format "$format" 2>/dev/null | awk '/Backup ID:/ {print $3}')
 t1=$(date +%s.%N)
 mv "$app" "$work/root/apps/.gone"   # restore onto a host that lost the app
 t2=$(date +%s.%N)
@@ -111,6 +112,7 @@ wait 2>/dev/null || true
 pids=()
 diff -r "$work/root/apps/.gone/data" "$work/root/apps/bench/data" >/dev/null && same=yes || same=NO
 
+echo "format $format"
 python3 - "$size_mib" "$t0" "$t1" "$t2" "$t3" "$t4" "$t5" "$t6" "$stored" \
     "$crss" "$arss" "$same" <<'PY'
 import sys

@@ -19,11 +19,14 @@ pub async fn run(
     app: &str,
     no_services: bool,
     host: Option<&str>,
+    format: Option<&str>,
 ) -> Result<(), CliError> {
     if !out.is_json() {
         out.text(&format!("Creating backup for app '{app}'...\n"))?;
     }
-    let stream = controller.create_backup(app, no_services, host).await?;
+    let stream = controller
+        .create_backup(app, no_services, host, format)
+        .await?;
     let mut progress = progress::for_stderr();
     let on_error = |status| controller.error(status, Subject::App);
     let summary = follow(stream, progress.as_mut(), on_error, "backup").await?;
