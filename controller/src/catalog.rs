@@ -94,6 +94,9 @@ impl Catalog {
             let scheme = url.split(':').next().unwrap_or_default();
             return Err(CatalogError::UnsupportedUrl(format!("{scheme}:...")));
         }
+        if sqlite {
+            create_private(url)?;
+        }
         let url = if sqlite && !url.contains('?') {
             format!("{url}?mode=rwc")
         } else {
@@ -300,6 +303,31 @@ impl Catalog {
     }
 }
 
+/// Creates a SQLite catalog file 0600 before SQLite does (its -wal and -shm
+/// files copy its mode): it lists every app and the tokens' hashes.
+fn create_private(url: &str) -> Result<(), CatalogError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = url
+        .trim_start_matches("sqlite:")
+        .trim_start_matches("//")
+        .split('?')
+        .next()
+        .unwrap_or_default();
+    if path.is_empty() || path == ":memory:" || std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map(drop)
+        .or_else(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Ok(()),
+            _ => Err(CatalogError::Db(sqlx::Error::Io(e))),
+        })
+}
+
 fn insert_row(row: &BackupRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
         "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
@@ -363,6 +391,12 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", tmp.path().join("c.db").display());
         let c = Catalog::open(&url).await.unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(tmp.path().join("c.db"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "catalog file mode {mode:o}");
         c.insert(&row("20250101_000000_aaaaaa", "a")).await.unwrap();
         c.insert(&row("20250102_000000_bbbbbb", "b")).await.unwrap();
         c.insert(&row("20250103_000000_cccccc", "a")).await.unwrap();
