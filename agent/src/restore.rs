@@ -364,7 +364,18 @@ impl Restoring<'_> {
             }
             return Err(e);
         }
-        // The old tree now sits at the staging path.
+        // The old tree now sits at the staging path. Backups from Hop3's
+        // Python server hold no deployed tree: keep the one the app had, as
+        // that server's own restore does.
+        if !tokio::fs::try_exists(live.join("src"))
+            .await
+            .unwrap_or(true)
+            && tokio::fs::try_exists(self.staging.join("src"))
+                .await
+                .unwrap_or(false)
+        {
+            rename(&self.staging.join("src"), &live.join("src")).await?;
+        }
         let old = live.with_file_name(format!(".{app}.old-{id}"));
         remove_tree(&old).await?;
         rename(&self.staging, &old).await?;

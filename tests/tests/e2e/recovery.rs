@@ -654,6 +654,21 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
     let restored = solo.restore(PY_ID, None)?;
     ensure!(restored.host == LOCAL_HOST_ID, "{restored:?}");
     same_as_python_backup(&legacy, &solo.root.join("apps/legacy"))?;
+
+    // Such a backup holds no deployed tree: restoring it over the app keeps
+    // the tree the app had, as the Python server's own restore does.
+    let src = solo.root.join("apps/legacy/src");
+    std::fs::create_dir_all(&src)?;
+    std::fs::write(src.join("deployed.txt"), "still here")?;
+    solo.restore(PY_ID, None)?;
+    same_as_python_backup(&legacy, &solo.root.join("apps/legacy"))?;
+    ensure!(
+        std::fs::read_to_string(src.join("deployed.txt"))
+            .ok()
+            .as_deref()
+            == Some("still here"),
+        "the deployed tree was lost by restoring a backup without one"
+    );
     Ok(())
 }
 
