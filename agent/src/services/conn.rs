@@ -48,11 +48,26 @@ impl ConnInfo {
         })
     }
 
+    /// The URL as given (it holds the password: hand it only to a client library).
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
     /// The URL with another database (path), for a clone's own database.
     pub fn with_database(&self, database: &str) -> String {
         let mut url = self.url.clone();
         url.set_path(&format!("/{database}"));
         url.to_string()
+    }
+
+    /// The password as written in the URL and as decoded: both must stay out of messages.
+    pub fn secrets(&self) -> Vec<String> {
+        self.url
+            .password()
+            .map(str::to_owned)
+            .into_iter()
+            .chain(self.password.clone())
+            .collect()
     }
 
     /// The URL with its password hidden, for messages.
@@ -99,6 +114,7 @@ mod tests {
         assert_eq!(c.password.as_deref(), Some("s@cr3t"));
         assert_eq!(c.database, "shop");
         assert!(!c.redacted().contains("s%40cr3t"));
+        assert_eq!(c.secrets(), ["s%40cr3t", "s@cr3t"]);
         assert!(!format!("{c:?}").contains("cr3t"));
         assert_eq!(
             c.with_database("shop_clone"),

@@ -86,10 +86,7 @@ pub async fn check(tools: &Tools, service: &ServiceConfig) -> Result<()> {
     match kind {
         Kind::Postgres => postgres::check(tools, &label, &conn).await,
         Kind::Mysql => mysql::check(tools, &label, &conn).await,
-        Kind::Redis => {
-            let secrets = secrets(&conn);
-            redis::check(&label, &service.url, &secrets).await
-        }
+        Kind::Redis => redis::check(&label, &conn).await,
     }
 }
 
@@ -105,10 +102,7 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     match kind {
         Kind::Postgres => postgres::dump(tools, &label, &conn, out).await,
         Kind::Mysql => mysql::dump(tools, &label, &conn, out).await,
-        Kind::Redis => {
-            let secrets = secrets(&conn);
-            redis::dump(&label, &service.url, &secrets, out).await
-        }
+        Kind::Redis => redis::dump(&label, &conn, out).await,
     }
 }
 
@@ -140,12 +134,11 @@ pub async fn load<R: AsyncRead + Unpin>(
     let kind = Kind::parse(target)?;
     let label = label(target);
     let conn = ConnInfo::parse(&label, &target.url)?;
-    let secrets = secrets(&conn);
     let (scratch, old) = match kind {
         Kind::Postgres | Kind::Mysql => (format!("hop3_scratch_{tag}"), format!("hop3_old_{tag}")),
         Kind::Redis => {
             let live = redis::db_of(&conn)?;
-            let db = redis::empty_db(&label, &conn, &target.url, &[live], &secrets).await?;
+            let db = redis::empty_db(&label, &conn, &[live]).await?;
             (db.to_string(), String::new())
         }
     };
@@ -154,7 +147,7 @@ pub async fn load<R: AsyncRead + Unpin>(
         Kind::Mysql => mysql::load(tools, &label, &conn, &scratch, input).await,
         Kind::Redis => {
             let db = scratch.parse().expect("a DB number");
-            redis::load(&label, &conn, db, &secrets, input).await
+            redis::load(&label, &conn, db, input).await
         }
     };
     let staged = Staged {
@@ -181,10 +174,9 @@ pub async fn switch(tools: &Tools, staged: &Staged) -> Result<()> {
         Kind::Postgres => postgres::switch(tools, &s.label, &s.conn, &s.scratch, &s.old).await,
         Kind::Mysql => mysql::switch(tools, &s.label, &s.conn, &s.scratch).await,
         Kind::Redis => {
-            let secrets = secrets(&s.conn);
             let live = redis::db_of(&s.conn)?;
             let scratch = s.scratch.parse().expect("a DB number");
-            redis::switch(&s.label, &s.conn, live, scratch, &secrets).await
+            redis::switch(&s.label, &s.conn, live, scratch).await
         }
     }
 }
@@ -196,9 +188,8 @@ pub async fn discard(tools: &Tools, staged: &Staged) {
         Kind::Postgres => postgres::drop_database(tools, &s.label, &s.conn, &s.scratch).await,
         Kind::Mysql => mysql::drop_database(tools, &s.label, &s.conn, &s.scratch).await,
         Kind::Redis => {
-            let secrets = secrets(&s.conn);
             let scratch = s.scratch.parse().expect("a DB number");
-            redis::flush(&s.label, &s.conn, scratch, &secrets).await
+            redis::flush(&s.label, &s.conn, scratch).await
         }
     };
     if let Err(e) = res {
@@ -223,14 +214,9 @@ pub async fn clone_url(source: &ServiceConfig, target_app: &str) -> Result<Strin
             Ok(conn.with_database(&name))
         }
         Kind::Redis => {
-            let secrets = secrets(&conn);
             let live = redis::db_of(&conn)?;
-            let db = redis::empty_db(&label, &conn, &source.url, &[live], &secrets).await?;
+            let db = redis::empty_db(&label, &conn, &[live]).await?;
             Ok(redis::url_for_db(&conn, db))
         }
     }
-}
-
-fn secrets(conn: &ConnInfo) -> Vec<&str> {
-    conn.password.as_deref().into_iter().collect()
 }

@@ -105,12 +105,7 @@ async fn execute(tools: &Tools, step: &Step<'_>, opts: &OptionFile, sql: &str) -
 
 /// Connects to the service's database.
 pub async fn check(tools: &Tools, service: &str, conn: &ConnInfo) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "connect",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "connect", conn);
     let opts = OptionFile::write(service, conn).await?;
     let mut cmd = command(tools, "mysql", &opts);
     cmd.args(["--batch", "-e", "SELECT 1", "--", &conn.database]);
@@ -124,12 +119,7 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     conn: &ConnInfo,
     out: &mut W,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "dump",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "dump", conn);
     let opts = OptionFile::write(service, conn).await?;
     let mut cmd = command(tools, "mysqldump", &opts);
     cmd.args(DUMP_ARGS).arg("--").arg(&conn.database);
@@ -144,12 +134,7 @@ pub async fn load<R: AsyncRead + Unpin>(
     scratch: &str,
     input: &mut R,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "create scratch database",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "create scratch database", conn);
     let opts = OptionFile::write(service, conn).await?;
     let s = ident(scratch);
     execute(
@@ -159,10 +144,7 @@ pub async fn load<R: AsyncRead + Unpin>(
         &format!("DROP DATABASE IF EXISTS {s}; CREATE DATABASE {s} CHARACTER SET utf8mb4"),
     )
     .await?;
-    let step = Step {
-        step: "load",
-        ..step
-    };
+    let step = step.then("load");
     let mut cmd = command(tools, "mysql", &opts);
     cmd.args([
         "--binary-mode",
@@ -175,12 +157,7 @@ pub async fn load<R: AsyncRead + Unpin>(
 
 /// Replaces the live database's content with the scratch one's, then drops the scratch.
 pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, scratch: &str) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "switch",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "switch", conn);
     let opts = OptionFile::write(service, conn).await?;
     let live = ident(&conn.database);
     execute(
@@ -216,12 +193,7 @@ pub async fn drop_database(
     conn: &ConnInfo,
     name: &str,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "drop",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "drop", conn);
     let opts = OptionFile::write(service, conn).await?;
     execute(
         tools,
@@ -230,8 +202,4 @@ pub async fn drop_database(
         &format!("DROP DATABASE IF EXISTS {}", ident(name)),
     )
     .await
-}
-
-fn secrets(conn: &ConnInfo) -> Vec<&str> {
-    conn.password.as_deref().into_iter().collect()
 }

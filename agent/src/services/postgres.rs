@@ -80,12 +80,7 @@ async fn check_versions(tools: &Tools, conn: &ConnInfo, step: &Step<'_>) -> Resu
 
 /// Connects to the service's database and checks pg_dump's version.
 pub async fn check(tools: &Tools, service: &str, conn: &ConnInfo) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "connect",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "connect", conn);
     let mut cmd = psql(tools, conn, &conn.database);
     cmd.args(["-A", "-t", "-c", "SELECT 1"]);
     process::output(&step, cmd).await?;
@@ -99,12 +94,7 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     conn: &ConnInfo,
     out: &mut W,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "dump",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "dump", conn);
     let mut cmd = command(tools, "pg_dump", conn, &conn.database);
     cmd.args([
         "--format=plain",
@@ -123,12 +113,7 @@ pub async fn load<R: AsyncRead + Unpin>(
     scratch: &str,
     input: &mut R,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "create scratch database",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "create scratch database", conn);
     query(
         tools,
         conn,
@@ -143,10 +128,7 @@ pub async fn load<R: AsyncRead + Unpin>(
         &format!("CREATE DATABASE {}", ident(scratch)),
     )
     .await?;
-    let step = Step {
-        step: "load",
-        ..step
-    };
+    let step = step.then("load");
     let mut cmd = psql(tools, conn, scratch);
     cmd.arg("--single-transaction");
     process::load_from(&step, cmd, input).await
@@ -161,12 +143,7 @@ pub async fn switch(
     scratch: &str,
     old: &str,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "switch",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "switch", conn);
     let live = &conn.database;
     let exists = query(
         tools,
@@ -212,12 +189,7 @@ pub async fn drop_database(
     conn: &ConnInfo,
     name: &str,
 ) -> Result<()> {
-    let secrets = secrets(conn);
-    let step = Step {
-        service,
-        step: "drop",
-        secrets: &secrets,
-    };
+    let step = Step::new(service, "drop", conn);
     query(
         tools,
         conn,
@@ -226,8 +198,4 @@ pub async fn drop_database(
     )
     .await
     .map(drop)
-}
-
-fn secrets(conn: &ConnInfo) -> Vec<&str> {
-    conn.password.as_deref().into_iter().collect()
 }

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::process::Command;
 
+use super::conn::ConnInfo;
 use crate::error::{AgentError, Result};
 
 /// Most of a tool's stderr kept for an error message.
@@ -16,15 +17,33 @@ const STDERR_LIMIT: u64 = 16 * 1024;
 pub struct Step<'a> {
     pub service: &'a str,
     pub step: &'static str,
-    pub secrets: &'a [&'a str],
+    secrets: Vec<String>,
 }
 
-impl Step<'_> {
+impl<'a> Step<'a> {
+    /// Step `step` of `service`, whose connection's password is kept out of messages.
+    pub fn new(service: &'a str, step: &'static str, conn: &ConnInfo) -> Self {
+        Self {
+            service,
+            step,
+            secrets: conn.secrets(),
+        }
+    }
+
+    /// The next step of the same service.
+    pub fn then(&self, step: &'static str) -> Self {
+        Self {
+            service: self.service,
+            step,
+            secrets: self.secrets.clone(),
+        }
+    }
+
     /// The error for this step, with secrets removed from `detail`.
     pub fn error(&self, detail: impl AsRef<str>) -> AgentError {
         let mut detail = detail.as_ref().trim().to_owned();
         for s in self.secrets.iter().filter(|s| !s.is_empty()) {
-            detail = detail.replace(s, "***");
+            detail = detail.replace(s.as_str(), "***");
         }
         AgentError::Service {
             service: self.service.to_owned(),

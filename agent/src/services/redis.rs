@@ -55,13 +55,9 @@ fn write_bulk(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 /// Connects and pings.
-pub async fn check(service: &str, url: &str, secrets: &[&str]) -> Result<()> {
-    let step = Step {
-        service,
-        step: "connect",
-        secrets,
-    };
-    let mut con = connect(&step, url).await?;
+pub async fn check(service: &str, conn: &ConnInfo) -> Result<()> {
+    let step = Step::new(service, "connect", conn);
+    let mut con = connect(&step, conn.url()).await?;
     redis::cmd("PING")
         .query_async::<String>(&mut con)
         .await
@@ -72,16 +68,11 @@ pub async fn check(service: &str, url: &str, secrets: &[&str]) -> Result<()> {
 /// Streams every key of the URL's DB into `out` as RESTORE commands.
 pub async fn dump<W: AsyncWrite + Unpin>(
     service: &str,
-    url: &str,
-    secrets: &[&str],
+    conn: &ConnInfo,
     out: &mut W,
 ) -> Result<()> {
-    let step = Step {
-        service,
-        step: "dump",
-        secrets,
-    };
-    let mut con = connect(&step, url).await?;
+    let step = Step::new(service, "dump", conn);
+    let mut con = connect(&step, conn.url()).await?;
     let mut cursor: u64 = 0;
     loop {
         let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
@@ -170,19 +161,9 @@ pub fn url_for_db(conn: &ConnInfo, db: u32) -> String {
 }
 
 /// Finds an empty DB other than `avoid` on the server, for a scratch or a clone.
-pub async fn empty_db(
-    service: &str,
-    conn: &ConnInfo,
-    url: &str,
-    avoid: &[u32],
-    secrets: &[&str],
-) -> Result<u32> {
-    let step = Step {
-        service,
-        step: "find an empty DB",
-        secrets,
-    };
-    let mut con = connect(&step, url).await?;
+pub async fn empty_db(service: &str, conn: &ConnInfo, avoid: &[u32]) -> Result<u32> {
+    let step = Step::new(service, "find an empty DB", conn);
+    let mut con = connect(&step, conn.url()).await?;
     let configured: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("databases")
@@ -212,14 +193,9 @@ pub async fn load<R: AsyncRead + Unpin>(
     service: &str,
     conn: &ConnInfo,
     scratch: u32,
-    secrets: &[&str],
     input: &mut R,
 ) -> Result<()> {
-    let step = Step {
-        service,
-        step: "load",
-        secrets,
-    };
+    let step = Step::new(service, "load", conn);
     let mut con = connect(&step, &url_for_db(conn, scratch)).await?;
     let _: () = redis::cmd("FLUSHDB")
         .query_async(&mut con)
@@ -258,18 +234,8 @@ pub async fn load<R: AsyncRead + Unpin>(
 }
 
 /// Swaps the scratch DB with the live one, then flushes the old data.
-pub async fn switch(
-    service: &str,
-    conn: &ConnInfo,
-    live: u32,
-    scratch: u32,
-    secrets: &[&str],
-) -> Result<()> {
-    let step = Step {
-        service,
-        step: "switch",
-        secrets,
-    };
+pub async fn switch(service: &str, conn: &ConnInfo, live: u32, scratch: u32) -> Result<()> {
+    let step = Step::new(service, "switch", conn);
     let mut con = connect(&step, &url_for_db(conn, scratch)).await?;
     let _: () = redis::cmd("SWAPDB")
         .arg(live)
@@ -286,12 +252,8 @@ pub async fn switch(
 }
 
 /// Empties DB `db` (a scratch that is no longer needed).
-pub async fn flush(service: &str, conn: &ConnInfo, db: u32, secrets: &[&str]) -> Result<()> {
-    let step = Step {
-        service,
-        step: "drop",
-        secrets,
-    };
+pub async fn flush(service: &str, conn: &ConnInfo, db: u32) -> Result<()> {
+    let step = Step::new(service, "drop", conn);
     let mut con = connect(&step, &url_for_db(conn, db)).await?;
     redis::cmd("FLUSHDB")
         .query_async(&mut con)
