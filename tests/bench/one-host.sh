@@ -5,6 +5,7 @@
 # sha256sum, tar -xzf) on the same data as a baseline in the same run.
 #
 #   tests/bench/one-host.sh [SIZE_MIB] [FORMAT]   (default 200, 1.0; 1.1 = zstd)
+#   KEEP=1 keeps the work directory (logs, store) for a look afterwards.
 #
 # Not part of `cargo test`: numbers, not assertions.
 set -euo pipefail
@@ -19,7 +20,7 @@ pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
-    rm -rf "$work"
+    if [ -n "${KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 
