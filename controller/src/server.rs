@@ -10,7 +10,6 @@ use hop3_proto::MAX_MESSAGE_SIZE;
 use hop3_proto::v1::agent_registry_server::AgentRegistryServer;
 use hop3_proto::v1::backup_service_server::BackupServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
@@ -131,7 +130,7 @@ pub async fn run(
         .add_service(health)
         .add_service(backup)
         .add_service(registry)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(hop3_agent::server::incoming(listener), shutdown)
         .await?;
     Ok(())
 }
