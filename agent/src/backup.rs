@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hop3_proto::v1::{self, backup_app_event::Event};
 use hop3_proto::{CHUNK_SIZE, Checksum};
@@ -58,38 +59,63 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     .await?;
 
     let codec = archive::Codec::for_format(&req.format)?;
-    let progress = StreamProgress::new(out.clone(), estimated, |p| event(Event::Progress(p)));
-    progress.step("source", estimated);
-    let source = [("git", dir.join("git")), ("src", dir.join("src"))];
-    artifact(out, file(&codec.file("source")), |w| async {
-        archive::pack(&source, w, codec, &progress).await.map(drop)
-    })
-    .await?;
-    progress.step("data", 0);
-    let data = [("data", dir.join("data"))];
-    artifact(out, file(&codec.file("data")), |w| async {
-        archive::pack(&data, w, codec, &progress).await.map(drop)
-    })
-    .await?;
-    progress.step("env", 0);
+    let progress = Arc::new(StreamProgress::new(out.clone(), estimated, |p| {
+        event(Event::Progress(p))
+    }));
+    progress.step("archives", estimated);
     let env_json = serde_json::to_vec_pretty(&env).expect("a string map serialises");
-    artifact(out, file("env.json"), |w| write_all(w, env_json)).await?;
+    artifact(out, file(0, "env.json"), |w| write_all(w, env_json)).await?;
     // app.json carries the service connections a restore on a fresh host needs.
     let app_json = tokio::fs::read(dir.join(APP_FILE))
         .await
         .map_err(|e| AgentError::io("reading app.json", e))?;
-    artifact(out, file(APP_FILE), |w| write_all(w, app_json)).await?;
-    for (service, (_, path)) in cfg.services.iter().zip(&dumps) {
-        progress.step(&format!("services/{}", services::label(service)), 0);
-        let start = v1::ArtifactStart {
-            path: path.clone(),
-            service_type: service.kind.clone(),
-            service_name: service.name.clone(),
-        };
-        artifact(out, start, |mut w| async move {
-            services::dump(&state.tools, service, &mut w).await
-        })
-        .await?;
+    artifact(out, file(1, APP_FILE), |w| write_all(w, app_json)).await?;
+
+    // The archives and the dumps are produced at the same time, each on a
+    // task of its own so that compression runs on every core; their chunks
+    // interleave on the stream, tied to their artifact by id.
+    let mut jobs = tokio::task::JoinSet::new();
+    let archives = [
+        (
+            2,
+            "source",
+            vec![("git", dir.join("git")), ("src", dir.join("src"))],
+        ),
+        (3, "data", vec![("data", dir.join("data"))]),
+    ];
+    for (id, stem, members) in archives {
+        let (out, progress) = (out.clone(), progress.clone());
+        jobs.spawn(async move {
+            let start = file(id, &codec.file(stem));
+            artifact(&out, start, |w| async move {
+                archive::pack(&members, w, codec, &*progress)
+                    .await
+                    .map(drop)
+            })
+            .await
+        });
+    }
+    let dumps: Vec<_> = cfg.services.iter().cloned().zip(dumps).collect();
+    let (tools, dump_out) = (state.tools.clone(), out.clone());
+    jobs.spawn(async move {
+        for (n, (service, (_, path))) in dumps.into_iter().enumerate() {
+            let start = v1::ArtifactStart {
+                path,
+                service_type: service.kind.clone(),
+                service_name: service.name.clone(),
+                id: 4 + n as u32,
+            };
+            let tools = &tools;
+            artifact(&dump_out, start, |mut w| async move {
+                services::dump(tools, &service, &mut w).await
+            })
+            .await?;
+        }
+        Ok(())
+    });
+    // The first failure ends the backup; dropping the set aborts the others.
+    while let Some(done) = jobs.join_next().await {
+        done.map_err(|e| AgentError::Protocol(format!("a backup task failed: {e}")))??;
     }
     Ok(())
 }
@@ -101,7 +127,7 @@ where
     F: FnOnce(DuplexStream) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let path = start.path.clone();
+    let (id, path) = (start.id, start.path.clone());
     let path = path.as_str();
     out.send(event(Event::Start(start))).await?;
     let (writer, mut reader) = tokio::io::duplex(CHUNK_SIZE);
@@ -114,11 +140,13 @@ where
         {
             hasher.update(&chunk);
             size += chunk.len() as u64;
-            out.send(event(Event::Chunk(chunk))).await?;
+            out.send(event(Event::Data(v1::ArtifactData { id, data: chunk })))
+                .await?;
         }
         out.send(event(Event::End(v1::ArtifactEnd {
             sha256: Checksum::from_hasher(hasher).to_string(),
             size,
+            id,
         })))
         .await
     };
@@ -126,9 +154,10 @@ where
     Ok(())
 }
 
-fn file(path: &str) -> v1::ArtifactStart {
+fn file(id: u32, path: &str) -> v1::ArtifactStart {
     v1::ArtifactStart {
         path: path.into(),
+        id,
         ..Default::default()
     }
 }

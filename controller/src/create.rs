@@ -2,6 +2,7 @@
 //! checking each digest, then commit it and mark it COMPLETED; on any
 //! failure remove what was written and mark it FAILED.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hop3_agent::events::EventSender;
@@ -15,7 +16,7 @@ use crate::error::{ControllerError, Result};
 use crate::locks::AppLock;
 use crate::registry::AgentClient;
 use crate::state::Controller;
-use crate::store::PartialBackup;
+use crate::store::{ArtifactWriter, PartialBackup};
 
 /// Free space kept beyond the agent's estimate.
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
@@ -125,7 +126,9 @@ async fn receive(
         detail,
     };
     let mut plan = None;
-    let mut current = None;
+    // The artifacts being written, by the id their start gave them: the
+    // agent produces several at once and their chunks interleave.
+    let mut open: HashMap<u32, ArtifactWriter> = HashMap::new();
     let mut services = Vec::new();
     loop {
         let msg = tokio::time::timeout(ctl.idle_timeout, stream.message())
@@ -146,11 +149,12 @@ async fn receive(
                 plan = Some(p);
             }
             Some(Event::Start(s)) => {
-                if plan.is_none() || current.is_some() {
+                if plan.is_none() || open.contains_key(&s.id) {
                     return Err(protocol(format!("unexpected start of {}", s.path)));
                 }
                 validate_artifact_path(&s.path).map_err(|e| protocol(e.to_string()))?;
-                if partial.files().contains_key(&s.path) {
+                let started_twice = open.values().any(|w| w.path() == s.path);
+                if started_twice || partial.files().contains_key(&s.path) {
                     return Err(protocol(format!("{} sent twice", s.path)));
                 }
                 if !s.service_type.is_empty() {
@@ -161,17 +165,17 @@ async fn receive(
                         size_bytes: 0,
                     });
                 }
-                current = Some(partial.create(&s.path).await?);
+                open.insert(s.id, partial.create(&s.path).await?);
             }
-            Some(Event::Chunk(bytes)) => {
-                let w = current
-                    .as_mut()
+            Some(Event::Data(chunk)) => {
+                let w = open
+                    .get_mut(&chunk.id)
                     .ok_or_else(|| protocol("data outside an artifact".into()))?;
-                w.write(&bytes).await?;
+                w.write(&chunk.data).await?;
             }
             Some(Event::End(end)) => {
-                let w = current
-                    .take()
+                let w = open
+                    .remove(&end.id)
                     .ok_or_else(|| protocol("end outside an artifact".into()))?;
                 let path = w.path().to_owned();
                 let (sum, size) = w.finish().await?;
@@ -194,7 +198,7 @@ async fn receive(
             None => return Err(protocol("empty event".into())),
         }
     }
-    if current.is_some() {
+    if !open.is_empty() {
         return Err(protocol("the stream ended inside an artifact".into()));
     }
     let plan = plan.ok_or_else(|| protocol("the stream ended before the plan".into()))?;

@@ -181,6 +181,7 @@ async fn send_backup(
         let end = v1::ArtifactEnd {
             sha256: checksum.to_string(),
             size,
+            ..Default::default()
         };
         if tx.send(msg(Msg::End(end))).await.is_err() {
             return Ok(());
