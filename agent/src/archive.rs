@@ -80,9 +80,12 @@ where
         }
         Codec::Zstd => {
             let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-            // The frame checksum lets a reader catch damage the tar layer would miss.
+            // The frame checksum lets a reader catch damage the tar layer
+            // would miss; jobs smaller than zstd's default (4x the window)
+            // keep each worker's buffers, and so the agent's memory, small.
             let params = [
                 CParameter::nb_workers(workers),
+                CParameter::job_size(2 * 1024 * 1024),
                 CParameter::checksum_flag(true),
             ];
             let encoder =
