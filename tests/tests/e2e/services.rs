@@ -1534,3 +1534,37 @@ fn files_under(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     }
     Ok(files)
 }
+
+/// A `pg_dump` older than the server is refused before anything is archived,
+/// with a message saying what to install; `--pg-bin` picks the tools.
+#[test]
+fn an_old_pg_dump_is_refused_clearly() -> Result<()> {
+    let pg = PgDb::start("shop")?;
+    // A tool directory whose psql is the real one and whose pg_dump says it is 12.
+    let tools = tempfile::tempdir()?;
+    std::os::unix::fs::symlink(
+        servers::postgres::pg_bin().join("psql"),
+        tools.path().join("psql"),
+    )?;
+    let fake = tools.path().join("pg_dump");
+    fs::write(&fake, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 12.22'\n")?;
+    fs::set_permissions(&fake, fs::Permissions::from_mode(0o755))?;
+    let tools_dir = tools.path().to_str().context("tool dir")?.to_owned();
+    let mut sys = System::builder()
+        .controller_args(["--pg-bin", tools_dir.as_str()])
+        .start()?;
+    let app = App::build(&sys.root, "shop", 108, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("postgres", "db", &pg.url)])?;
+    sys.controller().allow_errors();
+    let out = sys.hop3(["backup:create", "shop"]).failure(&[
+        "postgres:db",
+        "pg_dump 12 is older than the PostgreSQL 15 server",
+    ])?;
+    ensure!(
+        out.stderr.contains("--pg-bin"),
+        "the error does not say how to point at newer tools: {}",
+        out.report()
+    );
+    store_holds(&sys, "shop", &[])?;
+    Ok(())
+}
