@@ -292,6 +292,7 @@ where
     // Directories are made owner-writable while unpacking so their content can
     // be written, and get their archived modes back at the end, deepest first.
     let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
+    let mut links: std::collections::HashSet<PathBuf> = std::collections::HashSet::new();
     {
         let mut entries = ar.entries().map_err(|e| bad(e.to_string()))?;
         while let Some(entry) = entries.next().await {
@@ -301,7 +302,15 @@ where
                 .map_err(|e| bad(format!("unreadable entry path: {e}")))?
                 .into_owned();
             check_entry_path(&path, allowed_top).map_err(|r| hostile(&path, r))?;
+            // A tree archived from disk never has entries below a symlink: one
+            // that does would write through the link.
+            if path.ancestors().skip(1).any(|a| links.contains(a)) {
+                return Err(hostile(&path, "written through a symlink"));
+            }
             let kind = entry.header().entry_type();
+            if kind == EntryType::Symlink {
+                links.insert(path.clone());
+            }
             match kind {
                 EntryType::Regular | EntryType::Directory | EntryType::Continuous => {}
                 EntryType::Symlink => {
@@ -392,16 +401,14 @@ fn unpack_error(archive: &str, path: &Path, e: io::Error) -> AgentError {
     }
 }
 
-/// The deepest error in a chain, without the wrappers' own words.
+/// The deepest error in a chain: the extractor's wrapper (which names the
+/// host's staging path) reports the real cause as its `source`.
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current = e;
     while let Some(next) = current.source() {
         current = next;
     }
-    let text = current.to_string();
-    // An io::Error built around a TarError has no `source`; its text is the
-    // wrapper's, with the cause at the end after the last colon.
-    text.rsplit(": ").next().unwrap_or(&text).to_owned()
+    current.to_string()
 }
 
 /// Gives an unpacked entry (a symlink itself, never its target) its archived owner.
@@ -648,6 +655,15 @@ mod tests {
             (
                 "device",
                 archive_with(|b| b.entry("data/d", b'3', "", b"")).await,
+            ),
+            (
+                "file below an in-tree symlink",
+                archive_with(|b| {
+                    b.entry("data/sub", b'5', "", b"");
+                    b.entry("data/l", b'2', "sub", b"");
+                    b.entry("data/l/x", b'0', "", b"x");
+                })
+                .await,
             ),
             (
                 "write through symlink",
