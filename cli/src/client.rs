@@ -169,10 +169,16 @@ impl Controller {
         }
     }
 
-    /// `GetBackup`: details with every checksum verified again.
-    pub async fn get_backup(&mut self, id: &BackupId) -> Result<BackupDetails, CliError> {
+    /// `GetBackup`: details with every checksum verified again, or with
+    /// `summary_only` just the catalog's summary (no file is read).
+    pub async fn get_backup(
+        &mut self,
+        id: &BackupId,
+        summary_only: bool,
+    ) -> Result<BackupDetails, CliError> {
         let request = GetBackupRequest {
             backup_id: id.to_string(),
+            summary_only,
         };
         match self.client.get_backup(request).await {
             Ok(response) => Ok(response.into_inner()),

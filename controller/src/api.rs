@@ -155,7 +155,7 @@ impl BackupService for BackupApi {
             summary: Some(self.ctl.summary(&row)),
             ..Default::default()
         };
-        if row.status != BackupStatus::Completed {
+        if row.status != BackupStatus::Completed || req.get_ref().summary_only {
             return Ok(Response::new(details));
         }
         let manifest = self

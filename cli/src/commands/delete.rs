@@ -20,7 +20,8 @@ pub async fn run(
 ) -> Result<(), CliError> {
     if !yes {
         check_can_confirm(id, yes)?;
-        let details = controller.get_backup(id).await?;
+        // The prompt only shows what the backup is: no need to hash its files.
+        let details = controller.get_backup(id, true).await?;
         let prompt = render_prompt(id, &details.summary.unwrap_or_default());
         if !confirm(prompt).await? {
             return Err(CliError::NotConfirmed {

@@ -15,7 +15,7 @@ use crate::views::DetailsView;
 /// Shows a backup's details; fails with `IntegrityFailed` when the backup
 /// does not verify.
 pub async fn run(controller: &mut Controller, out: Output, id: &BackupId) -> Result<(), CliError> {
-    let details = controller.get_backup(id).await?;
+    let details = controller.get_backup(id, false).await?;
     let bad = bad_files(&details);
     let valid = details.all_valid && bad.is_empty();
     if out.is_json() {

@@ -217,3 +217,54 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
     ensure!(list.status.success(), "{list:?}");
     Ok(())
 }
+
+/// `GetBackup` with `summary_only` (the delete prompt's call) answers from
+/// the catalog without reading the backup's files: a damaged file does not
+/// show in it, while the full call still catches it.
+#[test]
+fn a_summary_only_lookup_reads_no_backup_file() -> Result<()> {
+    let sys = System::start()?;
+    let scratch = sys.scratch("fixture")?;
+    App::build(&sys.root, "peek", 9, &scratch)?;
+    let created: hop3_tests::cli::BackupSummary = sys
+        .hop3(["--json", "backup:create", "peek"])
+        .success()?
+        .json()?;
+    let data = sys
+        .backup_dir("peek", &created.backup_id)
+        .join("data.tar.gz");
+    // Unreadable rather than changed: any attempt to hash it fails.
+    std::fs::remove_file(&data)?;
+    let url = sys.url.clone();
+    let id = created.backup_id.clone();
+    runtime()?.block_on(async move {
+        let mut api = BackupServiceClient::connect(url).await?;
+        let quick = api
+            .get_backup(v1::GetBackupRequest {
+                backup_id: id.clone(),
+                summary_only: true,
+            })
+            .await?
+            .into_inner();
+        ensure!(quick.summary.map(|s| s.backup_id) == Some(id.clone()));
+        ensure!(
+            quick.files.is_empty(),
+            "summary_only listed files: {:?}",
+            quick.files
+        );
+        let full = api
+            .get_backup(v1::GetBackupRequest {
+                backup_id: id,
+                summary_only: false,
+            })
+            .await?
+            .into_inner();
+        ensure!(!full.all_valid, "the full lookup missed a missing file");
+        ensure!(
+            full.files
+                .iter()
+                .any(|f| f.path == "data.tar.gz" && !f.valid)
+        );
+        Ok(())
+    })
+}
