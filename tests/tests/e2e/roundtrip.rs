@@ -197,3 +197,56 @@ fn format_1_1_round_trips_through_zstd_archives() -> Result<()> {
     ensure!(!bad.status.success(), "format 2.0 was accepted");
     Ok(())
 }
+
+/// Restores whose stop or start command fails: a failing stop changes
+/// nothing; a restored app that will not start is swapped back out, so the
+/// app is as it was before the restore, and the error says which command.
+#[test]
+fn a_failing_stop_or_start_command_leaves_the_app_as_it_was() -> Result<()> {
+    let flags = tempfile::tempdir()?;
+    let log = flags.path().join("hooks.log");
+    let flag = |what: &str| flags.path().join(format!("{what}.fails"));
+    let hook = |what: &str| {
+        format!(
+            "printf '{what} %s\\n' \"$HOP3_APP\" >> '{}'; [ ! -e '{}' ]",
+            log.display(),
+            flag(what).display()
+        )
+    };
+    let (stop, start) = (hook("stop"), hook("start"));
+    let mut sys = System::builder()
+        .controller_args(["--stop-cmd", stop.as_str(), "--start-cmd", start.as_str()])
+        .start()?;
+    sys.controller().allow_errors();
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "hooked", 5, &scratch)?;
+    let id = sys.create("hooked")?.backup_id;
+    app.mutate(&scratch)?;
+    let before = Snapshot::of(&app.dir)?;
+    let apps = sys.root.join("apps");
+
+    std::fs::write(flag("stop"), "")?;
+    sys.hop3(["backup:restore", &id])
+        .failure(&["stop command failed"])?;
+    before.assert_same(&Snapshot::of(&app.dir)?, "the app after a failed stop")?;
+    wait_for_entries(&apps, &["hooked"], SETTLE)?;
+    std::fs::remove_file(flag("stop"))?;
+
+    std::fs::write(flag("start"), "")?;
+    sys.hop3(["backup:restore", &id])
+        .failure(&["start command failed"])?;
+    before.assert_same(&Snapshot::of(&app.dir)?, "the app after a failed start")?;
+    wait_for_entries(&apps, &["hooked"], SETTLE)?;
+    let calls = std::fs::read_to_string(&log)?;
+    // stop (refused), then stop, start (fails on the restored tree), start
+    // again on the old one after the swap back.
+    ensure!(
+        calls == "stop hooked\nstop hooked\nstart hooked\nstart hooked\n",
+        "hook calls:\n{calls}"
+    );
+    std::fs::remove_file(flag("start"))?;
+
+    // With both commands working again the same backup restores.
+    sys.hop3(["backup:restore", &id]).success()?;
+    Ok(())
+}
