@@ -32,11 +32,15 @@ pub fn completed_row(m: &Manifest) -> BackupRow {
     }
 }
 
-/// Makes the catalog list exactly the complete backups of the store; logs
-/// every directory that cannot be used, and carries on.
+/// At start-up: removes what an interrupted run left in the store, and makes
+/// the catalog list exactly the complete backups of the store; logs every
+/// directory that cannot be used, and carries on.
 pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
     let started = std::time::Instant::now();
-    let scanned = ctl.store.scan().await?;
+    let (scanned, leftovers) = ctl.store.recover().await?;
+    if leftovers > 0 {
+        tracing::warn!(leftovers, "removed partial backups of an interrupted run");
+    }
     let mut rows = Vec::with_capacity(scanned.len());
     for s in scanned {
         match s.manifest {

@@ -37,13 +37,8 @@ pub async fn run(
         .context("cannot open the catalog")?;
     // Nothing can still be running from a previous process.
     let interrupted = catalog.fail_interrupted().await?;
-    let leftovers = store.clean_leftovers().await?;
-    if interrupted > 0 || leftovers > 0 {
-        tracing::warn!(
-            interrupted,
-            leftovers,
-            "cleaned up after an interrupted run"
-        );
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "backups of an interrupted run marked FAILED");
     }
     let tls = match &config.tls_dir {
         Some(dir) => Some(TlsFiles::load(dir, CONTROLLER_NAME)?),

@@ -177,21 +177,29 @@ impl Store {
             .map_err(StoreError::io("deleting the backup"))
     }
 
-    /// Every complete backup in the store, each with its manifest or why it
-    /// cannot be used: a directory whose manifest is unreadable, invalid,
-    /// names another app or ID than its place, or lists a missing file.
-    pub async fn scan(&self) -> Result<Vec<Scanned>> {
-        let mut out = Vec::new();
-        for (app, id, path) in self.entries().await? {
-            if id.contains('.') {
-                continue; // .partial, .deleting
+    /// One walk of the store at start-up, when nothing can still be writing:
+    /// removes the `.partial` and `.deleting` directories a stopped
+    /// controller left, and returns every complete backup with its manifest
+    /// or why it cannot be used (a manifest unreadable, invalid, naming
+    /// another app or ID than its place, or listing a missing file), and how
+    /// many leftovers were removed.
+    pub async fn recover(&self) -> Result<(Vec<Scanned>, usize)> {
+        let mut backups = Vec::new();
+        let mut removed = 0;
+        for (app, name, path) in self.entries().await? {
+            if name.ends_with(".partial") || name.ends_with(".deleting") {
+                fs::remove_dir_all(&path)
+                    .await
+                    .map_err(StoreError::io("removing a partial backup"))?;
+                removed += 1;
+            } else {
+                backups.push(Scanned {
+                    manifest: self.check_stored(&app, &name).await,
+                    path,
+                });
             }
-            out.push(Scanned {
-                manifest: self.check_stored(&app, &id).await,
-                path,
-            });
         }
-        Ok(out)
+        Ok((backups, removed))
     }
 
     /// Every `(app, entry name, path)` under `apps/*/`.
@@ -256,21 +264,6 @@ impl Store {
                 Err(e) => tracing::warn!(dir = %d.display(), error = %e, "could not remove"),
             }
         }
-    }
-
-    /// Removes `.partial` and `.deleting` directories left by a controller that
-    /// stopped mid-way; returns how many.
-    pub async fn clean_leftovers(&self) -> Result<usize> {
-        let mut removed = 0;
-        for (_, name, path) in self.entries().await? {
-            if name.ends_with(".partial") || name.ends_with(".deleting") {
-                fs::remove_dir_all(&path)
-                    .await
-                    .map_err(StoreError::io("removing a partial backup"))?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 }
 
