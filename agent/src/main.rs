@@ -61,7 +61,7 @@ async fn main() -> anyhow::Result<()> {
             args.listen
         );
     }
-    let listener = server::bind(args.listen)
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;

@@ -1,6 +1,5 @@
 //! Serving the AgentService over gRPC, with health, and registering with the controller.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,11 +134,6 @@ pub async fn register_loop(
         };
         tokio::time::sleep(wait).await;
     }
-}
-
-/// Binds `addr` (port 0 for any free one).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
 }
 
 /// Resolves on SIGTERM or Ctrl-C: what stops a server gracefully.

@@ -148,11 +148,6 @@ impl Manifest {
         Ok(())
     }
 
-    /// The backup's ID.
-    pub fn id(&self) -> BackupId {
-        self.backup_id.parse().expect("validated")
-    }
-
     /// When the backup was made.
     pub fn created_at(&self) -> Result<OffsetDateTime, ManifestError> {
         OffsetDateTime::parse(&self.created_at, &Rfc3339)
