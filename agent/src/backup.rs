@@ -86,13 +86,22 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     for (id, stem, members) in archives {
         let (out, progress) = (out.clone(), progress.clone());
         jobs.spawn(async move {
-            let start = file(id, &codec.file(stem));
-            artifact(&out, start, |w| async move {
-                archive::pack(&members, w, codec, &*progress)
-                    .await
-                    .map(drop)
-            })
-            .await
+            out.send(event(Event::Start(file(id, &codec.file(stem)))))
+                .await?;
+            // Packing is file I/O and compression from start to end: one
+            // blocking thread runs all of it, sending chunks as they fill.
+            let job = tokio::task::spawn_blocking(move || {
+                let writer = ChunkWriter::new(id, out.clone());
+                let packed = archive::pack(&members, writer, codec, &*progress);
+                match packed {
+                    Ok(writer) => writer.finish(),
+                    // The controller hung up: that, not the write that noticed, is the error.
+                    Err(_) if out.is_closed() => Err(AgentError::Cancelled),
+                    Err(e) => Err(e),
+                }
+            });
+            job.await
+                .map_err(|e| AgentError::Protocol(format!("an archive task failed: {e}")))?
         });
     }
     let dumps: Vec<_> = cfg.services.iter().cloned().zip(dumps).collect();
@@ -152,6 +161,69 @@ where
     };
     tokio::try_join!(produce(writer), pump)?;
     Ok(())
+}
+
+/// The `Write` end of one artifact for a producer on a blocking thread: cuts
+/// what is written into chunks, hashes them, and sends each once full,
+/// waiting for room on the stream.
+struct ChunkWriter {
+    id: u32,
+    buf: Vec<u8>,
+    hasher: Sha256,
+    size: u64,
+    out: Sender,
+}
+
+impl ChunkWriter {
+    fn new(id: u32, out: Sender) -> Self {
+        Self {
+            id,
+            buf: Vec::with_capacity(CHUNK_SIZE),
+            hasher: Sha256::new(),
+            size: 0,
+            out,
+        }
+    }
+
+    fn send_chunk(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+        self.hasher.update(&chunk);
+        self.size += chunk.len() as u64;
+        self.out.blocking_send(event(Event::Data(v1::ArtifactData {
+            id: self.id,
+            data: chunk.into(),
+        })))
+    }
+
+    /// Sends the last chunk and the artifact's end: digest and size.
+    fn finish(mut self) -> Result<()> {
+        self.send_chunk()?;
+        self.out.blocking_send(event(Event::End(v1::ArtifactEnd {
+            sha256: Checksum::from_hasher(self.hasher).to_string(),
+            size: self.size,
+            id: self.id,
+        })))
+    }
+}
+
+impl std::io::Write for ChunkWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == CHUNK_SIZE {
+            self.send_chunk().map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the controller hung up")
+            })?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn file(id: u32, path: &str) -> v1::ArtifactStart {

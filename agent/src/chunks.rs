@@ -1,4 +1,5 @@
-//! Cutting a byte stream into the chunks that travel in stream messages.
+//! Cutting a byte stream into the chunks that travel in stream messages,
+//! and reading chunks back as a byte stream on a blocking thread.
 
 use bytes::Bytes;
 use hop3_proto::CHUNK_SIZE;
@@ -22,6 +23,38 @@ pub async fn next_chunk<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result
     }
     buf.truncate(filled);
     Ok(Some(Bytes::from(buf)))
+}
+
+/// A `std::io::Read` over chunks arriving on a channel, for a consumer on a
+/// blocking thread. The end of the channel is the end of the stream; an
+/// error on it is the reader's error.
+pub struct ChannelReader {
+    rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>,
+    current: Bytes,
+}
+
+impl ChannelReader {
+    /// Reads what arrives on `rx`.
+    pub fn new(rx: tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>) -> Self {
+        Self {
+            rx,
+            current: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.current.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.current = chunk?,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len());
+        buf[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,19 @@ impl<T: Send + 'static> EventSender<T> {
             .map_err(|_| AgentError::Cancelled)
     }
 
+    /// Sends one event from a blocking thread, waiting for room; fails once
+    /// the controller is gone. Never call it on a runtime thread.
+    pub fn blocking_send(&self, event: T) -> Result<()> {
+        self.tx
+            .blocking_send(Ok(event))
+            .map_err(|_| AgentError::Cancelled)
+    }
+
+    /// Whether the controller has gone away.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Ends the stream with an error status.
     pub async fn fail(&self, status: Status) {
         // The controller may be gone already; then there is nobody to tell.

@@ -12,6 +12,7 @@ pub mod config_file;
 pub mod error;
 pub mod events;
 pub mod hooks;
+pub mod memory;
 pub mod progress;
 pub mod restore;
 pub mod server;

@@ -21,6 +21,7 @@ use tonic::Streaming;
 
 use crate::apps::{self, APP_FILE, AppConfig, ENV_FILE, ServiceConfig, read_app_config};
 use crate::archive;
+use crate::chunks::ChannelReader;
 use crate::error::{AgentError, Result};
 use crate::events::{EventSender, StreamProgress};
 use crate::progress::Progress;
@@ -491,10 +492,10 @@ fn spawn_unpack(
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let name = path.to_owned();
     let dst = staging.to_path_buf();
-    let task = tokio::spawn(async move {
-        let reader = StreamReader::new(ReceiverStream::new(rx));
-        archive::unpack(&name, reader, codec, &dst, allowed)
-            .await
+    // Decompressing and writing files is blocking work from start to end:
+    // one blocking thread runs all of it, fed chunk by chunk.
+    let task = tokio::task::spawn_blocking(move || {
+        archive::unpack(&name, ChannelReader::new(rx), codec, &dst, allowed)
             .map(|()| Received::Nothing)
     });
     Target::Archive { tx: Some(tx), task }

@@ -126,8 +126,9 @@ struct CreateArgs {
     /// Back up this host's copy of the app (needed when several hosts serve it).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
-    /// On-disk format: 1.0 (gzip, readable by every Hop3 and tar -xzf) or
-    /// 1.1 (zstd, faster; tar --zstd -xf) [default: the controller's, 1.0].
+    /// On-disk format: 1.1 (zstd on every core; tar --zstd -xf) or 1.0
+    /// (gzip, readable by every Hop3 and tar -xzf) [default: the
+    /// controller's, 1.1].
     #[arg(long, value_name = "VERSION", value_parser = ["1.0", "1.1"])]
     format: Option<String>,
 }

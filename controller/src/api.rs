@@ -75,7 +75,7 @@ impl BackupService for BackupApi {
         let req = req.into_inner();
         check_app(&req.app)?;
         let format = match req.format.as_str() {
-            "" => hop3_proto::manifest::FORMAT_VERSION.to_owned(),
+            "" => hop3_proto::manifest::DEFAULT_FORMAT.to_owned(),
             f if hop3_proto::manifest::READABLE_FORMATS.contains(&f) => f.to_owned(),
             other => {
                 return Err(ControllerError::InvalidArgument(format!(

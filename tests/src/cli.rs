@@ -394,6 +394,19 @@ impl System {
         Ok(summary)
     }
 
+    /// `hop3 --json backup:create APP --format FORMAT`, checked to succeed
+    /// with a COMPLETED backup.
+    pub fn create_in_format(&self, app: &str, format: &str) -> Result<BackupSummary> {
+        let out = self
+            .hop3(["--json", "backup:create", app, "--format", format])
+            .success()?;
+        let summary: BackupSummary = out.json()?;
+        if summary.status != "COMPLETED" || summary.app != app {
+            bail!("unexpected create result {summary:?}\n{}", out.report());
+        }
+        Ok(summary)
+    }
+
     /// Starts `hop3 ARGS...` in the background.
     pub fn hop3_spawn<I, S>(&self, args: I) -> Result<Background>
     where

@@ -126,7 +126,7 @@ fn list_info_and_delete_on(sys: System) -> Result<()> {
     let info: cli::BackupInfo = out.json()?;
     ensure!(info.backup_id == a2 && info.app == "alpha" && info.status == "COMPLETED");
     ensure!(info.all_valid, "{info:?}");
-    ensure!(info.format_version == "1.0" && !info.hop3_version.is_empty());
+    ensure!(info.format_version == "1.1" && !info.hop3_version.is_empty());
     ensure!(info.env_vars_count == 6, "{info:?}");
     ensure!(
         info.services_included && info.services.is_empty(),

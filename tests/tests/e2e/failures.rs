@@ -116,12 +116,12 @@ fn truncate(file: &Path) -> Result<()> {
 
 #[test]
 fn a_flipped_byte_in_data_is_detected_and_nothing_is_restored() -> Result<()> {
-    damaged_backup_is_refused("data.tar.gz", flip_a_byte, 11)
+    damaged_backup_is_refused("data.tar.zst", flip_a_byte, 11)
 }
 
 #[test]
 fn a_truncated_source_archive_is_detected_and_nothing_is_restored() -> Result<()> {
-    damaged_backup_is_refused("source.tar.gz", truncate, 12)
+    damaged_backup_is_refused("source.tar.zst", truncate, 12)
 }
 
 /// Damages `file` of a backup with `damage`, then checks that info reports

@@ -232,7 +232,7 @@ fn a_summary_only_lookup_reads_no_backup_file() -> Result<()> {
         .json()?;
     let data = sys
         .backup_dir("peek", &created.backup_id)
-        .join("data.tar.gz");
+        .join("data.tar.zst");
     // Unreadable rather than changed: any attempt to hash it fails.
     std::fs::remove_file(&data)?;
     let url = sys.url.clone();
@@ -263,7 +263,7 @@ fn a_summary_only_lookup_reads_no_backup_file() -> Result<()> {
         ensure!(
             full.files
                 .iter()
-                .any(|f| f.path == "data.tar.gz" && !f.valid)
+                .any(|f| f.path == "data.tar.zst" && !f.valid)
         );
         Ok(())
     })

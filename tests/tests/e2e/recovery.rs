@@ -545,7 +545,7 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
     copy_dir(&stored, &copy)?;
     let flipped = outside.join("flipped").join(&id);
     copy_dir(&stored, &flipped)?;
-    flip_a_byte(&flipped.join("data.tar.gz"))?;
+    flip_a_byte(&flipped.join("data.tar.zst"))?;
     let invalid = outside.join("invalid").join(&id);
     copy_dir(&stored, &invalid)?;
     fs::write(invalid.join("metadata.json"), "{\"backup_id\": \"2025")?;

@@ -143,54 +143,48 @@ fn restore_to_another_name_makes_an_independent_clone() -> Result<()> {
     Ok(())
 }
 
-/// Format 1.1: the same round trip through zstd archives, which `tar --zstd`
-/// and `sha256sum` still read by hand; older formats' names are not written.
+/// Format 1.0 on request: the same round trip through the guide's gzip
+/// archives, which `tar -tzf` reads by hand; 1.1's names are not written.
 #[test]
-fn format_1_1_round_trips_through_zstd_archives() -> Result<()> {
+fn format_1_0_round_trips_through_gzip_archives() -> Result<()> {
     let sys = System::start()?;
     let scratch = sys.scratch("fixtures")?;
     let app = App::build(&sys.root, "zshop", 3, &scratch)?;
     let original = Snapshot::of(&app.dir)?;
     let created: BackupSummary = sys
-        .hop3(["--json", "backup:create", "zshop", "--format", "1.1"])
+        .hop3(["--json", "backup:create", "zshop", "--format", "1.0"])
         .success()?
         .json()?;
     let dir = sys.backup_dir("zshop", &created.backup_id);
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("metadata.json"))?)?;
-    ensure!(manifest["format_version"] == "1.1", "{manifest}");
-    for f in ["source.tar.zst", "data.tar.zst"] {
+    ensure!(manifest["format_version"] == "1.0", "{manifest}");
+    for f in ["source.tar.gz", "data.tar.gz"] {
         ensure!(dir.join(f).exists(), "{f} missing");
         ensure!(
             !manifest["checksums"][f].is_null(),
             "{f} has no checksum: {manifest}"
         );
     }
-    ensure!(!dir.join("source.tar.gz").exists() && !dir.join("data.tar.gz").exists());
-    if std::process::Command::new("zstd")
-        .arg("--version")
-        .output()
-        .is_ok()
-    {
-        let listing = fixtures::run({
-            let mut c = std::process::Command::new("tar");
-            c.arg("--zstd").arg("-tf").arg(dir.join("data.tar.zst"));
-            c
-        })?;
-        ensure!(listing.lines().any(|l| l.starts_with("data/")), "{listing}");
-    }
+    ensure!(!dir.join("source.tar.zst").exists() && !dir.join("data.tar.zst").exists());
+    let listing = fixtures::run({
+        let mut c = std::process::Command::new("tar");
+        c.arg("-tzf").arg(dir.join("data.tar.gz"));
+        c
+    })?;
+    ensure!(listing.lines().any(|l| l.starts_with("data/")), "{listing}");
     let info = sys
         .hop3(["--json", "backup:info", &created.backup_id])
         .success()?;
     let info: serde_json::Value = info.json()?;
     ensure!(
-        info["all_valid"] == true && info["format_version"] == "1.1",
+        info["all_valid"] == true && info["format_version"] == "1.0",
         "{info}"
     );
 
     app.mutate(&scratch)?;
     sys.hop3(["backup:restore", &created.backup_id]).success()?;
-    original.assert_same(&Snapshot::of(&app.dir)?, "the app restored from format 1.1")?;
+    original.assert_same(&Snapshot::of(&app.dir)?, "the app restored from format 1.0")?;
     snapshot::fsck(&app.git_dir())?;
 
     let bad = sys.hop3(["backup:create", "zshop", "--format", "2.0"]);
