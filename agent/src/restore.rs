@@ -403,23 +403,24 @@ enum Target {
     Ignored,
 }
 
-async fn receive_artifact(
+/// Passes the chunks of one artifact to its target, hashing and counting
+/// them, until its end arrives.
+async fn feed(
     state: &AgentState,
     inbound: &mut Streaming<v1::RestoreAppMessage>,
     path: &str,
-    expected: &Checksum,
-    mut target: Target,
+    target: &mut Target,
+    hasher: &mut Sha256,
+    size: &mut u64,
     progress: &dyn Progress,
-) -> Result<Received> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let end = loop {
+) -> Result<v1::ArtifactEnd> {
+    loop {
         match next(inbound, state.idle_timeout).await? {
             Msg::Chunk(data) => {
                 hasher.update(&data);
-                size += data.len() as u64;
+                *size += data.len() as u64;
                 progress.advance(data.len() as u64);
-                match &mut target {
+                match target {
                     Target::Archive { tx, .. } => {
                         // A failed consumer closes its end; keep hashing so a
                         // damaged artifact is still reported as a mismatch.
@@ -438,12 +439,49 @@ async fn receive_artifact(
                     Target::Ignored => {}
                 }
             }
-            Msg::End(end) => break end,
+            Msg::End(end) => return Ok(end),
             _ => {
                 return Err(AgentError::Protocol(format!(
                     "{path}: expected data or its end"
                 )));
             }
+        }
+    }
+}
+
+async fn receive_artifact(
+    state: &AgentState,
+    inbound: &mut Streaming<v1::RestoreAppMessage>,
+    path: &str,
+    expected: &Checksum,
+    mut target: Target,
+    progress: &dyn Progress,
+) -> Result<Received> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let fed = feed(
+        state,
+        inbound,
+        path,
+        &mut target,
+        &mut hasher,
+        &mut size,
+        progress,
+    )
+    .await;
+    let end = match fed {
+        Ok(end) => end,
+        Err(e) => {
+            // The consumer must be done before the caller throws the staging
+            // directory away: left running, it could write into it, or
+            // create it again, afterwards.
+            if let Target::Archive { tx, task } = target {
+                if let Some(tx) = tx {
+                    let _ = tx.try_send(Err(io::Error::other("restore abandoned")));
+                }
+                let _ = task.await;
+            }
+            return Err(e);
         }
     };
     let actual = Checksum::from_hasher(hasher);

@@ -34,7 +34,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$repo/target/release
 pgbin=${HOP3_TEST_PG_BIN:-$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -1)}
 cargo build --release --workspace --bins --manifest-path "$repo/Cargo.toml" 2>&1 | tail -1
-command -v restic >/dev/null || { apt-get install -y -qq restic >/dev/null || apt-get update -qq && apt-get install -y -qq restic >/dev/null; }
+command -v restic >/dev/null || { apt-get install -y -qq restic || { apt-get update -qq && apt-get install -y -qq restic; }; } >/dev/null
 
 work=$(mktemp -d /tmp/hop3-compare.XXXXXX)
 chmod 755 "$work"
@@ -183,6 +183,12 @@ same_tree() { # same_tree A B: data, git and src identical (contents, modes, lin
     diff -r --no-dereference "$1/data" "$2/data" >/dev/null && diff -r --no-dereference "$1/git" "$2/git" >/dev/null \
         && diff -r --no-dereference "$1/src" "$2/src" >/dev/null
 }
+# Restored trees are moved aside, not deleted, until the run ends: ext4
+# skips inodes freed in the last minutes when it allocates new ones, so
+# deleting tens of thousands of files between steps slowed whichever
+# restore came next (the later in a round, the slower).
+mkdir "$work/aside"
+set_aside() { mv "$1" "$work/aside/$(date +%s%N)"; }
 check() { # check WHAT OK
     if ! eval "$2"; then echo "MISMATCH after $1" >&2; exit 1; fi
 }
@@ -218,7 +224,9 @@ run_size() {
     printf '%s\trss_controller\t%s\n' "$size" "$(hwm "${pids[0]}")" >> "$results"
     printf '%s\trss_agent\t%s\n' "$size" "$(hwm "${pids[1]}")" >> "$results"
     stop_hop3
-    rm -rf "$root" "$reference" "$work/store" "$work/catalog.db"*
+    set_aside "$root"
+    set_aside "$reference"
+    rm -rf "$work/store" "$work/catalog.db"*
 }
 
 round_hop3() {
@@ -230,7 +238,7 @@ round_hop3() {
     mv "$app" "$work/gone"   # restore onto a host that lost the app
     timed hop3_restore hop3 backup:restore "$id" >/dev/null 2>&1
     check "hop3 backup:restore" "same_tree $reference $app"
-    rm -rf "$work/gone"
+    set_aside "$work/gone"
     hop3 backup:delete "$id" --yes >/dev/null 2>&1
 }
 
@@ -247,7 +255,7 @@ round_hop3db() {
     timed hop3db_restore hop3 backup:restore "$id" >/dev/null 2>&1
     check "hop3 backup:restore (with database)" "same_tree $reference $app"
     check "hop3 backup:restore (database rows)" "test $(db_rows | tr '|' _) = $(echo "$rows_before" | tr '|' _)"
-    rm -rf "$work/gone"
+    set_aside "$work/gone"
     hop3 backup:delete "$id" --yes >/dev/null 2>&1
 }
 
@@ -257,7 +265,8 @@ round_guide() {
     mkdir "$work/guide-out"
     timed guide_restore tar -xzf "$work/guide.tar.gz" -C "$work/guide-out"
     check "tar -xzf" "same_tree $reference $work/guide-out"
-    rm -rf "$work/guide-out" "$work/guide.tar.gz"
+    set_aside "$work/guide-out"
+    rm -f "$work/guide.tar.gz"
 }
 
 round_restic() {
@@ -267,7 +276,8 @@ round_restic() {
     record restic_stored "" "$(du -sb "$work/restic" | cut -f1)"
     timed restic_restore restic restore -q latest --target "$work/restic-out"
     check "restic restore" "same_tree $reference $work/restic-out"
-    rm -rf "$work/restic-out" "$work/restic"
+    set_aside "$work/restic-out"
+    rm -rf "$work/restic"
 }
 
 first_size=${sizes%% *}
