@@ -224,6 +224,21 @@ impl Restoring<'_> {
 
     /// Where the bytes of artifact `path` go.
     async fn target_for(&mut self, path: &str) -> Result<Target> {
+        // Two archives of one tree would unpack into the same directories,
+        // each checking only its own links: one could lead the other out.
+        if let Some((_, stem)) = archive::Codec::of_file(path) {
+            let archives_of_stem = self
+                .manifest
+                .checksums
+                .keys()
+                .filter(|k| archive::Codec::of_file(k).is_some_and(|(_, s)| s == stem))
+                .count();
+            if archives_of_stem > 1 {
+                return Err(AgentError::Protocol(format!(
+                    "the backup holds more than one {stem} archive"
+                )));
+            }
+        }
         Ok(match (path, archive::Codec::of_file(path)) {
             (_, Some((codec, "source"))) => {
                 spawn_unpack(path, codec, &self.staging, &["git", "src"])
@@ -477,9 +492,12 @@ async fn receive_artifact(
             // create it again, afterwards.
             if let Target::Archive { tx, task } = target {
                 if let Some(tx) = tx {
-                    let _ = tx.try_send(Err(io::Error::other("restore abandoned")));
+                    // The consumer is still reading (or gone): this cannot wait long.
+                    let _ = tx.send(Err(io::Error::other("restore abandoned"))).await;
                 }
-                let _ = task.await;
+                if let Ok(Ok(Received::Service(staged))) = task.await {
+                    services::discard(&state.tools, &staged).await;
+                }
             }
             return Err(e);
         }

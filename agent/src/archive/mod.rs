@@ -246,6 +246,16 @@ mod tests {
                 let pad = (512 - data.len() % 512) % 512;
                 self.out.extend(std::iter::repeat_n(0, pad));
             }
+            /// Sets the last entry's mtime to the largest base-256 value.
+            pub fn far_future_mtime(&mut self, data_len: usize) {
+                let start = self.out.len() - 512 - data_len.div_ceil(512) * 512;
+                let h = &mut self.out[start..start + 512];
+                h[136] = 0x80;
+                h[137..148].fill(0xff);
+                h[148..156].copy_from_slice(b"        ");
+                let sum: u32 = h.iter().map(|&b| b as u32).sum();
+                h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+            }
             pub fn into_inner(mut self) -> std::io::Result<Vec<u8>> {
                 self.out.extend(std::iter::repeat_n(0, 1024));
                 Ok(self.out)
@@ -286,6 +296,13 @@ mod tests {
                     b.entry("data/a/", b'5', "", b"");
                     b.entry("data/a/c", b'2', "b/../..", b"");
                     b.entry("data/a/b", b'2', "..", b"");
+                }),
+            ),
+            (
+                "mtime beyond what the clock holds",
+                archive_with(|b| {
+                    b.entry("data/f", b'0', "", b"x");
+                    b.far_future_mtime(1);
                 }),
             ),
             (

@@ -55,12 +55,15 @@ pub fn unpack<R: Read>(
     ar.set_preserve_mtime(true);
     ar.set_overwrite(false);
     ar.set_unpack_xattrs(false);
+    // Only root can give files away; anyone else keeps them as their own, as tar does.
+    let restore_owners = rustix::process::geteuid().is_root();
+    // The extractor sets each entry's owner (links' own, with lchown)
+    // before its mode, which keeps set-user-ID bits.
+    ar.set_preserve_ownerships(restore_owners);
     let mut walk = Walk {
         archive,
         dst: &dst,
         allowed_top,
-        // Only root can give files away; anyone else keeps them as their own, as tar does.
-        restore_owners: rustix::process::geteuid().is_root(),
         links: HashSet::new(),
         dirs: HashSet::new(),
         dir_modes: Vec::new(),
@@ -69,7 +72,6 @@ pub fn unpack<R: Read>(
     let failure: Mutex<Option<AgentError>> = Mutex::new(None);
     let (tx, rx) = mpsc::sync_channel::<PooledFile>(POOL_DEPTH);
     let rx = Mutex::new(rx);
-    let restore_owners = walk.restore_owners;
     let read = std::thread::scope(|s| {
         for _ in 0..writers {
             s.spawn(|| write_pooled(&rx, &failure, archive, restore_owners));
@@ -106,7 +108,6 @@ struct Walk<'a> {
     archive: &'a str,
     dst: &'a Path,
     allowed_top: &'a [&'a str],
-    restore_owners: bool,
     /// Symlinks unpacked so far (relative paths): nothing may go below one.
     links: HashSet<PathBuf>,
     /// Directories known to exist (relative paths).
@@ -214,9 +215,6 @@ impl Walk<'_> {
                 return Err(self.hostile(&path, "refused by the extractor"));
             }
             let written = self.dst.join(&path);
-            if self.restore_owners {
-                chown(&written, owner)?;
-            }
             if kind == EntryType::Directory {
                 set_mode(&written, mode | 0o700)?;
                 self.dir_modes.push((written, mode));
@@ -238,8 +236,14 @@ impl Walk<'_> {
         if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
             return Ok(());
         }
-        std::fs::create_dir_all(self.dst.join(parent))
-            .map_err(|e| unpack_error(self.archive, path, e))?;
+        let at = self.dst.join(parent);
+        std::fs::create_dir_all(&at).map_err(|e| unpack_error(self.archive, path, e))?;
+        // As the extractor checks for what it writes: the parent, links
+        // resolved, is inside the target. Once per directory.
+        let real = std::fs::canonicalize(&at).map_err(|e| unpack_error(self.archive, path, e))?;
+        if !real.starts_with(self.dst) {
+            return Err(self.hostile(path, "written through a symlink"));
+        }
         self.dirs.insert(parent.to_path_buf());
         Ok(())
     }
@@ -274,7 +278,12 @@ impl PooledFile {
         }
         // After the owner: changing it clears set-user-ID bits.
         file.set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))?;
-        file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(self.mtime))
+        let mtime = std::time::UNIX_EPOCH
+            .checked_add(std::time::Duration::from_secs(self.mtime))
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, "modification time out of range")
+            })?;
+        file.set_modified(mtime)
     }
 }
 
@@ -413,13 +422,6 @@ fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
         current = next;
     }
     current.to_string()
-}
-
-/// Gives an unpacked entry (a symlink itself, never its target) its archived owner.
-fn chown(path: &Path, (uid, gid): (Option<u64>, Option<u64>)) -> Result<()> {
-    let to_u32 = |id: Option<u64>| id.and_then(|v| u32::try_from(v).ok());
-    std::os::unix::fs::lchown(path, to_u32(uid), to_u32(gid))
-        .map_err(|e| AgentError::io("restoring file owners", e))
 }
 
 fn set_mode(path: &Path, mode: u32) -> Result<()> {
