@@ -309,7 +309,15 @@ impl CliError {
     /// the controller itself answered is kept with its code and message.
     pub fn from_status(status: tonic::Status, subject: Subject, url: &str) -> Self {
         let local = std::error::Error::source(&status).is_some();
-        if local && matches!(status.code(), Code::Unavailable | Code::Unknown) {
+        // A plain client talking to a TLS server gets either a reset
+        // (Unavailable/Unknown) or, depending on timing, an h2 protocol
+        // error (Internal): both come from the transport, not the controller.
+        if local
+            && matches!(
+                status.code(),
+                Code::Unavailable | Code::Unknown | Code::Internal
+            )
+        {
             return Self::ConnectionLost {
                 url: url.to_owned(),
                 detail: status.message().to_owned(),
