@@ -85,23 +85,17 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     ];
     for (id, stem, members) in archives {
         let (out, progress) = (out.clone(), progress.clone());
-        jobs.spawn(async move {
-            out.send(event(Event::Start(file(id, &codec.file(stem)))))
-                .await?;
-            // Packing is file I/O and compression from start to end: one
-            // blocking thread runs all of it, sending chunks as they fill.
-            let job = tokio::task::spawn_blocking(move || {
-                let writer = ChunkWriter::new(id, out.clone());
-                let packed = archive::pack(&members, writer, codec, &*progress);
-                match packed {
-                    Ok(writer) => writer.finish(),
-                    // The controller hung up: that, not the write that noticed, is the error.
-                    Err(_) if out.is_closed() => Err(AgentError::Cancelled),
-                    Err(e) => Err(e),
-                }
-            });
-            job.await
-                .map_err(|e| AgentError::Protocol(format!("an archive task failed: {e}")))?
+        // Packing is file I/O and compression from start to end: one
+        // blocking thread runs all of it, sending chunks as they fill.
+        jobs.spawn_blocking(move || {
+            out.blocking_send(event(Event::Start(file(id, &codec.file(stem)))))?;
+            let writer = ChunkWriter::new(id, out.clone());
+            match archive::pack(&members, writer, codec, &*progress) {
+                Ok(writer) => writer.finish(),
+                // The controller hung up: that, not the write that noticed, is the error.
+                Err(_) if out.is_closed() => Err(AgentError::Cancelled),
+                Err(e) => Err(e),
+            }
         });
     }
     let dumps: Vec<_> = cfg.services.iter().cloned().zip(dumps).collect();

@@ -53,6 +53,7 @@ pub async fn restore(
         }
     };
     let manifest = Manifest::from_json(header.manifest_json.as_bytes())?;
+    one_archive_per_tree(&manifest)?;
     let app = header.app.clone();
     let live = state.root.app_dir(&app)?;
     let apps_dir = state.root.apps_dir();
@@ -224,21 +225,6 @@ impl Restoring<'_> {
 
     /// Where the bytes of artifact `path` go.
     async fn target_for(&mut self, path: &str) -> Result<Target> {
-        // Two archives of one tree would unpack into the same directories,
-        // each checking only its own links: one could lead the other out.
-        if let Some((_, stem)) = archive::Codec::of_file(path) {
-            let archives_of_stem = self
-                .manifest
-                .checksums
-                .keys()
-                .filter(|k| archive::Codec::of_file(k).is_some_and(|(_, s)| s == stem))
-                .count();
-            if archives_of_stem > 1 {
-                return Err(AgentError::Protocol(format!(
-                    "the backup holds more than one {stem} archive"
-                )));
-            }
-        }
         Ok(match (path, archive::Codec::of_file(path)) {
             (_, Some((codec, "source"))) => {
                 spawn_unpack(path, codec, &self.staging, &["git", "src"])
@@ -420,20 +406,37 @@ enum Target {
 
 /// Passes the chunks of one artifact to its target, hashing and counting
 /// them, until its end arrives.
+/// Refuses a manifest with two archives of one tree (`data.tar.gz` and
+/// `data.tar.zst`): both would unpack into the same directories, each
+/// checking only its own links, so one could lead the other out.
+fn one_archive_per_tree(manifest: &Manifest) -> Result<()> {
+    let mut stems = BTreeSet::new();
+    for path in manifest.checksums.keys() {
+        if let Some((_, stem)) = archive::Codec::of_file(path)
+            && !stems.insert(stem)
+        {
+            return Err(AgentError::Protocol(format!(
+                "the backup holds more than one {stem} archive"
+            )));
+        }
+    }
+    Ok(())
+}
+
 async fn feed(
     state: &AgentState,
     inbound: &mut Streaming<v1::RestoreAppMessage>,
     path: &str,
     target: &mut Target,
-    hasher: &mut Sha256,
-    size: &mut u64,
     progress: &dyn Progress,
-) -> Result<v1::ArtifactEnd> {
+) -> Result<(v1::ArtifactEnd, Checksum, u64)> {
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
     loop {
         match next(inbound, state.idle_timeout).await? {
             Msg::Chunk(data) => {
                 hasher.update(&data);
-                *size += data.len() as u64;
+                size += data.len() as u64;
                 progress.advance(data.len() as u64);
                 match target {
                     Target::Archive { tx, .. } => {
@@ -454,7 +457,7 @@ async fn feed(
                     Target::Ignored => {}
                 }
             }
-            Msg::End(end) => return Ok(end),
+            Msg::End(end) => return Ok((end, Checksum::from_hasher(hasher), size)),
             _ => {
                 return Err(AgentError::Protocol(format!(
                     "{path}: expected data or its end"
@@ -472,20 +475,9 @@ async fn receive_artifact(
     mut target: Target,
     progress: &dyn Progress,
 ) -> Result<Received> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let fed = feed(
-        state,
-        inbound,
-        path,
-        &mut target,
-        &mut hasher,
-        &mut size,
-        progress,
-    )
-    .await;
-    let end = match fed {
-        Ok(end) => end,
+    let fed = feed(state, inbound, path, &mut target, progress).await;
+    let (end, actual, size) = match fed {
+        Ok(fed) => fed,
         Err(e) => {
             // The consumer must be done before the caller throws the staging
             // directory away: left running, it could write into it, or
@@ -502,7 +494,6 @@ async fn receive_artifact(
             return Err(e);
         }
     };
-    let actual = Checksum::from_hasher(hasher);
     let intact = actual == *expected && end.sha256 == expected.to_string() && end.size == size;
     let result = match target {
         Target::Archive { tx, task } => {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
+use hop3_proto::manifest::{MANIFEST_FILE, Manifest};
 use tokio::io::AsyncReadExt;
 
 use crate::catalog::{BackupRow, BackupStatus};
@@ -103,24 +103,10 @@ pub async fn import(ctl: &Controller, src: &Path) -> Result<BackupRow> {
 }
 
 async fn read_manifest(src: &Path) -> Result<Manifest> {
-    let path = src.join(MANIFEST_FILE);
-    let file = tokio::fs::File::open(&path).await.map_err(|e| {
-        ControllerError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
-    })?;
-    let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(|e| {
-            ControllerError::InvalidArgument(format!("cannot read {}: {e}", path.display()))
-        })?;
-    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(ControllerError::InvalidArgument(format!(
-            "{} is larger than {MAX_MANIFEST_BYTES} bytes",
-            path.display()
-        )));
-    }
-    Manifest::from_json(&bytes).map_err(|e| ControllerError::InvalidArgument(e.to_string()))
+    // Bad input from the user, whatever went wrong with it: named by path.
+    crate::store::read_manifest_in(src).await.map_err(|e| {
+        ControllerError::InvalidArgument(format!("{}: {e}", src.join(MANIFEST_FILE).display()))
+    })
 }
 
 /// Copies every file the manifest lists, hashing as it copies.

@@ -115,19 +115,7 @@ impl Store {
 
     /// Reads and validates a stored manifest.
     pub async fn read_manifest(&self, app: &str, id: &str) -> Result<Manifest> {
-        let path = self.backup_dir(app, id).join(MANIFEST_FILE);
-        let file = File::open(&path)
-            .await
-            .map_err(StoreError::io("reading metadata.json"))?;
-        let mut bytes = Vec::new();
-        file.take(MAX_MANIFEST_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(StoreError::io("reading metadata.json"))?;
-        if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-            return Err(StoreError::ManifestTooLarge);
-        }
-        Ok(Manifest::from_json(&bytes)?)
+        read_manifest_in(&self.backup_dir(app, id)).await
     }
 
     /// Hashes every file the manifest lists, calling `progress` with bytes read.
@@ -432,4 +420,22 @@ async fn sync_dir(dir: &Path) -> Result<()> {
     f.sync_all()
         .await
         .map_err(StoreError::io("syncing the store"))
+}
+
+/// Reads and validates the manifest of the backup directory `dir`, wherever
+/// it is (in the store, or a copy being imported), never more than
+/// `MAX_MANIFEST_BYTES` of it.
+pub async fn read_manifest_in(dir: &Path) -> Result<Manifest> {
+    let file = File::open(dir.join(MANIFEST_FILE))
+        .await
+        .map_err(StoreError::io("reading metadata.json"))?;
+    let mut bytes = Vec::new();
+    file.take(MAX_MANIFEST_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(StoreError::io("reading metadata.json"))?;
+    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
+        return Err(StoreError::ManifestTooLarge);
+    }
+    Ok(Manifest::from_json(&bytes)?)
 }

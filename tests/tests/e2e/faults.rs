@@ -899,6 +899,43 @@ fn reset_atime(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A manifest listing two archives of one tree (`data.tar.gz` and
+/// `data.tar.zst`) is refused before anything is unpacked: both would land in
+/// one staging tree, each checking only its own links.
+#[test]
+fn two_archives_of_one_tree_are_refused() -> Result<()> {
+    let sys = System::builder().hooks().start()?;
+    let app = App::build(&sys.root, "api", 79, &sys.scratch("fixtures")?)?;
+    let id = sys.create_in_format("api", "1.0")?.backup_id;
+    let dir = sys.backup_dir("api", &id);
+    let before = Snapshot::of(&app.dir)?;
+    plant(&dir, "data.tar.zst", &fs::read(dir.join("data.tar.gz"))?)?;
+
+    let out = sys.hop3(["backup:restore", &id]);
+    ensure!(
+        !out.status.success(),
+        "the restore succeeded\n{}",
+        out.report()
+    );
+    let message = error_line(&out);
+    ensure!(
+        message.contains("more than one data archive"),
+        "{message}\n{}",
+        out.report()
+    );
+    let apps = sys.root.join("apps");
+    wait_until(CLEANUP, "apps/ to hold only the app", || {
+        Ok((list_dir(&apps)? == ["api"]).then_some(()))
+    })?;
+    before.assert_same(&Snapshot::of(&app.dir)?, "after the refused restore")?;
+    ensure!(
+        sys.hook_calls()?.is_empty(),
+        "the app was stopped: {:?}",
+        sys.hook_calls()?
+    );
+    Ok(())
+}
+
 #[test]
 fn tampered_metadata_is_refused_and_nothing_outside_the_store_is_touched() -> Result<()> {
     let sys = System::builder().hooks().start()?;
