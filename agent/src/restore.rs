@@ -115,6 +115,7 @@ pub async fn restore(
             port: meta.port.unwrap_or_default(),
             run_state: meta.run_state.clone().unwrap_or_default(),
         }),
+        notes: Vec::new(),
     })
 }
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 use hop3_proto::BackupId;
-use hop3_proto::names::{validate_app_name, validate_host_id};
+use hop3_proto::names::{validate_app_name, validate_host_id, validate_hostname};
 
 use crate::error::CliError;
 
@@ -162,6 +162,13 @@ struct RestoreArgs {
     /// Restore onto this host instead of the backup's own.
     #[arg(long, value_name = "HOST")]
     target_host: Option<String>,
+    /// Replace the target app even though it exists and is another app: its
+    /// files, environment and databases become the backup's.
+    #[arg(long)]
+    replace: bool,
+    /// The hostname a clone gets (a clone never takes the source's).
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -196,18 +203,27 @@ pub enum Command {
     List { app: Option<String>, limit: u32 },
     /// `backup:info ID`
     Info { id: BackupId },
-    /// `backup:restore ID [--target-app NAME] [--target-host HOST]`
-    Restore {
-        id: BackupId,
-        target_app: Option<String>,
-        target_host: Option<String>,
-    },
+    /// `backup:restore ID [--target-app NAME] [--target-host HOST] [--replace] [--hostname NAME]`
+    Restore { id: BackupId, target: RestoreTarget },
     /// `backup:delete ID [--yes]`
     Delete { id: BackupId, yes: bool },
     /// `backup:import DIR`, with DIR made absolute.
     Import { path: String },
     /// `agent:list`
     AgentList,
+}
+
+/// Where and how `backup:restore` restores.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RestoreTarget {
+    /// Another app to restore into (a clone); None: the backup's own.
+    pub app: Option<String>,
+    /// Another host to restore onto; None: the backup's own.
+    pub host: Option<String>,
+    /// Restore into `app` even though it exists.
+    pub replace: bool,
+    /// The clone's hostname.
+    pub hostname: Option<String>,
 }
 
 impl Cli {
@@ -236,8 +252,12 @@ impl Cli {
             },
             T::Restore(a) | T::Backup(B::Restore(a)) => Command::Restore {
                 id: backup_id(&a.id)?,
-                target_app: a.target_app.as_deref().map(app_name).transpose()?,
-                target_host: a.target_host.as_deref().map(host_id).transpose()?,
+                target: RestoreTarget {
+                    app: a.target_app.as_deref().map(app_name).transpose()?,
+                    host: a.target_host.as_deref().map(host_id).transpose()?,
+                    replace: a.replace,
+                    hostname: a.hostname.as_deref().map(hostname).transpose()?,
+                },
             },
             T::Delete(a) | T::Backup(B::Delete(a)) => Command::Delete {
                 id: backup_id(&a.id)?,
@@ -262,6 +282,11 @@ fn app_name(s: &str) -> Result<String, CliError> {
 
 fn host_id(s: &str) -> Result<String, CliError> {
     validate_host_id(s)?;
+    Ok(s.to_owned())
+}
+
+fn hostname(s: &str) -> Result<String, CliError> {
+    validate_hostname(s)?;
     Ok(s.to_owned())
 }
 
@@ -412,24 +437,48 @@ mod tests {
             ]),
             Command::Restore {
                 id: id.clone(),
-                target_app: Some("copy".into()),
-                target_host: Some("web-2".into()),
+                target: RestoreTarget {
+                    app: Some("copy".into()),
+                    host: Some("web-2".into()),
+                    ..RestoreTarget::default()
+                },
             }
         );
         assert_eq!(
             command(&["backup", "restore", ID, "--target-host", "web-2"]),
             Command::Restore {
                 id: id.clone(),
-                target_app: None,
-                target_host: Some("web-2".into()),
+                target: RestoreTarget {
+                    host: Some("web-2".into()),
+                    ..RestoreTarget::default()
+                },
             }
         );
         assert_eq!(
             command(&["backup:restore", ID]),
             Command::Restore {
+                id: id.clone(),
+                target: RestoreTarget::default(),
+            }
+        );
+        assert_eq!(
+            command(&[
+                "backup:restore",
+                ID,
+                "--target-app",
+                "shop",
+                "--replace",
+                "--hostname",
+                "staging.example.com"
+            ]),
+            Command::Restore {
                 id,
-                target_app: None,
-                target_host: None,
+                target: RestoreTarget {
+                    app: Some("shop".into()),
+                    replace: true,
+                    hostname: Some("staging.example.com".into()),
+                    ..RestoreTarget::default()
+                },
             }
         );
     }
@@ -556,6 +605,14 @@ mod tests {
             &["backup:create", "my-app", "--host", "../etc"][..],
             &["backup", "create", "my-app", "--host", ""],
             &["backup:restore", ID, "--target-host", "a b"],
+            &[
+                "backup:restore",
+                ID,
+                "--target-app",
+                "x",
+                "--hostname",
+                "a_b.com",
+            ],
             &["backup", "restore", ID, "--target-host", ".hidden"],
         ] {
             let err = parse(args).command().unwrap_err();

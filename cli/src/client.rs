@@ -191,13 +191,14 @@ impl Controller {
     pub async fn restore_backup(
         &mut self,
         id: &BackupId,
-        target_app: Option<&str>,
-        target_host: Option<&str>,
+        target: &crate::args::RestoreTarget,
     ) -> Result<Streaming<RestoreBackupEvent>, CliError> {
         let request = RestoreBackupRequest {
             backup_id: id.to_string(),
-            target_app: target_app.unwrap_or_default().to_owned(),
-            target_host: target_host.unwrap_or_default().to_owned(),
+            target_app: target.app.clone().unwrap_or_default(),
+            target_host: target.host.clone().unwrap_or_default(),
+            replace: target.replace,
+            hostname: target.hostname.clone().unwrap_or_default(),
         };
         match self.client.restore_backup(request).await {
             Ok(response) => Ok(response.into_inner()),

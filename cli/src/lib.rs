@@ -59,14 +59,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         }
         Command::List { app, limit } => commands::list::run(c, out, app.as_deref(), *limit).await,
         Command::Info { id } => commands::info::run(c, out, id).await,
-        Command::Restore {
-            id,
-            target_app,
-            target_host,
-        } => {
-            let (app, host) = (target_app.as_deref(), target_host.as_deref());
-            commands::restore::run(c, out, id, app, host).await
-        }
+        Command::Restore { id, target } => commands::restore::run(c, out, id, target).await,
         Command::Delete { id, yes } => commands::delete::run(c, out, id, *yes).await,
         Command::Import { path } => commands::import::run(c, out, path).await,
         Command::AgentList => commands::agents::run(c, out).await,

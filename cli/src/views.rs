@@ -234,6 +234,7 @@ mod tests {
                 services: vec!["postgres:db".into()],
                 location: "/store".into(),
                 error: String::new(),
+                skipped: Vec::new(),
             }),
             format_version: "1.0".into(),
             hop3_version: "0.8.0".into(),

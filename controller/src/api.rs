@@ -218,6 +218,10 @@ impl BackupService for BackupApi {
             req.target_app.clone()
         };
         check_app(&target_app)?;
+        if !req.hostname.is_empty() {
+            hop3_proto::names::validate_hostname(&req.hostname)
+                .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        }
         if row.status != BackupStatus::Completed {
             return Err(ControllerError::NotRestorable {
                 id: row.backup_id,
@@ -250,6 +254,8 @@ impl BackupService for BackupApi {
             host,
             row,
             target_app,
+            replace: req.replace,
+            hostname: req.hostname,
             client,
             lock,
         };
@@ -326,6 +332,14 @@ impl BackupService for BackupApi {
             });
         }
         Ok(Response::new(v1::ListAgentsResponse { agents }))
+    }
+
+    async fn forget_agent(
+        &self,
+        req: Request<v1::ForgetAgentRequest>,
+    ) -> Result<Response<v1::ForgetAgentResponse>, Status> {
+        self.ctl.auth.check(req.metadata()).await?;
+        Err(Status::unimplemented("agent:forget is not implemented yet"))
     }
 }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hop3_agent::events::EventSender;
+use hop3_proto::layout::Layout;
 use hop3_proto::manifest::{AppMetadata, FORMAT_1_1, Manifest, ServiceEntry};
 use hop3_proto::names::validate_artifact_path;
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
@@ -130,6 +131,7 @@ async fn receive(
     // agent produces several at once and their chunks interleave.
     let mut open: HashMap<u32, ArtifactWriter> = HashMap::new();
     let mut services = Vec::new();
+    let mut layout = None;
     loop {
         let msg = tokio::time::timeout(ctl.idle_timeout, stream.message())
             .await
@@ -190,6 +192,19 @@ async fn receive(
                 }
                 partial.record(path, sum, size);
             }
+            Some(Event::Layout(l)) => {
+                if !open.is_empty() || layout.is_some() {
+                    return Err(protocol(
+                        "the layout must come once, after every artifact".into(),
+                    ));
+                }
+                let parsed: Layout = serde_json::from_str(&l.layout_json)
+                    .map_err(|e| protocol(format!("the layout is not valid: {e}")))?;
+                parsed
+                    .validate()
+                    .map_err(|e| protocol(format!("the layout is not valid: {e}")))?;
+                layout = Some(parsed);
+            }
             Some(Event::Progress(p)) => {
                 out.try_send(v1::CreateBackupEvent {
                     event: Some(create_backup_event::Event::Progress(p)),
@@ -211,13 +226,19 @@ async fn receive(
     for s in &mut services {
         s.size_bytes = partial.files()[&s.backup_file].1;
     }
-    Ok(Received { plan, services })
+    Ok(Received {
+        plan,
+        services,
+        layout,
+    })
 }
 
 /// What a complete stream delivered besides the files.
 struct Received {
     plan: v1::BackupPlan,
     services: Vec<ServiceEntry>,
+    /// Absent from agents older than the layout.
+    layout: Option<Layout>,
 }
 
 fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Manifest {
@@ -246,6 +267,7 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Man
         expires_after: 0,
         services_included: job.include_services,
         host: Some(job.host.clone()),
+        layout: received.layout,
     }
 }
 

@@ -21,6 +21,10 @@ use crate::state::Controller;
 pub struct RestoreJob {
     pub row: BackupRow,
     pub target_app: String,
+    /// Restore into `target_app` even though it exists and is another app.
+    pub replace: bool,
+    /// The hostname a clone gets; empty: none.
+    pub hostname: String,
     pub host: String,
     pub client: AgentClient,
     pub lock: AppLock,
@@ -39,6 +43,7 @@ pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
                 app: done.app,
                 host: job.host.clone(),
                 app_state: done.app_state,
+                notes: done.notes,
             };
             let _ = out
                 .send(v1::RestoreBackupEvent {
@@ -85,12 +90,18 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     let total: u64 = checks.iter().map(|c| c.size).sum();
 
     let (tx, rx) = mpsc::channel(hop3_agent::events::STREAM_DEPTH);
+    let header = v1::RestoreHeader {
+        app: job.target_app.clone(),
+        manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),
+        total_bytes: total,
+        replace: job.replace,
+        hostname: job.hostname.clone(),
+    };
     let sender = tokio::spawn(send_backup(
         ctl.clone(),
         job.row.clone(),
-        job.target_app.clone(),
+        header,
         manifest,
-        total,
         tx,
     ));
     let mut client = job.client.clone();
@@ -134,17 +145,11 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
 async fn send_backup(
     ctl: Arc<Controller>,
     row: BackupRow,
-    target_app: String,
+    header: v1::RestoreHeader,
     manifest: Manifest,
-    total: u64,
     tx: mpsc::Sender<v1::RestoreAppMessage>,
 ) -> Result<()> {
     let msg = |m| v1::RestoreAppMessage { msg: Some(m) };
-    let header = v1::RestoreHeader {
-        app: target_app,
-        manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),
-        total_bytes: total,
-    };
     // A closed channel means the agent gave up; its status says why.
     if tx.send(msg(Msg::Header(header))).await.is_err() {
         return Ok(());

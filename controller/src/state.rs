@@ -38,6 +38,7 @@ impl Controller {
                 .display()
                 .to_string(),
             error: row.error.clone().unwrap_or_default(),
+            skipped: Vec::new(),
         }
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod backup_id;
 pub mod checksum;
+pub mod layout;
 pub mod manifest;
 pub mod names;
 

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::layout::Layout;
 use crate::names::{self, InvalidName};
 use crate::{BackupId, Checksum};
 
@@ -61,6 +62,10 @@ pub struct Manifest {
     /// The host whose agent made the backup.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// How the app sat on disk (owners, linked trees, what was skipped);
+    /// absent in older backups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
 }
 
 fn yes() -> bool {
@@ -144,6 +149,9 @@ impl Manifest {
                 .into());
             }
         }
+        if let Some(layout) = &self.layout {
+            layout.validate()?;
+        }
         for s in &self.services {
             names::validate_artifact_path(&s.backup_file)?;
             if !self.checksums.contains_key(&s.backup_file) {
@@ -202,6 +210,7 @@ mod tests {
             expires_after: 0,
             services_included: true,
             host: Some("local".into()),
+            layout: None,
         }
     }
 

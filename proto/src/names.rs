@@ -60,6 +60,30 @@ pub fn validate_host_id(name: &str) -> Result<(), InvalidName> {
     check_component("host id", name, 253)
 }
 
+/// Checks a hostname an app is served under (`shop.example.com`): dot-separated
+/// labels of letters, digits and `-`, as DNS has them.
+pub fn validate_hostname(name: &str) -> Result<(), InvalidName> {
+    const KIND: &str = "hostname";
+    if name.is_empty() || name.len() > 253 {
+        return Err(refuse(KIND, name, "must be 1 to 253 characters"));
+    }
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+    };
+    if !name.split('.').all(label_ok) {
+        return Err(refuse(
+            KIND,
+            name,
+            "must be dot-separated labels of letters, digits and '-'",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks a path inside a backup directory, as used in `checksums` keys and
 /// artifact streams: a plain file name, or `services/<file>` (`addons/<file>`
 /// in backups written by Hop3's Python server).

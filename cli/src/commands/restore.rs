@@ -1,8 +1,9 @@
-//! `backup:restore ID [--target-app NAME] [--target-host HOST]`.
+//! `backup:restore ID [--target-app NAME] [--target-host HOST] [--replace] [--hostname NAME]`.
 
 use hop3_proto::BackupId;
 use hop3_proto::v1::RestoreResult;
 
+use crate::args::RestoreTarget;
 use crate::client::Controller;
 use crate::error::{CliError, Subject};
 use crate::output::{Output, or_na};
@@ -10,21 +11,18 @@ use crate::progress;
 use crate::stream::follow;
 use crate::views::RestoreView;
 
-/// Restores backup `id` (into `target_app` on `target_host` when given),
+/// Restores backup `id` (into `target`'s app on its host when given),
 /// showing progress on stderr.
 pub async fn run(
     controller: &mut Controller,
     out: Output,
     id: &BackupId,
-    target_app: Option<&str>,
-    target_host: Option<&str>,
+    target: &RestoreTarget,
 ) -> Result<(), CliError> {
     if !out.is_json() {
         out.text(&format!("Restoring backup {id}...\n"))?;
     }
-    let stream = controller
-        .restore_backup(id, target_app, target_host)
-        .await?;
+    let stream = controller.restore_backup(id, target).await?;
     let mut progress = progress::for_stderr();
     let on_error = |status| controller.error(status, Subject::Backup);
     let result = follow(stream, progress.as_mut(), on_error, "restore").await?;
@@ -74,6 +72,7 @@ mod tests {
                 port: 8000,
                 run_state: "STOPPED".into(),
             }),
+            notes: Vec::new(),
         };
         assert_eq!(
             render(&result),

@@ -268,6 +268,7 @@ pub fn summary(id: &str, app: &str) -> BackupSummary {
         services: vec!["postgres:my-database".into()],
         location: format!("/var/hop3/backups/apps/{app}/{id}"),
         error: String::new(),
+        skipped: Vec::new(),
     }
 }
 
@@ -433,6 +434,7 @@ impl BackupService for Fake {
                         port: 8000,
                         run_state: "STOPPED".into(),
                     }),
+                    notes: Vec::new(),
                 })),
             }),
         ];
@@ -485,5 +487,12 @@ impl BackupService for Fake {
         Ok(Response::new(ListAgentsResponse {
             agents: self.agents.clone(),
         }))
+    }
+
+    async fn forget_agent(
+        &self,
+        _request: Request<hop3_proto::v1::ForgetAgentRequest>,
+    ) -> Result<Response<hop3_proto::v1::ForgetAgentResponse>, Status> {
+        Err(Status::unimplemented("not in the fake controller yet"))
     }
 }

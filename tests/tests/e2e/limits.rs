@@ -164,6 +164,7 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
         expires_after: 0,
         services_included: true,
         host: None,
+        layout: None,
     };
     let started = Instant::now();
     let outcome = runtime()?.block_on(async move {
@@ -174,6 +175,7 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
             app: "quiet-app".into(),
             manifest_json: String::from_utf8(manifest.to_json())?,
             total_bytes: 10,
+            ..Default::default()
         })))
         .await?;
         tx.send(msg(Msg::Start(v1::ArtifactStart {
