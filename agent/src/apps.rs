@@ -56,6 +56,13 @@ impl HostRoot {
         self.root.join("apps")
     }
 
+    /// `$HOP3_ROOT/.hop3-backup`: what the agent keeps on record between
+    /// runs (restores in progress, scratch databases, allocations), root's
+    /// own (0700). Never an app: apps live under `apps/`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(".hop3-backup")
+    }
+
     /// The directory of app `name`, after checking the name.
     pub fn app_dir(&self, name: &str) -> Result<PathBuf> {
         validate_app_name(name)?;
