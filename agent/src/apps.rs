@@ -115,32 +115,116 @@ pub async fn read_app_config(app: &str, dir: &Path) -> Result<AppConfig> {
     let bytes = tokio::fs::read(dir.join(APP_FILE))
         .await
         .map_err(|e| AgentError::io(format!("reading {app}/app.json"), e))?;
-    serde_json::from_slice(&bytes).map_err(|e| AgentError::AppConfig {
+    let cfg: AppConfig = serde_json::from_slice(&bytes).map_err(|e| AgentError::AppConfig {
         app: app.to_owned(),
         reason: e.to_string(),
-    })
+    })?;
+    cfg.validate().map_err(|reason| AgentError::AppConfig {
+        app: app.to_owned(),
+        reason,
+    })?;
+    Ok(cfg)
 }
 
-/// Parses an `ENV` file. Blank lines and `#` comments are skipped; a value
-/// runs from the first `=` to the end of the line.
+impl AppConfig {
+    /// Checks what a backup and a restore rely on: each service named once,
+    /// with a name that can be part of a file name.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for service in &self.services {
+            hop3_proto::names::validate_service_name(&service.name).map_err(|e| e.to_string())?;
+            if !seen.insert(service.name.as_str()) {
+                return Err(format!(
+                    "two services are named {:?}; give each service its own name",
+                    service.name
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Parses an `ENV` file as Hop3 and shells read it, for `env.json` (the
+/// file itself is kept and restored byte for byte): blank lines and `#`
+/// comments skipped; an optional `export ` before the name; the value runs
+/// from the first `=` to the end of the line, or, when it opens with a
+/// quote, to the matching quote, lines later if need be (in double quotes,
+/// `\"`, `\\`, `\n` and `\$` are escapes). Lines without `=` set nothing,
+/// and a name set twice keeps its last value, as in a shell.
 pub fn parse_env(text: &str) -> BTreeMap<String, String> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
-        .collect()
+    let mut env = BTreeMap::new();
+    let mut rest = text;
+    while !rest.is_empty() {
+        let (line, after) = rest.split_once('\n').unwrap_or((rest, ""));
+        rest = after;
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").map_or(line, str::trim_start);
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key.trim();
+        if key.is_empty() || key.contains(char::is_whitespace) {
+            continue;
+        }
+        let quote = value.chars().next().filter(|c| *c == '"' || *c == '\'');
+        let quoted = quote.and_then(|q| {
+            // The quoted text may run past this line: read it from the line's
+            // own place in the file.
+            let start = value.as_ptr() as usize - text.as_ptr() as usize + 1;
+            unquote(&text[start..], q).map(|(v, used)| (v, start + used))
+        });
+        match quoted {
+            Some((value, end)) => {
+                env.insert(key.to_owned(), value);
+                // Whatever follows the closing quote on its line is not a variable.
+                let tail = &text[end..];
+                rest = tail.split_once('\n').map_or("", |(_, next)| next);
+            }
+            None => {
+                env.insert(key.to_owned(), value.trim_end_matches('\r').to_owned());
+            }
+        }
+    }
+    env
 }
 
-/// Formats an environment as an `ENV` file.
+/// The text of a quoted value starting just after its opening `quote`, and
+/// the bytes used up to and with the closing quote; None if it never closes.
+fn unquote(text: &str, quote: char) -> Option<(String, usize)> {
+    let mut out = String::new();
+    let mut chars = text.char_indices();
+    while let Some((i, c)) = chars.next() {
+        match c {
+            c if c == quote => return Some((out, i + c.len_utf8())),
+            '\\' if quote == '"' => match chars.next() {
+                Some((_, 'n')) => out.push('\n'),
+                Some((_, e @ ('"' | '\\' | '$' | '`'))) => out.push(e),
+                Some((_, other)) => {
+                    out.push('\\');
+                    out.push(other);
+                }
+                None => return None,
+            },
+            c => out.push(c),
+        }
+    }
+    None
+}
+
+/// Formats an environment as an `ENV` file (for backups that hold only
+/// `env.json`).
 pub fn format_env(env: &BTreeMap<String, String>) -> String {
     env.iter().map(|(k, v)| format!("{k}={v}\n")).collect()
 }
 
-/// Reads an app's `ENV`; a missing file is an empty environment.
-pub async fn read_env(dir: &Path) -> Result<BTreeMap<String, String>> {
-    match tokio::fs::read_to_string(dir.join(ENV_FILE)).await {
-        Ok(text) => Ok(parse_env(&text)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+/// Reads an app's `ENV` as it is on disk; None when the app has none.
+pub async fn read_env_file(dir: &Path) -> Result<Option<Vec<u8>>> {
+    match tokio::fs::read(dir.join(ENV_FILE)).await {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(AgentError::io("reading ENV", e)),
     }
 }
@@ -148,6 +232,29 @@ pub async fn read_env(dir: &Path) -> Result<BTreeMap<String, String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_as_hop3_and_shells_read_it() {
+        let text = "# comment\n\nexport A=1\nB = spaced \nC=\"multi\nline \\\"q\\\"\" # tail\nD='single $x'\nnot a variable\nA=2\r\nE=\"never closed\n";
+        let env = parse_env(text);
+        assert_eq!(env["A"], "2");
+        assert_eq!(env["B"], " spaced ");
+        assert_eq!(env["C"], "multi\nline \"q\"");
+        assert_eq!(env["D"], "single $x");
+        assert_eq!(env["E"], "\"never closed");
+        assert_eq!(env.len(), 5, "{env:?}");
+    }
+
+    #[test]
+    fn duplicate_service_names_are_refused() {
+        let json = r#"{"services":[{"type":"postgres","name":"db","url":"postgresql://h/a"},{"type":"redis","name":"db","url":"redis://h/1"}]}"#;
+        let cfg: AppConfig = serde_json::from_str(json).unwrap();
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .contains("two services are named")
+        );
+    }
 
     #[test]
     fn env_round_trip() {

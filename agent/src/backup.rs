@@ -5,12 +5,13 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hop3_proto::layout::{APP_FILES, Layout, Owner, TREES};
 use hop3_proto::v1::{self, backup_app_event::Event};
 use hop3_proto::{CHUNK_SIZE, Checksum};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
-use crate::apps::{APP_FILE, read_app_config, read_env};
+use crate::apps::{APP_FILE, ENV_FILE, parse_env, read_app_config, read_env_file};
 use crate::archive;
 use crate::chunks::next_chunk;
 use crate::error::{AgentError, Result};
@@ -18,6 +19,7 @@ use crate::events::{EventSender, StreamProgress};
 use crate::progress::Progress;
 use crate::services;
 use crate::state::AgentState;
+use crate::trees;
 
 type Sender = EventSender<v1::BackupAppEvent>;
 
@@ -27,9 +29,14 @@ fn event(e: Event) -> v1::BackupAppEvent {
 
 /// Streams a backup of `req.app` to `out`.
 pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender) -> Result<()> {
+    crate::failpoint::hit(&format!("backup:{}", req.app));
     let dir = state.root.existing_app(&req.app).await?;
     let cfg = read_app_config(&req.app, &dir).await?;
-    let env = read_env(&dir).await?;
+    let env_raw = read_env_file(&dir).await?;
+    let env = env_raw
+        .as_deref()
+        .map(|raw| parse_env(&String::from_utf8_lossy(raw)))
+        .unwrap_or_default();
     // Every service is checked before anything is sent: an unknown type
     // fails the backup up front instead of after minutes of archiving.
     let dumps = if req.include_services {
@@ -45,8 +52,7 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
             services::check(&state.tools, service).await?;
         }
     }
-    let trees = ["git", "src", "data"].map(|t| dir.join(t));
-    let estimated = tree_size(trees.to_vec()).await;
+    let estimated = tree_size(dir.clone()).await?;
     out.send(event(Event::Plan(v1::BackupPlan {
         estimated_bytes: estimated,
         app_state: Some(v1::AppState {
@@ -57,6 +63,7 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
         env_vars_count: env.len() as u32,
     })))
     .await?;
+    let mut layout = app_layout(&dir).await?;
 
     let codec = archive::Codec::for_format(&req.format)?;
     let progress = Arc::new(StreamProgress::new(out.clone(), estimated, |p| {
@@ -70,28 +77,41 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
         .await
         .map_err(|e| AgentError::io("reading app.json", e))?;
     artifact(out, file(1, APP_FILE), |w| write_all(w, app_json)).await?;
+    // ENV as written (comments, quoting, order): env.json is its parsed view.
+    if let Some(raw) = env_raw {
+        artifact(out, file(2, ENV_FILE), |w| write_all(w, raw)).await?;
+    }
 
     // The archives and the dumps are produced at the same time, each on a
     // task of its own so that compression runs on every core; their chunks
     // interleave on the stream, tied to their artifact by id.
     let mut jobs = tokio::task::JoinSet::new();
-    let archives = [
-        (
-            2,
-            "source",
-            vec![("git", dir.join("git")), ("src", dir.join("src"))],
-        ),
-        (3, "data", vec![("data", dir.join("data"))]),
-    ];
-    for (id, stem, members) in archives {
-        let (out, progress) = (out.clone(), progress.clone());
+    let archives: [(u32, &str, &[&'static str]); 2] =
+        [(3, "source", &["git", "src"]), (4, "data", &["data"])];
+    for (id, stem, trees) in archives {
+        let (out, progress, dir) = (out.clone(), progress.clone(), dir.clone());
         // Packing is file I/O and compression from start to end: one
         // blocking thread runs all of it, sending chunks as they fill.
         jobs.spawn_blocking(move || {
+            let opened = trees::open_for_backup(&dir, trees)?;
+            let links: Vec<_> = opened
+                .iter()
+                .filter_map(|o| o.link.clone().map(|l| (o.name.to_owned(), l)))
+                .collect();
+            let members = opened
+                .into_iter()
+                .map(|o| archive::Member {
+                    name: o.name,
+                    dir: o.dir,
+                })
+                .collect();
             out.blocking_send(event(Event::Start(file(id, &codec.file(stem)))))?;
             let writer = ChunkWriter::new(id, out.clone());
-            match archive::pack(&members, writer, codec, &*progress) {
-                Ok(writer) => writer.finish(),
+            match archive::pack(members, writer, codec, &*progress) {
+                Ok((writer, packed)) => {
+                    writer.finish()?;
+                    Ok(Some((packed, links)))
+                }
                 // The controller hung up: that, not the write that noticed, is the error.
                 Err(_) if out.is_closed() => Err(AgentError::Cancelled),
                 Err(e) => Err(e),
@@ -106,7 +126,7 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
                 path,
                 service_type: service.kind.clone(),
                 service_name: service.name.clone(),
-                id: 4 + n as u32,
+                id: 5 + n as u32,
             };
             let tools = &tools;
             artifact(&dump_out, start, |mut w| async move {
@@ -114,13 +134,53 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
             })
             .await?;
         }
-        Ok(())
+        Ok(None)
     });
     // The first failure ends the backup; dropping the set aborts the others.
     while let Some(done) = jobs.join_next().await {
-        done.map_err(|e| AgentError::Protocol(format!("a backup task failed: {e}")))??;
+        let outcome = done.map_err(|e| AgentError::Bug(format!("a backup task failed: {e}")))??;
+        if let Some((packed, links)) = outcome {
+            layout.skipped.extend(packed.skipped);
+            layout.sizes.extend(packed.sizes);
+            layout.links.extend(links);
+        }
     }
-    Ok(())
+    layout.skipped.sort_by(|a, b| a.path.cmp(&b.path));
+    let layout_json = serde_json::to_string(&layout).expect("a layout serialises");
+    out.send(event(Event::Layout(v1::BackupLayout { layout_json })))
+        .await
+}
+
+/// The app directory's and its files' modes and owners.
+async fn app_layout(dir: &Path) -> Result<Layout> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let owner = |path: &Path| -> std::io::Result<Owner> {
+            use std::os::unix::fs::MetadataExt;
+            let meta = std::fs::symlink_metadata(path)?;
+            Ok(Owner {
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            })
+        };
+        let mut layout = Layout {
+            app_dir: Some(owner(&dir).map_err(|e| AgentError::io("reading the app directory", e))?),
+            ..Layout::default()
+        };
+        for name in APP_FILES {
+            match owner(&dir.join(name)) {
+                Ok(o) => {
+                    layout.files.insert(name.to_owned(), o);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(AgentError::io(format!("reading {name}"), e)),
+            }
+        }
+        Ok(layout)
+    })
+    .await
+    .map_err(|e| AgentError::Bug(format!("reading the app's layout failed: {e}")))?
 }
 
 /// Sends one artifact: its start, the bytes `produce` writes, cut into
@@ -237,28 +297,22 @@ async fn write_all(mut w: DuplexStream, bytes: Vec<u8>) -> Result<()> {
         .map_err(|e| AgentError::io("streaming a file", e))
 }
 
-/// Bytes of the regular files under `roots`, without following symlinks:
-/// an upper bound of what the archives hold before compression.
-async fn tree_size(roots: Vec<PathBuf>) -> u64 {
-    tokio::task::spawn_blocking(move || roots.iter().map(|r| walk_size(r)).sum())
-        .await
-        .unwrap_or(0)
-}
-
-fn walk_size(root: &Path) -> u64 {
-    let mut total = 0;
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if meta.is_dir() {
-            if let Ok(rd) = std::fs::read_dir(&p) {
-                stack.extend(rd.flatten().map(|e| e.path()));
-            }
-        } else if meta.is_file() {
-            total += meta.len();
+/// Bytes of the regular files of the app's trees (a linked tree's target
+/// included), links not followed: an upper bound of what the archives hold
+/// before compression.
+async fn tree_size(dir: PathBuf) -> Result<u64> {
+    tokio::task::spawn_blocking(move || {
+        let mut total = 0;
+        for tree in trees::open_for_backup(&dir, &TREES)? {
+            archive::walk::walk(tree.dir, Path::new(tree.name), &mut |node| {
+                if node.kind() == rustix::fs::FileType::RegularFile {
+                    total += node.stat.st_size as u64;
+                }
+                Ok(())
+            })?;
         }
-    }
-    total
+        Ok(total)
+    })
+    .await
+    .map_err(|e| AgentError::Bug(format!("measuring the app failed: {e}")))?
 }

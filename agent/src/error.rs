@@ -68,6 +68,26 @@ pub enum AgentError {
         "unknown service type {kind:?} for service {service:?} (supported: postgres, mysql, redis)"
     )]
     UnknownService { service: String, kind: String },
+    #[error(
+        "{tree}/ is a link to {target}, which cannot be read ({reason}); is its volume mounted? A backup without it would not hold the app's {tree}"
+    )]
+    LinkedTree {
+        tree: String,
+        target: String,
+        reason: String,
+    },
+    #[error(
+        "{tree} in the app's directory is not a directory; only directories are backed up as {tree}/"
+    )]
+    NotATree { tree: String },
+    #[error(
+        "app '{app}' already exists on this host and is not the backup's app ('{backup_app}'): restoring would replace its files, environment and databases. Pass --replace to do that, or choose another --target-app"
+    )]
+    TargetExists { app: String, backup_app: String },
+    /// A task of the agent failed where it never should (a panic): a bug,
+    /// reported as such instead of as a lost agent.
+    #[error("the agent hit an internal error ({0}); its log has the details, please report it")]
+    Bug(String),
 }
 
 impl AgentError {
@@ -103,6 +123,9 @@ impl AgentError {
             Self::Stalled(_) => Code::DeadlineExceeded,
             Self::Service { .. } => Code::FailedPrecondition,
             Self::UnknownService { .. } => Code::FailedPrecondition,
+            Self::LinkedTree { .. } | Self::NotATree { .. } => Code::FailedPrecondition,
+            Self::TargetExists { .. } => Code::AlreadyExists,
+            Self::Bug(_) => Code::Internal,
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_file;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod hooks;
 pub mod memory;
 pub mod progress;
@@ -19,7 +20,9 @@ pub mod server;
 pub mod service;
 pub mod services;
 pub mod state;
+pub mod swap;
 pub mod tls;
+pub mod trees;
 
 pub use config::AgentOptions;
 pub use error::AgentError;

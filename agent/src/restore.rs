@@ -1,6 +1,7 @@
 //! Restoring a backup streamed by the controller: every artifact is verified
-//! and staged beside the app, then swapped in with one atomic rename, so the
-//! app is either wholly as it was or wholly restored.
+//! and staged beside what it replaces, then swapped in part by part, on
+//! record (see [`crate::swap`]), so the app is either wholly as it was or
+//! wholly restored, and whatever the backup does not hold stays untouched.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use hop3_proto::layout::{Layout, Owner, TREES};
 use hop3_proto::manifest::Manifest;
 use hop3_proto::names::validate_artifact_path;
 use hop3_proto::v1::{self, restore_app_message::Msg};
@@ -27,9 +29,14 @@ use crate::events::{EventSender, StreamProgress};
 use crate::progress::Progress;
 use crate::services;
 use crate::state::AgentState;
+use crate::swap::{Journal, apply_owner};
+use crate::trees::{self, Place};
 
-/// Largest `env.json` or `app.json` accepted.
+/// Largest `env.json`, `ENV` or `app.json` accepted.
 const MAX_ENV_BYTES: usize = 16 * 1024 * 1024;
+
+/// Free space kept beyond what a restore writes.
+const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
 
 type Sender = EventSender<v1::RestoreAppEvent>;
 
@@ -60,21 +67,51 @@ pub async fn restore(
     tokio::fs::create_dir_all(&apps_dir)
         .await
         .map_err(|e| AgentError::io("creating the apps directory", e))?;
-    check_space(&apps_dir, header.total_bytes).await?;
-    let live_cfg = if tokio::fs::try_exists(live.join(APP_FILE))
-        .await
-        .unwrap_or(false)
-    {
+    let is_app = exists(&live.join(APP_FILE)).await;
+    let own = app == manifest.app_name;
+    // A restore into another app's name that exists replaces that app: only when asked.
+    if !own && is_app && !header.replace {
+        return Err(AgentError::TargetExists {
+            app,
+            backup_app: manifest.app_name.clone(),
+        });
+    }
+    let live_cfg = if is_app {
         Some(read_app_config(&app, &live).await?)
     } else {
         None
     };
-
+    let layout = manifest.layout.clone().unwrap_or_default();
+    let mut notes = Vec::new();
+    let places = places(&live, own || header.replace, &layout).await?;
+    for (_, placement) in &places {
+        notes.extend(placement.note.clone());
+    }
     let staging = staging_dir(&apps_dir, &app, &manifest.backup_id);
+    check_space(&manifest, &places, &staging, header.total_bytes).await?;
+
+    let mut journal = Journal::begin(&state.root.state_dir(), &app, &manifest.backup_id).await?;
     remove_tree(&staging).await?;
-    tokio::fs::create_dir(&staging)
-        .await
-        .map_err(|e| AgentError::io("creating the staging directory", e))?;
+    let mut roots = BTreeMap::new();
+    make_private_dir(&staging).await?;
+    journal.staging(staging.clone()).await?;
+    for (tree, placement) in &places {
+        let root = match &placement.place {
+            Place::InApp => staging.clone(),
+            Place::Linked { target, .. } => {
+                let name = target
+                    .file_name()
+                    .expect("targets are not /")
+                    .to_string_lossy();
+                let dir = target.with_file_name(format!(".{name}.restore-{}", manifest.backup_id));
+                remove_tree(&dir).await?;
+                make_private_dir(&dir).await?;
+                journal.staging(dir.clone()).await?;
+                dir
+            }
+        };
+        roots.insert(*tree, root);
+    }
     tracing::info!(app, backup_id = %manifest.backup_id, "restore: staging");
 
     let progress = StreamProgress::new(out.clone(), header.total_bytes, |p| v1::RestoreAppEvent {
@@ -83,14 +120,21 @@ pub async fn restore(
     let mut job = Restoring {
         state,
         app: app.clone(),
-        clone: app != manifest.app_name,
+        own,
+        header: &header,
         manifest: &manifest,
+        layout: &layout,
+        live: live.clone(),
         live_cfg,
         staging: staging.clone(),
+        roots,
+        places,
         backup_cfg: None,
         env: None,
+        env_raw: None,
         targets: Vec::new(),
         staged: Vec::new(),
+        notes,
     };
     let staged = async {
         job.receive(&mut inbound, &progress).await?;
@@ -98,25 +142,59 @@ pub async fn restore(
     }
     .await;
     if let Err(e) = staged {
-        job.discard().await;
+        job.discard(journal).await;
         return Err(e);
     }
     progress.step("swap", 0);
-    if let Err(e) = job.swap_in(&app, &live).await {
-        job.discard().await;
+    if let Err(e) = job.swap_in(&mut journal, is_app).await {
+        job.discard(journal).await;
         return Err(e);
     }
+    journal.end().await;
     tracing::info!(app, backup_id = %manifest.backup_id, "restore: done");
     let meta = &manifest.app_metadata;
     Ok(v1::RestoreDone {
         app,
         app_state: Some(v1::AppState {
-            hostname: meta.hostname.clone().unwrap_or_default(),
+            hostname: job.hostname().unwrap_or_default(),
             port: meta.port.unwrap_or_default(),
             run_state: meta.run_state.clone().unwrap_or_default(),
         }),
-        notes: Vec::new(),
+        notes: job.notes,
     })
+}
+
+/// Where each tree the backup may hold goes.
+async fn places(
+    live: &Path,
+    own: bool,
+    layout: &Layout,
+) -> Result<Vec<(&'static str, trees::Placement)>> {
+    let (live, links) = (live.to_path_buf(), layout.links.clone());
+    tokio::task::spawn_blocking(move || {
+        TREES
+            .iter()
+            .map(|tree| {
+                let recorded = links.get(*tree).map(String::as_str);
+                (*tree, trees::place(tree, &live, own, recorded))
+            })
+            .collect()
+    })
+    .await
+    .map_err(|e| AgentError::Bug(format!("placing the trees failed: {e}")))
+}
+
+async fn exists(path: &Path) -> bool {
+    tokio::fs::symlink_metadata(path).await.is_ok()
+}
+
+async fn make_private_dir(dir: &Path) -> Result<()> {
+    let mut builder = tokio::fs::DirBuilder::new();
+    builder.mode(0o700);
+    builder
+        .create(dir)
+        .await
+        .map_err(|e| AgentError::io("creating the staging directory", e))
 }
 
 /// The next message, or `Cancelled` once the controller is gone or silent for `idle`.
@@ -136,30 +214,44 @@ struct Restoring<'a> {
     state: &'a AgentState,
     /// The app restored into.
     app: String,
+    /// Whether that app is the backup's own.
+    own: bool,
+    header: &'a v1::RestoreHeader,
     manifest: &'a Manifest,
-    /// Restoring into another app's name: services get their own copies.
-    clone: bool,
+    layout: &'a Layout,
+    /// The app's directory.
+    live: PathBuf,
     /// The target app's app.json, if the app exists on this host.
     live_cfg: Option<AppConfig>,
+    /// The app's staging directory.
     staging: PathBuf,
+    /// The directory each tree is unpacked into.
+    roots: BTreeMap<&'static str, PathBuf>,
+    places: Vec<(&'static str, trees::Placement)>,
     /// The app.json saved in the backup (absent in older backups).
     backup_cfg: Option<AppConfig>,
     env: Option<BTreeMap<String, String>>,
+    /// ENV as it was on disk (absent in older backups).
+    env_raw: Option<Vec<u8>>,
     /// Each restored service: where its data was, where it goes.
     targets: Vec<(ServiceConfig, ServiceConfig)>,
     staged: Vec<services::Staged>,
+    /// What the user should know about this restore.
+    notes: Vec<String>,
 }
 
 /// What arrived for one artifact.
 enum Received {
     Nothing,
     Env(Vec<u8>),
+    EnvRaw(Vec<u8>),
     AppConfig(Vec<u8>),
+    Unpacked(archive::Unpacked),
     Service(Box<services::Staged>),
 }
 
 impl Restoring<'_> {
-    /// Receives every artifact into the staging directory and scratch
+    /// Receives every artifact into the staging directories and scratch
     /// databases, then the commit.
     async fn receive(
         &mut self,
@@ -182,25 +274,33 @@ impl Restoring<'_> {
                     }
                     progress.step(&s.path, 0);
                     let target = self.target_for(&s.path).await?;
+                    let bad = |reason: String| AgentError::BadArchive {
+                        archive: s.path.clone(),
+                        reason,
+                    };
                     match receive_artifact(self.state, inbound, &s.path, expected, target, progress)
                         .await?
                     {
                         Received::Nothing => {}
                         Received::Env(bytes) => {
-                            self.env = Some(serde_json::from_slice(&bytes).map_err(|e| {
-                                AgentError::BadArchive {
-                                    archive: s.path.clone(),
-                                    reason: e.to_string(),
-                                }
-                            })?)
+                            self.env = Some(
+                                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
+                            )
                         }
+                        Received::EnvRaw(bytes) => self.env_raw = Some(bytes),
                         Received::AppConfig(bytes) => {
-                            self.backup_cfg = Some(serde_json::from_slice(&bytes).map_err(|e| {
-                                AgentError::BadArchive {
-                                    archive: s.path.clone(),
-                                    reason: e.to_string(),
-                                }
-                            })?)
+                            self.backup_cfg = Some(
+                                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
+                            )
+                        }
+                        Received::Unpacked(unpacked) => {
+                            if !unpacked.refused_xattrs.is_empty() {
+                                self.notes.push(format!(
+                                    "{} extended attribute(s) could not be set here: {}",
+                                    unpacked.refused_xattrs.len(),
+                                    unpacked.refused_xattrs.join("; ")
+                                ));
+                            }
                         }
                         Received::Service(staged) => self.staged.push(*staged),
                     }
@@ -226,15 +326,15 @@ impl Restoring<'_> {
 
     /// Where the bytes of artifact `path` go.
     async fn target_for(&mut self, path: &str) -> Result<Target> {
+        let roots = |tops: &[&'static str]| -> Vec<(&'static str, PathBuf)> {
+            tops.iter().map(|t| (*t, self.roots[t].clone())).collect()
+        };
         Ok(match (path, archive::Codec::of_file(path)) {
-            (_, Some((codec, "source"))) => {
-                spawn_unpack(path, codec, &self.staging, &["git", "src"])
-            }
-            (_, Some((codec, "data"))) => spawn_unpack(path, codec, &self.staging, &["data"]),
-            ("env.json", _) => Target::Buffer(Vec::new(), Received::Env as fn(Vec<u8>) -> Received),
-            (APP_FILE, _) => {
-                Target::Buffer(Vec::new(), Received::AppConfig as fn(Vec<u8>) -> Received)
-            }
+            (_, Some((codec, "source"))) => spawn_unpack(path, codec, roots(&["git", "src"])),
+            (_, Some((codec, "data"))) => spawn_unpack(path, codec, roots(&["data"])),
+            ("env.json", _) => buffer(Received::Env),
+            (ENV_FILE, _) => buffer(Received::EnvRaw),
+            (APP_FILE, _) => buffer(Received::AppConfig),
             _ => match self
                 .manifest
                 .services
@@ -279,7 +379,7 @@ impl Restoring<'_> {
         match (source, live) {
             (Some(source), Some(live)) => Ok((source, live)),
             (None, Some(live)) => Ok((live.clone(), live)),
-            (Some(source), None) if self.clone => {
+            (Some(source), None) if !self.own => {
                 let url = services::clone_url(&source, &self.app).await?;
                 let target = ServiceConfig {
                     url,
@@ -292,27 +392,49 @@ impl Restoring<'_> {
         }
     }
 
-    /// Writes ENV and app.json into the staging directory, pointing a
-    /// clone's services and the variables that carried their URLs at its copies.
-    async fn write_config(&self) -> Result<()> {
-        if let Some(env) = &self.env {
-            let mut env = env.clone();
-            for (source, target) in &self.targets {
-                if source.url == target.url {
-                    continue;
-                }
-                for value in env.values_mut() {
-                    if value.contains(&source.url) {
-                        *value = value.replace(&source.url, &target.url);
-                    }
-                }
-            }
-            write_private(
-                &self.staging.join(ENV_FILE),
-                apps::format_env(&env).as_bytes(),
-            )
-            .await?;
+    /// The hostname the restored app gets: the backup's for its own app;
+    /// for another app the one asked for, else the one it had, else none
+    /// (two apps must never claim one hostname).
+    fn hostname(&self) -> Option<String> {
+        if !self.header.hostname.is_empty() {
+            return Some(self.header.hostname.clone());
         }
+        if self.own {
+            return self.manifest.app_metadata.hostname.clone();
+        }
+        self.live_cfg.as_ref().and_then(|c| c.hostname.clone())
+    }
+
+    /// Writes ENV and app.json into the staging directory (with the modes
+    /// and owners they had), pointing a clone's services and the variables
+    /// that carried their URLs at its copies, and the links of linked trees.
+    async fn write_config(&mut self) -> Result<()> {
+        let rewrites: Vec<(String, String)> = self
+            .targets
+            .iter()
+            .filter(|(s, t)| s.url != t.url)
+            .map(|(s, t)| (s.url.clone(), t.url.clone()))
+            .collect();
+        let env = match (&self.env_raw, &self.env) {
+            // The file as it was, byte for byte, but for a clone's own URLs.
+            (Some(raw), _) => Some(replace_all(raw, &rewrites)),
+            // Older backups hold only the parsed view.
+            (None, Some(env)) if self.manifest.layout.is_none() => {
+                let mut env = env.clone();
+                for value in env.values_mut() {
+                    *value = String::from_utf8_lossy(&replace_all(value.as_bytes(), &rewrites))
+                        .into_owned();
+                }
+                Some(apps::format_env(&env).into_bytes())
+            }
+            // The app had no ENV: none is made.
+            (None, _) => None,
+        };
+        if let Some(env) = env {
+            let owner = self.owner_of(ENV_FILE, 0o600).await;
+            write_owned(&self.staging.join(ENV_FILE), &env, owner).await?;
+        }
+
         let mut cfg = self
             .live_cfg
             .clone()
@@ -329,70 +451,150 @@ impl Restoring<'_> {
             }
         }
         let meta = &self.manifest.app_metadata;
-        cfg.hostname = meta.hostname.clone();
+        let hostname = self.hostname();
+        if !self.own && meta.hostname.is_some() && hostname != meta.hostname {
+            self.notes.push(match &hostname {
+                Some(h) => format!("hostname: {h} (the backup's app has {})", meta.hostname.as_deref().unwrap_or_default()),
+                None => format!(
+                    "hostname: none, so that {} keeps its own ({}); give this app one with --hostname",
+                    self.manifest.app_name,
+                    meta.hostname.as_deref().unwrap_or_default()
+                ),
+            });
+        }
+        cfg.hostname = hostname;
         cfg.port = meta.port;
         cfg.run_state = meta.run_state.clone();
-        let json = serde_json::to_vec_pretty(&cfg).expect("app.json serialises");
-        write_private(&self.staging.join(APP_FILE), &json).await
+        let mut json = serde_json::to_vec_pretty(&cfg).expect("app.json serialises");
+        json.push(b'\n');
+        let owner = self.owner_of(APP_FILE, 0o600).await;
+        write_owned(&self.staging.join(APP_FILE), &json, owner).await?;
+
+        for (tree, placement) in &self.places {
+            if let Place::Linked { link, .. } = &placement.place {
+                let at = self.staging.join(tree);
+                tokio::fs::symlink(link, &at)
+                    .await
+                    .map_err(|e| AgentError::io("linking a tree", e))?;
+                if let Some(owner) = self.layout.app_dir {
+                    let _ = tokio::task::spawn_blocking(move || apply_owner(&at, owner)).await;
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Stops the app, switches the databases and swaps the staged tree in,
+    /// The mode and owner `name` gets: as the backup recorded, else as the
+    /// live file has them, else `mode` and the agent's own.
+    async fn owner_of(&self, name: &str, mode: u32) -> Option<Owner> {
+        if let Some(owner) = self.layout.files.get(name) {
+            return Some(*owner);
+        }
+        use std::os::unix::fs::MetadataExt;
+        match tokio::fs::symlink_metadata(self.live.join(name)).await {
+            Ok(meta) if meta.is_file() => Some(Owner {
+                mode: meta.mode() & 0o7777,
+                uid: meta.uid(),
+                gid: meta.gid(),
+            }),
+            _ => {
+                let _ = mode;
+                None
+            }
+        }
+    }
+
+    /// Stops the app, switches the databases, swaps the staged parts in and
     /// starts the app again; rolls the files back if it will not start.
-    async fn swap_in(&mut self, app: &str, live: &Path) -> Result<()> {
-        let state = self.state;
-        let existed = tokio::fs::try_exists(live).await.unwrap_or(false);
-        if existed {
-            state.hooks.stop(app).await?;
+    async fn swap_in(&mut self, journal: &mut Journal, is_app: bool) -> Result<()> {
+        let (state, app) = (self.state, self.app.clone());
+        let live = self.live.clone();
+        let existed = exists(&live).await;
+        if is_app {
+            state.hooks.stop(&app).await?;
+            journal.stopped().await?;
         }
         while !self.staged.is_empty() {
             let staged = self.staged.remove(0);
             if let Err(e) = services::switch(&state.tools, &staged).await {
                 self.staged.insert(0, staged);
-                if existed {
-                    let _ = state.hooks.start(app).await;
+                if is_app {
+                    let _ = state.hooks.start(&app).await;
                 }
                 return Err(e);
             }
         }
-        let id = &self.manifest.backup_id;
-        if !existed {
-            return rename(&self.staging, live).await;
+        let mut swaps = Vec::new();
+        for (tree, placement) in &self.places {
+            if let Place::Linked { target, .. } = &placement.place
+                && exists(&self.roots[tree].join(tree)).await
+            {
+                swaps.push((self.roots[tree].join(tree), target.clone()));
+            }
         }
-        exchange(&self.staging, live).await?;
-        if let Err(e) = state.hooks.start(app).await {
+        if existed {
+            for part in TREES.iter().chain([ENV_FILE, APP_FILE].iter()) {
+                let staged = self.staging.join(part);
+                if exists(&staged).await {
+                    swaps.push((staged, live.join(part)));
+                }
+            }
+        } else {
+            if let Some(owner) = self.layout.app_dir {
+                let at = self.staging.clone();
+                tokio::task::spawn_blocking(move || apply_owner(&at, owner))
+                    .await
+                    .map_err(|e| AgentError::Bug(format!("setting the app's owner failed: {e}")))?
+                    .map_err(|e| AgentError::io("setting the app directory's owner", e))?;
+            }
+            swaps.push((self.staging.clone(), live.clone()));
+        }
+        let swapped = journal.swap_all(swaps).await;
+        let swapped = match (swapped, existed, self.layout.app_dir) {
+            (Ok(()), true, Some(owner)) => journal.set_app_dir(&live, owner).await,
+            (result, _, _) => result,
+        };
+        if let Err(e) = swapped {
+            journal.revert().await;
+            if is_app {
+                let _ = state.hooks.start(&app).await;
+            }
+            return Err(e);
+        }
+        if let Err(e) = state.hooks.start(&app).await {
             tracing::warn!(app, "restored app does not start; rolling its files back");
-            exchange(&self.staging, live).await?;
-            if let Err(again) = state.hooks.start(app).await {
+            journal.revert().await;
+            if let Err(again) = state.hooks.start(&app).await {
                 tracing::warn!(app, error = %again, "the previous version does not start either");
             }
             return Err(e);
         }
-        // The old tree now sits at the staging path. Backups from Hop3's
-        // Python server hold no deployed tree: keep the one the app had, as
-        // that server's own restore does.
-        if !tokio::fs::try_exists(live.join("src"))
-            .await
-            .unwrap_or(true)
-            && tokio::fs::try_exists(self.staging.join("src"))
-                .await
-                .unwrap_or(false)
-        {
-            rename(&self.staging.join("src"), &live.join("src")).await?;
-        }
-        let old = live.with_file_name(format!(".{app}.old-{id}"));
-        remove_tree(&old).await?;
-        rename(&self.staging, &old).await?;
-        discard(old);
         Ok(())
     }
 
     /// Removes what a failed restore staged; live data is untouched.
-    async fn discard(&mut self) {
+    async fn discard(&mut self, journal: Journal) {
         for staged in self.staged.drain(..) {
             services::discard(&self.state.tools, &staged).await;
         }
-        discard(self.staging.clone());
+        journal.end().await;
     }
+}
+
+/// `bytes` with every `(from, to)` replaced.
+fn replace_all(bytes: &[u8], rewrites: &[(String, String)]) -> Vec<u8> {
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    if rewrites.is_empty() || std::str::from_utf8(bytes).is_err() {
+        return bytes.to_vec();
+    }
+    for (from, to) in rewrites {
+        text = text.replace(from.as_str(), to);
+    }
+    text.into_bytes()
+}
+
+fn buffer(wrap: fn(Vec<u8>) -> Received) -> Target {
+    Target::Buffer(Vec::new(), wrap)
 }
 
 /// Where the bytes of one artifact go while they arrive.
@@ -505,11 +707,8 @@ async fn receive_artifact(
                 }
             }
             drop(tx);
-            task.await.unwrap_or_else(|e| {
-                Err(AgentError::Protocol(format!(
-                    "restoring {path} panicked: {e}"
-                )))
-            })
+            task.await
+                .unwrap_or_else(|e| Err(AgentError::Bug(format!("restoring {path} failed: {e}"))))
         }
         Target::Buffer(buf, wrap) => Ok(wrap(buf)),
         Target::Ignored => Ok(Received::Nothing),
@@ -531,20 +730,14 @@ async fn receive_artifact(
     result
 }
 
-fn spawn_unpack(
-    path: &str,
-    codec: archive::Codec,
-    staging: &Path,
-    allowed: &'static [&'static str],
-) -> Target {
+fn spawn_unpack(path: &str, codec: archive::Codec, roots: Vec<(&'static str, PathBuf)>) -> Target {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let name = path.to_owned();
-    let dst = staging.to_path_buf();
     // Decompressing and writing files is blocking work from start to end:
     // one blocking thread runs all of it, fed chunk by chunk.
     let task = tokio::task::spawn_blocking(move || {
-        archive::unpack(&name, ChannelReader::new(rx), codec, &dst, allowed)
-            .map(|()| Received::Nothing)
+        let roots: Vec<(&str, &Path)> = roots.iter().map(|(t, d)| (*t, d.as_path())).collect();
+        archive::unpack(&name, ChannelReader::new(rx), codec, &roots).map(Received::Unpacked)
     });
     Target::Archive { tx: Some(tx), task }
 }
@@ -558,28 +751,6 @@ fn spawn_load(tools: services::Tools, target: ServiceConfig, tag: String) -> Tar
             .map(|s| Received::Service(Box::new(s)))
     });
     Target::Archive { tx: Some(tx), task }
-}
-
-async fn exchange(a: &Path, b: &Path) -> Result<()> {
-    let (a, b) = (a.to_path_buf(), b.to_path_buf());
-    tokio::task::spawn_blocking(move || {
-        rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            &a,
-            rustix::fs::CWD,
-            &b,
-            rustix::fs::RenameFlags::EXCHANGE,
-        )
-    })
-    .await
-    .expect("rename task")
-    .map_err(|e| AgentError::io("swapping the restored app in", e.into()))
-}
-
-async fn rename(from: &Path, to: &Path) -> Result<()> {
-    tokio::fs::rename(from, to)
-        .await
-        .map_err(|e| AgentError::io("moving the restored app in place", e))
 }
 
 async fn remove_tree(path: &Path) -> Result<()> {
@@ -599,35 +770,74 @@ pub fn discard(path: PathBuf) {
     });
 }
 
-async fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Writes a new file with `owner`'s mode and (as root) owner; 0600 and
+/// the agent's own without one.
+async fn write_owned(path: &Path, bytes: &[u8], owner: Option<Owner>) -> Result<()> {
     use tokio::io::AsyncWriteExt;
+    let err = |e| AgentError::io("writing the restored app", e);
     let mut f = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
         .await
-        .map_err(|e| AgentError::io("writing the restored app", e))?;
-    f.write_all(bytes)
-        .await
-        .map_err(|e| AgentError::io("writing the restored app", e))?;
-    f.sync_all()
-        .await
-        .map_err(|e| AgentError::io("writing the restored app", e))
-}
-
-/// Refuses a restore that cannot fit: at least the backup's own size must be free.
-async fn check_space(dir: &Path, needed: u64) -> Result<()> {
-    let dir = dir.to_path_buf();
-    let stat = tokio::task::spawn_blocking(move || rustix::fs::statvfs(&dir))
-        .await
-        .expect("statvfs task")
-        .map_err(|e| AgentError::io("checking free space", e.into()))?;
-    let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-    if available < needed {
-        return Err(AgentError::InsufficientSpace { needed, available });
+        .map_err(err)?;
+    f.write_all(bytes).await.map_err(err)?;
+    f.sync_all().await.map_err(err)?;
+    drop(f);
+    if let Some(owner) = owner {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || apply_owner(&path, owner))
+            .await
+            .map_err(|e| AgentError::Bug(format!("setting an owner failed: {e}")))?
+            .map_err(err)?;
     }
     Ok(())
+}
+
+/// Refuses a restore that cannot fit: on each file system a tree lands on,
+/// the disk space the backup says it takes (older backups: their stored
+/// size, on the app's) must be free.
+async fn check_space(
+    manifest: &Manifest,
+    places: &[(&'static str, trees::Placement)],
+    staging: &Path,
+    total_bytes: u64,
+) -> Result<()> {
+    let mut needs: Vec<(PathBuf, u64)> = Vec::new();
+    let apps_dir = staging.parent().expect("staging is in apps/").to_path_buf();
+    match manifest.layout.as_ref().filter(|l| !l.sizes.is_empty()) {
+        None => needs.push((apps_dir, total_bytes)),
+        Some(layout) => {
+            for (tree, placement) in places {
+                let dir = match &placement.place {
+                    Place::InApp => apps_dir.clone(),
+                    Place::Linked { target, .. } => target.parent().unwrap_or(target).to_path_buf(),
+                };
+                needs.push((dir, layout.sizes.get(*tree).copied().unwrap_or(0)));
+            }
+        }
+    }
+    tokio::task::spawn_blocking(move || {
+        // Trees on one file system add up.
+        let mut by_fs: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+        for (dir, needed) in needs {
+            let stat = rustix::fs::statvfs(&dir)
+                .map_err(|e| AgentError::io("checking free space", e.into()))?;
+            let available = stat.f_bavail.saturating_mul(stat.f_frsize);
+            let entry = by_fs.entry(stat.f_fsid).or_insert((0, available));
+            entry.0 = entry.0.saturating_add(needed);
+        }
+        for (needed, available) in by_fs.into_values() {
+            let needed = needed.saturating_add(SPACE_MARGIN);
+            if available < needed {
+                return Err(AgentError::InsufficientSpace { needed, available });
+            }
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| AgentError::Bug(format!("checking free space failed: {e}")))?
 }
 
 /// Removes staging and old trees left by a restore that was interrupted

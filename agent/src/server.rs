@@ -33,6 +33,8 @@ pub async fn serve(
     ),
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
+    // A restore interrupted by a crash is undone before anything else runs.
+    crate::swap::recover(&state.root.state_dir(), &state.hooks).await;
     clean_leftovers(&state.root.apps_dir()).await;
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)

@@ -58,7 +58,9 @@ impl AgentService for AgentServiceImpl {
                 return;
             };
             tracing::info!(app, backup_id = %req.backup_id, "backup: start");
-            match backup::produce(&state, req, &tx).await {
+            let (st, out) = (state.clone(), tx.clone());
+            let work = async move { backup::produce(&st, req, &out).await };
+            match guarded("the backup", work).await {
                 Ok(()) => tracing::info!(app, "backup: sent"),
                 Err(e) => {
                     tracing::warn!(app, error = %e, "backup: failed");
@@ -86,7 +88,9 @@ impl AgentService for AgentServiceImpl {
             else {
                 return;
             };
-            match restore::restore(&state, inbound, &tx).await {
+            let (st, out) = (state.clone(), tx.clone());
+            let work = async move { restore::restore(&st, inbound, &out).await };
+            match guarded("the restore", work).await {
                 Ok(done) => {
                     let _ = tx
                         .send(v1::RestoreAppEvent {
@@ -101,6 +105,32 @@ impl AgentService for AgentServiceImpl {
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+/// Runs `work` on a task of its own, so that a panic in it (a bug) comes
+/// back as an internal error the controller is told about, instead of a
+/// stream that just stops and reads as a lost agent.
+async fn guarded<T: Send + 'static>(
+    what: &'static str,
+    work: impl std::future::Future<Output = crate::error::Result<T>> + Send + 'static,
+) -> crate::error::Result<T> {
+    match tokio::spawn(work).await {
+        Ok(result) => result,
+        Err(e) => {
+            let detail = match e.try_into_panic() {
+                Ok(payload) => payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into()),
+                Err(e) => e.to_string(),
+            };
+            tracing::error!(detail, "{what} failed on a bug");
+            Err(crate::error::AgentError::Bug(format!(
+                "{what} failed: {detail}"
+            )))
+        }
     }
 }
 

@@ -605,14 +605,6 @@ mod tests {
             &["backup:create", "my-app", "--host", "../etc"][..],
             &["backup", "create", "my-app", "--host", ""],
             &["backup:restore", ID, "--target-host", "a b"],
-            &[
-                "backup:restore",
-                ID,
-                "--target-app",
-                "x",
-                "--hostname",
-                "a_b.com",
-            ],
             &["backup", "restore", ID, "--target-host", ".hidden"],
         ] {
             let err = parse(args).command().unwrap_err();
@@ -620,5 +612,17 @@ mod tests {
             assert!(err.to_string().contains("invalid host id"), "{err}");
             assert_eq!(err.exit_code(), 2);
         }
+        let err = parse(&[
+            "backup:restore",
+            ID,
+            "--target-app",
+            "x",
+            "--hostname",
+            "a_b.com",
+        ])
+        .command()
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid hostname"), "{err}");
+        assert_eq!(err.exit_code(), 2);
     }
 }

@@ -251,6 +251,10 @@ impl CliError {
                     "The directory is read by the controller: give its path on the \
                      controller's machine.",
                 ),
+                (Code::AlreadyExists, Subject::Backup) => Some(
+                    "Restore into a new name with --target-app NAME, or replace that app with \
+                     --replace (its files, environment and databases become the backup's).",
+                ),
                 (Code::AlreadyExists, _) => {
                     Some("The backup is already in the catalog: hop3 backup:list")
                 }

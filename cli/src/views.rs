@@ -4,6 +4,7 @@
 
 use hop3_proto::v1::{
     AgentInfo, AppState, BackupDetails, BackupSummary, FileCheck, RestoreResult, ServiceInfo,
+    SkippedEntry,
 };
 use serde::Serialize;
 
@@ -19,6 +20,24 @@ pub struct SummaryView {
     pub services: Vec<String>,
     pub location: String,
     pub error: String,
+    /// Entries the backup could not hold (sockets, device nodes), and why.
+    pub skipped: Vec<SkippedView>,
+}
+
+/// An entry left out of a backup.
+#[derive(Debug, Serialize)]
+pub struct SkippedView {
+    pub path: String,
+    pub reason: String,
+}
+
+impl From<SkippedEntry> for SkippedView {
+    fn from(s: SkippedEntry) -> Self {
+        Self {
+            path: s.path,
+            reason: s.reason,
+        }
+    }
 }
 
 impl From<BackupSummary> for SummaryView {
@@ -33,6 +52,7 @@ impl From<BackupSummary> for SummaryView {
             services: s.services,
             location: s.location,
             error: s.error,
+            skipped: s.skipped.into_iter().map(SkippedView::from).collect(),
         }
     }
 }
@@ -55,6 +75,7 @@ pub struct DetailsView {
     pub services: Vec<ServiceView>,
     pub app_state: AppStateView,
     pub all_valid: bool,
+    pub skipped: Vec<SkippedView>,
 }
 
 impl From<BackupDetails> for DetailsView {
@@ -76,6 +97,7 @@ impl From<BackupDetails> for DetailsView {
             services: d.services.into_iter().map(ServiceView::from).collect(),
             app_state: d.app_state.unwrap_or_default().into(),
             all_valid: d.all_valid,
+            skipped: s.skipped.into_iter().map(SkippedView::from).collect(),
         }
     }
 }
@@ -150,6 +172,8 @@ pub struct RestoreView {
     pub hostname: String,
     pub port: u32,
     pub run_state: String,
+    /// What the restore did that its user should know.
+    pub notes: Vec<String>,
 }
 
 impl From<RestoreResult> for RestoreView {
@@ -162,6 +186,7 @@ impl From<RestoreResult> for RestoreView {
             hostname: state.hostname,
             port: state.port,
             run_state: state.run_state,
+            notes: r.notes,
         }
     }
 }
@@ -273,7 +298,7 @@ mod tests {
                 "services": [{"type": "postgres", "name": "db",
                               "file": "services/postgres_db.sql", "size": 3}],
                 "app_state": {"hostname": "h", "port": 8000, "run_state": "RUNNING"},
-                "all_valid": true
+                "all_valid": true, "skipped": []
             })
         );
     }

@@ -169,6 +169,9 @@ impl BackupService for BackupApi {
             .store
             .verify(&row.app, &row.backup_id, &manifest, &|_| {})
             .await;
+        if let Some(summary) = &mut details.summary {
+            summary.skipped = create::skipped_entries(&manifest);
+        }
         details.format_version = manifest.format_version.clone();
         details.hop3_version = manifest.hop3_version.clone();
         details.env_vars_count = manifest.env_vars_count;

@@ -49,9 +49,11 @@ type Out = EventSender<v1::CreateBackupEvent>;
 pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     let id = job.id.to_string();
     match execute(&ctl, &job, &out).await {
-        Ok(row) => {
+        Ok((row, skipped)) => {
             tracing::info!(app = %job.app, backup_id = %id, size = row.total_size, "backup completed");
-            let done = create_backup_event::Event::Completed(ctl.summary(&row));
+            let mut summary = ctl.summary(&row);
+            summary.skipped = skipped;
+            let done = create_backup_event::Event::Completed(summary);
             let _ = out.send(v1::CreateBackupEvent { event: Some(done) }).await;
         }
         Err(e) => {
@@ -69,7 +71,13 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     drop(job.lock);
 }
 
-async fn execute(ctl: &Controller, job: &CreateJob, out: &Out) -> Result<BackupRow> {
+/// Runs the create; returns the completed row and the entries the backup
+/// could not hold.
+async fn execute(
+    ctl: &Controller,
+    job: &CreateJob,
+    out: &Out,
+) -> Result<(BackupRow, Vec<v1::SkippedEntry>)> {
     let id = job.id.to_string();
     let mut client = job.client.clone();
     let stream = client
@@ -106,11 +114,25 @@ async fn execute(ctl: &Controller, job: &CreateJob, out: &Out) -> Result<BackupR
         ctl.store.discard(&job.app, &id).await;
         return Err(e.into());
     }
-    Ok(ctl
+    let row = ctl
         .catalog
         .get(&id)
         .await?
-        .expect("the row was just completed"))
+        .expect("the row was just completed");
+    Ok((row, skipped_entries(&manifest)))
+}
+
+/// The entries a backup's manifest says were left out.
+pub fn skipped_entries(manifest: &Manifest) -> Vec<v1::SkippedEntry> {
+    manifest
+        .layout
+        .iter()
+        .flat_map(|l| &l.skipped)
+        .map(|s| v1::SkippedEntry {
+            path: s.path.clone(),
+            reason: s.reason.clone(),
+        })
+        .collect()
 }
 
 /// Receives the agent's stream into `partial`; returns the agent's plan.

@@ -36,10 +36,11 @@ pub struct Layout {
     /// Entries the archives could not hold (sockets, device nodes), and why.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skipped: Vec<Skipped>,
-    /// Bytes a restore writes to disk: file contents without their holes,
-    /// each set of hard-linked files once.
-    #[serde(default)]
-    pub unpacked_bytes: u64,
+    /// Disk space each tree takes once restored, by tree: file contents
+    /// without their holes, in whole blocks, each set of hard-linked files
+    /// once. What a restore checks free space against.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sizes: BTreeMap<String, u64>,
 }
 
 /// Permission bits and owner of one entry.
@@ -81,6 +82,9 @@ impl Layout {
         }
         if let Some(owner) = &self.app_dir {
             owner.validate()?;
+        }
+        if let Some(tree) = self.sizes.keys().find(|t| !TREES.contains(&t.as_str())) {
+            return Err(refuse("tree", tree, "is not git, src or data"));
         }
         for (tree, target) in &self.links {
             if !TREES.contains(&tree.as_str()) {
@@ -132,7 +136,6 @@ mod tests {
                 uid: 1001,
                 gid: 1002,
             }),
-            unpacked_bytes: 42,
             ..Layout::default()
         };
         layout

@@ -264,6 +264,16 @@ pub struct BackupSummary {
     /// Why a FAILED backup failed; empty or null otherwise.
     #[serde(default)]
     pub error: Option<String>,
+    /// Entries the backup could not hold, and why.
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
+}
+
+/// An entry a backup left out.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Skipped {
+    pub path: String,
+    pub reason: String,
 }
 
 impl BackupSummary {
@@ -310,6 +320,8 @@ pub struct BackupInfo {
     pub services: Vec<serde_json::Value>,
     pub app_state: AppState,
     pub all_valid: bool,
+    #[serde(default)]
+    pub skipped: Vec<Skipped>,
 }
 
 impl BackupInfo {
@@ -331,6 +343,9 @@ pub struct RestoreResult {
     pub hostname: String,
     pub port: u32,
     pub run_state: String,
+    /// What the restore did that its user should know.
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// The JSON of `backup:delete`.

@@ -30,6 +30,8 @@ pub enum Entry {
     Dir { mode: u32 },
     /// A symbolic link and its target, as written.
     Symlink { target: String },
+    /// A FIFO and its permission bits.
+    Fifo { mode: u32 },
 }
 
 impl fmt::Display for Entry {
@@ -40,6 +42,7 @@ impl fmt::Display for Entry {
             }
             Entry::Dir { mode } => write!(f, "dir {mode:04o}"),
             Entry::Symlink { target } => write!(f, "symlink -> {target}"),
+            Entry::Fifo { mode } => write!(f, "fifo {mode:04o}"),
         }
     }
 }
@@ -97,6 +100,15 @@ impl Snapshot {
             hostname: app_json["hostname"].as_str().map(str::to_owned),
             port: app_json["port"].as_u64(),
         })
+    }
+
+    /// What a clone of this app (a restore into another name) looks like:
+    /// the same, but for the hostname, which stays the source's own.
+    pub fn as_clone(&self) -> Snapshot {
+        Snapshot {
+            hostname: None,
+            ..self.clone()
+        }
     }
 
     /// The differences from `self` (expected) to `actual`, one per line;
@@ -215,8 +227,13 @@ fn walk(path: &Path, rel: &str, out: &mut Tree) -> Result<()> {
                 sha256: sha256_file(path)?,
             },
         );
+    } else if std::os::unix::fs::FileTypeExt::is_fifo(&kind) {
+        out.insert(rel.to_owned(), Entry::Fifo { mode });
     } else {
-        bail!("{} is neither file, directory nor link", path.display());
+        bail!(
+            "{} is neither file, directory, link nor FIFO",
+            path.display()
+        );
     }
     Ok(())
 }

@@ -1,14 +1,15 @@
-//! Compressed tar archives of app trees: packing with modes, symlinks and
-//! empty directories kept, and unpacking that refuses anything that could
-//! land outside the target.
+//! Compressed tar archives of app trees: packing everything a tree holds
+//! (modes, owners, symlinks as written, hard links, sparse files, FIFOs,
+//! extended attributes and ACLs, paths of any depth), and unpacking with the
+//! kernel keeping every write inside the target.
 
 mod pack;
 mod unpack;
+pub mod walk;
+mod xattrs;
 
-use std::path::{Component, Path};
-
-pub use pack::pack;
-pub use unpack::unpack;
+pub use pack::{Member, Packed, pack};
+pub use unpack::{Unpacked, unpack};
 
 use crate::error::{AgentError, Result};
 
@@ -48,60 +49,42 @@ impl Codec {
     }
 }
 
-/// Whether a symlink at `entry` (a relative archive path) with `target`
-/// resolves outside the archive's top directory.
-pub(crate) fn escapes(entry: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return true;
-    }
-    // Depth of the link's parent below the archive root.
-    let mut depth = entry.components().count() as i64 - 1;
-    for c in target.components() {
-        match c {
-            Component::ParentDir => depth -= 1,
-            Component::Normal(_) => depth += 1,
-            Component::CurDir => {}
-            Component::RootDir | Component::Prefix(_) => return true,
-        }
-        // Depth 0 is the archive root itself (e.g. above `data/`): outside the tree.
-        if depth < 1 {
-            return true;
-        }
-    }
-    false
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::progress::NoProgress;
-    use std::os::unix::fs::{PermissionsExt, symlink};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+    use std::path::Path;
 
-    /// Packs `src` as `data/` with `codec` and unpacks it into `tmp/out`.
-    fn round_trip(src: &Path, tmp: &Path, codec: Codec) -> std::path::PathBuf {
-        let buf = pack(
-            &[("data", src.to_path_buf())],
+    /// Packs `src` as the tree `data` with `codec`.
+    fn pack_dir(src: &Path, codec: Codec) -> (Vec<u8>, Packed) {
+        let dir = walk::open_dir(rustix::fs::CWD, src).unwrap();
+        pack(
+            vec![Member { name: "data", dir }],
             Vec::new(),
             codec,
             &NoProgress,
         )
-        .unwrap();
-        let out = tmp.join("out");
-        std::fs::create_dir(&out).unwrap();
-        let name = codec.file("data");
-        unpack(&name, std::io::Cursor::new(buf), codec, &out, &["data"]).unwrap();
-        out
+        .unwrap()
     }
 
-    #[test]
-    fn escaping_symlinks() {
-        let p = Path::new;
-        assert!(!escapes(p("data/a/link"), p("../b")));
-        assert!(!escapes(p("data/link"), p("missing-file")));
-        assert!(escapes(p("data/link"), p("../../etc")));
-        assert!(escapes(p("data/link"), p("..")));
-        assert!(escapes(p("data/link"), p("/etc/passwd")));
-        assert!(escapes(p("data/a/link"), p("../../x")));
+    /// Unpacks a `data` archive into `out` (which must exist).
+    fn unpack_into(buf: Vec<u8>, codec: Codec, out: &Path) -> Result<Unpacked> {
+        unpack(
+            &codec.file("data"),
+            std::io::Cursor::new(buf),
+            codec,
+            &[("data", out)],
+        )
+    }
+
+    /// Packs `src` as `data/` with `codec` and unpacks it into `tmp/out`.
+    fn round_trip(src: &Path, tmp: &Path, codec: Codec) -> std::path::PathBuf {
+        let (buf, _) = pack_dir(src, codec);
+        let out = tmp.join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack_into(buf, codec, &out).unwrap();
+        out
     }
 
     #[test]
@@ -142,41 +125,166 @@ mod tests {
     }
 
     #[test]
+    fn links_out_of_the_tree_come_back_as_written() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir_all(src.join("venv/bin")).unwrap();
+        let links = [
+            ("venv/bin/python", "/usr/bin/python3"),
+            ("shared", "../../../srv/shared"),
+            ("self", "/home/hop3/apps/x/data/file"),
+            ("loop-a", "loop-b"),
+            ("loop-b", "loop-a"),
+            ("up", ".."),
+        ];
+        for (at, target) in links {
+            symlink(target, src.join(at)).unwrap();
+        }
+        let out = round_trip(&src, tmp.path(), Codec::Zstd);
+        for (at, target) in links {
+            assert_eq!(
+                std::fs::read_link(out.join("data").join(at)).unwrap(),
+                Path::new(target),
+                "{at}"
+            );
+        }
+    }
+
+    #[test]
+    fn hard_links_sparse_files_and_fifos_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir_all(src.join("a")).unwrap();
+        std::fs::write(src.join("a/one"), b"shared bytes").unwrap();
+        std::fs::hard_link(src.join("a/one"), src.join("two")).unwrap();
+        // 64 MiB with 8 KiB of data in the middle and at the end.
+        let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+        sparse.set_len(64 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, &[7u8; 8192], 32 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&sparse, b"end", (64 << 20) - 3).unwrap();
+        drop(sparse);
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            src.join("pipe"),
+            rustix::fs::Mode::from_raw_mode(0o640),
+        )
+        .unwrap();
+
+        let (buf, packed) = pack_dir(&src, Codec::Zstd);
+        assert!(packed.skipped.is_empty(), "{:?}", packed.skipped);
+        // The holes are neither stored nor counted as space to find.
+        assert!(buf.len() < 1 << 20, "{} bytes stored", buf.len());
+        assert!(packed.sizes["data"] < 1 << 20, "{:?}", packed.sizes);
+        let out = tmp.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        unpack_into(buf, Codec::Zstd, &out).unwrap();
+        let d = out.join("data");
+        let one = std::fs::metadata(d.join("a/one")).unwrap();
+        let two = std::fs::metadata(d.join("two")).unwrap();
+        assert_eq!(one.ino(), two.ino(), "the hard link came back as a copy");
+        assert_eq!(one.nlink(), 2);
+        let img = std::fs::metadata(d.join("sparse.img")).unwrap();
+        assert_eq!(img.len(), 64 << 20);
+        assert!(img.blocks() * 512 < 1 << 20, "{} blocks", img.blocks());
+        let bytes = std::fs::read(d.join("sparse.img")).unwrap();
+        assert_eq!(bytes, std::fs::read(src.join("sparse.img")).unwrap());
+        let pipe = std::fs::symlink_metadata(d.join("pipe")).unwrap();
+        assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
+        assert_eq!(pipe.mode() & 0o777, 0o640);
+    }
+
+    #[test]
+    fn sockets_are_listed_as_skipped() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir(&src).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(src.join("app.sock")).unwrap();
+        let (_, packed) = pack_dir(&src, Codec::Gzip);
+        assert_eq!(packed.skipped.len(), 1, "{:?}", packed.skipped);
+        assert_eq!(packed.skipped[0].path, "data/app.sock");
+        assert!(packed.skipped[0].reason.contains("socket"));
+    }
+
+    #[test]
+    fn extended_attributes_come_back() {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"x").unwrap();
+        let file = std::fs::File::open(src.join("f")).unwrap();
+        if rustix::fs::fsetxattr(
+            &file,
+            "user.origin",
+            b"upload",
+            rustix::fs::XattrFlags::empty(),
+        )
+        .is_err()
+        {
+            eprintln!("skipped: this file system keeps no user attributes");
+            return;
+        }
+        let out = round_trip(&src, tmp.path(), Codec::Gzip);
+        let back = std::fs::File::open(out.join("data/f")).unwrap();
+        let mut value = [0u8; 16];
+        let n = rustix::fs::fgetxattr(&back, "user.origin", &mut value[..]).unwrap();
+        assert_eq!(&value[..n], b"upload");
+    }
+
+    #[test]
+    fn paths_deeper_than_path_max_round_trip() {
+        use rustix::fs::{Mode, OFlags};
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("d");
+        std::fs::create_dir(&src).unwrap();
+        let long = "p".repeat(250);
+        let mut fd = walk::open_dir(rustix::fs::CWD, &src).unwrap();
+        for _ in 0..20 {
+            rustix::fs::mkdirat(&fd, long.as_str(), Mode::from_raw_mode(0o750)).unwrap();
+            fd = walk::open_dir(&fd, long.as_str()).unwrap();
+        }
+        let f = rustix::fs::openat(
+            &fd,
+            "leaf",
+            OFlags::WRONLY | OFlags::CREATE,
+            Mode::from_raw_mode(0o640),
+        )
+        .unwrap();
+        rustix::io::write(&f, b"deep down").unwrap();
+
+        let out = round_trip(&src, tmp.path(), Codec::Zstd);
+        let mut fd = walk::open_dir(rustix::fs::CWD, out.join("data")).unwrap();
+        for _ in 0..20 {
+            fd = walk::open_dir(&fd, long.as_str()).unwrap();
+        }
+        let f = rustix::fs::openat(&fd, "leaf", OFlags::RDONLY, Mode::empty()).unwrap();
+        let mut buf = [0u8; 32];
+        let n = rustix::io::read(&f, &mut buf).unwrap();
+        assert_eq!(&buf[..n], b"deep down");
+        assert_eq!(rustix::fs::fstat(&f).unwrap().st_mode & 0o777, 0o640);
+    }
+
+    #[test]
     fn zstd_round_trip_and_truncation() {
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("d");
         std::fs::create_dir_all(src.join("sub")).unwrap();
         let body: Vec<u8> = (0..300_000u32).flat_map(|i| i.to_le_bytes()).collect();
         std::fs::write(src.join("sub/f"), &body).unwrap();
-        let buf = pack(&[("data", src)], Vec::new(), Codec::Zstd, &NoProgress).unwrap();
+        let (buf, _) = pack_dir(&src, Codec::Zstd);
         assert_eq!(&buf[..4], [0x28, 0xb5, 0x2f, 0xfd], "not a zstd frame");
         let out = tmp.path().join("out");
         std::fs::create_dir(&out).unwrap();
-        unpack(
-            "data.tar.zst",
-            std::io::Cursor::new(buf.clone()),
-            Codec::Zstd,
-            &out,
-            &["data"],
-        )
-        .unwrap();
+        unpack_into(buf.clone(), Codec::Zstd, &out).unwrap();
         assert_eq!(std::fs::read(out.join("data/sub/f")).unwrap(), body);
         for cut in [buf.len() - 2, buf.len() / 2] {
             let out = tempfile::tempdir().unwrap();
-            let res = unpack(
-                "data.tar.zst",
-                std::io::Cursor::new(buf[..cut].to_vec()),
-                Codec::Zstd,
-                out.path(),
-                &["data"],
-            );
+            let res = unpack_into(buf[..cut].to_vec(), Codec::Zstd, out.path());
             assert!(res.is_err(), "cut at {cut} accepted");
         }
     }
 
     #[test]
     fn owners_come_back_when_root() {
-        use std::os::unix::fs::MetadataExt;
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: only root can restore owners");
             return;
@@ -186,23 +294,20 @@ mod tests {
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("owned"), b"x").unwrap();
         symlink("owned", src.join("link")).unwrap();
+        std::fs::create_dir(src.join("dir")).unwrap();
         std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(4321)).unwrap();
         std::os::unix::fs::lchown(src.join("link"), Some(1235), Some(4322)).unwrap();
-        let buf = pack(&[("data", src)], Vec::new(), Codec::Gzip, &NoProgress).unwrap();
-        let out = tmp.path().join("out");
-        std::fs::create_dir(&out).unwrap();
-        unpack(
-            "data.tar.gz",
-            std::io::Cursor::new(buf),
-            Codec::Gzip,
-            &out,
-            &["data"],
-        )
-        .unwrap();
+        std::os::unix::fs::lchown(src.join("dir"), Some(1236), Some(4323)).unwrap();
+        std::fs::set_permissions(src.join("owned"), std::fs::Permissions::from_mode(0o4755))
+            .unwrap();
+        let out = round_trip(&src, tmp.path(), Codec::Gzip);
         let f = std::fs::symlink_metadata(out.join("data/owned")).unwrap();
         assert_eq!((f.uid(), f.gid()), (1234, 4321));
+        assert_eq!(f.mode() & 0o7777, 0o4755, "set-user-ID kept");
         let l = std::fs::symlink_metadata(out.join("data/link")).unwrap();
         assert_eq!((l.uid(), l.gid()), (1235, 4322));
+        let d = std::fs::symlink_metadata(out.join("data/dir")).unwrap();
+        assert_eq!((d.uid(), d.gid()), (1236, 4323));
     }
 
     fn archive_with(build: impl FnOnce(&mut tar_sync::Builder<Vec<u8>>)) -> Vec<u8> {
@@ -279,23 +384,26 @@ mod tests {
                 archive_with(|b| b.entry("other/file", b'0', "", b"x")),
             ),
             (
-                "symlink out",
-                archive_with(|b| b.entry("data/l", b'2', "../../..", b"")),
-            ),
-            (
-                "link through a link",
+                "file through a link out of the tree",
                 archive_with(|b| {
-                    b.entry("data/a/", b'5', "", b"");
-                    b.entry("data/a/b", b'2', "..", b"");
-                    b.entry("data/a/c", b'2', "b/../..", b"");
+                    b.entry("data/l", b'2', "/tmp", b"");
+                    b.entry("data/l/evil", b'0', "", b"x");
                 }),
             ),
             (
-                "link through a link made later",
+                "directory through a link out of the tree",
+                archive_with(|b| {
+                    b.entry("data/l", b'2', "../../..", b"");
+                    b.entry("data/l/evil/", b'5', "", b"");
+                }),
+            ),
+            (
+                "file through a link through a link",
                 archive_with(|b| {
                     b.entry("data/a/", b'5', "", b"");
-                    b.entry("data/a/c", b'2', "b/../..", b"");
                     b.entry("data/a/b", b'2', "..", b"");
+                    b.entry("data/a/c", b'2', "b/../..", b"");
+                    b.entry("data/a/c/evil", b'0', "", b"x");
                 }),
             ),
             (
@@ -313,14 +421,24 @@ mod tests {
                 }),
             ),
             (
-                "symlink abs",
-                archive_with(|b| b.entry("data/l", b'2', "/etc", b"")),
-            ),
-            (
-                "hardlink",
+                "hard link out of the archive",
                 archive_with(|b| b.entry("data/h", b'1', "/etc/passwd", b"")),
             ),
-            ("fifo", archive_with(|b| b.entry("data/f", b'6', "", b""))),
+            (
+                "hard link up and out",
+                archive_with(|b| b.entry("data/h", b'1', "data/../../etc/passwd", b"")),
+            ),
+            (
+                "hard link to a missing entry",
+                archive_with(|b| b.entry("data/h", b'1', "data/nothing", b"")),
+            ),
+            (
+                "hard link to a symlink's target",
+                archive_with(|b| {
+                    b.entry("data/l", b'2', "/etc/passwd", b"");
+                    b.entry("data/h", b'1', "data/l", b"");
+                }),
+            ),
             ("device", archive_with(|b| b.entry("data/d", b'3', "", b""))),
             (
                 "file below an in-tree symlink",
@@ -331,23 +449,21 @@ mod tests {
                 }),
             ),
             (
-                "write through symlink",
+                "write over a symlink",
                 archive_with(|b| {
-                    b.entry("data/l", b'2', "sub", b"");
+                    b.entry("data/l", b'2', "/tmp/target", b"");
                     b.entry("data/l", b'0', "", b"x");
                 }),
             ),
         ];
         for (what, bytes) in cases {
             let tmp = tempfile::tempdir().unwrap();
-            let res = unpack(
-                "data.tar.gz",
-                std::io::Cursor::new(bytes),
-                Codec::Gzip,
-                tmp.path(),
-                &["data"],
-            );
+            let res = unpack_into(bytes, Codec::Gzip, tmp.path());
             assert!(res.is_err(), "{what} accepted");
+            assert!(
+                !Path::new("/tmp/evil").exists() && !Path::new("/tmp/target").exists(),
+                "{what} wrote outside the target"
+            );
         }
     }
 
@@ -381,19 +497,7 @@ mod tests {
                 std::fs::metadata(&b).unwrap(),
             );
             assert_eq!(ma.permissions().mode(), mb.permissions().mode(), "{rel}");
-            assert_eq!(
-                ma.modified()
-                    .unwrap()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs(),
-                mb.modified()
-                    .unwrap()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_secs(),
-                "{rel}"
-            );
+            assert_eq!(ma.mtime(), mb.mtime(), "{rel}");
         }
     }
 
@@ -403,16 +507,10 @@ mod tests {
         let src = tmp.path().join("d");
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("f"), vec![7u8; 100_000]).unwrap();
-        let buf = pack(&[("data", src)], Vec::new(), Codec::Gzip, &NoProgress).unwrap();
+        let (buf, _) = pack_dir(&src, Codec::Gzip);
         for cut in [buf.len() - 4, buf.len() / 2, 10] {
             let out = tempfile::tempdir().unwrap();
-            let res = unpack(
-                "data.tar.gz",
-                std::io::Cursor::new(buf[..cut].to_vec()),
-                Codec::Gzip,
-                out.path(),
-                &["data"],
-            );
+            let res = unpack_into(buf[..cut].to_vec(), Codec::Gzip, out.path());
             assert!(res.is_err(), "cut at {cut} accepted");
         }
     }

@@ -1,17 +1,27 @@
-//! Unpacking an archive into a staging directory, refusing every entry that
-//! could land outside it.
+//! Unpacking an archive into staging directories, with the kernel keeping
+//! every write inside them.
+//!
+//! Entries are created relative to open directory handles, one path
+//! component at a time, each opened with `O_NOFOLLOW`: a path that leads
+//! through a symlink fails in the kernel instead of being followed, so no
+//! entry is ever written, chowned, chmodded or timed through a link, and
+//! paths deeper than `PATH_MAX` unpack like any other. Symlinks themselves
+//! come back exactly as archived, wherever they point: creating a link
+//! writes nothing outside the target, and nothing here follows one.
 
-use std::io;
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::io::{self, BufReader, Read};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, mpsc};
 
-use std::collections::HashSet;
-use std::ffi::OsString;
-use std::io::{BufReader, Read, Write};
-use std::sync::{Mutex, mpsc};
-
+use rustix::fs::{AtFlags, FileType, Gid, Mode, OFlags, Timespec, Timestamps, Uid};
+use rustix::io::Errno;
 use tar::{Archive, EntryType};
 
-use super::{Codec, escapes};
+use super::{Codec, walk, xattrs};
 use crate::error::{AgentError, Result};
 
 /// Files up to this size are read whole and written by the writer threads;
@@ -22,22 +32,38 @@ const POOLED_FILE_MAX: u64 = 1024 * 1024;
 /// the memory an unpack holds beyond the decompressor's window.
 const POOL_DEPTH: usize = 8;
 
-/// Unpacks a compressed tar from `input` into `dst` (which must exist), accepting
-/// only regular files, directories and symlinks whose paths start with one of
-/// `allowed_top` and stay inside it. Anything else fails with the entry named,
-/// and the caller throws the partly filled `dst` away. Blocking: the calling
-/// thread decompresses and checks every entry, and small files are written
-/// by a few threads beside it, since creating many files is mostly waiting
-/// on the filesystem.
+/// Runs of zeros at least this long, block-aligned, are left as holes when
+/// a sparse file is written back.
+const HOLE_BLOCK: usize = 4096;
+
+/// What an unpack could not do exactly, for the restore's notes.
+#[derive(Debug, Default)]
+pub struct Unpacked {
+    /// Extended attributes the file system or the agent's rights refused.
+    pub refused_xattrs: Vec<String>,
+}
+
+/// Unpacks a compressed tar from `input`: every entry must start with one
+/// of the tops of `roots` and goes below that top's directory (`data/x`
+/// into `DIR/data/x`); each directory must exist. Accepted: directories,
+/// regular and sparse files, symlinks, hard links to a file of the same
+/// archive, FIFOs. Anything else, or an entry that would be written
+/// through a link, fails with the entry named, and the caller throws the
+/// partly filled directories away. Blocking: the calling thread decompresses
+/// and checks every entry, and small files are written by a few threads
+/// beside it, since creating many files is mostly waiting on the filesystem.
 pub fn unpack<R: Read>(
     archive: &str,
     input: R,
     codec: Codec,
-    dst: &Path,
-    allowed_top: &[&str],
-) -> Result<()> {
-    let dst = std::fs::canonicalize(dst)
-        .map_err(|e| AgentError::io("opening the staging directory", e))?;
+    roots: &[(&str, &Path)],
+) -> Result<Unpacked> {
+    let mut tops = HashMap::new();
+    for (top, dir) in roots {
+        let fd = walk::open_dir(rustix::fs::CWD, *dir)
+            .map_err(|e| AgentError::io("opening the staging directory", e))?;
+        tops.insert(OsString::from(top), Arc::new(fd));
+    }
     let buffered = BufReader::with_capacity(hop3_proto::CHUNK_SIZE, input);
     let decoder: Box<dyn Read> =
         match codec {
@@ -50,31 +76,26 @@ pub fn unpack<R: Read>(
                 }
             })?),
         };
-    let mut ar = Archive::new(decoder);
-    ar.set_preserve_permissions(true);
-    ar.set_preserve_mtime(true);
-    ar.set_overwrite(false);
-    ar.set_unpack_xattrs(false);
+    let ar = Archive::new(decoder);
     // Only root can give files away; anyone else keeps them as their own, as tar does.
     let restore_owners = rustix::process::geteuid().is_root();
-    // The extractor sets each entry's owner (links' own, with lchown)
-    // before its mode, which keeps set-user-ID bits.
-    ar.set_preserve_ownerships(restore_owners);
-    let mut walk = Walk {
+    let mut walk = Extract {
         archive,
-        dst: &dst,
-        allowed_top,
-        links: HashSet::new(),
-        dirs: HashSet::new(),
-        dir_modes: Vec::new(),
+        tops,
+        open: Vec::new(),
+        restore_owners,
+        dirs: Vec::new(),
+        hard_links: Vec::new(),
+        unpacked: Unpacked::default(),
     };
     let writers = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
     let failure: Mutex<Option<AgentError>> = Mutex::new(None);
+    let refused: Mutex<Vec<String>> = Mutex::new(Vec::new());
     let (tx, rx) = mpsc::sync_channel::<PooledFile>(POOL_DEPTH);
     let rx = Mutex::new(rx);
     let read = std::thread::scope(|s| {
         for _ in 0..writers {
-            s.spawn(|| write_pooled(&rx, &failure, archive, restore_owners));
+            s.spawn(|| write_pooled(&rx, &failure, &refused, archive, restore_owners));
         }
         walk.entries(ar, tx, &failure)
     });
@@ -83,41 +104,46 @@ pub fn unpack<R: Read>(
         return Err(e);
     }
     read?;
-    // Each link was checked on its own as it arrived; together they can
-    // still lead out (`a/b -> ..`, `a/c -> b/../..`), so each is resolved
-    // once more through the links that now exist.
-    let mut links: Vec<_> = walk.links.into_iter().collect();
-    links.sort();
-    for link in &links {
-        if !resolves_inside(&dst, link) {
-            return Err(walk_hostile(
-                archive,
-                link,
-                "symlink points outside the target",
-            ));
-        }
-    }
-    for (dir, mode) in walk.dir_modes.iter().rev() {
-        set_mode(dir, *mode)?;
-    }
-    Ok(())
+    walk.unpacked
+        .refused_xattrs
+        .extend(refused.into_inner().expect("refused lock"));
+    walk.finish()
+}
+
+/// A directory whose mode, attributes and time are set once everything
+/// inside it is written: it stays owner-writable until then, and a default
+/// ACL set early would be inherited by what is created in it.
+struct DirFix {
+    path: PathBuf,
+    mode: u32,
+    mtime: u64,
+    xattrs: Vec<xattrs::Xattr>,
 }
 
 /// The reading side of one unpack: what it has seen so far.
-struct Walk<'a> {
+struct Extract<'a> {
     archive: &'a str,
-    dst: &'a Path,
-    allowed_top: &'a [&'a str],
-    /// Symlinks unpacked so far (relative paths): nothing may go below one.
-    links: HashSet<PathBuf>,
-    /// Directories known to exist (relative paths).
-    dirs: HashSet<PathBuf>,
-    /// Directories are made owner-writable while unpacking so their content can
-    /// be written, and get their archived modes back at the end, deepest first.
-    dir_modes: Vec<(PathBuf, u32)>,
+    /// The directory each top goes into.
+    tops: HashMap<OsString, Arc<OwnedFd>>,
+    /// The directories of the last entry's path, open, from its top down.
+    open: Vec<(OsString, Arc<OwnedFd>)>,
+    restore_owners: bool,
+    dirs: Vec<DirFix>,
+    /// Hard links, made once every file is written: `(link, target)`.
+    hard_links: Vec<(PathBuf, PathBuf)>,
+    unpacked: Unpacked,
 }
 
-fn walk_hostile(archive: &str, entry: &Path, reason: &str) -> AgentError {
+/// What a tar entry says about its metadata.
+#[derive(Clone)]
+struct Meta {
+    mode: u32,
+    mtime: u64,
+    owner: (Option<u32>, Option<u32>),
+    xattrs: Vec<xattrs::Xattr>,
+}
+
+fn hostile(archive: &str, entry: &Path, reason: &str) -> AgentError {
     AgentError::HostileEntry {
         archive: archive.to_owned(),
         entry: entry.display().to_string(),
@@ -125,7 +151,7 @@ fn walk_hostile(archive: &str, entry: &Path, reason: &str) -> AgentError {
     }
 }
 
-impl Walk<'_> {
+impl Extract<'_> {
     fn bad(&self, reason: String) -> AgentError {
         AgentError::BadArchive {
             archive: self.archive.to_owned(),
@@ -134,7 +160,11 @@ impl Walk<'_> {
     }
 
     fn hostile(&self, entry: &Path, reason: &str) -> AgentError {
-        walk_hostile(self.archive, entry, reason)
+        hostile(self.archive, entry, reason)
+    }
+
+    fn failed(&self, path: &Path, e: io::Error) -> AgentError {
+        unpack_error(self.archive, path, e)
     }
 
     /// Reads every entry: checks it, then unpacks it here or hands it to a
@@ -154,71 +184,88 @@ impl Walk<'_> {
                 .path()
                 .map_err(|e| self.bad(format!("unreadable entry path: {e}")))?
                 .into_owned();
-            check_entry_path(&path, self.allowed_top).map_err(|r| self.hostile(&path, r))?;
-            // A tree archived from disk never has entries at or below a symlink:
-            // one that does would write through the link.
-            if path.ancestors().any(|a| self.links.contains(a)) {
-                return Err(self.hostile(&path, "written through a symlink"));
-            }
+            let path = self.check_path(&path)?;
+            let xattrs = match entry.pax_extensions() {
+                Ok(Some(records)) => {
+                    xattrs::from_pax(records).map_err(|e| self.failed(&path, e))?
+                }
+                Ok(None) => Vec::new(),
+                Err(e) => return Err(self.bad(format!("at {}: {e}", path.display()))),
+            };
             let header = entry.header();
             let kind = header.entry_type();
-            let mode = header.mode().unwrap_or(0o755);
-            let owner = (header.uid().ok(), header.gid().ok());
+            let to_u32 = |id: io::Result<u64>| id.ok().and_then(|v| u32::try_from(v).ok());
+            let meta = Meta {
+                mode: header.mode().unwrap_or(0o644) & 0o7777,
+                mtime: header.mtime().unwrap_or(0),
+                owner: (to_u32(header.uid()), to_u32(header.gid())),
+                xattrs,
+            };
             let size = entry.size();
             match kind {
                 EntryType::Regular | EntryType::Continuous if size <= POOLED_FILE_MAX => {
-                    let mtime = entry.header().mtime().unwrap_or(0);
-                    self.parent_exists(&path)?;
+                    let (parent, name) = self.parent_of(&path)?;
                     let mut data = Vec::with_capacity(size as usize);
                     entry
                         .read_to_end(&mut data)
-                        .map_err(|e| unpack_error(self.archive, &path, e))?;
+                        .map_err(|e| self.failed(&path, e))?;
                     if data.len() as u64 != size {
                         let e = io::Error::from(io::ErrorKind::UnexpectedEof);
-                        return Err(unpack_error(self.archive, &path, e));
+                        return Err(self.failed(&path, e));
                     }
                     let file = PooledFile {
-                        at: self.dst.join(&path),
+                        parent,
+                        name,
                         path,
                         data,
-                        mode,
-                        mtime,
-                        owner,
+                        meta,
                     };
                     if pool.send(file).is_err() {
                         return Ok(()); // every writer is gone: one failed
                     }
-                    continue;
                 }
-                EntryType::Regular | EntryType::Directory | EntryType::Continuous => {}
+                EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => {
+                    let (parent, name) = self.parent_of(&path)?;
+                    let sparse = kind == EntryType::GNUSparse;
+                    let written = write_file(&parent, &name, &meta, self.restore_owners, |f| {
+                        if sparse {
+                            copy_sparse(&mut entry, f, size)
+                        } else {
+                            copy_all(&mut entry, f, size)
+                        }
+                    })
+                    .map_err(|e| self.failed(&path, e))?;
+                    self.unpacked.refused_xattrs.extend(named(&path, written));
+                }
+                EntryType::Directory => self.directory(&path, meta)?,
                 EntryType::Symlink => {
                     let target = entry
                         .link_name()
                         .map_err(|e| self.bad(format!("unreadable link target: {e}")))?
-                        .ok_or_else(|| self.hostile(&path, "symlink without a target"))?;
-                    if escapes(&path, &target) {
-                        return Err(self.hostile(&path, "symlink points outside the target"));
-                    }
-                    self.links.insert(path.clone());
+                        .ok_or_else(|| self.hostile(&path, "symlink without a target"))?
+                        .into_owned();
+                    self.symlink(&path, &target, &meta)?;
                 }
-                EntryType::Link => return Err(self.hostile(&path, "hard links are not accepted")),
+                EntryType::Link => {
+                    let target = entry
+                        .link_name()
+                        .map_err(|e| self.bad(format!("unreadable link target: {e}")))?
+                        .ok_or_else(|| self.hostile(&path, "hard link without a target"))?;
+                    // Only to another entry of this archive: nothing outside
+                    // the target can be reached through a hard link.
+                    let target = self
+                        .check_path(&target)
+                        .map_err(|_| self.hostile(&path, "hard link to outside the archive"))?;
+                    if target.components().next() != path.components().next() {
+                        return Err(self.hostile(&path, "hard link across trees"));
+                    }
+                    self.hard_links.push((path, target));
+                }
+                EntryType::Fifo => self.fifo(&path, &meta)?,
                 EntryType::Char | EntryType::Block => {
                     return Err(self.hostile(&path, "device nodes are not accepted"));
                 }
-                EntryType::Fifo => return Err(self.hostile(&path, "FIFOs are not accepted")),
                 _ => return Err(self.hostile(&path, "unsupported entry type")),
-            }
-            let unpacked = entry
-                .unpack_in(self.dst)
-                .map_err(|e| unpack_error(self.archive, &path, e))?;
-            if !unpacked {
-                return Err(self.hostile(&path, "refused by the extractor"));
-            }
-            let written = self.dst.join(&path);
-            if kind == EntryType::Directory {
-                set_mode(&written, mode | 0o700)?;
-                self.dir_modes.push((written, mode));
-                self.dirs.insert(path);
             }
         }
         drop(pool);
@@ -227,64 +274,299 @@ impl Walk<'_> {
         Ok(())
     }
 
-    /// Creates the parent of `path` when no entry made it (as `tar` does),
-    /// so that a writer never has to.
-    fn parent_exists(&mut self, path: &Path) -> Result<()> {
-        let Some(parent) = path.parent() else {
-            return Ok(());
-        };
-        if parent.as_os_str().is_empty() || self.dirs.contains(parent) {
-            return Ok(());
+    /// The entry's path without `.` components, if it is relative, free of
+    /// `..` and below one of the tops.
+    fn check_path(&self, path: &Path) -> Result<PathBuf> {
+        let mut out = PathBuf::new();
+        for (i, c) in path.components().enumerate() {
+            match c {
+                Component::Normal(n) if i > 0 || self.tops.contains_key(n) => out.push(n),
+                Component::Normal(_) => {
+                    return Err(self.hostile(path, "unexpected top-level directory"));
+                }
+                Component::CurDir => {}
+                Component::ParentDir => return Err(self.hostile(path, "path leaves the target")),
+                Component::RootDir | Component::Prefix(_) => {
+                    return Err(self.hostile(path, "absolute path"));
+                }
+            }
         }
-        let at = self.dst.join(parent);
-        std::fs::create_dir_all(&at).map_err(|e| unpack_error(self.archive, path, e))?;
-        // As the extractor checks for what it writes: the parent, links
-        // resolved, is inside the target. Once per directory.
-        let real = std::fs::canonicalize(&at).map_err(|e| unpack_error(self.archive, path, e))?;
-        if !real.starts_with(self.dst) {
-            return Err(self.hostile(path, "written through a symlink"));
+        if out.as_os_str().is_empty() {
+            return Err(self.hostile(path, "empty path"));
         }
-        self.dirs.insert(parent.to_path_buf());
+        Ok(out)
+    }
+
+    /// The open directory that holds `path` and its last component, the
+    /// directories on the way opened (or made, as `tar` makes missing
+    /// parents) one by one without following a link.
+    fn parent_of(&mut self, path: &Path) -> Result<(Arc<OwnedFd>, OsString)> {
+        let parts: Vec<&OsStr> = path.iter().collect();
+        let (name, dirs) = parts.split_last().expect("checked paths are not empty");
+        let top = self
+            .tops
+            .get(parts[0])
+            .expect("checked paths start with a top")
+            .clone();
+        let kept = self
+            .open
+            .iter()
+            .zip(dirs.iter())
+            .take_while(|((open, _), want)| open == *want)
+            .count();
+        self.open.truncate(kept);
+        for dir in &dirs[kept..] {
+            let parent = self.open.last().map_or(&top, |(_, fd)| fd).clone();
+            let fd = match walk::open_dir(&*parent, *dir) {
+                Ok(fd) => fd,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    rustix::fs::mkdirat(&*parent, *dir, Mode::from_raw_mode(0o755))
+                        .map_err(|e| self.failed(path, e.into()))?;
+                    walk::open_dir(&*parent, *dir).map_err(|e| self.failed(path, e))?
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ELOOP | libc::ENOTDIR)) => {
+                    let is_link = rustix::fs::statat(&*parent, *dir, AtFlags::SYMLINK_NOFOLLOW)
+                        .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Symlink);
+                    return Err(self.hostile(
+                        path,
+                        if is_link {
+                            "written through a symlink"
+                        } else {
+                            "below an entry that is not a directory"
+                        },
+                    ));
+                }
+                Err(e) => return Err(self.failed(path, e)),
+            };
+            self.open.push(((*dir).to_owned(), Arc::new(fd)));
+        }
+        let parent = self.open.last().map_or(&top, |(_, fd)| fd).clone();
+        Ok((parent, (*name).to_owned()))
+    }
+
+    fn directory(&mut self, path: &Path, meta: Meta) -> Result<()> {
+        let (parent, name) = self.parent_of(path)?;
+        match rustix::fs::mkdirat(&*parent, &name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {}
+            // Made earlier as a missing parent: fine; anything else is a duplicate.
+            Err(Errno::EXIST)
+                if rustix::fs::statat(&*parent, &name, AtFlags::SYMLINK_NOFOLLOW)
+                    .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::Directory) => {}
+            Err(e) => return Err(self.failed(path, e.into())),
+        }
+        if self.restore_owners {
+            let fd = walk::open_dir(&*parent, &name).map_err(|e| self.failed(path, e))?;
+            chown(&fd, meta.owner).map_err(|e| self.failed(path, e))?;
+        }
+        self.dirs.push(DirFix {
+            path: path.to_path_buf(),
+            mode: meta.mode,
+            mtime: meta.mtime,
+            xattrs: meta.xattrs,
+        });
         Ok(())
     }
+
+    fn symlink(&mut self, path: &Path, target: &Path, meta: &Meta) -> Result<()> {
+        if target.as_os_str().is_empty() {
+            return Err(self.hostile(path, "symlink without a target"));
+        }
+        let (parent, name) = self.parent_of(path)?;
+        rustix::fs::symlinkat(target, &*parent, &name).map_err(|e| self.failed(path, e.into()))?;
+        if self.restore_owners {
+            let (uid, gid) = ids(meta.owner);
+            rustix::fs::chownat(&*parent, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| self.failed(path, e.into()))?;
+        }
+        rustix::fs::utimensat(
+            &*parent,
+            &name,
+            &times(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.failed(path, e.into()))
+    }
+
+    fn fifo(&mut self, path: &Path, meta: &Meta) -> Result<()> {
+        let (parent, name) = self.parent_of(path)?;
+        rustix::fs::mkfifoat(&*parent, &name, Mode::from_raw_mode(0o600))
+            .map_err(|e| self.failed(path, e.into()))?;
+        // A FIFO cannot be opened without blocking for a peer: it is set
+        // up by name, in a directory no one else writes to.
+        if self.restore_owners {
+            let (uid, gid) = ids(meta.owner);
+            rustix::fs::chownat(&*parent, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| self.failed(path, e.into()))?;
+        }
+        rustix::fs::chmodat(
+            &*parent,
+            &name,
+            Mode::from_raw_mode(meta.mode),
+            AtFlags::empty(),
+        )
+        .map_err(|e| self.failed(path, e.into()))?;
+        rustix::fs::utimensat(
+            &*parent,
+            &name,
+            &times(meta.mtime),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.failed(path, e.into()))
+    }
+
+    /// Makes the hard links, then gives each directory its mode, attributes
+    /// and time, deepest first.
+    fn finish(mut self) -> Result<Unpacked> {
+        for (link, target) in std::mem::take(&mut self.hard_links) {
+            let (tparent, tname) = self.parent_of(&target)?;
+            let is_file = rustix::fs::statat(&*tparent, &tname, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|s| FileType::from_raw_mode(s.st_mode) == FileType::RegularFile);
+            if !is_file {
+                return Err(self.hostile(&link, "hard link to an entry that is not a file"));
+            }
+            let (lparent, lname) = self.parent_of(&link)?;
+            rustix::fs::linkat(&*tparent, &tname, &*lparent, &lname, AtFlags::empty())
+                .map_err(|e| self.failed(&link, e.into()))?;
+        }
+        for dir in std::mem::take(&mut self.dirs).into_iter().rev() {
+            let (parent, name) = self.parent_of(&dir.path)?;
+            let fd = walk::open_dir(&*parent, &name).map_err(|e| self.failed(&dir.path, e))?;
+            rustix::fs::fchmod(&fd, Mode::from_raw_mode(dir.mode))
+                .map_err(|e| self.failed(&dir.path, e.into()))?;
+            let refused = xattrs::write(&fd, &dir.xattrs).map_err(|e| self.failed(&dir.path, e))?;
+            self.unpacked
+                .refused_xattrs
+                .extend(named(&dir.path, refused));
+            rustix::fs::futimens(&fd, &times(dir.mtime))
+                .map_err(|e| self.failed(&dir.path, e.into()))?;
+        }
+        Ok(self.unpacked)
+    }
+}
+
+/// Refused attributes as notes: `data/x: user.origin (Operation not supported)`.
+fn named(path: &Path, refused: Vec<(String, io::Error)>) -> impl Iterator<Item = String> + '_ {
+    refused
+        .into_iter()
+        .map(move |(name, e)| format!("{}: {name} ({e})", path.display()))
+}
+
+/// Owners as numbers, as tar keeps them: names may differ between hosts.
+fn ids(owner: (Option<u32>, Option<u32>)) -> (Option<Uid>, Option<Gid>) {
+    (owner.0.map(Uid::from_raw), owner.1.map(Gid::from_raw))
+}
+
+fn chown(fd: impl AsFd, owner: (Option<u32>, Option<u32>)) -> io::Result<()> {
+    let (uid, gid) = ids(owner);
+    rustix::fs::fchown(fd, uid, gid).map_err(io::Error::from)
+}
+
+fn times(mtime: u64) -> Timestamps {
+    let mtime = Timespec {
+        tv_sec: i64::try_from(mtime).unwrap_or(i64::MAX),
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: mtime,
+        last_modification: mtime,
+    }
+}
+
+/// Creates file `name` in `parent` (never over an existing entry, so never
+/// through a link), fills it with `fill`, then sets owner, mode, extended
+/// attributes and time through its handle, in an order that keeps each:
+/// a change of owner clears set-user-ID bits and file capabilities.
+/// Returns the attributes that were refused.
+fn write_file(
+    parent: &OwnedFd,
+    name: &OsStr,
+    meta: &Meta,
+    restore_owners: bool,
+    fill: impl FnOnce(&std::fs::File) -> io::Result<()>,
+) -> io::Result<Vec<(String, io::Error)>> {
+    let fd = rustix::fs::openat(
+        parent,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?;
+    let file = std::fs::File::from(fd);
+    fill(&file)?;
+    if restore_owners {
+        chown(&file, meta.owner)?;
+    }
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(meta.mode))?;
+    let refused = xattrs::write(&file, &meta.xattrs)?;
+    if meta.mtime > i64::MAX as u64 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "modification time out of range",
+        ));
+    }
+    rustix::fs::futimens(&file, &times(meta.mtime))?;
+    Ok(refused)
+}
+
+/// Copies exactly `size` bytes of `entry` into `file`.
+fn copy_all(entry: &mut impl Read, file: &std::fs::File, size: u64) -> io::Result<()> {
+    let mut out = file;
+    let copied = io::copy(&mut entry.take(size), &mut out)?;
+    if copied != size {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    Ok(())
+}
+
+/// Copies a sparse file's `size` bytes into `file`, leaving aligned blocks
+/// of zeros unwritten: its holes come back as holes, and take no space.
+fn copy_sparse(entry: &mut impl Read, file: &std::fs::File, size: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut at = 0u64;
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match entry.read(&mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if filled == 0 {
+            break;
+        }
+        let mut run: Option<usize> = None;
+        for (i, block) in buf[..filled].chunks(HOLE_BLOCK).enumerate() {
+            let zero = block.iter().all(|b| *b == 0);
+            match (zero, run) {
+                (false, None) => run = Some(i * HOLE_BLOCK),
+                (true, Some(start)) => {
+                    file.write_all_at(&buf[start..i * HOLE_BLOCK], at + start as u64)?;
+                    run = None;
+                }
+                _ => {}
+            }
+        }
+        if let Some(start) = run {
+            file.write_all_at(&buf[start..filled], at + start as u64)?;
+        }
+        at += filled as u64;
+    }
+    if at != size {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    file.set_len(size)
 }
 
 /// A small file read whole, waiting for a writer thread.
 struct PooledFile {
-    /// Where it goes on disk.
-    at: PathBuf,
+    /// The directory it goes into, and its name there.
+    parent: Arc<OwnedFd>,
+    name: OsString,
     /// Its path in the archive, for errors.
     path: PathBuf,
     data: Vec<u8>,
-    mode: u32,
-    mtime: u64,
-    owner: (Option<u64>, Option<u64>),
-}
-
-impl PooledFile {
-    /// Writes it as the extractor would: never over an existing entry (so
-    /// never through a link), then owner, mode and modification time.
-    fn write(&self, restore_owners: bool) -> io::Result<()> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&self.at)?;
-        file.write_all(&self.data)?;
-        if restore_owners {
-            let to_u32 = |id: Option<u64>| id.and_then(|v| u32::try_from(v).ok());
-            std::os::unix::fs::fchown(&file, to_u32(self.owner.0), to_u32(self.owner.1))?;
-        }
-        // After the owner: changing it clears set-user-ID bits.
-        file.set_permissions(std::fs::Permissions::from_mode(self.mode & 0o7777))?;
-        let mtime = std::time::UNIX_EPOCH
-            .checked_add(std::time::Duration::from_secs(self.mtime))
-            .ok_or_else(|| {
-                io::Error::new(io::ErrorKind::InvalidData, "modification time out of range")
-            })?;
-        file.set_modified(mtime)
-    }
+    meta: Meta,
 }
 
 /// One writer thread: writes pooled files until the reader is done, and
@@ -292,6 +574,7 @@ impl PooledFile {
 fn write_pooled(
     rx: &Mutex<mpsc::Receiver<PooledFile>>,
     failure: &Mutex<Option<AgentError>>,
+    refused: &Mutex<Vec<String>>,
     archive: &str,
     restore_owners: bool,
 ) {
@@ -305,97 +588,25 @@ fn write_pooled(
         if failure.lock().expect("writer failure lock").is_some() {
             continue;
         }
-        if let Err(e) = file.write(restore_owners) {
-            let mut failed = failure.lock().expect("writer failure lock");
-            failed.get_or_insert_with(|| unpack_error(archive, &file.path, e));
-        }
-    }
-}
-
-/// Whether the unpacked symlink `link` (relative to `dst`) resolves inside its
-/// top directory (`data/`, `git/`, `src/`), following the links on its way
-/// as the kernel would. Components that do not exist are taken as written,
-/// so a dangling link inside the tree is fine.
-fn resolves_inside(dst: &Path, link: &Path) -> bool {
-    /// The kernel's limit on links followed in one lookup.
-    const MAX_HOPS: usize = 40;
-    let Some(Component::Normal(top)) = link.components().next() else {
-        return false;
-    };
-    let top = dst.join(top);
-    let link = dst.join(link);
-    let Some(mut at) = link.parent().map(Path::to_path_buf) else {
-        return false;
-    };
-    // Components still to walk, last first; `None` is `..`.
-    let mut todo: Vec<Option<OsString>> = Vec::new();
-    let follow = |todo: &mut Vec<Option<OsString>>, from: &Path| -> bool {
-        match std::fs::read_link(from) {
-            Ok(target) if !target.is_absolute() => {
-                let steps = target.components().filter_map(|c| match c {
-                    Component::Normal(n) => Some(Some(n.to_owned())),
-                    Component::ParentDir => Some(None),
-                    _ => None,
-                });
-                let steps: Vec<_> = steps.collect();
-                todo.extend(steps.into_iter().rev());
-                true
-            }
-            _ => false,
-        }
-    };
-    if !follow(&mut todo, &link) {
-        return false;
-    }
-    let mut hops = 0;
-    while let Some(step) = todo.pop() {
-        match step {
-            None => {
-                at.pop();
-            }
-            Some(name) => {
-                let next = at.join(name);
-                let is_link =
-                    std::fs::symlink_metadata(&next).is_ok_and(|m| m.file_type().is_symlink());
-                if !is_link {
-                    at = next;
-                } else {
-                    hops += 1;
-                    if hops > MAX_HOPS || !follow(&mut todo, &next) {
-                        return false;
-                    }
-                }
+        let written = write_file(&file.parent, &file.name, &file.meta, restore_owners, |f| {
+            let mut out = f;
+            io::Write::write_all(&mut out, &file.data)
+        });
+        match written {
+            Ok(r) if r.is_empty() => {}
+            Ok(r) => refused
+                .lock()
+                .expect("refused lock")
+                .extend(named(&file.path, r)),
+            Err(e) => {
+                let mut failed = failure.lock().expect("writer failure lock");
+                failed.get_or_insert_with(|| unpack_error(archive, &file.path, e));
             }
         }
-        if !at.starts_with(&top) {
-            return false;
-        }
     }
-    true
-}
-
-fn check_entry_path(path: &Path, allowed_top: &[&str]) -> std::result::Result<(), &'static str> {
-    let mut components = path.components();
-    match components.next() {
-        Some(Component::Normal(top)) if allowed_top.iter().any(|a| top == *a) => {}
-        Some(Component::RootDir | Component::Prefix(_)) => return Err("absolute path"),
-        Some(Component::ParentDir) => return Err("path leaves the target"),
-        _ => return Err("unexpected top-level directory"),
-    }
-    for c in components {
-        match c {
-            Component::Normal(_) | Component::CurDir => {}
-            Component::ParentDir => return Err("path leaves the target"),
-            Component::RootDir | Component::Prefix(_) => return Err("absolute path"),
-        }
-    }
-    Ok(())
 }
 
 fn unpack_error(archive: &str, path: &Path, e: io::Error) -> AgentError {
-    // The extractor wraps the real error in text naming the host's staging
-    // path; what a user needs is the innermost cause, named by entry.
-    let cause = innermost(&e);
     let entry = path.display().to_string();
     match e.kind() {
         io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => AgentError::HostFull(entry),
@@ -409,23 +620,16 @@ fn unpack_error(archive: &str, path: &Path, e: io::Error) -> AgentError {
         },
         _ => AgentError::BadArchive {
             archive: archive.to_owned(),
-            reason: format!("at {entry}: {cause}"),
+            reason: format!("at {entry}: {}", innermost(&e)),
         },
     }
 }
 
-/// The deepest error in a chain: the extractor's wrapper (which names the
-/// host's staging path) reports the real cause as its `source`.
+/// The deepest error in a chain: the tar reader wraps the real cause.
 fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
     let mut current = e;
     while let Some(next) = current.source() {
         current = next;
     }
     current.to_string()
-}
-
-fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & 0o7777))
-        .map_err(|e| AgentError::io("setting directory modes", e))
 }

@@ -48,7 +48,7 @@ pub async fn run(
 /// The guide's text after the heading. Scripts take the ID with
 /// `grep "Backup ID:" | awk '{print $3}'`.
 pub fn render(s: &BackupSummary) -> String {
-    format!(
+    let mut text = format!(
         "\nBackup created successfully!\n\n\
          Backup ID: {id}\n\
          Location: {location}\n\
@@ -58,7 +58,21 @@ pub fn render(s: &BackupSummary) -> String {
         id = s.backup_id,
         location = s.location,
         size = format_size(s.total_size),
-    )
+    );
+    text.push_str(&skipped(&s.skipped));
+    text
+}
+
+/// The entries a backup left out, as a section of their own; empty if none.
+pub fn skipped(entries: &[hop3_proto::v1::SkippedEntry]) -> String {
+    if entries.is_empty() {
+        return String::new();
+    }
+    let mut text = format!("\nNot in the backup ({} entries):\n", entries.len());
+    for e in entries {
+        text.push_str(&format!("  - {}: {}\n", e.path, e.reason));
+    }
+    text
 }
 
 #[cfg(test)]

@@ -114,6 +114,8 @@ pub fn render(d: &BackupDetails) -> String {
         let _ = writeln!(t, "Services: not included (--no-services)");
     }
 
+    t.push_str(&super::create::skipped(&s.skipped));
+
     let state = d.app_state.clone().unwrap_or_default();
     let port = if state.port == 0 {
         String::new()

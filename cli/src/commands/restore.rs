@@ -41,19 +41,28 @@ pub fn render(r: &RestoreResult) -> String {
     } else {
         state.port.to_string()
     };
-    format!(
+    let mut text = format!(
         "\nRestore completed successfully!\n\n\
          Application: {app}\n\
          Host: {host}\n\
          Hostname: {hostname}\n\
-         Port: {port}\n\n\
-         To start the application:\n  \
-         hop3 app:restart {app}\n",
+         Port: {port}\n",
         app = r.app,
         host = or_na(&r.host),
         hostname = or_na(&state.hostname),
         port = or_na(&port),
-    )
+    );
+    if !r.notes.is_empty() {
+        text.push_str("\nNotes:\n");
+        for note in &r.notes {
+            text.push_str(&format!("  - {note}\n"));
+        }
+    }
+    text.push_str(&format!(
+        "\nTo start the application:\n  hop3 app:restart {}\n",
+        r.app
+    ));
+    text
 }
 
 #[cfg(test)]

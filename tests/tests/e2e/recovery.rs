@@ -218,7 +218,7 @@ fn catalog_rebuilt_from_the_store(
     ensure!(info.all_valid && info.status == "COMPLETED", "{info:?}");
     // A rebuilt entry restores like any other.
     sys.restore(&made[0].backup_id, Some("alpha-copy"))?;
-    alpha_original.assert_same(
+    alpha_original.as_clone().assert_same(
         &Snapshot::of(&sys.root.join("apps/alpha-copy"))?,
         "a clone from a rebuilt catalog entry",
     )?;
@@ -414,6 +414,7 @@ fn private(dir: &Path) -> Result<()> {
             snapshot::Entry::Dir { mode } => (mode, 0o700),
             snapshot::Entry::File { mode, .. } => (mode, 0o600),
             snapshot::Entry::Symlink { target } => bail!("{path} is a link to {target}"),
+            snapshot::Entry::Fifo { .. } => bail!("{path} is a FIFO"),
         };
         ensure!(
             mode == want,

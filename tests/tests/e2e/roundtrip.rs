@@ -113,7 +113,9 @@ fn restore_to_another_name_makes_an_independent_clone() -> Result<()> {
     ensure!(restored.app == "blog-staging", "{restored:?}");
     ensure!(restored.backup_id == id, "{restored:?}");
     let clone = App::existing(&sys.root, "blog-staging");
-    original.assert_same(&Snapshot::of(&clone.dir)?, "the clone")?;
+    original
+        .as_clone()
+        .assert_same(&Snapshot::of(&clone.dir)?, "the clone")?;
     snapshot::fsck(&clone.git_dir())?;
     original.assert_same(&Snapshot::of(&app.dir)?, "the source after cloning")?;
 
