@@ -698,10 +698,14 @@ fn hostile_cases(outside: &Path, original_data: &[u8]) -> Result<Vec<Hostile>> {
     Ok(cases)
 }
 
+/// A planted archive's name, bytes, and the links it must restore (path
+/// under `data/`, target as written).
+type LinkCase = (&'static str, Vec<u8>, Vec<(&'static str, String)>);
+
 /// Archives of links alone, wherever they point, and a FIFO: a restore
 /// recreates them exactly as archived (a link is not a write outside the
 /// target), and writes nothing through them.
-fn link_cases(outside: &Path) -> Result<Vec<(&'static str, Vec<u8>, Vec<(&'static str, String)>)>> {
+fn link_cases(outside: &Path) -> Result<Vec<LinkCase>> {
     let outside = outside.display().to_string();
     Ok(vec![
         (
