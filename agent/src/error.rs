@@ -81,6 +81,15 @@ pub enum AgentError {
     )]
     NotATree { tree: String },
     #[error(
+        "{tree}/ is a link to {target}, owned by uid {owner} while the app belongs to uid {app_owner}: not followed, since the app's user could have planted it; point it at a directory of the app's user"
+    )]
+    UntrustedLink {
+        tree: String,
+        target: String,
+        owner: u32,
+        app_owner: u32,
+    },
+    #[error(
         "app '{app}' already exists on this host and is not the backup's app ('{backup_app}'): restoring would replace its files, environment and databases. Pass --replace to do that, or choose another --target-app"
     )]
     TargetExists { app: String, backup_app: String },
@@ -123,7 +132,9 @@ impl AgentError {
             Self::Stalled(_) => Code::DeadlineExceeded,
             Self::Service { .. } => Code::FailedPrecondition,
             Self::UnknownService { .. } => Code::FailedPrecondition,
-            Self::LinkedTree { .. } | Self::NotATree { .. } => Code::FailedPrecondition,
+            Self::LinkedTree { .. } | Self::NotATree { .. } | Self::UntrustedLink { .. } => {
+                Code::FailedPrecondition
+            }
             Self::TargetExists { .. } => Code::AlreadyExists,
             Self::Bug(_) => Code::Internal,
         }

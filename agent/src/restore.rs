@@ -91,27 +91,13 @@ pub async fn restore(
     check_space(&manifest, &places, &staging, header.total_bytes).await?;
 
     let mut journal = Journal::begin(&state.root.state_dir(), &app, &manifest.backup_id).await?;
-    remove_tree(&staging).await?;
-    let mut roots = BTreeMap::new();
-    make_private_dir(&staging).await?;
-    journal.staging(staging.clone()).await?;
-    for (tree, placement) in &places {
-        let root = match &placement.place {
-            Place::InApp => staging.clone(),
-            Place::Linked { target, .. } => {
-                let name = target
-                    .file_name()
-                    .expect("targets are not /")
-                    .to_string_lossy();
-                let dir = target.with_file_name(format!(".{name}.restore-{}", manifest.backup_id));
-                remove_tree(&dir).await?;
-                make_private_dir(&dir).await?;
-                journal.staging(dir.clone()).await?;
-                dir
-            }
-        };
-        roots.insert(*tree, root);
-    }
+    let roots = match make_staging(&mut journal, &staging, &places, &manifest.backup_id).await {
+        Ok(roots) => roots,
+        Err(e) => {
+            journal.end().await;
+            return Err(e);
+        }
+    };
     tracing::info!(app, backup_id = %manifest.backup_id, "restore: staging");
 
     let progress = StreamProgress::new(out.clone(), header.total_bytes, |p| v1::RestoreAppEvent {
@@ -164,6 +150,38 @@ pub async fn restore(
     })
 }
 
+/// Makes the staging directories, on record: the app's, and one beside
+/// each linked tree's target. Returns the directory each tree unpacks into.
+async fn make_staging(
+    journal: &mut Journal,
+    staging: &Path,
+    places: &[(&'static str, trees::Placement)],
+    backup_id: &str,
+) -> Result<BTreeMap<&'static str, PathBuf>> {
+    remove_tree(staging).await?;
+    make_private_dir(staging).await?;
+    journal.staging(staging.to_path_buf()).await?;
+    let mut roots = BTreeMap::new();
+    for (tree, placement) in places {
+        let root = match &placement.place {
+            Place::InApp => staging.to_path_buf(),
+            Place::Linked { target, .. } => {
+                let name = target
+                    .file_name()
+                    .expect("targets are not /")
+                    .to_string_lossy();
+                let dir = target.with_file_name(format!(".{name}.restore-{backup_id}"));
+                remove_tree(&dir).await?;
+                make_private_dir(&dir).await?;
+                journal.staging(dir.clone()).await?;
+                dir
+            }
+        };
+        roots.insert(*tree, root);
+    }
+    Ok(roots)
+}
+
 /// Where each tree the backup may hold goes.
 async fn places(
     live: &Path,
@@ -171,12 +189,13 @@ async fn places(
     layout: &Layout,
 ) -> Result<Vec<(&'static str, trees::Placement)>> {
     let (live, links) = (live.to_path_buf(), layout.links.clone());
+    let app_owner = layout.app_dir.map(|o| o.uid);
     tokio::task::spawn_blocking(move || {
         TREES
             .iter()
             .map(|tree| {
                 let recorded = links.get(*tree).map(String::as_str);
-                (*tree, trees::place(tree, &live, own, recorded))
+                (*tree, trees::place(tree, &live, own, recorded, app_owner))
             })
             .collect()
     })

@@ -59,6 +59,20 @@ pub fn open_for_backup(app_dir: &Path, names: &[&'static str]) -> Result<Vec<Ope
                     target: target.clone(),
                     reason: std::io::Error::from(e).to_string(),
                 })?;
+                let owner = rustix::fs::fstat(&dir)
+                    .map_err(|e| AgentError::io(format!("reading {name}/"), e.into()))?
+                    .st_uid;
+                let app_owner = rustix::fs::fstat(&app)
+                    .map_err(|e| AgentError::io("reading the app directory", e.into()))?
+                    .st_uid;
+                if !trusted(app_owner, owner) {
+                    return Err(AgentError::UntrustedLink {
+                        tree: name.to_owned(),
+                        target,
+                        owner,
+                        app_owner,
+                    });
+                }
                 out.push(Opened {
                     name,
                     dir,
@@ -73,6 +87,14 @@ pub fn open_for_backup(app_dir: &Path, names: &[&'static str]) -> Result<Vec<Ope
         }
     }
     Ok(out)
+}
+
+/// Whether a tree link in an app directory owned by `app_owner` may be
+/// followed to a directory owned by `owner`. An app's own user can plant any
+/// link in its directory (`data -> /etc`): the agent, as root, follows it
+/// only to a directory that user owns anyway, or when root owns the app.
+fn trusted(app_owner: u32, owner: u32) -> bool {
+    app_owner == 0 || owner == app_owner
 }
 
 /// Where a restored tree goes.
@@ -98,8 +120,22 @@ pub struct Placement {
 /// it): only then may a restore write into what a link leads to, since a
 /// clone must never share its data with its source. The live app's own
 /// link wins; else the link the backup recorded, when its target exists
-/// here. Blocking.
-pub fn place(name: &str, app_dir: &Path, own: bool, recorded: Option<&str>) -> Placement {
+/// here. Either way the target must pass [`trusted`] for the app's owner
+/// (the live directory's, else `app_owner` as the backup recorded it).
+/// Blocking.
+pub fn place(
+    name: &str,
+    app_dir: &Path,
+    own: bool,
+    recorded: Option<&str>,
+    app_owner: Option<u32>,
+) -> Placement {
+    use std::os::unix::fs::MetadataExt;
+    let app_owner = std::fs::symlink_metadata(app_dir)
+        .map(|m| m.uid())
+        .ok()
+        .or(app_owner)
+        .unwrap_or(0);
     let in_app = |note: Option<String>| Placement {
         place: Place::InApp,
         note,
@@ -111,7 +147,7 @@ pub fn place(name: &str, app_dir: &Path, own: bool, recorded: Option<&str>) -> P
     }
     let live = app_dir.join(name);
     if let Ok(link) = std::fs::read_link(&live)
-        && let Some(target) = usable_target(app_dir, &link)
+        && let Some(target) = usable_target(app_dir, &link, app_owner)
     {
         return Placement {
             place: Place::Linked {
@@ -124,7 +160,7 @@ pub fn place(name: &str, app_dir: &Path, own: bool, recorded: Option<&str>) -> P
     let Some(recorded) = recorded else {
         return in_app(None);
     };
-    match usable_target(app_dir, Path::new(recorded)) {
+    match usable_target(app_dir, Path::new(recorded), app_owner) {
         Some(target) => Placement {
             place: Place::Linked {
                 link: recorded.to_owned(),
@@ -133,16 +169,19 @@ pub fn place(name: &str, app_dir: &Path, own: bool, recorded: Option<&str>) -> P
             note: None,
         },
         None => in_app(Some(format!(
-            "{name}/ was a link to {recorded}, which is not a directory on this host: restored as a directory in the app"
+            "{name}/ was a link to {recorded}, which is not a directory on this host that the app's owner owns: restored as a directory in the app"
         ))),
     }
 }
 
 /// The directory `link` (read in `app_dir`) leads to, if it is one a
-/// restore may write into: never the app itself or a directory above it.
-fn usable_target(app_dir: &Path, link: &Path) -> Option<PathBuf> {
+/// restore may write into: owned as [`trusted`] allows, and never the app
+/// itself or a directory above it.
+fn usable_target(app_dir: &Path, link: &Path, app_owner: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
     let target = std::fs::canonicalize(app_dir.join(link)).ok()?;
-    if !target.is_dir() || target.parent().is_none() {
+    let meta = std::fs::metadata(&target).ok()?;
+    if !meta.is_dir() || target.parent().is_none() || !trusted(app_owner, meta.uid()) {
         return None;
     }
     let app = std::fs::canonicalize(app_dir).unwrap_or_else(|_| app_dir.to_path_buf());
@@ -185,7 +224,7 @@ mod tests {
         std::fs::create_dir_all(&app).unwrap();
         std::fs::create_dir_all(&volume).unwrap();
         let recorded = volume.to_str().unwrap();
-        let own = place("data", &app, true, Some(recorded));
+        let own = place("data", &app, true, Some(recorded), None);
         assert_eq!(
             own.place,
             Place::Linked {
@@ -193,14 +232,46 @@ mod tests {
                 target: std::fs::canonicalize(&volume).unwrap()
             }
         );
-        let clone = place("data", &tmp.path().join("apps/copy"), false, Some(recorded));
+        let clone = place(
+            "data",
+            &tmp.path().join("apps/copy"),
+            false,
+            Some(recorded),
+            None,
+        );
         assert_eq!(clone.place, Place::InApp);
         assert!(clone.note.is_some());
-        let gone = place("data", &app, true, Some("/nowhere/at/all"));
+        let gone = place("data", &app, true, Some("/nowhere/at/all"), None);
         assert_eq!(gone.place, Place::InApp);
         assert!(gone.note.unwrap().contains("not a directory on this host"));
         // A link to the app itself or above is never written through.
         symlink("..", app.join("src")).unwrap();
-        assert_eq!(place("src", &app, true, None).place, Place::InApp);
+        assert_eq!(place("src", &app, true, None, None).place, Place::InApp);
+    }
+
+    #[test]
+    fn a_link_planted_by_the_apps_user_is_not_followed_out_of_its_own() {
+        use std::os::unix::fs::chown;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to give the app to a user");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let app = tmp.path().join("apps/shop");
+        let system = tmp.path().join("etc-like");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::create_dir_all(&system).unwrap();
+        chown(&app, Some(4242), Some(4242)).unwrap();
+        symlink(&system, app.join("data")).unwrap();
+        let err = open_for_backup(&app, &["data"]).err().unwrap();
+        assert!(err.to_string().contains("owned by uid 0"), "{err}");
+        assert_eq!(place("data", &app, true, None, None).place, Place::InApp);
+        // A directory of the app's user is followed.
+        chown(&system, Some(4242), Some(4242)).unwrap();
+        assert_eq!(open_for_backup(&app, &["data"]).unwrap().len(), 1);
+        assert!(matches!(
+            place("data", &app, true, None, None).place,
+            Place::Linked { .. }
+        ));
     }
 }
