@@ -450,7 +450,7 @@ impl Restoring<'_> {
             (None, _) => None,
         };
         if let Some(env) = env {
-            let owner = self.owner_of(ENV_FILE, 0o600).await;
+            let owner = self.owner_of(ENV_FILE).await;
             write_owned(&self.staging.join(ENV_FILE), &env, owner).await?;
         }
 
@@ -486,7 +486,7 @@ impl Restoring<'_> {
         cfg.run_state = meta.run_state.clone();
         let mut json = serde_json::to_vec_pretty(&cfg).expect("app.json serialises");
         json.push(b'\n');
-        let owner = self.owner_of(APP_FILE, 0o600).await;
+        let owner = self.owner_of(APP_FILE).await;
         write_owned(&self.staging.join(APP_FILE), &json, owner).await?;
 
         for (tree, placement) in &self.places {
@@ -504,8 +504,8 @@ impl Restoring<'_> {
     }
 
     /// The mode and owner `name` gets: as the backup recorded, else as the
-    /// live file has them, else `mode` and the agent's own.
-    async fn owner_of(&self, name: &str, mode: u32) -> Option<Owner> {
+    /// live file has them, else none (0600, the agent's own).
+    async fn owner_of(&self, name: &str) -> Option<Owner> {
         if let Some(owner) = self.layout.files.get(name) {
             return Some(*owner);
         }
@@ -516,10 +516,7 @@ impl Restoring<'_> {
                 uid: meta.uid(),
                 gid: meta.gid(),
             }),
-            _ => {
-                let _ = mode;
-                None
-            }
+            _ => None,
         }
     }
 
@@ -580,6 +577,10 @@ impl Restoring<'_> {
             }
             return Err(e);
         }
+        // A new app (a clone, a fresh host) is left for its operator to start.
+        if !is_app {
+            return Ok(());
+        }
         if let Err(e) = state.hooks.start(&app).await {
             tracing::warn!(app, "restored app does not start; rolling its files back");
             journal.revert().await;
@@ -602,10 +603,11 @@ impl Restoring<'_> {
 
 /// `bytes` with every `(from, to)` replaced.
 fn replace_all(bytes: &[u8], rewrites: &[(String, String)]) -> Vec<u8> {
-    let mut text = String::from_utf8_lossy(bytes).into_owned();
-    if rewrites.is_empty() || std::str::from_utf8(bytes).is_err() {
+    // URLs are text: a file that is not (a binary value) is left as it is.
+    let Ok(text) = std::str::from_utf8(bytes) else {
         return bytes.to_vec();
-    }
+    };
+    let mut text = text.to_owned();
     for (from, to) in rewrites {
         text = text.replace(from.as_str(), to);
     }

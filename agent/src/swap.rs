@@ -54,6 +54,27 @@ struct Swap {
 pub struct Journal {
     path: PathBuf,
     record: Record,
+    /// Set by [`Journal::end`]: a journal dropped without it was abandoned.
+    ended: bool,
+}
+
+impl Drop for Journal {
+    /// Only a panic (a bug) or a dropped restore gets here, halfway: the
+    /// live app is put back at once (blocking, on this rare path); the
+    /// record stays, emptied of swaps, so the next start removes what was
+    /// staged and starts the app if the restore had stopped it.
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        tracing::warn!(app = %self.record.app, "a restore was abandoned halfway; putting the app back");
+        let swaps = std::mem::take(&mut self.record.swaps);
+        undo(&swaps, self.record.app_dir_before.take().as_ref());
+        let bytes = serde_json::to_vec_pretty(&self.record).expect("a record serialises");
+        if let Err(e) = write_durably(&self.path, &bytes) {
+            tracing::warn!(path = %self.path.display(), error = %e, "could not update a restore record");
+        }
+    }
 }
 
 impl Journal {
@@ -66,6 +87,7 @@ impl Journal {
                 backup_id: backup_id.to_owned(),
                 ..Record::default()
             },
+            ended: false,
         };
         journal.save().await?;
         Ok(journal)
@@ -112,6 +134,7 @@ impl Journal {
                 self.revert().await;
                 return Err(e);
             }
+            crate::failpoint::hit(&format!("restore-swapped:{}", self.record.app));
         }
         Ok(())
     }
@@ -154,11 +177,12 @@ impl Journal {
 
     /// Ends the record: the restore's staging directories (holding what the
     /// swaps replaced) are removed in the background.
-    pub async fn end(self) {
+    pub async fn end(mut self) {
+        self.ended = true;
         for dir in &self.record.staging {
             crate::restore::discard(dir.clone());
         }
-        let path = self.path;
+        let path = self.path.clone();
         if let Err(e) = tokio::fs::remove_file(&path).await
             && e.kind() != io::ErrorKind::NotFound
         {
@@ -331,8 +355,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(std::fs::read(app.join("data/f")).unwrap(), b"new");
-        // Killed here: a new agent starts.
-        drop(journal);
+        // Killed here (nothing runs on the way out): a new agent starts.
+        std::mem::forget(journal);
         recover(&state, &Hooks::default()).await;
         assert_eq!(std::fs::read(app.join("data/f")).unwrap(), b"old");
         assert_eq!(std::fs::read(app.join("ENV")).unwrap(), b"old");

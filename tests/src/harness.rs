@@ -415,6 +415,12 @@ impl Process {
         self.launch(Some(self.port))
     }
 
+    /// Replaces the extra environment the next [`restart`](Self::restart)
+    /// starts the process with; the running process, if any, is left alone.
+    pub fn set_env(&mut self, env: Vec<(OsString, OsString)>) {
+        self.env = env;
+    }
+
     /// Replaces the arguments the next [`restart`](Self::restart) starts the
     /// process with (`args(port)`, as for [`start`](Self::start)); the
     /// running process, if any, is left alone.
@@ -1071,8 +1077,23 @@ impl System {
     /// ([`issue_agent_cert`](Self::issue_agent_cert)) and `--tls-dir`, and
     /// its health is checked over TLS.
     pub fn start_agent_with(&mut self, host_id: &str, extra: &[&str]) -> Result<&mut Agent> {
+        self.start_agent_env(host_id, extra, &[])
+    }
+
+    /// [`start_agent_with`](Self::start_agent_with) with variables added to
+    /// the agent's environment (`HOP3_FAILPOINTS`, say).
+    pub fn start_agent_env(
+        &mut self,
+        host_id: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<&mut Agent> {
+        let env: Vec<(OsString, OsString)> = env
+            .iter()
+            .map(|(k, v)| ((*k).into(), (*v).into()))
+            .collect();
         let Some(ca) = self.tls_dir.as_ref().map(|d| d.join("ca.pem")) else {
-            return self.launch_agent(host_id, extra, None, Probe::plain("127.0.0.1"));
+            return self.launch_agent(host_id, extra, None, Probe::plain("127.0.0.1"), env);
         };
         let dir = self.issue_agent_cert(host_id)?;
         let probe = Probe::tls(TlsProbe {
@@ -1084,7 +1105,7 @@ impl System {
                 dir.join(format!("{host_id}.key")),
             )),
         });
-        self.launch_agent(host_id, extra, Some(&dir), probe)
+        self.launch_agent(host_id, extra, Some(&dir), probe, env)
     }
 
     /// Starts a standalone agent the controller is expected to refuse: with
@@ -1096,7 +1117,13 @@ impl System {
         host_id: &str,
         tls_dir: Option<&Path>,
     ) -> Result<&mut Agent> {
-        self.launch_agent(host_id, &[], tls_dir, Probe::plain("127.0.0.1").listening())
+        self.launch_agent(
+            host_id,
+            &[],
+            tls_dir,
+            Probe::plain("127.0.0.1").listening(),
+            Vec::new(),
+        )
     }
 
     /// Starts a standalone agent `host_id` (with `--tls-dir` when given),
@@ -1107,6 +1134,7 @@ impl System {
         extra: &[&str],
         tls_dir: Option<&Path>,
         probe: Probe,
+        env: Vec<(OsString, OsString)>,
     ) -> Result<&mut Agent> {
         let root = self.agent_root(host_id)?;
         let mut fixed: Vec<OsString> = vec![
@@ -1128,7 +1156,7 @@ impl System {
             &format!("agent-{host_id}"),
             binary("hop3-agent"),
             &self.logs,
-            tmpdir_env(&self.base),
+            tmpdir_env(&self.base).into_iter().chain(env).collect(),
             probe,
             move |port| {
                 let mut args: Vec<OsString> =

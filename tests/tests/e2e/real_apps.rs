@@ -644,6 +644,48 @@ fn a_clone_gets_no_hostname_unless_given_one() -> Result<()> {
     Ok(())
 }
 
+#[test]
+fn an_agent_killed_halfway_through_a_swap_puts_the_app_back_when_it_starts() -> Result<()> {
+    let mut sys = System::builder().local_agent(false).hooks().start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let root = sys.agent_root("crashy")?;
+    let app = App::build(&root, "shop", 35, &scratch)?;
+    let failpoint = [("HOP3_FAILPOINTS", "restore-swapped:shop=abort")];
+    sys.start_agent_env("crashy", &[], &failpoint)?;
+    let id = sys.create("shop")?.backup_id;
+    app.mutate(&scratch)?;
+    fs::write(app.dir.join("venv-marker"), b"kept")?;
+    let before = Snapshot::of(&app.dir)?;
+
+    sys.controller().allow_errors();
+    sys.hop3(["backup:restore", &id])
+        .failure(&["lost the agent"])?;
+    // It died with git/ swapped and the rest not: the app is a mix now.
+    ensure!(
+        Snapshot::of(&app.dir)? != before,
+        "the failpoint did not stop the restore halfway"
+    );
+    let agent = sys.agent("crashy");
+    agent.process.allow_errors();
+    agent.process.set_env(Vec::new());
+    agent.process.restart()?;
+    before.assert_same(&Snapshot::of(&app.dir)?, "the app once its agent is back")?;
+    let leftovers: Vec<_> = fs::read_dir(root.join("apps"))?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    ensure!(leftovers == ["shop"], "apps/ holds {leftovers:?}");
+    ensure!(
+        sys.hook_calls()?.last().map(String::as_str) == Some("start shop"),
+        "the app was not started again: {:?}",
+        sys.hook_calls()?
+    );
+    // And the backup restores whole.
+    let restored = Snapshot::of(&app.dir)?;
+    sys.restore(&id, None)?;
+    ensure!(Snapshot::of(&app.dir)? != restored, "nothing was restored");
+    Ok(())
+}
+
 /// Fails with the differences unless two trees are equal.
 fn same_tree(expected: &snapshot::Tree, actual: &snapshot::Tree, what: &str) -> Result<()> {
     if expected != actual {
