@@ -180,7 +180,21 @@ impl Journal {
     pub async fn end(mut self) {
         self.ended = true;
         for dir in &self.record.staging {
-            crate::restore::discard(dir.clone());
+            // Renamed first: the next restore of the same backup stages at
+            // the same path while this one may still be deleting.
+            let trash = dir.with_file_name(format!(
+                "{}.old-{:016x}",
+                dir.file_name().unwrap_or_default().to_string_lossy(),
+                rand::random::<u64>()
+            ));
+            match tokio::fs::rename(dir, &trash).await {
+                Ok(()) => crate::restore::discard(trash),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(path = %dir.display(), error = %e, "could not set a staging directory aside");
+                    crate::restore::discard(dir.clone());
+                }
+            }
         }
         let path = self.path.clone();
         if let Err(e) = tokio::fs::remove_file(&path).await
@@ -368,6 +382,21 @@ mod tests {
                 .next()
                 .is_none()
         );
+    }
+
+    #[tokio::test]
+    async fn an_ended_restore_frees_its_staging_path_at_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let staging = tmp.path().join(".app.restore-x");
+        std::fs::create_dir_all(staging.join("data")).unwrap();
+        let mut journal = Journal::begin(&tmp.path().join("state"), "app", "x")
+            .await
+            .unwrap();
+        journal.staging(staging.clone()).await.unwrap();
+        journal.end().await;
+        // The next restore of the same backup may stage there right away.
+        assert!(!staging.exists());
+        std::fs::create_dir(&staging).unwrap();
     }
 
     #[tokio::test]
