@@ -617,7 +617,8 @@ mod tests {
         ] {
             let err = parse(args).command().unwrap_err();
             assert!(matches!(err, CliError::InvalidName(_)), "{args:?}: {err:?}");
-            assert!(err.to_string().contains("invalid host id"), "{err}");
+            // "invalid host id" for a host, "invalid hostname" for --hostname.
+            assert!(err.to_string().contains("invalid host"), "{err}");
             assert_eq!(err.exit_code(), 2);
         }
     }
