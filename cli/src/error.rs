@@ -38,6 +38,8 @@ pub enum Subject {
     Directory,
     /// The request named nothing in particular (e.g. listing the agents).
     Fleet,
+    /// The request named an agent's host.
+    Host,
 }
 
 /// Why a TLS handshake failed, for the hint.
@@ -251,6 +253,9 @@ impl CliError {
                     "The directory is read by the controller: give its path on the \
                      controller's machine.",
                 ),
+                (Code::NotFound, Subject::Host) => {
+                    Some("List the agents the controller knows with: hop3 agent:list")
+                }
                 (Code::AlreadyExists, _) => {
                     Some("The backup is already in the catalog: hop3 backup:list")
                 }
@@ -451,6 +456,9 @@ mod tests {
         );
         assert!(e.hint().unwrap().contains("hop3 backup:list"));
         assert_eq!(status(Code::NotFound, "m", Subject::Fleet).hint(), None);
+        let e = status(Code::NotFound, "Host not found: web-9", Subject::Host);
+        assert_eq!(e.exit_code(), exit::NOT_FOUND);
+        assert!(e.hint().unwrap().contains("hop3 agent:list"));
     }
 
     #[test]

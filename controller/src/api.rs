@@ -339,7 +339,11 @@ impl BackupService for BackupApi {
         req: Request<v1::ForgetAgentRequest>,
     ) -> Result<Response<v1::ForgetAgentResponse>, Status> {
         self.ctl.auth.check(req.metadata()).await?;
-        Err(Status::unimplemented("agent:forget is not implemented yet"))
+        let host = req.into_inner().host;
+        hop3_proto::names::validate_host_id(&host)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        self.ctl.registry.forget(&host)?;
+        Ok(Response::new(v1::ForgetAgentResponse {}))
     }
 }
 

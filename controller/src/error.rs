@@ -33,6 +33,14 @@ pub enum ControllerError {
     PermissionDenied(String),
     #[error("host {0} is offline (no heartbeat from its agent)")]
     HostOffline(String),
+    #[error("Host not found: {0} (the controller knows no agent of that host)")]
+    HostNotFound(String),
+    #[error(
+        "host {host} is online (its agent called in {seen_secs}s ago): stop its agent first, or its next heartbeat registers it again"
+    )]
+    HostOnline { host: String, seen_secs: u64 },
+    #[error("host {0} is the controller's own agent (--local-agent) and cannot be forgotten")]
+    LocalAgent(String),
     #[error(
         "host {0} is offline (no heartbeat from its agent); to restore onto another host, pass --target-host HOST"
     )]
@@ -115,11 +123,15 @@ impl ControllerError {
 
     fn code(&self) -> Code {
         match self {
-            Self::AppNotFound(_) | Self::BackupNotFound(_) => Code::NotFound,
-            Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
-            Self::Busy(_) | Self::ChecksumMismatch { .. } | Self::NotRestorable { .. } => {
-                Code::FailedPrecondition
+            Self::AppNotFound(_) | Self::BackupNotFound(_) | Self::HostNotFound(_) => {
+                Code::NotFound
             }
+            Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
+            Self::Busy(_)
+            | Self::ChecksumMismatch { .. }
+            | Self::NotRestorable { .. }
+            | Self::HostOnline { .. }
+            | Self::LocalAgent(_) => Code::FailedPrecondition,
             Self::InsufficientSpace { .. } | Self::StoreFull(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::HostOffline(_) | Self::RestoreHostOffline(_) | Self::AgentLost { .. } => {

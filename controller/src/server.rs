@@ -58,7 +58,7 @@ pub async fn run(
     let ctl = Arc::new(Controller {
         catalog,
         store,
-        registry: Registry::new(tls.clone()),
+        registry: Registry::new(tls.clone(), config.forget_agents_after.0),
         locks: AppLocks::default(),
         auth,
         idle_timeout: std::time::Duration::from_secs(config.agent.idle_timeout),
