@@ -19,6 +19,8 @@ pub enum ControllerError {
     InvalidArgument(String),
     #[error("Another operation is in progress for app '{0}'; wait for it to finish")]
     Busy(String),
+    #[error("Backup {id} is {doing}; wait for it to finish")]
+    BackupBusy { id: String, doing: &'static str },
     #[error("Checksum mismatch: {path} ({detail}). Do not use this backup; use a different one")]
     ChecksumMismatch { path: String, detail: String },
     #[error("Backup {id} is {status} and cannot be restored")]
@@ -128,6 +130,7 @@ impl ControllerError {
             }
             Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
             Self::Busy(_)
+            | Self::BackupBusy { .. }
             | Self::ChecksumMismatch { .. }
             | Self::NotRestorable { .. }
             | Self::HostOnline { .. }

@@ -70,6 +70,7 @@ pub async fn import(ctl: &Controller, src: &Path) -> Result<BackupRow> {
         .locks
         .try_lock(&app)
         .ok_or_else(|| ControllerError::Busy(app.clone()))?;
+    let _reading = ctl.use_backup(&id, crate::locks::BackupUse::Import)?;
     if ctl.catalog.get(&id).await?.is_some() {
         return Err(ControllerError::AlreadyExists(id));
     }

@@ -19,7 +19,7 @@ use crate::api::{BackupApi, RegistryApi};
 use crate::auth::Auth;
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::locks::AppLocks;
+use crate::locks::{AppLocks, BackupLocks};
 use crate::registry::Registry;
 use crate::state::Controller;
 use crate::store::Store;
@@ -60,6 +60,7 @@ pub async fn run(
         store,
         registry: Registry::new(tls.clone(), config.forget_agents_after.0),
         locks: AppLocks::default(),
+        backup_locks: BackupLocks::default(),
         auth,
         idle_timeout: std::time::Duration::from_secs(config.agent.idle_timeout),
         mutual_tls: tls.is_some(),
