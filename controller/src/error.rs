@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 
 use crate::catalog::CatalogError;
 use crate::store::StoreError;
+use crate::tokens::TokenError;
 
 /// What can go wrong in the controller.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +69,8 @@ pub enum ControllerError {
     Protocol { host: String, detail: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("tokens: {0}")]
+    Tokens(#[from] TokenError),
     #[error("store: {0}")]
     Store(StoreError),
     #[error("backup is unreadable: {0}")]
@@ -118,6 +121,7 @@ impl ControllerError {
             Self::AgentLost { .. }
                 | Self::Protocol { .. }
                 | Self::Catalog(_)
+                | Self::Tokens(_)
                 | Self::Store(_)
                 | Self::StoreFull(_)
         ) || matches!(self, Self::Agent { code, .. } if *code == Code::Internal)
@@ -143,7 +147,9 @@ impl ControllerError {
             Self::NoTargetHost => Code::InvalidArgument,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::Agent { code, .. } => *code,
-            Self::Protocol { .. } | Self::Catalog(_) | Self::Store(_) => Code::Internal,
+            Self::Protocol { .. } | Self::Catalog(_) | Self::Tokens(_) | Self::Store(_) => {
+                Code::Internal
+            }
             Self::Manifest(_) => Code::DataLoss,
         }
     }
