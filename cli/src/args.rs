@@ -27,9 +27,10 @@ Exit codes:
   1  any other failure (including a declined confirmation)
   2  usage error: bad arguments, invalid backup ID, app or host name or path,
      --yes needed
-  3  not found: no such application, backup or directory
+  3  not found: no such application, backup, host or directory
   4  failed precondition: checksum mismatch, another operation in progress,
-     backup already imported
+     backup being restored (delete), backup already imported, agent still
+     online (agent:forget)
   5  resource exhausted: not enough disk space
   6  permission denied or unauthenticated
   7  the controller cannot be reached";
@@ -86,6 +87,9 @@ enum TopCommand {
     /// List the agents the controller knows, online or not.
     #[command(name = "agent:list")]
     AgentList,
+    /// Forget an offline agent, so that it leaves agent:list.
+    #[command(name = "agent:forget")]
+    AgentForget(HostArgs),
     /// The same commands in Hop3's space form: `hop3 backup list`.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -114,6 +118,16 @@ enum BackupCommand {
 enum AgentCommand {
     /// List the agents the controller knows, online or not.
     List,
+    /// Forget an offline agent, so that it leaves agent list.
+    Forget(HostArgs),
+}
+
+#[derive(Debug, Args)]
+struct HostArgs {
+    /// The agent's host id, as agent:list shows it (stop its agent first:
+    /// an online agent cannot be forgotten).
+    #[arg(value_name = "HOST")]
+    host: String,
 }
 
 #[derive(Debug, Args)]
@@ -211,6 +225,8 @@ pub enum Command {
     Import { path: String },
     /// `agent:list`
     AgentList,
+    /// `agent:forget HOST`
+    AgentForget { host: String },
 }
 
 /// Where and how `backup:restore` restores.
@@ -267,6 +283,9 @@ impl Cli {
                 path: absolute_path(&a.dir)?,
             },
             T::AgentList | T::Agent(AgentCommand::List) => Command::AgentList,
+            T::AgentForget(a) | T::Agent(AgentCommand::Forget(a)) => Command::AgentForget {
+                host: host_id(&a.host)?,
+            },
         })
     }
 }
@@ -358,7 +377,7 @@ mod tests {
 
     #[test]
     fn both_forms_give_the_same_command() {
-        let pairs: [(&[&str], &[&str]); 9] = [
+        let pairs: [(&[&str], &[&str]); 10] = [
             (
                 &["backup:create", "my-app", "--no-services"],
                 &["backup", "create", "my-app", "--no-services"],
@@ -376,6 +395,7 @@ mod tests {
                 &["backup", "import", "/srv/in/x"],
             ),
             (&["agent:list"], &["agent", "list"]),
+            (&["agent:forget", "web-2"], &["agent", "forget", "web-2"]),
             (&["backup:list", "blog"], &["backup", "list", "blog"]),
             (&["backup:info", ID], &["backup", "info", ID]),
             (
@@ -490,6 +510,22 @@ mod tests {
         assert!(parse(&["--json", "agent:list"]).json);
         assert!(Cli::try_parse_from(["hop3", "agent:list", "extra"]).is_err());
         assert!(Cli::try_parse_from(["hop3", "agent"]).is_err());
+    }
+
+    #[test]
+    fn agent_forget_takes_one_valid_host() {
+        assert_eq!(
+            command(&["agent:forget", "web-2.example.com"]),
+            Command::AgentForget {
+                host: "web-2.example.com".into()
+            }
+        );
+        assert!(parse(&["agent", "forget", "web-2", "--json"]).json);
+        assert!(Cli::try_parse_from(["hop3", "agent:forget"]).is_err());
+        assert!(Cli::try_parse_from(["hop3", "agent", "forget", "a", "b"]).is_err());
+        let err = parse(&["agent:forget", "../etc"]).command().unwrap_err();
+        assert!(matches!(err, CliError::InvalidName(_)), "{err:?}");
+        assert_eq!(err.exit_code(), 2);
     }
 
     #[test]

@@ -10,8 +10,8 @@ use hop3_proto::BackupId;
 use hop3_proto::v1::backup_service_client::BackupServiceClient;
 use hop3_proto::v1::{
     AgentInfo, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
-    DeleteBackupRequest, GetBackupRequest, ImportBackupRequest, ListAgentsRequest,
-    ListBackupsRequest, RestoreBackupEvent, RestoreBackupRequest,
+    DeleteBackupRequest, ForgetAgentRequest, GetBackupRequest, ImportBackupRequest,
+    ListAgentsRequest, ListBackupsRequest, RestoreBackupEvent, RestoreBackupRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -233,6 +233,17 @@ impl Controller {
         match self.client.list_agents(ListAgentsRequest {}).await {
             Ok(response) => Ok(response.into_inner().agents),
             Err(status) => Err(self.error(status, Subject::Fleet)),
+        }
+    }
+
+    /// `ForgetAgent`: drops an offline agent from the controller's registry.
+    pub async fn forget_agent(&mut self, host: &str) -> Result<(), CliError> {
+        let request = ForgetAgentRequest {
+            host: host.to_owned(),
+        };
+        match self.client.forget_agent(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status, Subject::Host)),
         }
     }
 }

@@ -38,6 +38,8 @@ pub enum Subject {
     Directory,
     /// The request named nothing in particular (e.g. listing the agents).
     Fleet,
+    /// The request named an agent's host.
+    Host,
 }
 
 /// Why a TLS handshake failed, for the hint.
@@ -255,6 +257,9 @@ impl CliError {
                     "Restore into a new name with --target-app NAME, or replace that app with \
                      --replace (its files, environment and databases become the backup's).",
                 ),
+                (Code::NotFound, Subject::Host) => {
+                    Some("List the agents the controller knows with: hop3 agent:list")
+                }
                 (Code::AlreadyExists, _) => {
                     Some("The backup is already in the catalog: hop3 backup:list")
                 }
@@ -455,6 +460,9 @@ mod tests {
         );
         assert!(e.hint().unwrap().contains("hop3 backup:list"));
         assert_eq!(status(Code::NotFound, "m", Subject::Fleet).hint(), None);
+        let e = status(Code::NotFound, "Host not found: web-9", Subject::Host);
+        assert_eq!(e.exit_code(), exit::NOT_FOUND);
+        assert!(e.hint().unwrap().contains("hop3 agent:list"));
     }
 
     #[test]

@@ -63,6 +63,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Delete { id, yes } => commands::delete::run(c, out, id, *yes).await,
         Command::Import { path } => commands::import::run(c, out, path).await,
         Command::AgentList => commands::agents::run(c, out).await,
+        Command::AgentForget { host } => commands::agents::forget(c, out, host).await,
     }
 }
 

@@ -228,6 +228,12 @@ pub struct DeletedView {
     pub deleted: String,
 }
 
+/// `agent:forget`.
+#[derive(Debug, Serialize)]
+pub struct ForgottenView {
+    pub forgotten: String,
+}
+
 /// The error document printed on stderr with `--json`.
 #[derive(Debug, Serialize)]
 pub struct ErrorView {

@@ -53,6 +53,7 @@ fn help_lists_the_commands_and_the_exit_codes() {
         "backup:delete",
         "backup:import",
         "agent:list",
+        "agent:forget",
         "--controller",
         "--json",
         "Exit codes",
@@ -67,6 +68,7 @@ fn help_lists_the_commands_and_the_exit_codes() {
     let o = hop3(&["agent", "--help"]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("list"));
+    assert!(stdout(&o).contains("forget"));
     let o = hop3(&["backup:create", "--help"]);
     assert!(stdout(&o).contains("--host <HOST>"), "{}", stdout(&o));
     let o = hop3(&["backup:restore", "--help"]);
@@ -522,6 +524,80 @@ fn agent_list_without_agents() {
     assert_eq!(stdout(&o), "No agents registered.\n");
     let o = against(&fake, &["--json", "agent:list"]);
     assert_eq!(json(&o), serde_json::json!([]));
+}
+
+#[test]
+fn agent_forget_forgets_an_offline_agent_in_both_forms() {
+    let fake = FakeController::start();
+    for args in [
+        &["agent:forget", "db-server-2"][..],
+        &["agent", "forget", "db-server-2"],
+    ] {
+        let o = against(&fake, args);
+        assert!(o.status.success(), "{args:?}: {}", stderr(&o));
+        assert_eq!(
+            stdout(&o),
+            "✓ Agent db-server-2 forgotten: it is no longer listed (it registers again if its agent calls in)\n"
+        );
+        assert_eq!(stderr(&o), "");
+    }
+    let o = against(&fake, &["agent:forget", "db-server-2", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json(&o), serde_json::json!({"forgotten": "db-server-2"}));
+    fake.received(|r| {
+        let hosts: Vec<_> = r.forgets.iter().map(|f| f.host.as_str()).collect();
+        assert_eq!(hosts, ["db-server-2"; 3]);
+    });
+}
+
+#[test]
+fn agent_forget_refuses_an_online_agent_with_exit_4() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["agent:forget", "web-1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty());
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("Error: host web-1 is online") && err.contains("stop its agent first"),
+        "{err}"
+    );
+    let o = against(&fake, &["--json", "agent", "forget", "web-1"]);
+    assert_eq!(o.status.code(), Some(4));
+    let doc = json_error(&o);
+    assert_eq!(doc["error"]["code"], "FAILED_PRECONDITION");
+    assert!(
+        doc["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("stop its agent first"),
+        "{doc}"
+    );
+}
+
+#[test]
+fn agent_forget_of_an_unknown_host_exits_3_with_a_hint() {
+    let fake = FakeController::start();
+    let o = against(&fake, &["agent:forget", "web-9"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert_eq!(
+        stderr(&o),
+        "Error: Host not found: web-9 (the controller knows no agent of that host)\n\
+         Hint: List the agents the controller knows with: hop3 agent:list\n"
+    );
+    let o = against(&fake, &["agent:forget", "web-9", "--json"]);
+    assert_eq!(o.status.code(), Some(3));
+    assert_eq!(json_error(&o)["error"]["code"], "NOT_FOUND");
+}
+
+#[test]
+fn agent_forget_of_an_invalid_host_fails_before_contacting_anything() {
+    let o = hop3(&["--controller", "http://127.0.0.1:1", "agent:forget", "a/b"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).starts_with("Error: invalid host id"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

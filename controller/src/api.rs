@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use crate::catalog::{BackupRow, BackupStatus};
 use crate::create::{self, CreateJob};
 use crate::error::{ControllerError, Result};
+use crate::locks::BackupUse;
 use crate::registry::HEARTBEAT;
 use crate::restore::{self, RestoreJob};
 use crate::state::Controller;
@@ -99,6 +100,8 @@ impl BackupService for BackupApi {
         {
             id = BackupId::generate();
         }
+        // A delete of the STARTED row must wait for the files it would miss.
+        let writing = self.ctl.use_backup(id.as_str(), BackupUse::Create)?;
         let job = CreateJob {
             app: req.app,
             host,
@@ -107,6 +110,7 @@ impl BackupService for BackupApi {
             include_services: !req.no_services,
             format,
             lock,
+            writing,
         };
         self.ctl
             .catalog
@@ -158,6 +162,8 @@ impl BackupService for BackupApi {
         if row.status != BackupStatus::Completed || req.get_ref().summary_only {
             return Ok(Response::new(details));
         }
+        // Held while the files are hashed (dropped with this call if the CLI goes).
+        let _reading = self.ctl.use_backup(&row.backup_id, BackupUse::Verify)?;
         let manifest = self
             .ctl
             .store
@@ -251,6 +257,8 @@ impl BackupService for BackupApi {
                 ControllerError::HostOffline(host.clone())
             }
         })?;
+        // The backup read, whatever app it goes into: the app lock is the target's.
+        let reading = self.ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
         let lock = self.lock(&target_app)?;
         tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
         let job = RestoreJob {
@@ -261,6 +269,7 @@ impl BackupService for BackupApi {
             hostname: req.hostname,
             client,
             lock,
+            reading,
         };
         let (tx, rx) = EventSender::channel();
         tokio::spawn(restore::run(self.ctl.clone(), job, tx));
@@ -273,8 +282,10 @@ impl BackupService for BackupApi {
     ) -> Result<Response<v1::DeleteBackupResponse>, Status> {
         self.ctl.auth.check(req.metadata()).await?;
         let row = self.row(&req.get_ref().backup_id).await?;
-        // A backup being written or restored from stays until that ends.
-        let _lock = self.lock(&row.app)?;
+        // A backup being written, restored or verified stays until that ends.
+        // Other operations on its app (a create of the next backup, a
+        // restore of another) do not touch its files, so they do not stop it.
+        let _deleting = self.ctl.use_backup(&row.backup_id, BackupUse::Delete)?;
         self.ctl
             .store
             .delete(&row.app, &row.backup_id)
@@ -342,7 +353,11 @@ impl BackupService for BackupApi {
         req: Request<v1::ForgetAgentRequest>,
     ) -> Result<Response<v1::ForgetAgentResponse>, Status> {
         self.ctl.auth.check(req.metadata()).await?;
-        Err(Status::unimplemented("agent:forget is not implemented yet"))
+        let host = req.into_inner().host;
+        hop3_proto::names::validate_host_id(&host)
+            .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+        self.ctl.registry.forget(&host)?;
+        Ok(Response::new(v1::ForgetAgentResponse {}))
     }
 }
 

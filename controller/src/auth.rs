@@ -1,12 +1,12 @@
-//! Who may call the CLI's API: bearer tokens, of which the catalog keeps
-//! only a SHA-256. Plain loopback mode (the one-host quick start) runs
-//! without them.
+//! Who may call the CLI's API: bearer tokens, of which the store's
+//! tokens file keeps only a SHA-256 (see [`crate::tokens`]). Plain loopback
+//! mode (the one-host quick start) runs without them.
 
 use hop3_proto::Checksum;
 use tonic::Status;
 use tonic::metadata::MetadataMap;
 
-use crate::catalog::Catalog;
+use crate::tokens::Tokens;
 
 /// Prefix of every token, so a leaked one is easy to recognise and grep for.
 pub const TOKEN_PREFIX: &str = "hop3_";
@@ -17,7 +17,7 @@ pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
 }
 
-/// What the catalog stores of a token.
+/// What the tokens file stores of a token.
 pub fn token_hash(token: &str) -> String {
     Checksum::of(token.as_bytes()).to_string()
 }
@@ -28,13 +28,13 @@ pub enum Auth {
     /// Anyone who can reach the (loopback) port.
     Open,
     /// A live bearer token in the `authorization` header.
-    Tokens(Catalog),
+    Tokens(Tokens),
 }
 
 impl Auth {
     /// Checks a request's metadata; the error never says whether a token exists.
     pub async fn check(&self, metadata: &MetadataMap) -> Result<(), Status> {
-        let Self::Tokens(catalog) = self else {
+        let Self::Tokens(tokens) = self else {
             return Ok(());
         };
         let denied = || {
@@ -51,7 +51,7 @@ impl Auth {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or_else(denied)?;
-        match catalog.token_name(&token_hash(token)).await {
+        match tokens.name_of(&token_hash(token)).await {
             Ok(Some(name)) => {
                 tracing::debug!(token = %name, "authorized");
                 Ok(())

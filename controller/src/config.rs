@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use hop3_agent::AgentOptions;
 
@@ -31,6 +32,17 @@ pub struct Config {
     /// present certificates of their host, the CLI a token (tokens create).
     #[arg(long, env = "HOP3_TLS_DIR", value_name = "DIR")]
     pub tls_dir: Option<PathBuf>,
+    /// Forget agents not heard from for this long (e.g. 7d, 36h, 90m; at
+    /// least 15s), so that hosts gone for good leave `agent:list`; `never`
+    /// keeps them until `hop3 agent:forget HOST`.
+    #[arg(
+        long,
+        env = "HOP3_FORGET_AGENTS_AFTER",
+        value_name = "DURATION",
+        default_value = "7d",
+        value_parser = parse_expiry
+    )]
+    pub forget_agents_after: Expiry,
     /// Allow plain, unauthenticated gRPC on a non-loopback address.
     #[arg(long, env = "HOP3_INSECURE")]
     pub insecure: bool,
@@ -49,7 +61,7 @@ pub enum Admin {
     /// Certificates for mutual TLS between the controller and its agents.
     #[command(subcommand)]
     Certs(CertsCommand),
-    /// API tokens of the CLI (HOP3_TOKEN); only their hashes are stored.
+    /// API tokens of the CLI (HOP3_TOKEN); only their hashes are kept, in STORE/tokens.json.
     #[command(subcommand)]
     Tokens(TokensCommand),
 }
@@ -90,11 +102,61 @@ pub enum TokensCommand {
     List,
 }
 
+/// How long a silent agent stays registered; None: until forgotten by hand.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Expiry(pub Option<Duration>);
+
+/// `never`, or a humantime duration no shorter than the silence that makes
+/// an agent offline (a shorter one could not take effect any sooner).
+fn parse_expiry(s: &str) -> Result<Expiry, String> {
+    if s.trim().eq_ignore_ascii_case("never") {
+        return Ok(Expiry(None));
+    }
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("{e} (expected a duration such as 7d, 36h or 90m, or never)"))?;
+    let min = crate::registry::OFFLINE_AFTER;
+    if d < min {
+        return Err(format!(
+            "{s} is shorter than the {}s of silence after which an agent is offline",
+            min.as_secs()
+        ));
+    }
+    Ok(Expiry(Some(d)))
+}
+
 impl Config {
     /// The catalog URL, defaulting to a SQLite file in the store.
     pub fn catalog_url(&self) -> String {
         self.catalog
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.store.join("catalog.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry_takes_humantime_durations_or_never() {
+        let d = |s| parse_expiry(s).map(|e| e.0);
+        assert_eq!(d("7d"), Ok(Some(Duration::from_secs(7 * 86_400))));
+        assert_eq!(d("90m"), Ok(Some(Duration::from_secs(5_400))));
+        assert_eq!(d("1h 30m"), Ok(Some(Duration::from_secs(5_400))));
+        assert_eq!(d("15s"), Ok(Some(Duration::from_secs(15))));
+        assert_eq!(d("never"), Ok(None));
+        assert!(d("10s").unwrap_err().contains("offline"), "{:?}", d("10s"));
+        assert!(d("0").is_err());
+        assert!(d("soon").unwrap_err().contains("7d"), "{:?}", d("soon"));
+    }
+
+    #[test]
+    fn expiry_defaults_to_a_week() {
+        use clap::Parser;
+        let config = Config::try_parse_from(["hop3-controller"]).unwrap();
+        assert_eq!(
+            config.forget_agents_after,
+            Expiry(Some(crate::registry::DEFAULT_FORGET_AFTER))
+        );
     }
 }

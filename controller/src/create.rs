@@ -14,7 +14,7 @@ use hop3_proto::{BackupId, HOP3_VERSION};
 
 use crate::catalog::{BackupRow, BackupStatus};
 use crate::error::{ControllerError, Result};
-use crate::locks::AppLock;
+use crate::locks::{AppLock, BackupLock};
 use crate::registry::AgentClient;
 use crate::state::Controller;
 use crate::store::{ArtifactWriter, PartialBackup};
@@ -41,6 +41,8 @@ pub struct CreateJob {
     /// The on-disk format version to write ("1.0" or "1.1").
     pub format: String,
     pub lock: AppLock,
+    /// Keeps the backup from being deleted (or read) while it is written.
+    pub writing: BackupLock,
 }
 
 type Out = EventSender<v1::CreateBackupEvent>;
@@ -69,6 +71,7 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
         }
     }
     drop(job.lock);
+    drop(job.writing);
 }
 
 /// Runs the create; returns the completed row and the entries the backup

@@ -7,6 +7,7 @@ use tonic::{Code, Status};
 
 use crate::catalog::CatalogError;
 use crate::store::StoreError;
+use crate::tokens::TokenError;
 
 /// What can go wrong in the controller.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +20,8 @@ pub enum ControllerError {
     InvalidArgument(String),
     #[error("Another operation is in progress for app '{0}'; wait for it to finish")]
     Busy(String),
+    #[error("Backup {id} is {doing}; wait for it to finish")]
+    BackupBusy { id: String, doing: &'static str },
     #[error("Checksum mismatch: {path} ({detail}). Do not use this backup; use a different one")]
     ChecksumMismatch { path: String, detail: String },
     #[error("Backup {id} is {status} and cannot be restored")]
@@ -33,6 +36,14 @@ pub enum ControllerError {
     PermissionDenied(String),
     #[error("host {0} is offline (no heartbeat from its agent)")]
     HostOffline(String),
+    #[error("Host not found: {0} (the controller knows no agent of that host)")]
+    HostNotFound(String),
+    #[error(
+        "host {host} is online (its agent called in {seen_secs}s ago): stop its agent first, or its next heartbeat registers it again"
+    )]
+    HostOnline { host: String, seen_secs: u64 },
+    #[error("host {0} is the controller's own agent (--local-agent) and cannot be forgotten")]
+    LocalAgent(String),
     #[error(
         "host {0} is offline (no heartbeat from its agent); to restore onto another host, pass --target-host HOST"
     )]
@@ -58,6 +69,8 @@ pub enum ControllerError {
     Protocol { host: String, detail: String },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error("tokens: {0}")]
+    Tokens(#[from] TokenError),
     #[error("store: {0}")]
     Store(StoreError),
     #[error("backup is unreadable: {0}")]
@@ -108,6 +121,7 @@ impl ControllerError {
             Self::AgentLost { .. }
                 | Self::Protocol { .. }
                 | Self::Catalog(_)
+                | Self::Tokens(_)
                 | Self::Store(_)
                 | Self::StoreFull(_)
         ) || matches!(self, Self::Agent { code, .. } if *code == Code::Internal)
@@ -115,11 +129,16 @@ impl ControllerError {
 
     fn code(&self) -> Code {
         match self {
-            Self::AppNotFound(_) | Self::BackupNotFound(_) => Code::NotFound,
-            Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
-            Self::Busy(_) | Self::ChecksumMismatch { .. } | Self::NotRestorable { .. } => {
-                Code::FailedPrecondition
+            Self::AppNotFound(_) | Self::BackupNotFound(_) | Self::HostNotFound(_) => {
+                Code::NotFound
             }
+            Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
+            Self::Busy(_)
+            | Self::BackupBusy { .. }
+            | Self::ChecksumMismatch { .. }
+            | Self::NotRestorable { .. }
+            | Self::HostOnline { .. }
+            | Self::LocalAgent(_) => Code::FailedPrecondition,
             Self::InsufficientSpace { .. } | Self::StoreFull(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::HostOffline(_) | Self::RestoreHostOffline(_) | Self::AgentLost { .. } => {
@@ -128,7 +147,9 @@ impl ControllerError {
             Self::NoTargetHost => Code::InvalidArgument,
             Self::AlreadyExists(_) => Code::AlreadyExists,
             Self::Agent { code, .. } => *code,
-            Self::Protocol { .. } | Self::Catalog(_) | Self::Store(_) => Code::Internal,
+            Self::Protocol { .. } | Self::Catalog(_) | Self::Tokens(_) | Self::Store(_) => {
+                Code::Internal
+            }
             Self::Manifest(_) => Code::DataLoss,
         }
     }

@@ -15,5 +15,6 @@ pub mod restore;
 pub mod server;
 pub mod state;
 pub mod store;
+pub mod tokens;
 
 pub use config::Config;

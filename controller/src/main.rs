@@ -1,9 +1,11 @@
 //! `hop3-controller`: the controller of hop3-backup.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use hop3_controller::catalog::Catalog;
 use hop3_controller::config::{Admin, CertsCommand, TokensCommand};
-use hop3_controller::{Config, auth, certs, server};
+use hop3_controller::store::Store;
+use hop3_controller::tokens::Tokens;
+use hop3_controller::{Config, auth, certs, recovery, server};
 
 fn main() -> anyhow::Result<()> {
     hop3_agent::memory::block_on(run())?
@@ -52,36 +54,42 @@ fn run_certs(cmd: CertsCommand) -> anyhow::Result<()> {
 }
 
 async fn run_tokens(config: &Config, cmd: TokensCommand) -> anyhow::Result<()> {
-    let catalog = Catalog::open(&config.catalog_url())
+    let store = Store::open(&config.store)
         .await
-        .context("cannot open the catalog")?;
+        .with_context(|| format!("cannot open the store at {}", config.store.display()))?;
+    let tokens = Tokens::new(store.root());
+    if !tokens.exists().await? {
+        // A catalog from before the tokens file may hold tokens: they move
+        // first, or the file would hide them for good.
+        let catalog = Catalog::open(&config.catalog_url()).await.context(
+            "cannot open the catalog to move its tokens to the store's tokens file \
+             (if it is corrupt, start the controller once: it sets it aside and rebuilds it)",
+        )?;
+        recovery::adopt_tokens(&catalog, &tokens).await?;
+        catalog.close().await;
+    }
     let now = hop3_proto::manifest::Manifest::format_time(time::OffsetDateTime::now_utc());
     match cmd {
         TokensCommand::Create { name } => {
             hop3_proto::names::validate_host_id(&name).context("token name")?;
             let token = auth::new_token();
-            if !catalog
-                .create_token(&name, &auth::token_hash(&token), &now)
-                .await?
-            {
-                bail!("a token named {name:?} already exists");
-            }
+            tokens
+                .create(&name, &auth::token_hash(&token), &now)
+                .await?;
             eprintln!(
                 "Token {name:?} created. It is shown once: keep it in HOP3_TOKEN or the CLI's 0600 config file."
             );
             println!("{token}");
         }
         TokensCommand::Revoke { name } => {
-            if !catalog.revoke_token(&name, &now).await? {
-                bail!("no live token named {name:?}");
-            }
+            tokens.revoke(&name, &now).await?;
             println!("Token {name:?} revoked");
         }
         TokensCommand::List => {
-            for (name, created, revoked) in catalog.list_tokens().await? {
-                match revoked {
-                    Some(r) => println!("{name}\tcreated {created}\trevoked {r}"),
-                    None => println!("{name}\tcreated {created}"),
+            for t in tokens.list().await? {
+                match t.revoked_at {
+                    Some(r) => println!("{}\tcreated {}\trevoked {r}", t.name, t.created_at),
+                    None => println!("{}\tcreated {}", t.name, t.created_at),
                 }
             }
         }

@@ -6,9 +6,10 @@ use std::path::Path;
 use hop3_proto::manifest::{MANIFEST_FILE, Manifest};
 use tokio::io::AsyncReadExt;
 
-use crate::catalog::{BackupRow, BackupStatus};
+use crate::catalog::{self, BackupRow, BackupStatus, Catalog, TokenRow};
 use crate::error::{ControllerError, Result};
 use crate::state::Controller;
+use crate::tokens::{TokenRecord, Tokens};
 
 /// The catalog row of a complete backup, from its manifest.
 pub fn completed_row(m: &Manifest) -> BackupRow {
@@ -30,6 +31,75 @@ pub fn completed_row(m: &Manifest) -> BackupRow {
             .collect(),
         error: None,
     }
+}
+
+/// Opens the catalog for a controller's start. A SQLite catalog found
+/// corrupt is kept aside (its file renamed with a timestamp, its `-wal` and
+/// `-shm` too) and replaced by a new one, which [`rebuild_catalog`] then
+/// fills from the store, the source of truth; a WARN names the kept file.
+/// Tokens still in a catalog from before the tokens file move to it first,
+/// also from a corrupt one when their pages can still be read.
+pub async fn open_catalog(url: &str, tokens: &Tokens) -> Result<Catalog> {
+    let corrupt = match Catalog::open(url).await {
+        Ok(catalog) => {
+            adopt_tokens(&catalog, tokens).await?;
+            return Ok(catalog);
+        }
+        Err(e) if e.is_corruption() && catalog::sqlite_path(url).is_some() => e,
+        Err(e) => return Err(e.into()),
+    };
+    if !tokens.exists().await? {
+        let salvaged = match catalog::salvage_tokens(url).await {
+            Ok(rows) => rows,
+            Err(why) => {
+                tracing::warn!(error = %why, "could not read the API tokens of the corrupt catalog: create them again (hop3-controller tokens create NAME)");
+                Vec::new()
+            }
+        };
+        let n = salvaged.len();
+        if tokens.adopt(records(salvaged)).await? && n > 0 {
+            tracing::warn!(tokens = n, file = %tokens.path().display(), "API tokens read from the corrupt catalog and moved to the tokens file");
+        }
+    }
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .expect("a UTC time formats");
+    let kept = catalog::set_aside(url, &stamp).await?;
+    tracing::warn!(
+        kept = %kept.display(),
+        reason = %corrupt,
+        "the catalog is corrupt: kept it aside and rebuilding it from the store"
+    );
+    Ok(Catalog::open(url).await?)
+}
+
+/// Moves the tokens of a catalog written before the tokens file existed
+/// into it, once: when the file does not exist yet. The catalog's rows are
+/// then deleted, so that the file is the one place tokens live.
+pub async fn adopt_tokens(catalog: &Catalog, tokens: &Tokens) -> Result<()> {
+    if tokens.exists().await? {
+        return Ok(());
+    }
+    let rows = catalog.legacy_tokens().await?;
+    let n = rows.len();
+    if tokens.adopt(records(rows)).await? && n > 0 {
+        tracing::info!(tokens = n, file = %tokens.path().display(), "API tokens moved from the catalog to the tokens file");
+    }
+    catalog.clear_legacy_tokens().await?;
+    Ok(())
+}
+
+fn records(rows: Vec<TokenRow>) -> Vec<TokenRecord> {
+    rows.into_iter()
+        .map(|r| TokenRecord {
+            name: r.name,
+            hash: r.hash,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        })
+        .collect()
 }
 
 /// At start-up: removes what an interrupted run left in the store, and makes
@@ -70,6 +140,7 @@ pub async fn import(ctl: &Controller, src: &Path) -> Result<BackupRow> {
         .locks
         .try_lock(&app)
         .ok_or_else(|| ControllerError::Busy(app.clone()))?;
+    let _reading = ctl.use_backup(&id, crate::locks::BackupUse::Import)?;
     if ctl.catalog.get(&id).await?.is_some() {
         return Err(ControllerError::AlreadyExists(id));
     }
@@ -155,5 +226,103 @@ async fn copy_in(ctl: &Controller, src: &Path, manifest: &Manifest) -> Result<()
             partial.abort().await;
             Err(e)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::clobber_page;
+
+    fn hash(c: char) -> String {
+        format!("sha256:{}", c.to_string().repeat(64))
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn tokens_move_out_of_a_healthy_catalog_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", tmp.path().join("c.db").display());
+        let c = Catalog::open(&url).await.unwrap();
+        c.insert_legacy_token("alice", &hash('a'), false).await;
+        c.insert_legacy_token("bob", &hash('b'), true).await;
+        c.close().await;
+        let tokens = Tokens::new(tmp.path());
+        let c = open_catalog(&url, &tokens).await.unwrap();
+        assert!(c.legacy_tokens().await.unwrap().is_empty());
+        let moved: Vec<_> = tokens
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.revoked_at.is_some()))
+            .collect();
+        assert_eq!(moved, [("alice".into(), false), ("bob".into(), true)]);
+        assert_eq!(
+            tokens.name_of(&hash('a')).await.unwrap().as_deref(),
+            Some("alice")
+        );
+        assert_eq!(tokens.name_of(&hash('b')).await.unwrap(), None);
+        // Rows that reappear in the catalog (an old binary, say) are not
+        // taken again: the file decides.
+        c.insert_legacy_token("carol", &hash('c'), false).await;
+        c.close().await;
+        open_catalog(&url, &tokens).await.unwrap().close().await;
+        assert_eq!(tokens.name_of(&hash('c')).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_catalog_is_kept_aside_and_its_tokens_salvaged() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = tmp.path().join("store");
+        std::fs::create_dir(&store).unwrap();
+        let db = tmp.path().join("c.db");
+        let url = format!("sqlite://{}", db.display());
+        let c = Catalog::open(&url).await.unwrap();
+        c.insert(&BackupRow {
+            backup_id: "20250101_000000_aaaaaa".into(),
+            app: "a".into(),
+            host: "h".into(),
+            status: BackupStatus::Completed,
+            created_at: "2025-01-01T00:00:00Z".into(),
+            total_size: 1,
+            services: vec![],
+            error: None,
+        })
+        .await
+        .unwrap();
+        c.insert_legacy_token("alice", &hash('a'), false).await;
+        let page = c.root_page("backups").await;
+        c.checkpoint().await;
+        c.close().await;
+        clobber_page(&db, page);
+        let damaged = std::fs::read(&db).unwrap();
+
+        let tokens = Tokens::new(&store);
+        let c = open_catalog(&url, &tokens).await.unwrap();
+        // A new, empty catalog (rebuild_catalog fills it from the store).
+        assert!(c.list(None, 10).await.unwrap().is_empty());
+        assert_eq!(
+            tokens.name_of(&hash('a')).await.unwrap().as_deref(),
+            Some("alice")
+        );
+        let all = names(tmp.path());
+        let kept: Vec<&String> = all
+            .iter()
+            .filter(|n| {
+                n.starts_with("c.db.corrupt-") && !n.ends_with("-shm") && !n.ends_with("-wal")
+            })
+            .collect();
+        assert_eq!(kept.len(), 1, "{all:?}");
+        assert_eq!(std::fs::read(tmp.path().join(kept[0])).unwrap(), damaged);
+        assert!(all.contains(&"c.db".to_owned()), "{all:?}");
     }
 }

@@ -18,7 +18,11 @@ use crate::error::{ControllerError, Result};
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 
 /// An agent is offline after this long without a heartbeat.
-const OFFLINE_AFTER: Duration = Duration::from_secs(15);
+pub const OFFLINE_AFTER: Duration = Duration::from_secs(15);
+
+/// How long the registry keeps an agent it no longer hears from, by
+/// default: long enough for a host down over a weekend to come back listed.
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// A client for one agent.
 pub type AgentClient = AgentServiceClient<Channel>;
@@ -47,11 +51,12 @@ pub struct AgentView {
 }
 
 /// Registered agents by host id.
-#[derive(Default)]
 pub struct Registry {
     agents: RwLock<BTreeMap<String, Entry>>,
     /// With TLS, agents are reached over mutual TLS at https:// addresses.
     tls: Option<TlsFiles>,
+    /// Agents silent for this long are dropped; None: kept until forgotten by hand.
+    forget_after: Option<Duration>,
 }
 
 /// Connects lazily to an agent, with keepalives so a dead peer is noticed;
@@ -83,11 +88,54 @@ pub fn agent_client(address: &str, host_id: &str, tls: Option<&TlsFiles>) -> Res
 }
 
 impl Registry {
-    /// A registry whose agents are reached with `tls` when their address is https://.
-    pub fn new(tls: Option<TlsFiles>) -> Self {
+    /// A registry whose agents are reached with `tls` when their address is
+    /// https://, and which drops agents silent for `forget_after` (never when None).
+    pub fn new(tls: Option<TlsFiles>, forget_after: Option<Duration>) -> Self {
         Self {
             agents: RwLock::default(),
             tls,
+            forget_after,
+        }
+    }
+
+    /// Drops the agents silent for longer than `forget_after`. Done whenever
+    /// the registry is listed or written rather than by a timer: what is
+    /// shown is then exact, and there is nothing to stop at shutdown.
+    fn expire(&self, agents: &mut BTreeMap<String, Entry>) {
+        let Some(after) = self.forget_after else {
+            return;
+        };
+        agents.retain(|host_id, e| {
+            let keep = !e.expired(after);
+            if !keep {
+                tracing::info!(
+                    host_id,
+                    silent_s = e.last_seen.elapsed().as_secs(),
+                    "agent forgotten: no heartbeat for longer than --forget-agents-after"
+                );
+            }
+            keep
+        });
+    }
+
+    /// Forgets the offline agent of `host_id` (an operator removing a host
+    /// for good). An online one is refused, since its next heartbeat would
+    /// bring it back, and so is the in-process agent.
+    pub fn forget(&self, host_id: &str) -> Result<()> {
+        let mut agents = self.agents.write().expect("registry poisoned");
+        self.expire(&mut agents);
+        match agents.get(host_id) {
+            None => Err(ControllerError::HostNotFound(host_id.to_owned())),
+            Some(e) if e.pinned => Err(ControllerError::LocalAgent(host_id.to_owned())),
+            Some(e) if e.online() => Err(ControllerError::HostOnline {
+                host: host_id.to_owned(),
+                seen_secs: e.last_seen.elapsed().as_secs(),
+            }),
+            Some(_) => {
+                agents.remove(host_id);
+                tracing::info!(host_id, "agent forgotten on request");
+                Ok(())
+            }
         }
     }
 
@@ -101,6 +149,8 @@ impl Registry {
         pinned: bool,
     ) -> Result<()> {
         let mut agents = self.agents.write().expect("registry poisoned");
+        // An agent forgotten for its silence that calls in again is new.
+        self.expire(&mut agents);
         let now = Instant::now();
         match agents.get_mut(host_id) {
             Some(e) if e.address == address => {
@@ -140,9 +190,11 @@ impl Registry {
             .map(|e| e.client.clone())
     }
 
-    /// Every agent ever registered since start, online or not.
+    /// Every agent registered since start, online or not, but those
+    /// forgotten (by hand or for their silence).
     pub fn list(&self) -> Vec<AgentView> {
-        let agents = self.agents.read().expect("registry poisoned");
+        let mut agents = self.agents.write().expect("registry poisoned");
+        self.expire(&mut agents);
         agents
             .iter()
             .map(|(h, e)| AgentView {
@@ -223,5 +275,84 @@ impl Registry {
 impl Entry {
     fn online(&self) -> bool {
         self.pinned || self.last_seen.elapsed() < OFFLINE_AFTER
+    }
+
+    /// Whether an agent silent for `after` is to be forgotten: never the
+    /// in-process one, never one still online, whatever `after` says.
+    fn expired(&self, after: Duration) -> bool {
+        !self.online() && self.last_seen.elapsed() >= after
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes `host_id` look silent for `silence` (kept to minutes: the
+    /// monotonic clock starts at boot, and a CI machine may be fresh).
+    fn silence(r: &Registry, host_id: &str, silence: Duration) {
+        let mut agents = r.agents.write().unwrap();
+        let e = agents.get_mut(host_id).unwrap();
+        e.last_seen = Instant::now().checked_sub(silence).unwrap();
+    }
+
+    fn hosts(r: &Registry) -> Vec<String> {
+        r.list().into_iter().map(|a| a.host_id).collect()
+    }
+
+    #[tokio::test]
+    async fn forget_refuses_online_unknown_and_local_agents() {
+        let r = Registry::new(None, None);
+        r.register("local", "http://127.0.0.1:1", "v", vec![], true)
+            .unwrap();
+        r.register("web-1", "http://127.0.0.1:2", "v", vec![], false)
+            .unwrap();
+        assert!(matches!(
+            r.forget("web-1"),
+            Err(ControllerError::HostOnline { .. })
+        ));
+        assert!(matches!(
+            r.forget("nope"),
+            Err(ControllerError::HostNotFound(_))
+        ));
+        silence(&r, "local", Duration::from_secs(100));
+        assert!(matches!(
+            r.forget("local"),
+            Err(ControllerError::LocalAgent(_))
+        ));
+        silence(&r, "web-1", OFFLINE_AFTER + Duration::from_secs(1));
+        r.forget("web-1").unwrap();
+        assert_eq!(hosts(&r), ["local"]);
+        assert!(matches!(
+            r.forget("web-1"),
+            Err(ControllerError::HostNotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn silent_agents_expire_but_never_online_or_local_ones() {
+        let after = Duration::from_secs(60);
+        let r = Registry::new(None, Some(after));
+        r.register("local", "http://127.0.0.1:1", "v", vec![], true)
+            .unwrap();
+        for h in ["a", "b"] {
+            r.register(h, "http://127.0.0.1:2", "v", vec![], false)
+                .unwrap();
+        }
+        silence(&r, "local", after * 2);
+        silence(&r, "a", after + Duration::from_secs(1));
+        silence(&r, "b", after - Duration::from_secs(1));
+        assert_eq!(hosts(&r), ["b", "local"]);
+        // A forgotten host calling in again is registered anew.
+        r.register("a", "http://127.0.0.1:2", "v", vec!["app".into()], false)
+            .unwrap();
+        let a = r.list().into_iter().find(|v| v.host_id == "a").unwrap();
+        assert!(a.online && a.apps == ["app"], "{a:?}");
+        // Without an expiry, nothing goes by itself.
+        let keep = Registry::new(None, None);
+        keep.register("a", "http://127.0.0.1:2", "v", vec![], false)
+            .unwrap();
+        silence(&keep, "a", Duration::from_secs(100));
+        assert_eq!(hosts(&keep), ["a"]);
     }
 }

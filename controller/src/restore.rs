@@ -13,11 +13,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::catalog::BackupRow;
 use crate::error::{ControllerError, Result};
-use crate::locks::AppLock;
+use crate::locks::{AppLock, BackupLock};
 use crate::registry::AgentClient;
 use crate::state::Controller;
 
-/// A restore, ready to run: the target app is locked.
+/// A restore, ready to run: the target app is locked, the backup held for reading.
 pub struct RestoreJob {
     pub row: BackupRow,
     pub target_app: String,
@@ -28,6 +28,8 @@ pub struct RestoreJob {
     pub host: String,
     pub client: AgentClient,
     pub lock: AppLock,
+    /// Keeps the backup from being deleted until the restore ends.
+    pub reading: BackupLock,
 }
 
 type Out = EventSender<v1::RestoreBackupEvent>;
@@ -61,6 +63,7 @@ pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
         }
     }
     drop(job.lock);
+    drop(job.reading);
 }
 
 fn progress_event(p: v1::Progress) -> v1::RestoreBackupEvent {

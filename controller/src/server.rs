@@ -17,12 +17,12 @@ use hop3_agent::tls::{CONTROLLER_NAME, TlsFiles};
 
 use crate::api::{BackupApi, RegistryApi};
 use crate::auth::Auth;
-use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::locks::AppLocks;
+use crate::locks::{AppLocks, BackupLocks};
 use crate::registry::Registry;
 use crate::state::Controller;
 use crate::store::Store;
+use crate::tokens::Tokens;
 
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
@@ -32,7 +32,8 @@ pub async fn run(
     let store = Store::open(&config.store)
         .await
         .with_context(|| format!("cannot open the store at {}", config.store.display()))?;
-    let catalog = Catalog::open(&config.catalog_url())
+    let tokens = Tokens::new(store.root());
+    let catalog = crate::recovery::open_catalog(&config.catalog_url(), &tokens)
         .await
         .context("cannot open the catalog")?;
     // Nothing can still be running from a previous process.
@@ -51,15 +52,16 @@ pub async fn run(
         );
     }
     let auth = if tls.is_some() {
-        Auth::Tokens(catalog.clone())
+        Auth::Tokens(tokens)
     } else {
         Auth::Open
     };
     let ctl = Arc::new(Controller {
         catalog,
         store,
-        registry: Registry::new(tls.clone()),
+        registry: Registry::new(tls.clone(), config.forget_agents_after.0),
         locks: AppLocks::default(),
+        backup_locks: BackupLocks::default(),
         auth,
         idle_timeout: std::time::Duration::from_secs(config.agent.idle_timeout),
         mutual_tls: tls.is_some(),
@@ -127,5 +129,6 @@ pub async fn run(
         .add_service(registry)
         .serve_with_incoming_shutdown(hop3_agent::server::incoming(listener), shutdown)
         .await?;
+    ctl.catalog.checkpoint().await;
     Ok(())
 }

@@ -2,7 +2,8 @@
 
 use crate::auth::Auth;
 use crate::catalog::{BackupRow, Catalog};
-use crate::locks::AppLocks;
+use crate::error::{ControllerError, Result};
+use crate::locks::{AppLocks, BackupLock, BackupLocks, BackupUse};
 use crate::registry::Registry;
 use crate::store::Store;
 use hop3_proto::v1;
@@ -13,6 +14,8 @@ pub struct Controller {
     pub store: Store,
     pub registry: Registry,
     pub locks: AppLocks,
+    /// Backups in use: read by restores and verifications, written, deleted.
+    pub backup_locks: BackupLocks,
     /// Who may call the CLI's API.
     pub auth: Auth,
     /// Longest silence accepted from an agent in the middle of a backup.
@@ -22,6 +25,16 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// Takes backup `id` for `used_for`, or says what it is busy with.
+    pub fn use_backup(&self, id: &str, used_for: BackupUse) -> Result<BackupLock> {
+        self.backup_locks
+            .try_lock(id, used_for)
+            .map_err(|busy| ControllerError::BackupBusy {
+                id: id.to_owned(),
+                doing: busy.doing(),
+            })
+    }
+
     /// A catalog row as the CLI sees it.
     pub fn summary(&self, row: &BackupRow) -> v1::BackupSummary {
         v1::BackupSummary {

@@ -79,6 +79,11 @@ impl Store {
         Ok(Self { root })
     }
 
+    /// The store's root directory (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// Where backup `id` of `app` lives once complete. Both names are validated by callers.
     pub fn backup_dir(&self, app: &str, id: &str) -> PathBuf {
         self.root.join("apps").join(app).join(id)

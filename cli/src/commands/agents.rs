@@ -1,11 +1,12 @@
-//! `agent:list`: the agents the controller knows, online or not.
+//! `agent:list`: the agents the controller knows, online or not;
+//! `agent:forget HOST`: drop an offline one.
 
 use hop3_proto::v1::AgentInfo;
 
 use crate::client::Controller;
 use crate::error::CliError;
 use crate::output::{Output, format_time, render_table};
-use crate::views::{AgentView, agent_status};
+use crate::views::{AgentView, ForgottenView, agent_status};
 
 /// Lists the agents in the order the controller returns them.
 pub async fn run(controller: &mut Controller, out: Output) -> Result<(), CliError> {
@@ -16,6 +17,25 @@ pub async fn run(controller: &mut Controller, out: Output) -> Result<(), CliErro
     } else {
         out.text(&render(&agents))
     }
+}
+
+/// Forgets the offline agent of `host`.
+pub async fn forget(controller: &mut Controller, out: Output, host: &str) -> Result<(), CliError> {
+    controller.forget_agent(host).await?;
+    if out.is_json() {
+        out.json(&ForgottenView {
+            forgotten: host.to_owned(),
+        })
+    } else {
+        out.text(&render_forgotten(host))
+    }
+}
+
+/// What `agent:forget` prints once the controller forgot the host.
+pub fn render_forgotten(host: &str) -> String {
+    format!(
+        "✓ Agent {host} forgotten: it is no longer listed (it registers again if its agent calls in)\n"
+    )
 }
 
 /// A plain table like `backup:list`'s, or `No agents registered.`

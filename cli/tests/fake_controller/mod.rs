@@ -11,10 +11,10 @@ use std::sync::{Arc, Mutex};
 use hop3_proto::v1::backup_service_server::{BackupService, BackupServiceServer};
 use hop3_proto::v1::{
     AgentInfo, AppState, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
-    DeleteBackupRequest, DeleteBackupResponse, FileCheck, GetBackupRequest, ImportBackupRequest,
-    ListAgentsRequest, ListAgentsResponse, ListBackupsRequest, ListBackupsResponse, Progress,
-    RestoreBackupEvent, RestoreBackupRequest, RestoreResult, ServiceInfo, create_backup_event,
-    restore_backup_event,
+    DeleteBackupRequest, DeleteBackupResponse, FileCheck, ForgetAgentRequest, ForgetAgentResponse,
+    GetBackupRequest, ImportBackupRequest, ListAgentsRequest, ListAgentsResponse,
+    ListBackupsRequest, ListBackupsResponse, Progress, RestoreBackupEvent, RestoreBackupRequest,
+    RestoreResult, ServiceInfo, create_backup_event, restore_backup_event,
 };
 use tokio_stream::Stream;
 use tokio_stream::wrappers::TcpListenerStream;
@@ -34,6 +34,7 @@ pub struct Received {
     pub creates: Vec<CreateBackupRequest>,
     pub restores: Vec<RestoreBackupRequest>,
     pub imports: Vec<ImportBackupRequest>,
+    pub forgets: Vec<ForgetAgentRequest>,
 }
 
 /// The fake, serving until dropped.
@@ -489,10 +490,24 @@ impl BackupService for Fake {
         }))
     }
 
+    /// As the real controller: an online agent is refused, an offline one
+    /// forgotten, an unknown one not found.
     async fn forget_agent(
         &self,
-        _request: Request<hop3_proto::v1::ForgetAgentRequest>,
-    ) -> Result<Response<hop3_proto::v1::ForgetAgentResponse>, Status> {
-        Err(Status::unimplemented("not in the fake controller yet"))
+        request: Request<ForgetAgentRequest>,
+    ) -> Result<Response<ForgetAgentResponse>, Status> {
+        let request = request.into_inner();
+        self.received.lock().unwrap().forgets.push(request.clone());
+        let host = request.host;
+        match self.agents.iter().find(|a| a.host == host) {
+            None => Err(Status::not_found(format!(
+                "Host not found: {host} (the controller knows no agent of that host)"
+            ))),
+            Some(a) if a.online => Err(Status::failed_precondition(format!(
+                "host {host} is online (its agent called in 3s ago): stop its agent first, \
+                 or its next heartbeat registers it again"
+            ))),
+            Some(_) => Ok(Response::new(ForgetAgentResponse {})),
+        }
     }
 }

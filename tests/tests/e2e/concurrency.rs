@@ -1,12 +1,14 @@
-//! Scenario 6: one operation at a time per app, any number across apps.
+//! Scenario 6: one operation at a time per app, any number across apps;
+//! a backup being read (restored, verified) is not deleted under its readers.
 
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use hop3_tests::System;
-use hop3_tests::cli::BackupSummary;
-use hop3_tests::fixtures::App;
-use hop3_tests::harness::{list_dir, wait_until};
+use hop3_tests::cli::{BackupSummary, RestoreResult};
+use hop3_tests::fixtures::{App, MIB};
+use hop3_tests::harness::{du, list_dir, wait_until};
+use hop3_tests::snapshot::Snapshot;
 
 /// How long one create or restore of a few hundred MiB may take on a
 /// loaded two-core machine with debug binaries.
@@ -99,5 +101,95 @@ fn creates_of_two_apps_run_side_by_side() -> Result<()> {
     }
     ensure!(sys.list(&[])?.len() == 2);
     ensure!(sys.partials()?.is_empty());
+    Ok(())
+}
+
+#[test]
+fn a_backup_being_restored_is_not_deleted_under_it() -> Result<()> {
+    let sys = System::start()?;
+    let app = App::build(&sys.root, "media", 16, &sys.scratch("fixtures")?)?;
+    app.big_data(300)?;
+    let original = Snapshot::of(&app.dir)?;
+    let created = sys.create("media")?;
+    let id = created.backup_id.clone();
+
+    // Into another app: the per-app lock is the target's, so it never kept
+    // the source backup from being deleted.
+    let apps = sys.root.join("apps");
+    let mut restore = sys.hop3_spawn([
+        "--json",
+        "backup:restore",
+        &id,
+        "--target-app",
+        "media-copy",
+    ])?;
+    wait_until(BIG_OPERATION, "the restore to stage its first MiB", || {
+        let staged = list_dir(&apps)?
+            .into_iter()
+            .filter(|n| n.starts_with(".media-copy"))
+            .map(|n| du(&apps.join(n)))
+            .max()
+            .unwrap_or(0);
+        if staged >= 8 * MIB {
+            return Ok(Some(()));
+        }
+        if !restore.is_running()? {
+            bail!("the restore ended before 8 MiB were staged");
+        }
+        Ok(None)
+    })?;
+    let refused = sys.hop3(["backup:delete", &id, "--yes"]);
+    let refused_json = sys.hop3(["--json", "backup:delete", &id, "--yes"]);
+    // Another reader at the same time is welcome.
+    let info = sys.info(&id)?;
+    ensure!(
+        restore.is_running()?,
+        "the restore finished before the deletes were refused: inconclusive, make the app bigger"
+    );
+    let refused = refused.failure(&[&format!(
+        "Backup {id} is being restored; wait for it to finish"
+    )])?;
+    ensure!(
+        refused.status.code() == Some(4),
+        "a refused delete exits 4 (failed precondition)\n{}",
+        refused.report()
+    );
+    let refused_json = refused_json.failure(&["being restored"])?;
+    ensure!(
+        refused_json.json_error().map(|(code, _)| code).as_deref() == Some("FAILED_PRECONDITION"),
+        "{}",
+        refused_json.report()
+    );
+    ensure!(info.all_valid, "verified during the restore: {info:?}");
+
+    let restored: RestoreResult = restore.wait(BIG_OPERATION)?.success()?.json()?;
+    ensure!(restored.app == "media-copy", "{restored:?}");
+    let copy = Snapshot::of(&apps.join("media-copy"))?;
+    // A clone gets a hostname of its own; the rest is the backup's.
+    let expected = Snapshot {
+        hostname: copy.hostname.clone(),
+        ..original.clone()
+    };
+    expected.assert_same(&copy, "the clone restored while deletes were refused")?;
+    original.assert_same(&Snapshot::of(&app.dir)?, "the source app")?;
+    ensure!(
+        sys.backup_dir("media", &id).is_dir(),
+        "the backup's directory is gone"
+    );
+    ensure!(
+        sys.info(&id)?.all_valid,
+        "the backup does not verify after the refused deletes"
+    );
+
+    // Once the restore is over, the delete goes through.
+    sys.hop3(["--json", "backup:delete", &id, "--yes"])
+        .success()
+        .context("deleting after the restore")?;
+    ensure!(sys.list(&["media"])?.is_empty());
+    ensure!(
+        sys.store_entries("media")?.is_empty(),
+        "{:?}",
+        sys.store_entries("media")?
+    );
     Ok(())
 }

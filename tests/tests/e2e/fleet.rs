@@ -1,6 +1,7 @@
 //! A fleet: several hosts, one agent each, one controller. Which agents
 //! are online, a host lost and its app brought back on a fresh one, the
-//! same app name on two hosts, and agents that limit how many jobs they run.
+//! same app name on two hosts, agents that limit how many jobs they run,
+//! and hosts gone for good forgotten, by hand or after a long silence.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use hop3_tests::cli::{AgentRow, BackupSummary};
 use hop3_tests::fixtures::App;
-use hop3_tests::harness::{du, list_dir, wait_until};
+use hop3_tests::harness::{LOCAL_HOST_ID, du, list_dir, wait_until};
 use hop3_tests::servers::{self, Postgres, diff_lines};
 use hop3_tests::snapshot::{self, Snapshot};
 use hop3_tests::{Output, System};
@@ -383,5 +384,160 @@ fn backups_on_two_agents_run_at_once_within_each_agents_limit() -> Result<()> {
             &format!("{name} restored from the concurrent backup"),
         )?;
     }
+    Ok(())
+}
+
+/// What `hop3` exits with for NOT_FOUND and FAILED_PRECONDITION.
+const EXIT_NOT_FOUND: i32 = 3;
+const EXIT_FAILED_PRECONDITION: i32 = 4;
+
+/// Fails unless `out` exited with `code`.
+fn exited(out: &Output, code: i32) -> Result<()> {
+    ensure!(
+        out.status.code() == Some(code),
+        "expected exit {code}\n{}",
+        out.report()
+    );
+    Ok(())
+}
+
+/// The hosts `agent:list --json` shows, sorted.
+fn listed_hosts(sys: &System) -> Result<Vec<String>> {
+    let mut hosts: Vec<String> = sys.agents()?.into_iter().map(|a| a.host).collect();
+    hosts.sort();
+    Ok(hosts)
+}
+
+/// How many lines of the log at `path` hold every one of `needles`.
+fn log_lines(path: &std::path::Path, needles: &[&str]) -> usize {
+    let text = String::from_utf8_lossy(&fs::read(path).unwrap_or_default()).into_owned();
+    text.lines()
+        .filter(|l| needles.iter().all(|n| l.contains(n)))
+        .count()
+}
+
+#[test]
+fn an_offline_agent_is_forgotten_on_request_and_an_online_one_is_not() -> Result<()> {
+    // With the controller's own agent, which is never forgotten.
+    let mut sys = System::start()?;
+    sys.start_agent("web-1")?;
+    ensure!(
+        listed_hosts(&sys)? == [LOCAL_HOST_ID, "web-1"],
+        "{:?}",
+        sys.agents()
+    );
+
+    // Online: refused, and told why and what to do.
+    let out = sys.hop3(["agent:forget", "web-1"]).failure(&[
+        "web-1",
+        "online",
+        "stop its agent first",
+    ])?;
+    exited(&out, EXIT_FAILED_PRECONDITION)?;
+    let out = sys
+        .hop3(["--json", "agent", "forget", "web-1"])
+        .failure(&["stop its agent first"])?;
+    exited(&out, EXIT_FAILED_PRECONDITION)?;
+    ensure!(
+        out.json_error().map(|(code, _)| code).as_deref() == Some("FAILED_PRECONDITION"),
+        "{}",
+        out.report()
+    );
+    let out = sys
+        .hop3(["agent:forget", LOCAL_HOST_ID])
+        .failure(&[LOCAL_HOST_ID, "own agent"])?;
+    exited(&out, EXIT_FAILED_PRECONDITION)?;
+    let out = sys
+        .hop3(["agent:forget", "web-9"])
+        .failure(&["Host not found: web-9", "hop3 agent:list"])?;
+    exited(&out, EXIT_NOT_FOUND)?;
+    ensure!(
+        listed_hosts(&sys)? == [LOCAL_HOST_ID, "web-1"],
+        "a refused forget removed an agent: {:?}",
+        sys.agents()
+    );
+
+    // Stopped: once offline it is forgotten, and no longer listed.
+    let complaint = sys.agent("web-1").process.stop();
+    ensure!(complaint.is_none(), "{complaint:?}");
+    wait_status(&sys, "web-1", "offline", OFFLINE_DEADLINE)?;
+    let out = sys.hop3(["--json", "agent:forget", "web-1"]).success()?;
+    let doc: serde_json::Value = out.json()?;
+    ensure!(
+        doc == serde_json::json!({"forgotten": "web-1"}),
+        "{}",
+        out.report()
+    );
+    ensure!(listed_hosts(&sys)? == [LOCAL_HOST_ID], "{:?}", sys.agents());
+    let human = sys.hop3(["agent:list"]).success()?;
+    ensure!(!human.stdout.contains("web-1"), "{}", human.report());
+    let out = sys
+        .hop3(["agent", "forget", "web-1"])
+        .failure(&["Host not found: web-1"])?;
+    exited(&out, EXIT_NOT_FOUND)?;
+
+    // Its agent started again registers again (healthy means registered).
+    sys.agent("web-1").process.restart()?;
+    wait_status(&sys, "web-1", "online", HEARTBEAT_DEADLINE)?;
+    let out = sys.hop3(["agent:forget", "web-1"]).failure(&["online"])?;
+    exited(&out, EXIT_FAILED_PRECONDITION)?;
+    Ok(())
+}
+
+#[test]
+fn agents_silent_for_longer_than_the_expiry_are_forgotten() -> Result<()> {
+    // The environment variable, as a unit file would set it.
+    let expiry = Duration::from_secs(20);
+    let mut sys = System::builder()
+        .controller_env("HOP3_FORGET_AGENTS_AFTER", "20s")
+        .start()?;
+    sys.start_agent("web-2")?;
+    ensure!(
+        listed_hosts(&sys)? == [LOCAL_HOST_ID, "web-2"],
+        "{:?}",
+        sys.agents()
+    );
+    let stopped = Instant::now();
+    let complaint = sys.agent("web-2").process.stop();
+    ensure!(complaint.is_none(), "{complaint:?}");
+    wait_status(&sys, "web-2", "offline", OFFLINE_DEADLINE)?;
+    wait_until(
+        expiry + OFFLINE_DEADLINE,
+        "web-2 to leave agent:list",
+        || Ok(sys.agent_row("web-2")?.is_none().then_some(())),
+    )
+    .with_context(|| format!("agent:list says {:?}", sys.agents()))?;
+    let silent = stopped.elapsed();
+    eprintln!("web-2 forgotten {silent:.1?} after its agent stopped");
+    // Its last heartbeat came at most 5 s before it stopped.
+    ensure!(
+        silent + Duration::from_secs(5) >= expiry,
+        "web-2 was forgotten after {silent:?}, before its {expiry:?} of silence"
+    );
+    // The controller's own agent never heartbeats, and stays.
+    ensure!(listed_hosts(&sys)? == [LOCAL_HOST_ID], "{:?}", sys.agents());
+    let log = sys.controller().log_path().to_owned();
+    ensure!(
+        log_lines(&log, &["agent forgotten", "web-2"]) == 1,
+        "no log line says web-2 was forgotten\n{}",
+        hop3_tests::harness::tail(&log, 30)
+    );
+
+    // Calling in again, it is registered again as a new agent.
+    sys.agent("web-2").process.restart()?;
+    wait_status(&sys, "web-2", "online", HEARTBEAT_DEADLINE)?;
+    ensure!(
+        log_lines(&log, &["agent registered", "web-2"]) == 2,
+        "web-2 was not registered anew\n{}",
+        hop3_tests::harness::tail(&log, 30)
+    );
+
+    // A value that could not take effect is refused at start.
+    let out = sys.admin(["--forget-agents-after", "5s", "tokens", "list"]);
+    ensure!(
+        out.status.code() == Some(2) && out.stderr.contains("offline"),
+        "{}",
+        out.report()
+    );
     Ok(())
 }

@@ -283,6 +283,181 @@ fn a_lost_postgres_catalog_is_rebuilt_from_the_store() -> Result<()> {
     catalog_rebuilt_from_the_store(sys, &|_, name| pg.create_catalog(&name.replace('-', "_")))
 }
 
+// ---------------------------------------------------------------------------
+// A corrupt catalog
+
+/// What `hop3` exits with when the controller refuses the caller.
+const EXIT_UNAUTHENTICATED: i32 = 6;
+
+/// Overwrites the middle pages of the SQLite file at `path` (all but its
+/// first, which holds the header and the schema, and its last) with
+/// garbage, as a failing disk would; returns how many it overwrote.
+fn clobber_middle_pages(path: &Path) -> Result<u64> {
+    use std::io::{Seek, SeekFrom, Write};
+    let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    ensure!(
+        bytes.starts_with(b"SQLite format 3\0"),
+        "{} is not a SQLite file",
+        path.display()
+    );
+    let page = match u16::from_be_bytes([bytes[16], bytes[17]]) {
+        1 => 65536,
+        n => u64::from(n),
+    };
+    let pages = bytes.len() as u64 / page;
+    ensure!(pages >= 3, "{pages} pages: none in the middle");
+    let mut file = fs::OpenOptions::new().write(true).open(path)?;
+    file.seek(SeekFrom::Start(page))?;
+    let garbage: Vec<u8> = (0..page * (pages - 2))
+        .map(|i| (i.wrapping_mul(131) + 7) as u8)
+        .collect();
+    file.write_all(&garbage)?;
+    file.sync_all()?;
+    Ok(pages - 2)
+}
+
+#[test]
+fn a_corrupt_catalog_is_kept_aside_and_rebuilt_and_tokens_still_work() -> Result<()> {
+    let mut sys = System::builder().tls().start()?;
+    let alice = sys.create_token("alice")?;
+    let bob = sys.create_token("bob")?;
+    sys.admin(["tokens", "revoke", "bob"]).success()?;
+    sys.set_token(Some(&alice));
+    let scratch = sys.scratch("fixtures")?;
+    tiny_app(&sys.root, "alpha", 251, &scratch)?;
+    tiny_app(&sys.root, "beta", 252, &scratch)?;
+    let made = [
+        sys.create("alpha")?,
+        sys.create("beta")?,
+        sys.create("alpha")?,
+    ];
+
+    // Stopped cleanly, the controller writes the catalog's WAL back into its
+    // file: the damage below then hits the only copy of the rows.
+    let db = PathBuf::from(
+        sys.catalog()
+            .strip_prefix("sqlite://")
+            .context("a SQLite catalog")?,
+    );
+    let dir = db.parent().context("the catalog's directory")?.to_owned();
+    let name = db
+        .file_name()
+        .context("the catalog's file name")?
+        .to_string_lossy()
+        .into_owned();
+    let complaint = sys.controller().stop();
+    ensure!(complaint.is_none(), "{complaint:?}");
+    let wal = dir.join(format!("{name}-wal"));
+    let wal_len = fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    ensure!(
+        wal_len == 0,
+        "the WAL holds {wal_len} bytes after a clean stop: the damage would be masked"
+    );
+    let companions: Vec<String> = ["-wal", "-shm"]
+        .into_iter()
+        .filter(|s| dir.join(format!("{name}{s}")).exists())
+        .map(str::to_owned)
+        .collect();
+    let clobbered = clobber_middle_pages(&db)?;
+    let damaged = sha256_file(&db)?;
+    eprintln!("overwrote {clobbered} page(s) of {}", db.display());
+
+    sys.restart_controller()?;
+    // Every backup listed again, as it was, with alice's token.
+    let listed = wait_until(SETTLE, "the rebuilt catalog to list 3 backups", || {
+        let listed = sys.list(&[])?;
+        Ok((listed.len() >= 3).then_some(listed))
+    })?;
+    ensure!(
+        ids(&listed) == ids(&made),
+        "listed {listed:?}\nmade {made:?}"
+    );
+    for b in &listed {
+        let was = made
+            .iter()
+            .find(|m| m.backup_id == b.backup_id)
+            .context("a made backup")?;
+        ensure!(
+            b.status == "COMPLETED"
+                && b.app == was.app
+                && b.total_size == was.total_size
+                && b.host == was.host,
+            "rebuilt {b:?}\nwas {was:?}"
+        );
+    }
+    let human = sys.hop3(["backup:list"]).success()?;
+    for b in &made {
+        ensure!(human.stdout.contains(&b.backup_id), "{}", human.report());
+    }
+
+    // The damaged file kept aside, whole, with its companions.
+    let entries = list_dir(&dir)?;
+    let kept: Vec<&String> = entries
+        .iter()
+        .filter(|n| {
+            n.strip_prefix(&format!("{name}.corrupt-"))
+                .is_some_and(|stamp| stamp.len() == 16 && stamp.ends_with('Z'))
+        })
+        .collect();
+    ensure!(kept.len() == 1, "kept aside: {entries:?}");
+    let kept = dir.join(kept[0]);
+    ensure!(
+        sha256_file(&kept)? == damaged,
+        "{} is not the damaged file",
+        kept.display()
+    );
+    for suffix in &companions {
+        let companion = format!("{}{suffix}", kept.display());
+        ensure!(
+            Path::new(&companion).exists(),
+            "{companion} was not kept: {entries:?}"
+        );
+    }
+    ensure!(db.is_file(), "no new catalog at {}", db.display());
+    let log = sys.controller().log_path().to_owned();
+    let kept_name = kept.to_string_lossy().into_owned();
+    let warned = fs::read_to_string(&log)?
+        .lines()
+        .find(|l| l.contains(" WARN ") && l.contains("corrupt") && l.contains(&kept_name))
+        .map(str::to_owned)
+        .with_context(|| {
+            format!(
+                "no WARN names {kept_name}\n{}",
+                hop3_tests::harness::tail(&log, 30)
+            )
+        })?;
+    eprintln!("the controller warned: {warned}");
+
+    // Tokens live in the store, not the catalog: alice's still works (every
+    // call above), bob's is still revoked.
+    sys.set_token(Some(&bob));
+    let refused = sys.hop3(["backup:list"]).failure(&["not authorized"])?;
+    ensure!(
+        refused.status.code() == Some(EXIT_UNAUTHENTICATED),
+        "{}",
+        refused.report()
+    );
+    sys.set_token(Some(&alice));
+    let tokens = sys.admin(["tokens", "list"]).success()?;
+    let line = |who: &str| {
+        tokens
+            .stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(who))
+            .map(str::to_owned)
+            .with_context(|| format!("tokens list has no {who}\n{}", tokens.report()))
+    };
+    ensure!(!line("alice")?.contains("revoked"), "{}", tokens.report());
+    ensure!(line("bob")?.contains("revoked"), "{}", tokens.report());
+
+    // The new catalog takes new backups, and the rebuilt rows restore.
+    let again = sys.create("beta")?;
+    ensure!(sys.list(&[])?.len() == 4);
+    sys.restore(&made[0].backup_id, Some("alpha-copy"))?;
+    ensure!(sys.info(&again.backup_id)?.all_valid);
+    Ok(())
+}
+
 /// An app as small as an app gets: the fixture's git history and tree,
 /// one data file.
 fn tiny_app(root: &Path, name: &str, seed: u64, scratch: &Path) -> Result<App> {

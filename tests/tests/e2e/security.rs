@@ -393,7 +393,9 @@ fn only_a_live_token_opens_the_api_and_none_is_kept_in_clear() -> Result<()> {
     sys.restore(&created.backup_id, None)?;
     original.assert_same(&Snapshot::of(&app.dir)?, "notes restored with bob's token")?;
 
-    // Neither the logs nor the catalog hold a token, only its SHA-256.
+    // The logs hold no token; the catalog (an index that can be rebuilt)
+    // holds neither a token nor its hash; the store's 0600 tokens file
+    // holds only the SHA-256 of each.
     let secrets = [&alice, &bob, &unknown];
     for log in sys.log_paths() {
         for secret in secrets {
@@ -404,23 +406,40 @@ fn only_a_live_token_opens_the_api_and_none_is_kept_in_clear() -> Result<()> {
             );
         }
     }
-    let files = catalog_files(sys.catalog())?;
-    for file in &files {
-        for secret in secrets {
+    let hashes: Vec<String> = [&alice, &bob]
+        .iter()
+        .map(|t| hop3_proto::Checksum::of(t.as_bytes()).to_string())
+        .collect();
+    for file in &catalog_files(sys.catalog())? {
+        for needle in secrets
+            .iter()
+            .map(|s| s.as_str())
+            .chain(hashes.iter().map(String::as_str))
+        {
             ensure!(
-                !file_contains(file, secret)?,
-                "the catalog file {} holds a token in clear",
+                !file_contains(file, needle)?,
+                "the catalog file {} holds a token or its hash",
                 file.display()
             );
         }
     }
-    for token in [&alice, &bob] {
-        let hash = hop3_proto::Checksum::of(token.as_bytes()).to_string();
-        let mut found = false;
-        for file in &files {
-            found |= file_contains(file, &hash)?;
-        }
-        ensure!(found, "no catalog file holds {hash}: {files:?}");
+    let tokens_file = sys.store.join("tokens.json");
+    let mode = fs::metadata(&tokens_file)
+        .with_context(|| format!("no {}", tokens_file.display()))?
+        .permissions()
+        .mode();
+    ensure!(mode & 0o777 == 0o600, "tokens.json has mode {mode:o}");
+    for secret in secrets {
+        ensure!(
+            !file_contains(&tokens_file, secret)?,
+            "tokens.json holds a token in clear"
+        );
+    }
+    for hash in &hashes {
+        ensure!(
+            file_contains(&tokens_file, hash)?,
+            "tokens.json does not hold {hash}"
+        );
     }
     Ok(())
 }
