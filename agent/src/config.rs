@@ -40,8 +40,8 @@ pub struct AgentOptions {
 impl AgentOptions {
     /// The state an agent with these options serves.
     pub fn state(&self) -> AgentState {
+        let root = HostRoot::new(&self.root);
         AgentState {
-            root: HostRoot::new(&self.root),
             host_id: self.host_id.clone().unwrap_or_else(default_host_id),
             hooks: Hooks {
                 stop: self.stop_cmd.clone(),
@@ -50,9 +50,11 @@ impl AgentOptions {
             tools: Tools {
                 pg_bin: self.pg_bin.clone(),
                 mysql_bin: self.mysql_bin.clone(),
+                state_dir: root.state_dir(),
             },
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),
+            root,
         }
     }
 }

@@ -280,7 +280,7 @@ impl Restoring<'_> {
             (Some(source), Some(live)) => Ok((source, live)),
             (None, Some(live)) => Ok((live.clone(), live)),
             (Some(source), None) if self.clone => {
-                let url = services::clone_url(&source, &self.app).await?;
+                let url = services::clone_url(&self.state.tools, &source, &self.app).await?;
                 let target = ServiceConfig {
                     url,
                     ..source.clone()
@@ -337,36 +337,52 @@ impl Restoring<'_> {
     }
 
     /// Stops the app, switches the databases and swaps the staged tree in,
-    /// starts the app again; rolls the files back if it will not start.
+    /// starts the app again; rolls the files and the databases back if it
+    /// will not start. What the switches replaced is dropped only once the
+    /// app runs on what was restored.
     async fn swap_in(&mut self, app: &str, live: &Path) -> Result<()> {
         let state = self.state;
         let existed = tokio::fs::try_exists(live).await.unwrap_or(false);
         if existed {
             state.hooks.stop(app).await?;
         }
-        while !self.staged.is_empty() {
-            let staged = self.staged.remove(0);
-            if let Err(e) = services::switch(&state.tools, &staged).await {
-                self.staged.insert(0, staged);
-                if existed {
-                    let _ = state.hooks.start(app).await;
-                }
-                return Err(e);
+        if let Err(e) = self.switch_services().await {
+            if existed {
+                let _ = state.hooks.start(app).await;
             }
+            return Err(e);
         }
         let id = &self.manifest.backup_id;
         if !existed {
-            return rename(&self.staging, live).await;
+            if let Err(e) = rename(&self.staging, live).await {
+                self.undo_services().await;
+                return Err(e);
+            }
+            self.finish_services().await;
+            return Ok(());
         }
-        exchange(&self.staging, live).await?;
+        if let Err(e) = exchange(&self.staging, live).await {
+            self.undo_services().await;
+            let _ = state.hooks.start(app).await;
+            return Err(e);
+        }
         if let Err(e) = state.hooks.start(app).await {
-            tracing::warn!(app, "restored app does not start; rolling its files back");
-            exchange(&self.staging, live).await?;
+            tracing::warn!(
+                app,
+                "restored app does not start; rolling its files and services back"
+            );
+            if let Err(back) = exchange(&self.staging, live).await {
+                // The restored files stay in place: so do the restored databases.
+                self.finish_services().await;
+                return Err(back);
+            }
+            self.undo_services().await;
             if let Err(again) = state.hooks.start(app).await {
                 tracing::warn!(app, error = %again, "the previous version does not start either");
             }
             return Err(e);
         }
+        self.finish_services().await;
         // The old tree now sits at the staging path. Backups from Hop3's
         // Python server hold no deployed tree: keep the one the app had, as
         // that server's own restore does.
@@ -386,12 +402,49 @@ impl Restoring<'_> {
         Ok(())
     }
 
+    /// Switches every staged service in turn. On a failure the ones already
+    /// switched are undone, last first; all stay in `staged` for [`discard`](Self::discard).
+    async fn switch_services(&mut self) -> Result<()> {
+        let tools = &self.state.tools;
+        for i in 0..self.staged.len() {
+            if let Err(e) = services::switch(tools, &self.staged[i]).await {
+                for done in self.staged[..i].iter().rev() {
+                    undo_logged(tools, done).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back what the switches replaced, last first (a later step failed).
+    async fn undo_services(&mut self) {
+        for staged in self.staged.iter().rev() {
+            undo_logged(&self.state.tools, staged).await;
+        }
+    }
+
+    /// Drops what the switches replaced: the restore succeeded.
+    async fn finish_services(&mut self) {
+        for staged in self.staged.drain(..) {
+            services::finish(&self.state.tools, &staged).await;
+        }
+    }
+
     /// Removes what a failed restore staged; live data is untouched.
     async fn discard(&mut self) {
         for staged in self.staged.drain(..) {
             services::discard(&self.state.tools, &staged).await;
         }
         discard(self.staging.clone());
+    }
+}
+
+/// [`services::undo`], logged when it fails: the service stays on record
+/// for the agent's next start, which tries again.
+async fn undo_logged(tools: &services::Tools, staged: &services::Staged) {
+    if let Err(e) = services::undo(tools, staged).await {
+        tracing::error!(service = staged.label(), error = %e, "could not undo a database switch");
     }
 }
 
@@ -553,7 +606,8 @@ fn spawn_load(tools: services::Tools, target: ServiceConfig, tag: String) -> Tar
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let task = tokio::spawn(async move {
         let mut reader = StreamReader::new(ReceiverStream::new(rx));
-        services::load(&tools, &target, &tag, &mut reader)
+        let spool = tools.spool_dir();
+        services::load(&tools, &target, &tag, &spool, &mut reader)
             .await
             .map(|s| Received::Service(Box::new(s)))
     });

@@ -9,6 +9,9 @@ pub mod process;
 pub mod redis;
 pub mod tools;
 
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use hop3_proto::names::validate_service_name;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -106,14 +109,25 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     }
 }
 
-/// A dump loaded into a scratch copy beside the live database, ready to switch.
+/// A dump loaded into a scratch copy beside the live database, ready to
+/// switch in; after the switch it holds what was replaced until
+/// [`finish`] or [`undo`].
 #[derive(Debug)]
 pub struct Staged {
-    kind: Kind,
     label: String,
     conn: ConnInfo,
-    scratch: String,
-    old: String,
+    copy: Copy,
+    /// Set from the start of a switch until it is undone: the live
+    /// database may then differ from before, so [`discard`] keeps away.
+    touched: AtomicBool,
+}
+
+/// The kind-specific part of a [`Staged`] copy.
+#[derive(Debug)]
+enum Copy {
+    Postgres(postgres::Staged),
+    Mysql(mysql::Staged),
+    Redis(redis::Staged),
 }
 
 impl Staged {
@@ -124,73 +138,99 @@ impl Staged {
 }
 
 /// Loads a dump of `target` (the service to restore into) into a scratch
-/// copy named after `tag` (unique per restore and service).
+/// copy named after `tag` (unique per restore and service), beside the live
+/// database, which stays as it is: this runs while the app still runs.
+/// `spool_dir` is a private directory for a dump that has to wait on disk
+/// until the switch.
 pub async fn load<R: AsyncRead + Unpin>(
     tools: &Tools,
     target: &ServiceConfig,
     tag: &str,
+    spool_dir: &Path,
     input: &mut R,
 ) -> Result<Staged> {
     let kind = Kind::parse(target)?;
     let label = label(target);
     let conn = ConnInfo::parse(&label, &target.url)?;
-    let (scratch, old) = match kind {
-        Kind::Postgres | Kind::Mysql => (format!("hop3_scratch_{tag}"), format!("hop3_old_{tag}")),
-        Kind::Redis => {
-            let live = redis::db_of(&conn)?;
-            let db = redis::empty_db(&label, &conn, &[live]).await?;
-            (db.to_string(), String::new())
+    let copy = match kind {
+        Kind::Postgres => {
+            Copy::Postgres(postgres::load(tools, &label, &conn, tag, spool_dir, input).await?)
         }
+        Kind::Mysql => Copy::Mysql(mysql::load(tools, &label, &conn, tag, input).await?),
+        Kind::Redis => Copy::Redis(redis::load(tools, &label, &conn, tag, input).await?),
     };
-    let loaded = match kind {
-        Kind::Postgres => postgres::load(tools, &label, &conn, &scratch, input).await,
-        Kind::Mysql => mysql::load(tools, &label, &conn, &scratch, input).await,
-        Kind::Redis => {
-            let db = scratch.parse().expect("a DB number");
-            redis::load(&label, &conn, db, input).await
-        }
-    };
-    let staged = Staged {
-        kind,
+    Ok(Staged {
         label,
         conn,
-        scratch,
-        old,
-    };
-    match loaded {
-        Ok(()) => Ok(staged),
-        Err(e) => {
-            // A half-loaded scratch copy is of no use to anyone.
-            discard(tools, &staged).await;
-            Err(e)
-        }
-    }
+        copy,
+        touched: AtomicBool::new(false),
+    })
 }
 
-/// Makes the staged copy the live database.
+/// Makes the staged copy the live database; run once the app is stopped.
+/// What it replaces is kept until [`finish`] (or put back by [`undo`]). A
+/// switch that fails puts back what it changed before it returns.
 pub async fn switch(tools: &Tools, staged: &Staged) -> Result<()> {
     let s = staged;
-    match s.kind {
-        Kind::Postgres => postgres::switch(tools, &s.label, &s.conn, &s.scratch, &s.old).await,
-        Kind::Mysql => mysql::switch(tools, &s.label, &s.conn, &s.scratch).await,
-        Kind::Redis => {
-            let live = redis::db_of(&s.conn)?;
-            let scratch = s.scratch.parse().expect("a DB number");
-            redis::switch(&s.label, &s.conn, live, scratch).await
+    s.touched.store(true, Ordering::SeqCst);
+    let switched = match &s.copy {
+        Copy::Postgres(c) => postgres::switch(tools, &s.label, &s.conn, c).await,
+        Copy::Mysql(c) => mysql::switch(tools, &s.label, &s.conn, c).await,
+        Copy::Redis(c) => redis::switch(tools, &s.label, &s.conn, c).await,
+    };
+    if let Err(e) = switched {
+        match undo(tools, s).await {
+            Ok(()) => {}
+            Err(again) => {
+                tracing::error!(service = %s.label, error = %again, "could not put back what a failed switch changed");
+            }
         }
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// Puts back what [`switch`] replaced (a later step of the restore failed);
+/// the staged copy is then as before the switch, for [`discard`].
+pub async fn undo(tools: &Tools, staged: &Staged) -> Result<()> {
+    let s = staged;
+    if !s.touched.load(Ordering::SeqCst) {
+        return Ok(());
+    }
+    match &s.copy {
+        Copy::Postgres(c) => postgres::undo(tools, &s.label, &s.conn, c).await?,
+        Copy::Mysql(c) => mysql::undo(tools, &s.label, &s.conn, c).await?,
+        Copy::Redis(c) => redis::undo(tools, &s.label, &s.conn, c).await?,
+    }
+    s.touched.store(false, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Drops what [`switch`] replaced, once the whole restore succeeded.
+pub async fn finish(tools: &Tools, staged: &Staged) {
+    let s = staged;
+    let res = match &s.copy {
+        Copy::Postgres(c) => postgres::finish(tools, &s.label, &s.conn, c).await,
+        Copy::Mysql(c) => mysql::finish(tools, &s.label, &s.conn, c).await,
+        Copy::Redis(c) => redis::finish(tools, &s.label, &s.conn, c).await,
+    };
+    if let Err(e) = res {
+        tracing::warn!(service = %s.label, error = %e, "could not drop the data a restore replaced");
     }
 }
 
-/// Throws a staged copy away; the live database was never touched.
+/// Throws away a staged copy that was never switched in (or was undone);
+/// the live database is not touched.
 pub async fn discard(tools: &Tools, staged: &Staged) {
     let s = staged;
-    let res = match s.kind {
-        Kind::Postgres => postgres::drop_database(tools, &s.label, &s.conn, &s.scratch).await,
-        Kind::Mysql => mysql::drop_database(tools, &s.label, &s.conn, &s.scratch).await,
-        Kind::Redis => {
-            let scratch = s.scratch.parse().expect("a DB number");
-            redis::flush(&s.label, &s.conn, scratch).await
-        }
+    if s.touched.load(Ordering::SeqCst) {
+        tracing::warn!(service = %s.label, "not discarding a copy whose switch was not undone");
+        return;
+    }
+    let res = match &s.copy {
+        Copy::Postgres(c) => postgres::discard(tools, &s.label, &s.conn, c).await,
+        Copy::Mysql(c) => mysql::discard(tools, &s.label, &s.conn, c).await,
+        Copy::Redis(c) => redis::discard(tools, &s.label, &s.conn, c).await,
     };
     if let Err(e) = res {
         tracing::warn!(service = %s.label, error = %e, "could not remove a scratch copy");
@@ -199,7 +239,7 @@ pub async fn discard(tools: &Tools, staged: &Staged) {
 
 /// The URL of a clone's own copy of `source` for app `target_app`: a new
 /// database on the same server (for Redis, an empty DB).
-pub async fn clone_url(source: &ServiceConfig, target_app: &str) -> Result<String> {
+pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) -> Result<String> {
     let kind = Kind::parse(source)?;
     let label = label(source);
     let conn = ConnInfo::parse(&label, &source.url)?;
@@ -215,7 +255,7 @@ pub async fn clone_url(source: &ServiceConfig, target_app: &str) -> Result<Strin
         }
         Kind::Redis => {
             let live = redis::db_of(&conn)?;
-            let db = redis::empty_db(&label, &conn, &[live]).await?;
+            let db = redis::empty_db(tools, &label, &conn, &[live]).await?;
             Ok(redis::url_for_db(&conn, db))
         }
     }

@@ -126,17 +126,26 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     process::dump_to(&step, cmd, out).await
 }
 
-/// Loads a dump into a new database `scratch`.
+/// A dump loaded into a scratch database beside the live one.
+#[derive(Debug)]
+pub struct Staged {
+    scratch: String,
+}
+
+/// Loads a dump into a new scratch database.
 pub async fn load<R: AsyncRead + Unpin>(
     tools: &Tools,
     service: &str,
     conn: &ConnInfo,
-    scratch: &str,
+    tag: &str,
     input: &mut R,
-) -> Result<()> {
+) -> Result<Staged> {
+    let staged = Staged {
+        scratch: format!("hop3_scratch_{tag}"),
+    };
     let step = Step::new(service, "create scratch database", conn);
     let opts = OptionFile::write(service, conn).await?;
-    let s = ident(scratch);
+    let s = ident(&staged.scratch);
     execute(
         tools,
         &step,
@@ -150,13 +159,19 @@ pub async fn load<R: AsyncRead + Unpin>(
         "--binary-mode",
         "--default-character-set=utf8mb4",
         "--",
-        scratch,
+        &staged.scratch,
     ]);
-    process::load_from(&step, cmd, input).await
+    if let Err(e) = process::load_from(&step, cmd, input).await {
+        if let Err(again) = drop_database(tools, service, conn, &staged.scratch).await {
+            tracing::warn!(service, error = %again, "could not remove a scratch copy");
+        }
+        return Err(e);
+    }
+    Ok(staged)
 }
 
-/// Replaces the live database's content with the scratch one's, then drops the scratch.
-pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, scratch: &str) -> Result<()> {
+/// Replaces the live database's content with the scratch one's.
+pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
     let step = Step::new(service, "switch", conn);
     let opts = OptionFile::write(service, conn).await?;
     let live = ident(&conn.database);
@@ -168,7 +183,7 @@ pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, scratch: &str
     )
     .await?;
     let mut dump = command(tools, "mysqldump", &opts);
-    dump.args(DUMP_ARGS).arg("--").arg(scratch);
+    dump.args(DUMP_ARGS).arg("--").arg(&staged.scratch);
     let mut load = command(tools, "mysql", &opts);
     load.args([
         "--binary-mode",
@@ -182,17 +197,27 @@ pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, scratch: &str
         drop(w);
         res
     };
-    tokio::try_join!(copy_out, process::load_from(&step, load, &mut r))?;
-    drop_database(tools, service, conn, scratch).await
+    tokio::try_join!(copy_out, process::load_from(&step, load, &mut r)).map(drop)
+}
+
+/// The copy switch makes cannot be put back.
+pub async fn undo(_tools: &Tools, service: &str, conn: &ConnInfo, _staged: &Staged) -> Result<()> {
+    Err(Step::new(service, "undo the switch", conn)
+        .error("the live database was overwritten with the restored copy and cannot be put back"))
+}
+
+/// Drops the scratch database, once copied.
+pub async fn finish(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    drop_database(tools, service, conn, &staged.scratch).await
+}
+
+/// Drops the scratch database.
+pub async fn discard(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    drop_database(tools, service, conn, &staged.scratch).await
 }
 
 /// Drops a database if it exists.
-pub async fn drop_database(
-    tools: &Tools,
-    service: &str,
-    conn: &ConnInfo,
-    name: &str,
-) -> Result<()> {
+async fn drop_database(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -> Result<()> {
     let step = Step::new(service, "drop", conn);
     let opts = OptionFile::write(service, conn).await?;
     execute(

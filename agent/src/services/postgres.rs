@@ -2,6 +2,8 @@
 //! scratch database that then takes the live one's name in one transaction.
 //! Credentials reach the tools through `PG*` environment variables only.
 
+use std::path::Path;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::Command;
 
@@ -105,90 +107,164 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     process::dump_to(&step, cmd, out).await
 }
 
-/// Loads a dump into a new database `scratch` on `conn`'s server.
+/// A dump loaded into a scratch database beside the live one.
+#[derive(Debug)]
+pub struct Staged {
+    scratch: String,
+    /// The name the live database is renamed to by the switch.
+    old: String,
+}
+
+/// Loads a dump into a new scratch database on `conn`'s server.
 pub async fn load<R: AsyncRead + Unpin>(
     tools: &Tools,
     service: &str,
     conn: &ConnInfo,
-    scratch: &str,
+    tag: &str,
+    _spool_dir: &Path,
     input: &mut R,
-) -> Result<()> {
+) -> Result<Staged> {
+    let staged = Staged {
+        scratch: format!("hop3_scratch_{tag}"),
+        old: format!("hop3_old_{tag}"),
+    };
     let step = Step::new(service, "create scratch database", conn);
     query(
         tools,
         conn,
         &step,
-        &format!("DROP DATABASE IF EXISTS {}", ident(scratch)),
+        &format!("DROP DATABASE IF EXISTS {}", ident(&staged.scratch)),
     )
     .await?;
     query(
         tools,
         conn,
         &step,
-        &format!("CREATE DATABASE {}", ident(scratch)),
+        &format!("CREATE DATABASE {}", ident(&staged.scratch)),
     )
     .await?;
     let step = step.then("load");
-    let mut cmd = psql(tools, conn, scratch);
+    let mut cmd = psql(tools, conn, &staged.scratch);
     cmd.arg("--single-transaction");
-    process::load_from(&step, cmd, input).await
+    if let Err(e) = process::load_from(&step, cmd, input).await {
+        // A half-loaded scratch copy is of no use to anyone.
+        if let Err(again) = drop_database(tools, service, conn, &staged.scratch).await {
+            tracing::warn!(service, error = %again, "could not remove a scratch copy");
+        }
+        return Err(e);
+    }
+    Ok(staged)
 }
 
-/// Makes `scratch` the live database: the live one (if any) is renamed
-/// aside in the same transaction, then dropped.
-pub async fn switch(
+/// Which of `names` exist on the server.
+async fn existing(
     tools: &Tools,
-    service: &str,
     conn: &ConnInfo,
-    scratch: &str,
-    old: &str,
-) -> Result<()> {
-    let step = Step::new(service, "switch", conn);
-    let live = &conn.database;
-    let exists = query(
+    step: &Step<'_>,
+    names: &[&str],
+) -> Result<Vec<String>> {
+    let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+    let out = query(
         tools,
         conn,
-        &step,
+        step,
         &format!(
-            "SELECT 1 FROM pg_database WHERE datname = {}",
-            literal(live)
+            "SELECT datname FROM pg_database WHERE datname IN ({})",
+            list.join(", ")
         ),
     )
     .await?;
-    // Renaming needs the database idle: the app is stopped, end what remains.
-    let kick = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ({}, {}) AND pid <> pg_backend_pid()",
-        literal(live),
-        literal(scratch)
+    Ok(out.lines().map(str::to_owned).collect())
+}
+
+/// Ends every other session on `names`: renaming needs them idle, and the app is stopped.
+async fn kick(tools: &Tools, conn: &ConnInfo, step: &Step<'_>, names: &[&str]) -> Result<()> {
+    let list: Vec<String> = names.iter().map(|n| literal(n)).collect();
+    let sql = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname IN ({}) AND pid <> pg_backend_pid()",
+        list.join(", ")
     );
-    query(tools, conn, &step, &kick).await?;
-    let sql = if exists.trim() == "1" {
+    query(tools, conn, step, &sql).await.map(drop)
+}
+
+/// Makes the scratch database the live one: the live one (if any) is
+/// renamed aside in the same transaction, and kept until [`finish`].
+pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    let step = Step::new(service, "switch", conn);
+    let live = &conn.database;
+    let found = existing(tools, conn, &step, &[live]).await?;
+    kick(tools, conn, &step, &[live, &staged.scratch]).await?;
+    let sql = if found.is_empty() {
         format!(
-            "BEGIN; ALTER DATABASE {live} RENAME TO {old}; ALTER DATABASE {scratch} RENAME TO {live}; COMMIT;",
-            live = ident(live),
-            old = ident(old),
-            scratch = ident(scratch)
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(&staged.scratch),
+            ident(live)
         )
     } else {
         format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            ident(scratch),
-            ident(live)
+            "BEGIN; ALTER DATABASE {live} RENAME TO {old}; ALTER DATABASE {scratch} RENAME TO {live}; COMMIT;",
+            live = ident(live),
+            old = ident(&staged.old),
+            scratch = ident(&staged.scratch)
         )
     };
     let mut cmd = psql(tools, conn, "postgres");
     cmd.args(["-c", &sql]);
-    process::output(&step, cmd).await?;
-    drop_database(tools, service, conn, old).await
+    process::output(&step, cmd).await.map(drop)
+}
+
+/// Puts the database the switch replaced back under the live name; the
+/// restored one goes back to the scratch name. What the server holds says
+/// how far the switch went.
+pub async fn undo(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    let step = Step::new(service, "undo the switch", conn);
+    let live = &conn.database;
+    let found = existing(tools, conn, &step, &[live, &staged.scratch, &staged.old]).await?;
+    let has = |n: &str| found.iter().any(|f| f == n);
+    if has(&staged.scratch) {
+        // Never switched, or already put back.
+        return Ok(());
+    }
+    kick(tools, conn, &step, &[live, &staged.old]).await?;
+    let sql = match (has(live), has(&staged.old)) {
+        (true, true) => format!(
+            "BEGIN; ALTER DATABASE {live} RENAME TO {scratch}; ALTER DATABASE {old} RENAME TO {live}; COMMIT;",
+            live = ident(live),
+            old = ident(&staged.old),
+            scratch = ident(&staged.scratch)
+        ),
+        // There was no live database before the switch.
+        (true, false) => format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(live),
+            ident(&staged.scratch)
+        ),
+        (false, true) => format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(&staged.old),
+            ident(live)
+        ),
+        (false, false) => {
+            return Err(step.error("neither the restored nor the replaced database is there"));
+        }
+    };
+    let mut cmd = psql(tools, conn, "postgres");
+    cmd.args(["-c", &sql]);
+    process::output(&step, cmd).await.map(drop)
+}
+
+/// Drops the database the switch replaced.
+pub async fn finish(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    drop_database(tools, service, conn, &staged.old).await
+}
+
+/// Drops the scratch database.
+pub async fn discard(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    drop_database(tools, service, conn, &staged.scratch).await
 }
 
 /// Drops a database if it exists (a scratch or an old copy).
-pub async fn drop_database(
-    tools: &Tools,
-    service: &str,
-    conn: &ConnInfo,
-    name: &str,
-) -> Result<()> {
+async fn drop_database(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -> Result<()> {
     let step = Step::new(service, "drop", conn);
     query(
         tools,

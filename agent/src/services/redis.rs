@@ -15,6 +15,7 @@ use tokio::io::{
 
 use super::conn::ConnInfo;
 use super::process::Step;
+use super::tools::Tools;
 use crate::error::Result;
 
 /// Keys fetched per round trip.
@@ -161,7 +162,12 @@ pub fn url_for_db(conn: &ConnInfo, db: u32) -> String {
 }
 
 /// Finds an empty DB other than `avoid` on the server, for a scratch or a clone.
-pub async fn empty_db(service: &str, conn: &ConnInfo, avoid: &[u32]) -> Result<u32> {
+pub async fn empty_db(
+    _tools: &Tools,
+    service: &str,
+    conn: &ConnInfo,
+    avoid: &[u32],
+) -> Result<u32> {
     let step = Step::new(service, "find an empty DB", conn);
     let mut con = connect(&step, conn.url()).await?;
     let configured: Vec<String> = redis::cmd("CONFIG")
@@ -188,8 +194,35 @@ pub async fn empty_db(service: &str, conn: &ConnInfo, avoid: &[u32]) -> Result<u
     Err(step.error("every DB of the server holds data; none is free"))
 }
 
-/// Replays a dump into DB `scratch` (emptied first).
+/// A dump replayed into a scratch DB beside the live one.
+#[derive(Debug)]
+pub struct Staged {
+    live: u32,
+    scratch: u32,
+}
+
+/// Replays a dump into an empty scratch DB of the live DB's server.
 pub async fn load<R: AsyncRead + Unpin>(
+    tools: &Tools,
+    service: &str,
+    conn: &ConnInfo,
+    _tag: &str,
+    input: &mut R,
+) -> Result<Staged> {
+    let live = db_of(conn)?;
+    let scratch = empty_db(tools, service, conn, &[live]).await?;
+    let staged = Staged { live, scratch };
+    if let Err(e) = replay(service, conn, scratch, input).await {
+        if let Err(again) = flush(service, conn, scratch).await {
+            tracing::warn!(service, error = %again, "could not empty a scratch DB");
+        }
+        return Err(e);
+    }
+    Ok(staged)
+}
+
+/// Replays a dump into DB `scratch` (emptied first).
+async fn replay<R: AsyncRead + Unpin>(
     service: &str,
     conn: &ConnInfo,
     scratch: u32,
@@ -233,26 +266,44 @@ pub async fn load<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-/// Swaps the scratch DB with the live one, then flushes the old data.
-pub async fn switch(service: &str, conn: &ConnInfo, live: u32, scratch: u32) -> Result<()> {
-    let step = Step::new(service, "switch", conn);
-    let mut con = connect(&step, &url_for_db(conn, scratch)).await?;
-    let _: () = redis::cmd("SWAPDB")
-        .arg(live)
-        .arg(scratch)
+async fn swap(step: &Step<'_>, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    let mut con = connect(step, &url_for_db(conn, staged.scratch)).await?;
+    redis::cmd("SWAPDB")
+        .arg(staged.live)
+        .arg(staged.scratch)
         .query_async(&mut con)
         .await
-        .map_err(|e| step.error(e.to_string()))?;
-    // This connection is on DB `scratch`, which now holds the old data.
-    let _: () = redis::cmd("FLUSHDB")
-        .query_async(&mut con)
-        .await
-        .map_err(|e| step.error(e.to_string()))?;
-    Ok(())
+        .map_err(|e| step.error(e.to_string()))
+}
+
+/// Swaps the scratch DB with the live one in one step; the scratch DB then
+/// holds the old data until [`finish`].
+pub async fn switch(_tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    swap(&Step::new(service, "switch", conn), conn, staged).await
+}
+
+/// Swaps the DBs back.
+pub async fn undo(_tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    swap(&Step::new(service, "undo the switch", conn), conn, staged).await
+}
+
+/// Empties the scratch DB, which holds the data the switch replaced.
+pub async fn finish(_tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
+    flush(service, conn, staged.scratch).await
+}
+
+/// Empties the scratch DB.
+pub async fn discard(
+    _tools: &Tools,
+    service: &str,
+    conn: &ConnInfo,
+    staged: &Staged,
+) -> Result<()> {
+    flush(service, conn, staged.scratch).await
 }
 
 /// Empties DB `db` (a scratch that is no longer needed).
-pub async fn flush(service: &str, conn: &ConnInfo, db: u32) -> Result<()> {
+async fn flush(service: &str, conn: &ConnInfo, db: u32) -> Result<()> {
     let step = Step::new(service, "drop", conn);
     let mut con = connect(&step, &url_for_db(conn, db)).await?;
     redis::cmd("FLUSHDB")

@@ -1,14 +1,18 @@
-//! Where the database client tools are.
+//! What the service code needs from the agent: where the database client
+//! tools are, and where it keeps its own files.
 
 use std::path::PathBuf;
 
-/// Directories of the dump and load tools; `None` means "search PATH".
-#[derive(Clone, Debug, Default)]
+/// Directories of the dump and load tools (`None` means "search PATH"),
+/// and the agent's state directory.
+#[derive(Clone, Debug)]
 pub struct Tools {
     /// Holds pg_dump and psql (e.g. /usr/lib/postgresql/16/bin).
     pub pg_bin: Option<PathBuf>,
     /// Holds mysqldump and mysql (or the mariadb-* equivalents).
     pub mysql_bin: Option<PathBuf>,
+    /// The agent's state directory (`HostRoot::state_dir`).
+    pub state_dir: PathBuf,
 }
 
 impl Tools {
@@ -24,5 +28,10 @@ impl Tools {
         self.mysql_bin
             .as_ref()
             .map_or_else(|| PathBuf::from(tool), |d| d.join(tool))
+    }
+
+    /// A private directory for dumps that wait on disk for their switch.
+    pub fn spool_dir(&self) -> PathBuf {
+        self.state_dir.join("spool")
     }
 }
