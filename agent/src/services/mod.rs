@@ -13,6 +13,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use hop3_proto::names::validate_service_name;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::apps::ServiceConfig;
@@ -238,25 +239,116 @@ pub async fn discard(tools: &Tools, staged: &Staged) {
 }
 
 /// The URL of a clone's own copy of `source` for app `target_app`: a new
-/// database on the same server (for Redis, an empty DB).
+/// database on the same server (for Redis, an empty DB), checked not to
+/// exist.
 pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) -> Result<String> {
     let kind = Kind::parse(source)?;
     let label = label(source);
     let conn = ConnInfo::parse(&label, &source.url)?;
     match kind {
         Kind::Postgres | Kind::Mysql => {
-            let suffix: String = target_app
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect();
-            let mut name = format!("{}_{suffix}", conn.database);
-            name.truncate(63);
-            Ok(conn.with_database(&name))
+            for name in clone_database_names(&conn.database, target_app) {
+                if name == conn.database {
+                    continue;
+                }
+                let taken = match kind {
+                    Kind::Postgres => postgres::exists(tools, &label, &conn, &name).await?,
+                    _ => mysql::exists(tools, &label, &conn, &name).await?,
+                };
+                if !taken {
+                    return Ok(conn.with_database(&name));
+                }
+            }
+            Err(AgentError::Service {
+                service: label,
+                step: "name the clone's database",
+                detail: format!(
+                    "every name tried for it is taken (the first: {})",
+                    clone_database_names(&conn.database, target_app)
+                        .next()
+                        .unwrap_or_default()
+                ),
+            })
         }
         Kind::Redis => {
             let live = redis::db_of(&conn)?;
             let db = redis::empty_db(tools, &label, &conn, &[live]).await?;
             Ok(redis::url_for_db(&conn, db))
         }
+    }
+}
+
+/// Most names tried for a clone's database before giving up.
+const CLONE_NAME_ATTEMPTS: u32 = 8;
+
+/// Longest readable part of a clone's database name: with `_` and 8 hex
+/// digits it makes 63 bytes, PostgreSQL's limit (MySQL's is 64 characters).
+const CLONE_NAME_PREFIX: usize = 54;
+
+/// Names for the database of clone `target_app` of database `source`, best
+/// first: `<source>_<target_app>` folded to `[a-z0-9_]` and cut to
+/// [`CLONE_NAME_PREFIX`] bytes (only ASCII is left, so any cut falls
+/// between characters), then `_` and 8 hex digits of a SHA-256 of both
+/// names as given and the attempt's number. The hash keeps apart names
+/// that fold or cut alike (`my-app`, `my.app`, `my_app`); the caller still
+/// checks each against the server.
+pub fn clone_database_names(source: &str, target_app: &str) -> impl Iterator<Item = String> {
+    let folded: String = format!("{source}_{target_app}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(CLONE_NAME_PREFIX)
+        .collect();
+    let (source, target) = (source.to_owned(), target_app.to_owned());
+    (0..CLONE_NAME_ATTEMPTS).map(move |attempt| {
+        let mut hash = Sha256::new();
+        for part in [source.as_bytes(), target.as_bytes()] {
+            // Lengths first: ("ab", "c") and ("a", "bc") hash apart.
+            hash.update((part.len() as u64).to_le_bytes());
+            hash.update(part);
+        }
+        hash.update(attempt.to_le_bytes());
+        let digest = hash.finalize();
+        let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{folded}_{hex}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_names_are_valid_distinct_and_never_the_source() {
+        let long = format!("shop_{}", "x".repeat(58));
+        let unicode = format!("boutique_données_{}", "é".repeat(40));
+        let mut seen = std::collections::BTreeSet::new();
+        for source in ["shop", long.as_str(), unicode.as_str(), "Shop-DB"] {
+            for target in ["my-app", "my.app", "my_app", "shop-clone"] {
+                let names: Vec<String> = clone_database_names(source, target).collect();
+                assert_eq!(names.len(), CLONE_NAME_ATTEMPTS as usize);
+                for name in names {
+                    assert!(name.len() <= 63, "{name}");
+                    assert!(
+                        name.bytes()
+                            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                        "{name}"
+                    );
+                    assert_ne!(name, source);
+                    assert!(seen.insert(name.clone()), "{name} twice");
+                }
+            }
+        }
+        let first = clone_database_names("shop", "shop-clone").next().unwrap();
+        assert!(first.starts_with("shop_shop_clone_"), "{first}");
+        assert_eq!(
+            first,
+            clone_database_names("shop", "shop-clone").next().unwrap()
+        );
     }
 }

@@ -26,8 +26,10 @@ impl OptionFile {
     async fn write(service: &str, conn: &ConnInfo) -> Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
         let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
+        // utf8mb4 for every statement and name: a database named in
+        // unicode is otherwise sent in the client's default character set.
         let mut text = format!(
-            "[client]\nhost={}\nuser={}\n",
+            "[client]\ndefault-character-set=utf8mb4\nhost={}\nuser={}\n",
             quote(&conn.host),
             quote(&conn.user)
         );
@@ -130,6 +132,26 @@ pub async fn dump<W: AsyncWrite + Unpin>(
 #[derive(Debug)]
 pub struct Staged {
     scratch: String,
+}
+
+/// `s` as a string literal that no quoting can break: its bytes in hex.
+fn literal(s: &str) -> String {
+    let hex: String = s.bytes().map(|b| format!("{b:02X}")).collect();
+    format!("CONVERT(X'{hex}' USING utf8mb4)")
+}
+
+/// Whether database `name` exists on `conn`'s server, as far as the
+/// service's user can see.
+pub async fn exists(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -> Result<bool> {
+    let step = Step::new(service, "name the clone's database", conn);
+    let opts = OptionFile::write(service, conn).await?;
+    let mut cmd = command(tools, "mysql", &opts);
+    cmd.args(["--batch", "--skip-column-names", "-e"])
+        .arg(format!(
+            "SELECT COUNT(*) FROM information_schema.SCHEMATA WHERE SCHEMA_NAME = {}",
+            literal(name)
+        ));
+    Ok(process::output(&step, cmd).await?.trim() != "0")
 }
 
 /// Loads a dump into a new scratch database.

@@ -156,6 +156,12 @@ pub async fn load<R: AsyncRead + Unpin>(
     Ok(staged)
 }
 
+/// Whether database `name` exists on `conn`'s server.
+pub async fn exists(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -> Result<bool> {
+    let step = Step::new(service, "name the clone's database", conn);
+    Ok(!existing(tools, conn, &step, &[name]).await?.is_empty())
+}
+
 /// Which of `names` exist on the server.
 async fn existing(
     tools: &Tools,
