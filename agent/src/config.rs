@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::apps::HostRoot;
 use crate::hooks::Hooks;
 use crate::services::Tools;
+use crate::services::records::Records;
 use crate::state::AgentState;
 
 /// How an agent serves its host.
@@ -50,7 +51,7 @@ impl AgentOptions {
             tools: Tools {
                 pg_bin: self.pg_bin.clone(),
                 mysql_bin: self.mysql_bin.clone(),
-                state_dir: root.state_dir(),
+                records: Records::new(root.state_dir()),
             },
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),

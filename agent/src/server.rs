@@ -34,6 +34,9 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     clean_leftovers(&state.root.apps_dir()).await;
+    // Before serving: a restore retried at once must not meet the
+    // leftovers of the one interrupted.
+    crate::services::recover(&state.tools).await;
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

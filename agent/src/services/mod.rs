@@ -6,6 +6,7 @@ pub mod conn;
 pub mod mysql;
 pub mod postgres;
 pub mod process;
+pub mod records;
 pub mod redis;
 pub mod tools;
 
@@ -19,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::apps::ServiceConfig;
 use crate::error::{AgentError, Result};
 use conn::ConnInfo;
+use records::Record;
 pub use tools::Tools;
 
 /// The kinds of service this agent can back up.
@@ -238,6 +240,50 @@ pub async fn discard(tools: &Tools, staged: &Staged) {
     }
 }
 
+/// At agent start, undoes or drops whatever interrupted restores left on
+/// database servers, as the records say (a killed agent's scratch copies,
+/// switches half done), and removes spooled dumps. Each step is logged; a
+/// record that cannot be dealt with now (its server is down) stays for the
+/// next start. Objects are found by their records only, never by their
+/// names: another host's agent may be restoring on the same server.
+pub async fn recover(tools: &Tools) {
+    if let Err(e) = tools.records.clear_spool().await {
+        tracing::warn!(error = %e, "could not remove spooled dumps");
+    }
+    let listed = match tools.records.list().await {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the records of interrupted restores");
+            return;
+        }
+    };
+    for (name, record) in listed {
+        let done = match &record {
+            Record::Postgres(r) => postgres::recover(tools, r).await,
+            Record::Mysql(r) => mysql::recover(tools, r).await,
+            Record::Redis(r) => redis::recover(tools, r).await,
+            Record::Reserved(_) => tools
+                .records
+                .remove(&name)
+                .await
+                .map(|()| "released it".to_owned()),
+        };
+        match done {
+            Ok(done) => tracing::info!(
+                record = name,
+                what = record.describe(),
+                "cleaned what an interrupted restore left: {done}"
+            ),
+            Err(e) => tracing::warn!(
+                record = name,
+                what = record.describe(),
+                error = %e,
+                "could not clean what an interrupted restore left; it stays on record for the next start"
+            ),
+        }
+    }
+}
+
 /// The URL of a clone's own copy of `source` for app `target_app`: a new
 /// database on the same server (for Redis, an empty DB), checked not to
 /// exist.
@@ -276,6 +322,12 @@ pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) 
             Ok(redis::url_for_db(&conn, db))
         }
     }
+}
+
+/// `<tag>_<8 random hex digits>`: two restores of one backup at once (to
+/// two clones, say) must not share a scratch name on one server.
+fn unique_suffix(tag: &str) -> String {
+    format!("{tag}_{:08x}", rand::random::<u32>())
 }
 
 /// Most names tried for a clone's database before giving up.

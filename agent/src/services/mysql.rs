@@ -13,6 +13,7 @@ use tokio::process::Command;
 
 use super::conn::ConnInfo;
 use super::process::{self, Step};
+use super::records::{MysqlRecord, Phase, Record};
 use super::tools::Tools;
 use crate::error::{AgentError, Result};
 
@@ -128,12 +129,6 @@ pub async fn dump<W: AsyncWrite + Unpin>(
     process::dump_to(&step, cmd, out).await
 }
 
-/// A dump loaded into a scratch database beside the live one.
-#[derive(Debug)]
-pub struct Staged {
-    scratch: String,
-}
-
 /// `s` as a string literal that no quoting can break: its bytes in hex.
 fn literal(s: &str) -> String {
     let hex: String = s.bytes().map(|b| format!("{b:02X}")).collect();
@@ -143,7 +138,7 @@ fn literal(s: &str) -> String {
 /// Whether database `name` exists on `conn`'s server, as far as the
 /// service's user can see.
 pub async fn exists(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -> Result<bool> {
-    let step = Step::new(service, "name the clone's database", conn);
+    let step = Step::new(service, "look up a database", conn);
     let opts = OptionFile::write(service, conn).await?;
     let mut cmd = command(tools, "mysql", &opts);
     cmd.args(["--batch", "--skip-column-names", "-e"])
@@ -154,7 +149,40 @@ pub async fn exists(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -
     Ok(process::output(&step, cmd).await?.trim() != "0")
 }
 
-/// Loads a dump into a new scratch database.
+/// A dump loaded into a scratch database beside the live one.
+#[derive(Debug)]
+pub struct Staged {
+    scratch: String,
+    /// Receives the live tables at the switch, until the restore is finished.
+    holding: String,
+}
+
+impl Staged {
+    fn named(tag: &str) -> Self {
+        let unique = super::unique_suffix(tag);
+        Self {
+            scratch: format!("hop3_scratch_{unique}"),
+            holding: format!("hop3_old_{unique}"),
+        }
+    }
+
+    fn record_name(&self) -> String {
+        format!("mysql-{}", self.scratch)
+    }
+
+    fn record(&self, service: &str, conn: &ConnInfo, phase: Phase) -> Record {
+        Record::Mysql(MysqlRecord {
+            service: service.to_owned(),
+            url: conn.url().to_owned(),
+            scratch: self.scratch.clone(),
+            holding: self.holding.clone(),
+            phase,
+            switch: None,
+        })
+    }
+}
+
+/// Loads a dump into a new scratch database, on record before it is created.
 pub async fn load<R: AsyncRead + Unpin>(
     tools: &Tools,
     service: &str,
@@ -162,30 +190,43 @@ pub async fn load<R: AsyncRead + Unpin>(
     tag: &str,
     input: &mut R,
 ) -> Result<Staged> {
-    let staged = Staged {
-        scratch: format!("hop3_scratch_{tag}"),
-    };
+    let staged = Staged::named(tag);
     let step = Step::new(service, "create scratch database", conn);
-    let opts = OptionFile::write(service, conn).await?;
-    let s = ident(&staged.scratch);
-    execute(
-        tools,
-        &step,
-        &opts,
-        &format!("DROP DATABASE IF EXISTS {s}; CREATE DATABASE {s} CHARACTER SET utf8mb4"),
-    )
-    .await?;
-    let step = step.then("load");
-    let mut cmd = command(tools, "mysql", &opts);
-    cmd.args([
-        "--binary-mode",
-        "--default-character-set=utf8mb4",
-        "--",
-        &staged.scratch,
-    ]);
-    if let Err(e) = process::load_from(&step, cmd, input).await {
-        if let Err(again) = drop_database(tools, service, conn, &staged.scratch).await {
-            tracing::warn!(service, error = %again, "could not remove a scratch copy");
+    if !tools
+        .records
+        .claim(
+            &staged.record_name(),
+            &staged.record(service, conn, Phase::Staged),
+        )
+        .await?
+    {
+        return Err(step.error(format!("{} is on record already", staged.scratch)));
+    }
+    let loaded = async {
+        let opts = OptionFile::write(service, conn).await?;
+        execute(
+            tools,
+            &step,
+            &opts,
+            &format!(
+                "CREATE DATABASE {} CHARACTER SET utf8mb4",
+                ident(&staged.scratch)
+            ),
+        )
+        .await?;
+        let mut cmd = command(tools, "mysql", &opts);
+        cmd.args([
+            "--binary-mode",
+            "--default-character-set=utf8mb4",
+            "--",
+            &staged.scratch,
+        ]);
+        process::load_from(&step.then("load"), cmd, input).await
+    }
+    .await;
+    if let Err(e) = loaded {
+        if let Err(again) = discard(tools, service, conn, &staged).await {
+            tracing::warn!(service, error = %again, "could not remove a scratch copy; it stays on record");
         }
         return Err(e);
     }
@@ -230,16 +271,34 @@ pub async fn undo(_tools: &Tools, service: &str, conn: &ConnInfo, _staged: &Stag
 
 /// Drops the scratch database, once copied.
 pub async fn finish(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
-    drop_database(tools, service, conn, &staged.scratch).await
+    discard(tools, service, conn, staged).await
 }
 
 /// Drops the scratch database.
 pub async fn discard(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
-    drop_database(tools, service, conn, &staged.scratch).await
+    drop_database(tools, service, conn, &staged.scratch).await?;
+    drop_database(tools, service, conn, &staged.holding).await?;
+    tools.records.remove(&staged.record_name()).await
 }
 
-/// Drops a database if it exists.
+/// Drops what an interrupted restore left, as `record` says; returns what
+/// was done, for the log.
+pub async fn recover(tools: &Tools, record: &MysqlRecord) -> Result<String> {
+    let conn = ConnInfo::parse(&record.service, &record.url)?;
+    let staged = Staged {
+        scratch: record.scratch.clone(),
+        holding: record.holding.clone(),
+    };
+    discard(tools, &record.service, &conn, &staged).await?;
+    Ok(format!("dropped scratch database {}", staged.scratch))
+}
+
+/// Drops a database if it exists. Looked up first: a user without rights
+/// on the name (who could not have made it) is refused even `IF EXISTS`.
 async fn drop_database(tools: &Tools, service: &str, conn: &ConnInfo, name: &str) -> Result<()> {
+    if !exists(tools, service, conn, name).await? {
+        return Ok(());
+    }
     let step = Step::new(service, "drop", conn);
     let opts = OptionFile::write(service, conn).await?;
     execute(

@@ -3,12 +3,14 @@
 //! Credentials reach the tools through `PG*` environment variables only.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::process::Command;
 
 use super::conn::ConnInfo;
 use super::process::{self, Step};
+use super::records::{PgRecord, Phase, Record};
 use super::tools::Tools;
 use crate::error::Result;
 
@@ -113,9 +115,43 @@ pub struct Staged {
     scratch: String,
     /// The name the live database is renamed to by the switch.
     old: String,
+    /// Whether a live database existed when the switch began.
+    had_live: AtomicBool,
 }
 
-/// Loads a dump into a new scratch database on `conn`'s server.
+impl Staged {
+    fn named(tag: &str) -> Self {
+        let unique = super::unique_suffix(tag);
+        Self {
+            scratch: format!("{SCRATCH_PREFIX}{unique}"),
+            old: format!("{OLD_PREFIX}{unique}"),
+            had_live: AtomicBool::new(false),
+        }
+    }
+
+    fn record_name(&self) -> String {
+        format!("postgres-{}", self.scratch)
+    }
+
+    fn record(&self, service: &str, conn: &ConnInfo, phase: Phase) -> Record {
+        Record::Postgres(PgRecord {
+            service: service.to_owned(),
+            url: conn.url().to_owned(),
+            scratch: self.scratch.clone(),
+            old: self.old.clone(),
+            phase,
+            had_live: self.had_live.load(Ordering::SeqCst),
+        })
+    }
+}
+
+/// Scratch databases are named so that anyone can tell what they are.
+const SCRATCH_PREFIX: &str = "hop3_scratch_";
+/// What a switch replaced, until the restore is finished.
+const OLD_PREFIX: &str = "hop3_old_";
+
+/// Loads a dump into a new scratch database on `conn`'s server. The
+/// database is on record before it is created.
 pub async fn load<R: AsyncRead + Unpin>(
     tools: &Tools,
     service: &str,
@@ -124,32 +160,35 @@ pub async fn load<R: AsyncRead + Unpin>(
     _spool_dir: &Path,
     input: &mut R,
 ) -> Result<Staged> {
-    let staged = Staged {
-        scratch: format!("hop3_scratch_{tag}"),
-        old: format!("hop3_old_{tag}"),
-    };
+    let staged = Staged::named(tag);
     let step = Step::new(service, "create scratch database", conn);
-    query(
-        tools,
-        conn,
-        &step,
-        &format!("DROP DATABASE IF EXISTS {}", ident(&staged.scratch)),
-    )
-    .await?;
-    query(
-        tools,
-        conn,
-        &step,
-        &format!("CREATE DATABASE {}", ident(&staged.scratch)),
-    )
-    .await?;
-    let step = step.then("load");
-    let mut cmd = psql(tools, conn, &staged.scratch);
-    cmd.arg("--single-transaction");
-    if let Err(e) = process::load_from(&step, cmd, input).await {
+    if !tools
+        .records
+        .claim(
+            &staged.record_name(),
+            &staged.record(service, conn, Phase::Staged),
+        )
+        .await?
+    {
+        return Err(step.error(format!("{} is on record already", staged.scratch)));
+    }
+    let loaded = async {
+        query(
+            tools,
+            conn,
+            &step,
+            &format!("CREATE DATABASE {}", ident(&staged.scratch)),
+        )
+        .await?;
+        let mut cmd = psql(tools, conn, &staged.scratch);
+        cmd.arg("--single-transaction");
+        process::load_from(&step.then("load"), cmd, input).await
+    }
+    .await;
+    if let Err(e) = loaded {
         // A half-loaded scratch copy is of no use to anyone.
-        if let Err(again) = drop_database(tools, service, conn, &staged.scratch).await {
-            tracing::warn!(service, error = %again, "could not remove a scratch copy");
+        if let Err(again) = discard(tools, service, conn, &staged).await {
+            tracing::warn!(service, error = %again, "could not remove a scratch copy; it stays on record");
         }
         return Err(e);
     }
@@ -198,20 +237,30 @@ async fn kick(tools: &Tools, conn: &ConnInfo, step: &Step<'_>, names: &[&str]) -
 pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
     let step = Step::new(service, "switch", conn);
     let live = &conn.database;
-    let found = existing(tools, conn, &step, &[live]).await?;
-    kick(tools, conn, &step, &[live, &staged.scratch]).await?;
-    let sql = if found.is_empty() {
-        format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            ident(&staged.scratch),
-            ident(live)
+    let had_live = !existing(tools, conn, &step, &[live]).await?.is_empty();
+    staged.had_live.store(had_live, Ordering::SeqCst);
+    // On record before anything is renamed: an agent killed now finds
+    // what to put back.
+    tools
+        .records
+        .put(
+            &staged.record_name(),
+            &staged.record(service, conn, Phase::Switching),
         )
-    } else {
+        .await?;
+    kick(tools, conn, &step, &[live, &staged.scratch]).await?;
+    let sql = if had_live {
         format!(
             "BEGIN; ALTER DATABASE {live} RENAME TO {old}; ALTER DATABASE {scratch} RENAME TO {live}; COMMIT;",
             live = ident(live),
             old = ident(&staged.old),
             scratch = ident(&staged.scratch)
+        )
+    } else {
+        format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(&staged.scratch),
+            ident(live)
         )
     };
     let mut cmd = psql(tools, conn, "postgres");
@@ -220,18 +269,36 @@ pub async fn switch(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Stag
 }
 
 /// Puts the database the switch replaced back under the live name; the
-/// restored one goes back to the scratch name. What the server holds says
-/// how far the switch went.
+/// restored one goes back to the scratch name, for [`discard`].
 pub async fn undo(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
     let step = Step::new(service, "undo the switch", conn);
+    put_back(tools, &step, conn, staged).await?;
+    tools
+        .records
+        .put(
+            &staged.record_name(),
+            &staged.record(service, conn, Phase::Staged),
+        )
+        .await
+}
+
+/// Undoes a switch that began, as far as it went: the server's databases
+/// say how far (the renames happen in one transaction). True when
+/// something was renamed.
+async fn put_back(
+    tools: &Tools,
+    step: &Step<'_>,
+    conn: &ConnInfo,
+    staged: &Staged,
+) -> Result<bool> {
     let live = &conn.database;
-    let found = existing(tools, conn, &step, &[live, &staged.scratch, &staged.old]).await?;
+    let found = existing(tools, conn, step, &[live, &staged.scratch, &staged.old]).await?;
     let has = |n: &str| found.iter().any(|f| f == n);
     if has(&staged.scratch) {
         // Never switched, or already put back.
-        return Ok(());
+        return Ok(false);
     }
-    kick(tools, conn, &step, &[live, &staged.old]).await?;
+    let had_live = staged.had_live.load(Ordering::SeqCst);
     let sql = match (has(live), has(&staged.old)) {
         (true, true) => format!(
             "BEGIN; ALTER DATABASE {live} RENAME TO {scratch}; ALTER DATABASE {old} RENAME TO {live}; COMMIT;",
@@ -239,34 +306,81 @@ pub async fn undo(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged
             old = ident(&staged.old),
             scratch = ident(&staged.scratch)
         ),
-        // There was no live database before the switch.
-        (true, false) => format!(
-            "ALTER DATABASE {} RENAME TO {}",
-            ident(live),
-            ident(&staged.scratch)
-        ),
         (false, true) => format!(
             "ALTER DATABASE {} RENAME TO {}",
             ident(&staged.old),
             ident(live)
         ),
-        (false, false) => {
-            return Err(step.error("neither the restored nor the replaced database is there"));
+        // There was no live database before the switch: the restored one goes.
+        (true, false) if !had_live => format!(
+            "ALTER DATABASE {} RENAME TO {}",
+            ident(live),
+            ident(&staged.scratch)
+        ),
+        _ => {
+            return Err(step.error(format!(
+                "neither {} nor {} is on the server: nothing to put back",
+                staged.scratch, staged.old
+            )));
         }
     };
+    kick(tools, conn, step, &[live, &staged.old]).await?;
     let mut cmd = psql(tools, conn, "postgres");
     cmd.args(["-c", &sql]);
-    process::output(&step, cmd).await.map(drop)
+    process::output(step, cmd).await?;
+    Ok(true)
 }
 
-/// Drops the database the switch replaced.
+/// Drops the database the switch replaced; the restore succeeded.
 pub async fn finish(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
-    drop_database(tools, service, conn, &staged.old).await
+    // Committed first: an agent killed while dropping must not put the
+    // replaced database back at its next start.
+    let name = staged.record_name();
+    tools
+        .records
+        .put(&name, &staged.record(service, conn, Phase::Committed))
+        .await?;
+    drop_database(tools, service, conn, &staged.old).await?;
+    tools.records.remove(&name).await
 }
 
 /// Drops the scratch database.
 pub async fn discard(tools: &Tools, service: &str, conn: &ConnInfo, staged: &Staged) -> Result<()> {
-    drop_database(tools, service, conn, &staged.scratch).await
+    drop_database(tools, service, conn, &staged.scratch).await?;
+    tools.records.remove(&staged.record_name()).await
+}
+
+/// Undoes or finishes what an interrupted restore left, as `record` says;
+/// returns what was done, for the log.
+pub async fn recover(tools: &Tools, record: &PgRecord) -> Result<String> {
+    let conn = ConnInfo::parse(&record.service, &record.url)?;
+    let service = record.service.as_str();
+    let staged = Staged {
+        scratch: record.scratch.clone(),
+        old: record.old.clone(),
+        had_live: AtomicBool::new(record.had_live),
+    };
+    let mut done = Vec::new();
+    match record.phase {
+        Phase::Committed => {
+            finish(tools, service, &conn, &staged).await?;
+            done.push(format!(
+                "dropped {}, which a finished restore replaced",
+                staged.old
+            ));
+        }
+        Phase::Staged | Phase::Switching => {
+            if record.phase == Phase::Switching {
+                let step = Step::new(service, "undo the switch", &conn);
+                if put_back(tools, &step, &conn, &staged).await? {
+                    done.push(format!("put {} back", conn.database));
+                }
+            }
+            discard(tools, service, &conn, &staged).await?;
+            done.push(format!("dropped scratch database {}", staged.scratch));
+        }
+    }
+    Ok(done.join(", "))
 }
 
 /// Drops a database if it exists (a scratch or an old copy).

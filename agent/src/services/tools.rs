@@ -3,16 +3,18 @@
 
 use std::path::PathBuf;
 
+use super::records::Records;
+
 /// Directories of the dump and load tools (`None` means "search PATH"),
-/// and the agent's state directory.
+/// and the records of what the agent made on database servers.
 #[derive(Clone, Debug)]
 pub struct Tools {
     /// Holds pg_dump and psql (e.g. /usr/lib/postgresql/16/bin).
     pub pg_bin: Option<PathBuf>,
     /// Holds mysqldump and mysql (or the mariadb-* equivalents).
     pub mysql_bin: Option<PathBuf>,
-    /// The agent's state directory (`HostRoot::state_dir`).
-    pub state_dir: PathBuf,
+    /// Scratch and replaced databases on record, in the agent's state directory.
+    pub records: Records,
 }
 
 impl Tools {
@@ -32,6 +34,6 @@ impl Tools {
 
     /// A private directory for dumps that wait on disk for their switch.
     pub fn spool_dir(&self) -> PathBuf {
-        self.state_dir.join("spool")
+        self.records.spool_dir()
     }
 }

@@ -115,3 +115,75 @@ fn a_mariadb_clone_of_a_long_unicode_database_name_gets_its_own() -> Result<()> 
     same(&data, &my.fingerprint()?, "the source's database")?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// An agent killed in the middle
+
+/// The agent's records of scratch and replaced databases
+/// (`$HOP3_ROOT/.hop3-backup/services/`).
+fn records(root: &Path) -> Result<Vec<String>> {
+    list_dir(&root.join(".hop3-backup").join("services"))
+}
+
+/// An agent killed (SIGKILL) while psql loads a large dump into its
+/// scratch database: at its next start it drops that database, a full copy
+/// of the data, and says so; the live database is as it was.
+#[test]
+fn an_agent_killed_while_loading_a_dump_drops_its_scratch_database_at_start() -> Result<()> {
+    let pg = PgDb::start("shop")?;
+    // About 150 MB of dump: the load takes long enough to be caught.
+    pg.script(
+        "CREATE TABLE big AS SELECT i, md5(i::text) || repeat('x', 100) AS pad \
+         FROM generate_series(1, 1000000) AS i",
+    )?;
+    let mut sys = System::builder().local_agent(false).start()?;
+    let root = sys.agent_root("host-a")?;
+    let app = App::build(&root, "shop", 122, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("postgres", "db", &pg.url)])?;
+    sys.start_agent("host-a")?;
+    let id = sys.create("shop")?.backup_id;
+    pg.script(PG_CHANGES)?;
+    let live = pg.fingerprint()?;
+    let databases = pg.server.databases()?;
+
+    let mut restore = sys.hop3_spawn(["backup:restore", &id])?;
+    let scratch = wait_until(OPERATION, "a scratch database on the server", || {
+        let now = pg.server.databases()?;
+        if let Some(new) = now.into_iter().find(|d| !databases.contains(d)) {
+            return Ok(Some(new));
+        }
+        ensure!(
+            restore.is_running()?,
+            "the restore ended before a scratch database appeared"
+        );
+        Ok(None)
+    })?;
+    // Still loading: the restore has not reached its switch.
+    ensure!(restore.is_running()?, "the restore ended already");
+    sys.agent("host-a").process.kill();
+    sys.controller().allow_errors();
+    restore.wait(OPERATION)?.failure(&[])?;
+
+    sys.agent("host-a").process.restart()?;
+    wait_until(SETTLE, "the scratch database to be dropped", || {
+        Ok((pg.server.databases()? == databases).then_some(()))
+    })
+    .with_context(|| format!("databases: {:?}", pg.server.databases()))?;
+    same(&live, &pg.fingerprint()?, "the live database")?;
+    let log = fs::read_to_string(sys.agent("host-a").process.log_path())?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(&scratch) && l.contains("dropped")),
+        "the agent's log does not say it dropped {scratch}:\n{log}"
+    );
+    wait_until(SETTLE, "no record left", || {
+        Ok(records(&root)?.is_empty().then_some(()))
+    })?;
+    // The records held the database's URL: the directory is the agent's own.
+    let mode = fs::metadata(root.join(".hop3-backup"))?
+        .permissions()
+        .mode()
+        & 0o777;
+    ensure!(mode == 0o700, "the state directory has mode {mode:o}");
+    Ok(())
+}
