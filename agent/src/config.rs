@@ -52,6 +52,7 @@ impl AgentOptions {
                 pg_bin: self.pg_bin.clone(),
                 mysql_bin: self.mysql_bin.clone(),
                 records: Records::new(root.state_dir()),
+                host: root.clone(),
             },
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),

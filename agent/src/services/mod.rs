@@ -123,6 +123,10 @@ pub struct Staged {
     /// Set from the start of a switch until it is undone: the live
     /// database may then differ from before, so [`discard`] keeps away.
     touched: AtomicBool,
+    /// The record that set the live database aside, when it is a clone's
+    /// new one: it must still be absent at the switch, and the record goes
+    /// once the restore is over.
+    reservation: Option<String>,
 }
 
 /// The kind-specific part of a [`Staged`] copy.
@@ -155,6 +159,11 @@ pub async fn load<R: AsyncRead + Unpin>(
     let kind = Kind::parse(target)?;
     let label = label(target);
     let conn = ConnInfo::parse(&label, &target.url)?;
+    let name = reservation_name(kind, &conn)?;
+    let reservation = match tools.records.get(&name).await? {
+        Some(Record::Reserved(r)) if r.url == target.url => Some(name),
+        _ => None,
+    };
     let copy = match kind {
         Kind::Postgres => {
             Copy::Postgres(postgres::load(tools, &label, &conn, tag, spool_dir, input).await?)
@@ -167,6 +176,7 @@ pub async fn load<R: AsyncRead + Unpin>(
         conn,
         copy,
         touched: AtomicBool::new(false),
+        reservation,
     })
 }
 
@@ -175,6 +185,9 @@ pub async fn load<R: AsyncRead + Unpin>(
 /// switch that fails puts back what it changed before it returns.
 pub async fn switch(tools: &Tools, staged: &Staged) -> Result<()> {
     let s = staged;
+    if s.reservation.is_some() {
+        fresh_target(tools, s).await?;
+    }
     s.touched.store(true, Ordering::SeqCst);
     let switched = match &s.copy {
         Copy::Postgres(c) => postgres::switch(tools, &s.label, &s.conn, c).await,
@@ -220,6 +233,39 @@ pub async fn finish(tools: &Tools, staged: &Staged) {
     if let Err(e) = res {
         tracing::warn!(service = %s.label, error = %e, "could not drop the data a restore replaced");
     }
+    release(tools, s).await;
+}
+
+/// Fails unless a clone's new database is still absent: one that appeared
+/// since its name was chosen is someone's, and a switch would set it aside.
+async fn fresh_target(tools: &Tools, s: &Staged) -> Result<()> {
+    let taken = match &s.copy {
+        Copy::Postgres(_) => postgres::exists(tools, &s.label, &s.conn, &s.conn.database).await?,
+        Copy::Mysql(_) => mysql::exists(tools, &s.label, &s.conn, &s.conn.database).await?,
+        // Its DB number is claimed on record and was empty.
+        Copy::Redis(_) => false,
+    };
+    if taken {
+        return Err(AgentError::Service {
+            service: s.label.clone(),
+            step: "switch",
+            detail: format!(
+                "database {} appeared on the server since it was picked for the clone; retry the restore",
+                s.conn.database
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Removes a clone's reservation: its app.json lists the database now, or
+/// the restore failed.
+async fn release(tools: &Tools, s: &Staged) {
+    if let Some(name) = &s.reservation
+        && let Err(e) = tools.records.remove(name).await
+    {
+        tracing::warn!(service = %s.label, error = %e, "could not release a clone's reservation");
+    }
 }
 
 /// Throws away a staged copy that was never switched in (or was undone);
@@ -238,6 +284,7 @@ pub async fn discard(tools: &Tools, staged: &Staged) {
     if let Err(e) = res {
         tracing::warn!(service = %s.label, error = %e, "could not remove a scratch copy");
     }
+    release(tools, s).await;
 }
 
 /// At agent start, undoes or drops whatever interrupted restores left on
@@ -257,7 +304,11 @@ pub async fn recover(tools: &Tools) {
             return;
         }
     };
-    for (name, record) in listed {
+    // Reservations last: a clone's switch that began is put back first.
+    let (reserved, staged): (Vec<_>, Vec<_>) = listed
+        .into_iter()
+        .partition(|(_, r)| matches!(r, Record::Reserved(_)));
+    for (name, record) in staged.into_iter().chain(reserved) {
         let done = match &record {
             Record::Postgres(r) => postgres::recover(tools, r).await,
             Record::Mysql(r) => mysql::recover(tools, r).await,
@@ -301,8 +352,21 @@ pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) 
                     Kind::Postgres => postgres::exists(tools, &label, &conn, &name).await?,
                     _ => mysql::exists(tools, &label, &conn, &name).await?,
                 };
-                if !taken {
-                    return Ok(conn.with_database(&name));
+                if taken {
+                    continue;
+                }
+                let url = conn.with_database(&name);
+                let target = ConnInfo::parse(&label, &url)?;
+                let reserved = Record::Reserved(records::Reserved {
+                    service: label.clone(),
+                    url: url.clone(),
+                });
+                if tools
+                    .records
+                    .claim(&reservation_name(kind, &target)?, &reserved)
+                    .await?
+                {
+                    return Ok(url);
                 }
             }
             Err(AgentError::Service {
@@ -316,11 +380,7 @@ pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) 
                 ),
             })
         }
-        Kind::Redis => {
-            let live = redis::db_of(&conn)?;
-            let db = redis::empty_db(tools, &label, &conn, &[live]).await?;
-            Ok(redis::url_for_db(&conn, db))
-        }
+        Kind::Redis => redis::clone_url(tools, &label, &conn).await,
     }
 }
 
@@ -328,6 +388,21 @@ pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) 
 /// two clones, say) must not share a scratch name on one server.
 fn unique_suffix(tag: &str) -> String {
     format!("{tag}_{:08x}", rand::random::<u32>())
+}
+
+/// The record that sets `target`'s database aside for a clone.
+fn reservation_name(kind: Kind, target: &ConnInfo) -> Result<String> {
+    match kind {
+        // A Redis DB's claim is one for scratch copies and clones alike.
+        Kind::Redis => redis::reservation_name(target),
+        Kind::Postgres | Kind::Mysql => Ok(format!(
+            "reserved-{}-{}-{}-{}",
+            kind.name(),
+            target.host.to_ascii_lowercase(),
+            target.port.map(|p| p.to_string()).unwrap_or_default(),
+            target.database
+        )),
+    }
 }
 
 /// Most names tried for a clone's database before giving up.

@@ -186,6 +186,18 @@ impl Records {
         .await
     }
 
+    /// Record `name`, if there is one (and it can be read).
+    pub async fn get(&self, name: &str) -> Result<Option<Record>> {
+        let path = self.dir().join(file_name(name));
+        let bytes = blocking(move || match std::fs::read(path) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await?;
+        Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()))
+    }
+
     /// Every record, by name; unreadable ones are logged and left alone.
     pub async fn list(&self) -> Result<Vec<(String, Record)>> {
         let dir = self.dir();

@@ -15,8 +15,9 @@ use tokio::io::{
 
 use super::conn::ConnInfo;
 use super::process::Step;
-use super::records::{Phase, Record, RedisRecord};
+use super::records::{Phase, Record, RedisRecord, Reserved};
 use super::tools::Tools;
+use crate::apps::read_app_config;
 use crate::error::Result;
 
 /// Keys fetched per round trip.
@@ -162,37 +163,58 @@ pub fn url_for_db(conn: &ConnInfo, db: u32) -> String {
     conn.with_database(&db.to_string())
 }
 
-/// Finds an empty DB other than `avoid` on the server, for a scratch or a clone.
-pub async fn empty_db(
-    _tools: &Tools,
-    service: &str,
-    conn: &ConnInfo,
-    avoid: &[u32],
-) -> Result<u32> {
-    let step = Step::new(service, "find an empty DB", conn);
-    let mut con = connect(&step, conn.url()).await?;
-    let configured: Vec<String> = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("databases")
-        .query_async(&mut con)
-        .await
-        .unwrap_or_default();
-    let count: u32 = configured.get(1).and_then(|n| n.parse().ok()).unwrap_or(16);
-    // From the top: low DBs (0 above all) are the ones apps use without asking.
-    for db in (0..count).rev() {
-        if avoid.contains(&db) {
-            continue;
-        }
-        let mut c = connect(&step, &url_for_db(conn, db)).await?;
-        let size: u64 = redis::cmd("DBSIZE")
-            .query_async(&mut c)
+/// Whether two URLs name the same Redis server (host as written, port).
+fn same_server(a: &ConnInfo, b: &ConnInfo) -> bool {
+    a.host.eq_ignore_ascii_case(&b.host)
+        && a.port.unwrap_or(DEFAULT_PORT) == b.port.unwrap_or(DEFAULT_PORT)
+}
+
+/// The DBs of `conn`'s server that an app of this host is configured with,
+/// empty or not: none may be handed to another. An app.json that cannot be
+/// read stops the search: its DBs cannot be known.
+async fn configured_dbs(tools: &Tools, step: &Step<'_>, conn: &ConnInfo) -> Result<Vec<u32>> {
+    let mut dbs = Vec::new();
+    for app in tools.host.list_apps().await? {
+        let dir = tools.host.app_dir(&app)?;
+        let cfg = read_app_config(&app, &dir)
             .await
-            .map_err(|e| step.error(e.to_string()))?;
-        if size == 0 {
-            return Ok(db);
+            .map_err(|e| step.error(format!("cannot tell which DBs app {app} uses: {e}")))?;
+        for service in cfg.services {
+            if super::Kind::parse(&service).ok() != Some(super::Kind::Redis) {
+                continue;
+            }
+            // A URL that does not parse names no server of ours.
+            let Ok(other) = ConnInfo::parse(&super::label(&service), &service.url) else {
+                continue;
+            };
+            if same_server(&other, conn)
+                && let Ok(db) = db_of(&other)
+            {
+                dbs.push(db);
+            }
         }
     }
-    Err(step.error("every DB of the server holds data; none is free"))
+    Ok(dbs)
+}
+
+/// Sets aside an empty DB of `source`'s server for a clone (on record until
+/// the clone's restore finishes or fails), and returns its URL.
+pub async fn clone_url(tools: &Tools, service: &str, source: &ConnInfo) -> Result<String> {
+    let step = Step::new(service, "find an empty DB", source);
+    let live = db_of(source)?;
+    let db = claim_empty_db(tools, &step, source, &[live], |db| {
+        Record::Reserved(Reserved {
+            service: service.to_owned(),
+            url: url_for_db(source, db),
+        })
+    })
+    .await?;
+    Ok(url_for_db(source, db))
+}
+
+/// The record that claims `conn`'s DB: a clone's reservation of it, say.
+pub fn reservation_name(conn: &ConnInfo) -> Result<String> {
+    Ok(record_name(conn, db_of(conn)?))
 }
 
 /// A key in a scratch DB that says whose data it holds: `new <tag>` for a
@@ -259,10 +281,11 @@ async fn dbsize(step: &Step<'_>, conn: &ConnInfo, db: u32) -> Result<u64> {
         .map_err(|e| step.error(e.to_string()))
 }
 
-/// Claims an empty DB of the server other than `avoid`, from the top (low
-/// DBs, 0 above all, are the ones apps use without asking): the claim is a
-/// record, made before the DB is looked at, so that no two restores (nor an
-/// agent killed and started again) hand one DB out twice.
+/// Claims an empty DB of the server other than `avoid` and every DB an app
+/// of this host is configured with, from the top (low DBs, 0 above all,
+/// are the ones apps use without asking): the claim is a record, made
+/// before the DB is looked at, so that no two restores (nor an agent killed
+/// and started again) hand one DB out twice.
 async fn claim_empty_db(
     tools: &Tools,
     step: &Step<'_>,
@@ -270,8 +293,9 @@ async fn claim_empty_db(
     avoid: &[u32],
     record: impl Fn(u32) -> Record,
 ) -> Result<u32> {
+    let configured = configured_dbs(tools, step, conn).await?;
     for db in (0..db_count(step, conn).await?).rev() {
-        if avoid.contains(&db) {
+        if avoid.contains(&db) || configured.contains(&db) {
             continue;
         }
         let name = record_name(conn, db);

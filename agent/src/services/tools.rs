@@ -4,9 +4,11 @@
 use std::path::PathBuf;
 
 use super::records::Records;
+use crate::apps::HostRoot;
 
 /// Directories of the dump and load tools (`None` means "search PATH"),
-/// and the records of what the agent made on database servers.
+/// the records of what the agent made on database servers, and the host's
+/// apps.
 #[derive(Clone, Debug)]
 pub struct Tools {
     /// Holds pg_dump and psql (e.g. /usr/lib/postgresql/16/bin).
@@ -15,6 +17,8 @@ pub struct Tools {
     pub mysql_bin: Option<PathBuf>,
     /// Scratch and replaced databases on record, in the agent's state directory.
     pub records: Records,
+    /// The host's apps, whose services must never be handed to another.
+    pub host: HostRoot,
 }
 
 impl Tools {

@@ -187,3 +187,94 @@ fn an_agent_killed_while_loading_a_dump_drops_its_scratch_database_at_start() ->
     ensure!(mode == 0o700, "the state directory has mode {mode:o}");
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Redis DBs
+
+/// The DB number a Redis URL names.
+fn redis_db(url: &str) -> Result<u32> {
+    Ok(url_database(url)?.parse()?)
+}
+
+/// Clones and scratch copies took "the highest empty DB", which can be
+/// another app's configured DB that happens to be empty: the two apps then
+/// share one. Two clones made at once get a DB each, neither configured by
+/// any app on the host, and an in-place restore's scratch copy keeps off
+/// the other app's DBs too.
+#[test]
+fn redis_clones_never_take_a_db_another_app_is_configured_with() -> Result<()> {
+    let redis = Arc::new(start_redis(123)?);
+    let sys = System::start()?;
+    let app = App::build(&sys.root, "shop", 123, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("redis", "cache", &redis.url(REDIS_DB))])?;
+    // Another app of the host uses DBs 15 and 14, empty right now.
+    let other = sys.root.join("apps").join("other");
+    fs::create_dir_all(&other)?;
+    let other_json = json!({"services": [
+        {"type": "redis", "name": "sessions", "url": redis.url(15)},
+        {"type": "redis", "name": "jobs", "url": redis.url(14)},
+    ]});
+    fs::write(other.join("app.json"), other_json.to_string())?;
+    let data = redis.content(REDIS_DB)?;
+    let keys = redis.dbsize(REDIS_DB)?;
+    let id = sys.create("shop")?.backup_id;
+
+    let a = sys.hop3_spawn(["--json", "backup:restore", &id, "--target-app", "shop-a"])?;
+    let b = sys.hop3_spawn(["--json", "backup:restore", &id, "--target-app", "shop-b"])?;
+    a.wait(OPERATION)?.success()?;
+    b.wait(OPERATION)?.success()?;
+    let db_a = redis_db(&service_url(&App::existing(&sys.root, "shop-a"), "cache")?)?;
+    let db_b = redis_db(&service_url(&App::existing(&sys.root, "shop-b"), "cache")?)?;
+    for (clone, db) in [("shop-a", db_a), ("shop-b", db_b)] {
+        ensure!(
+            ![0, REDIS_DB, 14, 15].contains(&db),
+            "the clone {clone} was given DB {db}, which is in use"
+        );
+        same(&data, &redis.content(db)?, &format!("DB {db} of {clone}"))?;
+    }
+    ensure!(db_a != db_b, "both clones were given DB {db_a}");
+    let mut expected = vec![(0, 1), (REDIS_DB, keys), (db_a, keys), (db_b, keys)];
+    expected.sort();
+    ensure!(
+        redis.nonempty_dbs()? == expected,
+        "{:?}",
+        redis.nonempty_dbs()?
+    );
+
+    // An in-place restore, watched: the other app's DBs stay empty throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (redis, stop) = (redis.clone(), stop.clone());
+        std::thread::spawn(move || -> Result<()> {
+            while !stop.load(Ordering::Relaxed) {
+                for db in [14, 15] {
+                    let n = redis.dbsize(db)?;
+                    ensure!(
+                        n == 0,
+                        "DB {db} of the other app held {n} keys during a restore"
+                    );
+                }
+            }
+            Ok(())
+        })
+    };
+    redis.pipe(REDIS_DB, &redis_changes())?;
+    let restored = sys.restore(&id, None);
+    stop.store(true, Ordering::Relaxed);
+    watcher.join().expect("the watcher does not panic")?;
+    restored?;
+    same(
+        &data,
+        &redis.content(REDIS_DB)?,
+        "shop's DB after its restore",
+    )?;
+    ensure!(
+        redis.nonempty_dbs()? == expected,
+        "{:?}",
+        redis.nonempty_dbs()?
+    );
+    wait_until(SETTLE, "no record left", || {
+        Ok(records(&sys.root)?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
