@@ -11,6 +11,7 @@ pub mod config;
 pub mod config_file;
 pub mod error;
 pub mod events;
+pub mod failpoints;
 pub mod hooks;
 pub mod memory;
 pub mod progress;

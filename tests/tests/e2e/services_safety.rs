@@ -278,3 +278,92 @@ fn redis_clones_never_take_a_db_another_app_is_configured_with() -> Result<()> {
     })?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// A MySQL switch cut short
+
+/// Waits until `log` holds `needle`.
+fn wait_for_log(log: &Path, needle: &str) -> Result<()> {
+    wait_until(
+        OPERATION,
+        &format!("{needle:?} in {}", log.display()),
+        || {
+            let text = fs::read_to_string(log).unwrap_or_default();
+            Ok(text.contains(needle).then_some(()))
+        },
+    )
+}
+
+/// A MySQL restore emptied the live database and copied the scratch one
+/// in: a failure during that copy left it half-filled. A switch that fails
+/// halfway (the test-only failpoint `mysql-switch`, after the tables have
+/// moved, before the triggers, views and routines are made again), or
+/// whose agent is killed there, leaves the live database whole: its old
+/// tables, rows, triggers, routines and views, nothing of the backup's.
+#[test]
+fn a_mariadb_switch_failed_or_killed_halfway_leaves_the_live_database_whole() -> Result<()> {
+    let my = MyDb::start("shop")?;
+    let databases = my.server.databases()?;
+
+    // Failed halfway: the restore reports it and puts everything back.
+    let mut sys = System::builder()
+        .controller_env("HOP3_FAILPOINTS", "mysql-switch=error")
+        .start()?;
+    let app = App::build(&sys.root, "shop", 124, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("mysql", "db", &my.url)])?;
+    let id = sys.create("shop")?.backup_id;
+    my.script(MY_CHANGES)?;
+    let changed = my.fingerprint()?;
+    sys.controller().allow_errors();
+    sys.hop3(["backup:restore", &id])
+        .failure(&["mysql:db", "failpoint mysql-switch"])?;
+    same(
+        &changed,
+        &my.fingerprint()?,
+        "the live database after a switch failed halfway",
+    )?;
+    // Its function still runs, its view reads its own tables.
+    let count = my.query("SELECT order_count(5)")?;
+    ensure!(
+        count.trim().parse::<u64>()? > 0,
+        "order_count(5) = {count:?}"
+    );
+    my.query("SELECT COUNT(*) FROM customer_totals")?;
+    ensure!(
+        my.server.databases()? == databases,
+        "left on the server: {:?}",
+        my.server.databases()?
+    );
+    ensure!(records(&sys.root)?.is_empty(), "{:?}", records(&sys.root)?);
+    drop(sys);
+
+    // Killed halfway: the next start puts everything back.
+    let mut sys = System::builder()
+        .controller_env("HOP3_FAILPOINTS", "mysql-switch=pause")
+        .start()?;
+    let app = App::build(&sys.root, "shop", 125, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("mysql", "db", &my.url)])?;
+    let id = sys.create("shop")?.backup_id;
+    my.script("UPDATE customers SET name = 'after the second backup' WHERE id <= 5; CREATE TABLE only_live (x INT)")?;
+    let live = my.fingerprint()?;
+    let restore = sys.hop3_spawn(["backup:restore", &id])?;
+    wait_for_log(sys.controller().log_path(), "failpoint reached")?;
+    sys.controller().kill();
+    sys.controller().allow_errors();
+    restore.wait(OPERATION)?.failure(&[])?;
+    sys.restart_controller()?;
+    wait_until(SETTLE, "the scratch and holding databases to go", || {
+        Ok((my.server.databases()? == databases).then_some(()))
+    })
+    .with_context(|| format!("databases: {:?}", my.server.databases()))?;
+    same(
+        &live,
+        &my.fingerprint()?,
+        "the live database after its agent was killed halfway through a switch",
+    )?;
+    my.query("SELECT order_count(5)")?;
+    wait_until(SETTLE, "no record left", || {
+        Ok(records(&sys.root)?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
