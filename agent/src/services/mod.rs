@@ -344,6 +344,9 @@ pub async fn clone_url(tools: &Tools, source: &ServiceConfig, target_app: &str) 
     let conn = ConnInfo::parse(&label, &source.url)?;
     match kind {
         Kind::Postgres | Kind::Mysql => {
+            if kind == Kind::Postgres {
+                postgres::can_create(tools, &label, &conn).await?;
+            }
             for name in clone_database_names(&conn.database, target_app) {
                 if name == conn.database {
                     continue;

@@ -1436,7 +1436,16 @@ fn passwords_never_show_in_process_tables_logs_or_output() -> Result<()> {
     let pg = PgDb::start("shop")?;
     let my = MyDb::start("shop")?;
     let redis = start_redis(113)?;
-    let mut sys = System::start()?;
+    // The administrative PostgreSQL connection is a secret too: restores
+    // make and rename their databases through it.
+    let admin_url = pg.server.url(
+        servers::postgres::ADMIN,
+        pg.server.admin_password(),
+        "postgres",
+    );
+    let mut sys = System::builder()
+        .controller_env("HOP3_PG_ADMIN_URL", &admin_url)
+        .start()?;
     let app = App::build(&sys.root, "shop", 113, &sys.scratch("fixtures")?)?;
     attach(
         &app,
@@ -1458,10 +1467,34 @@ fn passwords_never_show_in_process_tables_logs_or_output() -> Result<()> {
         &wrong_pg,
         &wrong_my,
         &wrong_redis,
+        pg.server.admin_password(),
     ] {
         secrets.extend(forms(password));
     }
     let mut outputs: Vec<Output> = Vec::new();
+
+    // --help shows which variable holds it, never its value.
+    for bin in ["hop3-agent", "hop3-controller"] {
+        let out = std::process::Command::new(hop3_tests::harness::binary(bin))
+            .arg("--help")
+            .env("HOP3_PG_ADMIN_URL", &admin_url)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success() && text.contains("HOP3_PG_ADMIN_URL"),
+            "{bin} --help:\n{text}"
+        );
+        for secret in &secrets {
+            ensure!(
+                !text.contains(secret.as_str()),
+                "{bin} --help shows a password"
+            );
+        }
+    }
 
     // Backups until both dump tools have been caught running (each lasts a
     // moment only), then a restore in place and one to a new name.

@@ -367,3 +367,164 @@ fn a_mariadb_switch_failed_or_killed_halfway_leaves_the_live_database_whole() ->
     })?;
     Ok(())
 }
+
+// ---------------------------------------------------------------------------
+// Least privilege
+
+/// The owner of database `db`.
+fn owner(pg: &PgDb, db: &str) -> Result<String> {
+    Ok(pg
+        .server
+        .query(
+            "postgres",
+            &format!("SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '{db}'"),
+        )?
+        .trim()
+        .to_owned())
+}
+
+/// With the usual least-privilege role (no CREATEDB) and no administrative
+/// connection, a COMPLETED backup could not be restored. It now restores
+/// into the live database inside one transaction, once the app is stopped;
+/// a failure there leaves the old data and says which way was tried; a
+/// clone, which needs a database of its own, is refused up front.
+#[test]
+fn postgres_restores_for_a_role_without_createdb() -> Result<()> {
+    let pg = PgDb::start("shop")?;
+    pg.server
+        .query("postgres", "ALTER ROLE app_user NOCREATEDB")?;
+    let mut sys = System::start()?;
+    let app = App::build(&sys.root, "shop", 126, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("postgres", "db", &pg.url)])?;
+    let original = pg.fingerprint()?;
+    let databases = pg.server.databases()?;
+    let id = sys.create("shop")?.backup_id;
+    pg.script(PG_CHANGES)?;
+
+    let session = IdleSession::open(&pg, "shop")?;
+    sys.restore(&id, None)?;
+    drop(session);
+    same(
+        &original,
+        &pg.fingerprint()?,
+        "the database after the restore",
+    )?;
+    ensure!(
+        pg.server.databases()? == databases,
+        "{:?}",
+        pg.server.databases()?
+    );
+    let next = pg.query_in(
+        "shop",
+        "INSERT INTO customers (name, created_at) VALUES ('after', now()) RETURNING id",
+    )?;
+    ensure!(next.trim() == "1001", "the next customer ID is {next:?}");
+
+    // A table of the app's that another role took over cannot be dropped
+    // by the app's role: the restore fails, the transaction rolls back.
+    pg.script(PG_CHANGES)?;
+    pg.server
+        .query("shop", "ALTER TABLE customers OWNER TO hop3admin")?;
+    let changed = pg.fingerprint()?;
+    sys.controller().allow_errors();
+    sys.hop3(["backup:restore", &id])
+        .failure(&["postgres:db", "in place", "one transaction"])?;
+    same(
+        &changed,
+        &pg.fingerprint()?,
+        "the database after a failed restore",
+    )?;
+
+    // A clone needs a database of its own.
+    let out = sys
+        .hop3(["backup:restore", &id, "--target-app", "shop-clone"])
+        .failure(&["postgres:db", "CREATEDB", "HOP3_PG_ADMIN_URL"])?;
+    ensure!(
+        !sys.root.join("apps").join("shop-clone").exists(),
+        "a refused clone left an app: {}",
+        out.report()
+    );
+    ensure!(
+        pg.server.databases()? == databases,
+        "{:?}",
+        pg.server.databases()?
+    );
+    wait_until(SETTLE, "no record left", || {
+        Ok(records(&sys.root)?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
+
+/// With an administrative connection in the config file (`pg_admin_url`;
+/// one per server, matched by host and port), a role without CREATEDB gets
+/// its scratch database made and handed to it, and the renames done, by
+/// that connection: in place and for a clone, the app's role owns what
+/// comes back and goes on writing to it.
+#[test]
+fn postgres_restores_through_an_admin_connection() -> Result<()> {
+    let pg = PgDb::start("shop")?;
+    pg.server
+        .query("postgres", "ALTER ROLE app_user NOCREATEDB")?;
+    let admin = pg.server.url(
+        servers::postgres::ADMIN,
+        pg.server.admin_password(),
+        "postgres",
+    );
+    let config = tempfile::tempdir()?;
+    let file = config.path().join("controller.toml");
+    // The first URL is another server's: it must not be used for this one.
+    fs::write(
+        &file,
+        format!("pg_admin_url = \"postgresql://nobody:nothing@127.0.0.1:1/postgres {admin}\"\n"),
+    )?;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600))?;
+    let file_arg = file.to_str().context("config path")?.to_owned();
+    let sys = System::builder()
+        .controller_args(["--config", file_arg.as_str()])
+        .start()?;
+    let app = App::build(&sys.root, "shop", 127, &sys.scratch("fixtures")?)?;
+    attach(&app, &[("postgres", "db", &pg.url)])?;
+    let original = pg.fingerprint()?;
+    let databases = pg.server.databases()?;
+    let id = sys.create("shop")?.backup_id;
+    pg.script(PG_CHANGES)?;
+
+    sys.restore(&id, None)?;
+    same(
+        &original,
+        &pg.fingerprint()?,
+        "the database after the restore",
+    )?;
+    ensure!(
+        owner(&pg, "shop")? == pg.user,
+        "shop belongs to {}",
+        owner(&pg, "shop")?
+    );
+    pg.query_in(
+        "shop",
+        "INSERT INTO notes VALUES (1000, 'after the restore')",
+    )?;
+    ensure!(
+        pg.server.databases()? == databases,
+        "{:?}",
+        pg.server.databases()?
+    );
+
+    sys.restore(&id, Some("shop-clone"))?;
+    let clone_db = url_database(&service_url(&App::existing(&sys.root, "shop-clone"), "db")?)?;
+    same(
+        &original,
+        &pg.server.fingerprint(&clone_db)?,
+        "the clone's database",
+    )?;
+    ensure!(
+        owner(&pg, &clone_db)? == pg.user,
+        "{clone_db} belongs to {}",
+        owner(&pg, &clone_db)?
+    );
+    pg.query_in(&clone_db, "DELETE FROM orders")?;
+    wait_until(SETTLE, "no record left", || {
+        Ok(records(&sys.root)?.is_empty().then_some(()))
+    })?;
+    Ok(())
+}
