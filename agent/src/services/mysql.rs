@@ -35,8 +35,11 @@ impl OptionFile {
         let quote = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         // utf8mb4 for every statement and name: a database named in
         // unicode is otherwise sent in the client's default character set.
+        // A connect timeout for the mysql client, as psql's: the agent's
+        // start waits on it when it cleans up after an interrupted restore
+        // (mysqldump knows no such setting: it goes in mysql's own group).
         let mut text = format!(
-            "[client]\ndefault-character-set=utf8mb4\nhost={}\nuser={}\n",
+            "[mysql]\nconnect-timeout=10\n[client]\ndefault-character-set=utf8mb4\nhost={}\nuser={}\n",
             quote(&conn.host),
             quote(&conn.user)
         );
