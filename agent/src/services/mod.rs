@@ -119,7 +119,7 @@ pub async fn dump<W: AsyncWrite + Unpin>(
 pub struct Staged {
     label: String,
     conn: ConnInfo,
-    copy: Copy,
+    copy: Loaded,
     /// Set from the start of a switch until it is undone: the live
     /// database may then differ from before, so [`discard`] keeps away.
     touched: AtomicBool,
@@ -131,7 +131,7 @@ pub struct Staged {
 
 /// The kind-specific part of a [`Staged`] copy.
 #[derive(Debug)]
-enum Copy {
+enum Loaded {
     Postgres(postgres::Staged),
     Mysql(mysql::Staged),
     Redis(redis::Staged),
@@ -166,10 +166,10 @@ pub async fn load<R: AsyncRead + Unpin>(
     };
     let copy = match kind {
         Kind::Postgres => {
-            Copy::Postgres(postgres::load(tools, &label, &conn, tag, spool_dir, input).await?)
+            Loaded::Postgres(postgres::load(tools, &label, &conn, tag, spool_dir, input).await?)
         }
-        Kind::Mysql => Copy::Mysql(mysql::load(tools, &label, &conn, tag, input).await?),
-        Kind::Redis => Copy::Redis(redis::load(tools, &label, &conn, tag, input).await?),
+        Kind::Mysql => Loaded::Mysql(mysql::load(tools, &label, &conn, tag, input).await?),
+        Kind::Redis => Loaded::Redis(redis::load(tools, &label, &conn, tag, input).await?),
     };
     Ok(Staged {
         label,
@@ -190,9 +190,9 @@ pub async fn switch(tools: &Tools, staged: &Staged) -> Result<()> {
     }
     s.touched.store(true, Ordering::SeqCst);
     let switched = match &s.copy {
-        Copy::Postgres(c) => postgres::switch(tools, &s.label, &s.conn, c).await,
-        Copy::Mysql(c) => mysql::switch(tools, &s.label, &s.conn, c).await,
-        Copy::Redis(c) => redis::switch(tools, &s.label, &s.conn, c).await,
+        Loaded::Postgres(c) => postgres::switch(tools, &s.label, &s.conn, c).await,
+        Loaded::Mysql(c) => mysql::switch(tools, &s.label, &s.conn, c).await,
+        Loaded::Redis(c) => redis::switch(tools, &s.label, &s.conn, c).await,
     };
     if let Err(e) = switched {
         match undo(tools, s).await {
@@ -214,9 +214,9 @@ pub async fn undo(tools: &Tools, staged: &Staged) -> Result<()> {
         return Ok(());
     }
     match &s.copy {
-        Copy::Postgres(c) => postgres::undo(tools, &s.label, &s.conn, c).await?,
-        Copy::Mysql(c) => mysql::undo(tools, &s.label, &s.conn, c).await?,
-        Copy::Redis(c) => redis::undo(tools, &s.label, &s.conn, c).await?,
+        Loaded::Postgres(c) => postgres::undo(tools, &s.label, &s.conn, c).await?,
+        Loaded::Mysql(c) => mysql::undo(tools, &s.label, &s.conn, c).await?,
+        Loaded::Redis(c) => redis::undo(tools, &s.label, &s.conn, c).await?,
     }
     s.touched.store(false, Ordering::SeqCst);
     Ok(())
@@ -226,9 +226,9 @@ pub async fn undo(tools: &Tools, staged: &Staged) -> Result<()> {
 pub async fn finish(tools: &Tools, staged: &Staged) {
     let s = staged;
     let res = match &s.copy {
-        Copy::Postgres(c) => postgres::finish(tools, &s.label, &s.conn, c).await,
-        Copy::Mysql(c) => mysql::finish(tools, &s.label, &s.conn, c).await,
-        Copy::Redis(c) => redis::finish(tools, &s.label, &s.conn, c).await,
+        Loaded::Postgres(c) => postgres::finish(tools, &s.label, &s.conn, c).await,
+        Loaded::Mysql(c) => mysql::finish(tools, &s.label, &s.conn, c).await,
+        Loaded::Redis(c) => redis::finish(tools, &s.label, &s.conn, c).await,
     };
     if let Err(e) = res {
         tracing::warn!(service = %s.label, error = %e, "could not drop the data a restore replaced");
@@ -240,10 +240,10 @@ pub async fn finish(tools: &Tools, staged: &Staged) {
 /// since its name was chosen is someone's, and a switch would set it aside.
 async fn fresh_target(tools: &Tools, s: &Staged) -> Result<()> {
     let taken = match &s.copy {
-        Copy::Postgres(_) => postgres::exists(tools, &s.label, &s.conn, &s.conn.database).await?,
-        Copy::Mysql(_) => mysql::exists(tools, &s.label, &s.conn, &s.conn.database).await?,
+        Loaded::Postgres(_) => postgres::exists(tools, &s.label, &s.conn, &s.conn.database).await?,
+        Loaded::Mysql(_) => mysql::exists(tools, &s.label, &s.conn, &s.conn.database).await?,
         // Its DB number is claimed on record and was empty.
-        Copy::Redis(_) => false,
+        Loaded::Redis(_) => false,
     };
     if taken {
         return Err(AgentError::Service {
@@ -277,9 +277,9 @@ pub async fn discard(tools: &Tools, staged: &Staged) {
         return;
     }
     let res = match &s.copy {
-        Copy::Postgres(c) => postgres::discard(tools, &s.label, &s.conn, c).await,
-        Copy::Mysql(c) => mysql::discard(tools, &s.label, &s.conn, c).await,
-        Copy::Redis(c) => redis::discard(tools, &s.label, &s.conn, c).await,
+        Loaded::Postgres(c) => postgres::discard(tools, &s.label, &s.conn, c).await,
+        Loaded::Mysql(c) => mysql::discard(tools, &s.label, &s.conn, c).await,
+        Loaded::Redis(c) => redis::discard(tools, &s.label, &s.conn, c).await,
     };
     if let Err(e) = res {
         tracing::warn!(service = %s.label, error = %e, "could not remove a scratch copy");
