@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use crate::apps::HostRoot;
 use crate::hooks::Hooks;
 use crate::services::Tools;
+use crate::services::conn::ConnInfo;
+use crate::services::records::Records;
 use crate::state::AgentState;
 
 /// How an agent serves its host.
@@ -35,13 +37,66 @@ pub struct AgentOptions {
     /// Directory of mysqldump and mysql [default: found on PATH].
     #[arg(long, env = "HOP3_MYSQL_BIN")]
     pub mysql_bin: Option<PathBuf>,
+    /// Administrative PostgreSQL connections, postgresql://USER:PW@HOST:PORT/DB,
+    /// several separated by spaces, one per server (matched to a service by
+    /// host and port): they create the scratch databases of app roles without
+    /// CREATEDB, hand them to those roles, and rename. They hold passwords:
+    /// set HOP3_PG_ADMIN_URL or pg_admin_url in the config file, not this
+    /// flag, which every user of the host can read in the process list.
+    #[arg(
+        long,
+        env = "HOP3_PG_ADMIN_URL",
+        hide_env_values = true,
+        value_name = "URLS"
+    )]
+    pub pg_admin_url: Option<Secret>,
+}
+
+/// A setting that holds a password: never shown by `Debug`.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+/// The administrative connections of `--pg-admin-url`; an entry that is
+/// not a URL is reported (by its position: it holds a password) and left out.
+fn pg_admin(urls: Option<&Secret>) -> Vec<ConnInfo> {
+    if std::env::args_os().any(|a| a.to_string_lossy().starts_with("--pg-admin-url")) {
+        tracing::warn!(
+            "--pg-admin-url is on the command line, where every user of this host can read it; set HOP3_PG_ADMIN_URL or pg_admin_url in the config file instead"
+        );
+    }
+    let Some(Secret(urls)) = urls else {
+        return Vec::new();
+    };
+    urls.split_whitespace()
+        .enumerate()
+        .filter_map(|(i, url)| {
+            let what = format!("administrative PostgreSQL connection {}", i + 1);
+            ConnInfo::parse(&what, url)
+                .map_err(|e| tracing::error!(error = %e, "left out"))
+                .ok()
+        })
+        .collect()
 }
 
 impl AgentOptions {
     /// The state an agent with these options serves.
     pub fn state(&self) -> AgentState {
+        let root = HostRoot::new(&self.root);
         AgentState {
-            root: HostRoot::new(&self.root),
             host_id: self.host_id.clone().unwrap_or_else(default_host_id),
             hooks: Hooks {
                 stop: self.stop_cmd.clone(),
@@ -50,9 +105,13 @@ impl AgentOptions {
             tools: Tools {
                 pg_bin: self.pg_bin.clone(),
                 mysql_bin: self.mysql_bin.clone(),
+                pg_admin: pg_admin(self.pg_admin_url.as_ref()),
+                records: Records::new(root.state_dir()),
+                host: root.clone(),
             },
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),
+            root,
         }
     }
 }

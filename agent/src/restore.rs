@@ -399,7 +399,7 @@ impl Restoring<'_> {
             (Some(source), Some(live)) => Ok((source, live)),
             (None, Some(live)) => Ok((live.clone(), live)),
             (Some(source), None) if !self.own => {
-                let url = services::clone_url(&source, &self.app).await?;
+                let url = services::clone_url(&self.state.tools, &source, &self.app).await?;
                 let target = ServiceConfig {
                     url,
                     ..source.clone()
@@ -530,15 +530,11 @@ impl Restoring<'_> {
             state.hooks.stop(&app).await?;
             journal.stopped().await?;
         }
-        while !self.staged.is_empty() {
-            let staged = self.staged.remove(0);
-            if let Err(e) = services::switch(&state.tools, &staged).await {
-                self.staged.insert(0, staged);
-                if is_app {
-                    let _ = state.hooks.start(&app).await;
-                }
-                return Err(e);
+        if let Err(e) = self.switch_services().await {
+            if is_app {
+                let _ = state.hooks.start(&app).await;
             }
+            return Err(e);
         }
         let mut swaps = Vec::new();
         for (tree, placement) in &self.places {
@@ -572,24 +568,61 @@ impl Restoring<'_> {
         };
         if let Err(e) = swapped {
             journal.revert().await;
+            self.undo_services().await;
             if is_app {
                 let _ = state.hooks.start(&app).await;
             }
             return Err(e);
         }
         // A new app (a clone, a fresh host) is left for its operator to start.
-        if !is_app {
-            return Ok(());
-        }
-        if let Err(e) = state.hooks.start(&app).await {
-            tracing::warn!(app, "restored app does not start; rolling its files back");
+        if is_app && let Err(e) = state.hooks.start(&app).await {
+            tracing::warn!(
+                app,
+                "restored app does not start; rolling its files and databases back"
+            );
             journal.revert().await;
+            self.undo_services().await;
             if let Err(again) = state.hooks.start(&app).await {
                 tracing::warn!(app, error = %again, "the previous version does not start either");
             }
             return Err(e);
         }
+        // Past this point the restore stands, even across a crash: the
+        // databases are made final to match the files.
+        if let Err(e) = journal.commit().await {
+            tracing::warn!(app, error = %e, "could not record the restore as done");
+        }
+        self.finish_services().await;
         Ok(())
+    }
+
+    /// Switches every staged service in turn. On a failure the ones already
+    /// switched are undone, last first; all stay in `staged` for [`discard`](Self::discard).
+    async fn switch_services(&mut self) -> Result<()> {
+        let tools = &self.state.tools;
+        for i in 0..self.staged.len() {
+            if let Err(e) = services::switch(tools, &self.staged[i]).await {
+                for done in self.staged[..i].iter().rev() {
+                    undo_logged(tools, done).await;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Puts back what the switches replaced, last first (a later step failed).
+    async fn undo_services(&mut self) {
+        for staged in self.staged.iter().rev() {
+            undo_logged(&self.state.tools, staged).await;
+        }
+    }
+
+    /// Drops what the switches replaced: the restore succeeded.
+    async fn finish_services(&mut self) {
+        for staged in self.staged.drain(..) {
+            services::finish(&self.state.tools, &staged).await;
+        }
     }
 
     /// Removes what a failed restore staged; live data is untouched.
@@ -598,6 +631,14 @@ impl Restoring<'_> {
             services::discard(&self.state.tools, &staged).await;
         }
         journal.end().await;
+    }
+}
+
+/// [`services::undo`], logged when it fails: the service stays on record
+/// for the agent's next start, which tries again.
+async fn undo_logged(tools: &services::Tools, staged: &services::Staged) {
+    if let Err(e) = services::undo(tools, staged).await {
+        tracing::error!(service = staged.label(), error = %e, "could not undo a database switch");
     }
 }
 
@@ -767,7 +808,8 @@ fn spawn_load(tools: services::Tools, target: ServiceConfig, tag: String) -> Tar
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let task = tokio::spawn(async move {
         let mut reader = StreamReader::new(ReceiverStream::new(rx));
-        services::load(&tools, &target, &tag, &mut reader)
+        let spool = tools.spool_dir();
+        services::load(&tools, &target, &tag, &spool, &mut reader)
             .await
             .map(|s| Received::Service(Box::new(s)))
     });

@@ -36,6 +36,9 @@ pub async fn serve(
     // A restore interrupted by a crash is undone before anything else runs.
     crate::swap::recover(&state.root.state_dir(), &state.hooks).await;
     clean_leftovers(&state.root.apps_dir()).await;
+    // Before serving: a restore retried at once must not meet the
+    // leftovers of the one interrupted.
+    crate::services::recover(&state.tools).await;
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

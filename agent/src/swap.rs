@@ -37,6 +37,10 @@ struct Record {
     swaps: Vec<Swap>,
     /// The app directory and its mode and owner before the restore set them.
     app_dir_before: Option<(PathBuf, Owner)>,
+    /// Set once the restored app runs (and its databases are being made
+    /// final): from then on a recovery keeps the swaps and only cleans up.
+    #[serde(default)]
+    committed: bool,
 }
 
 /// One staged entry and the live one it replaces.
@@ -64,7 +68,9 @@ impl Drop for Journal {
     /// record stays, emptied of swaps, so the next start removes what was
     /// staged and starts the app if the restore had stopped it.
     fn drop(&mut self) {
-        if self.ended {
+        // A committed restore stands; its record is left for the next start
+        // to clean up after.
+        if self.ended || self.record.committed {
             return;
         }
         tracing::warn!(app = %self.record.app, "a restore was abandoned halfway; putting the app back");
@@ -102,6 +108,13 @@ impl Journal {
     /// Records that the app was stopped.
     pub async fn stopped(&mut self) -> Result<()> {
         self.record.stopped = true;
+        self.save().await
+    }
+
+    /// Records that the restore succeeded: what it swapped in stays, even
+    /// if the agent dies before the record ends.
+    pub async fn commit(&mut self) -> Result<()> {
+        self.record.committed = true;
         self.save().await
     }
 
@@ -234,14 +247,19 @@ pub async fn recover(state_dir: &Path, hooks: &Hooks) {
                 continue;
             }
         };
-        tracing::warn!(app = %record.app, backup_id = %record.backup_id, "undoing a restore interrupted by a crash");
-        let (swaps, before) = (record.swaps.clone(), record.app_dir_before.clone());
-        let _ = blocking(move || {
-            undo(&swaps, before.as_ref());
-            Ok(())
-        })
-        .await;
+        if record.committed {
+            tracing::info!(app = %record.app, backup_id = %record.backup_id, "cleaning up after a restore that had succeeded");
+        } else {
+            tracing::warn!(app = %record.app, backup_id = %record.backup_id, "undoing a restore interrupted by a crash");
+            let (swaps, before) = (record.swaps.clone(), record.app_dir_before.clone());
+            let _ = blocking(move || {
+                undo(&swaps, before.as_ref());
+                Ok(())
+            })
+            .await;
+        }
         if record.stopped
+            && !record.committed
             && let Err(e) = hooks.start(&record.app).await
         {
             tracing::warn!(app = %record.app, error = %e, "the app does not start after undoing the restore");

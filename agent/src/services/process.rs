@@ -30,6 +30,18 @@ impl<'a> Step<'a> {
         }
     }
 
+    /// The same step, keeping `other`'s password out of messages too (a
+    /// tool run with an administrative connection).
+    pub fn hiding(&self, other: &ConnInfo) -> Self {
+        let mut secrets = self.secrets.clone();
+        secrets.extend(other.secrets());
+        Self {
+            service: self.service,
+            step: self.step,
+            secrets,
+        }
+    }
+
     /// The next step of the same service.
     pub fn then(&self, step: &'static str) -> Self {
         Self {
@@ -121,6 +133,15 @@ pub async fn output(step: &Step<'_>, mut cmd: Command) -> Result<String> {
     }
     finish(step, &mut child).await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Runs `cmd` to its end, its output thrown away (a restore's psql prints
+/// a row for every `setval` of a dump).
+pub async fn run(step: &Step<'_>, mut cmd: Command) -> Result<()> {
+    prepare(&mut cmd);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null());
+    let mut child = spawn(step, &mut cmd)?;
+    finish(step, &mut child).await
 }
 
 /// Runs `cmd`, copying its stdout into `out` as it comes.

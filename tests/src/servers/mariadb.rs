@@ -37,7 +37,11 @@ impl MariaDb {
         let base = dir.path().to_owned();
         let data = base.join("data");
         let mut install = clean_command("mariadb-install-db");
+        // Its bootstrap server's temporary tables in a directory of its own:
+        // in the shared /tmp, parallel installs were seen to fail
+        // ("Could not remove temporary table").
         install
+            .env("TMPDIR", &base)
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
             .args([

@@ -23,6 +23,11 @@ use rand::{Rng, RngCore, SeedableRng};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
+/// Restores that must lose nothing: clone names, Redis DBs, agents killed
+/// and switches failed halfway, roles without CREATEDB.
+#[path = "services_safety.rs"]
+mod safety;
+
 /// How long leftovers may outlive a restore.
 const SETTLE: Duration = Duration::from_secs(30);
 
@@ -69,6 +74,40 @@ fn service_url(app: &App, name: &str) -> Result<String> {
         .and_then(|s| s["url"].as_str())
         .map(str::to_owned)
         .with_context(|| format!("app.json of {} has no service {name}: {json}", app.name))
+}
+
+/// The database a service URL names (its path, percent-decoded).
+fn url_database(url: &str) -> Result<String> {
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('/'))
+        .map(|(_, path)| path.split(['?', '#']).next().unwrap_or_default())
+        .with_context(|| format!("no database in {url}"))?;
+    let bytes = path.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = path.get(i + 1..i + 3).context("bad percent-encoding")?;
+            out.push(u8::from_str_radix(hex, 16)?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8(out)?)
+}
+
+/// Whether `name` is a clone's database name made from `prefix` (the
+/// source's database and the clone's name, folded and cut): the prefix,
+/// `_` and 8 hex digits of a hash, within 63 bytes.
+fn is_clone_name(name: &str, prefix: &str) -> bool {
+    name.len() <= 63
+        && name
+            .strip_prefix(prefix)
+            .and_then(|rest| rest.strip_prefix('_'))
+            .is_some_and(|hash| hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
 /// Fails with both listings' differences unless they are equal.
@@ -846,8 +885,11 @@ fn a_clone_gets_databases_of_its_own() -> Result<()> {
     wait_for_entries(&sys.root.join("apps"), &["shop", "shop-clone"], SETTLE)?;
     let clone = App::existing(&sys.root, "shop-clone");
 
-    // Its services point at new databases on the same servers.
-    let clone_db = "shop_shop_clone";
+    // Its services point at new databases on the same servers, named
+    // after the source and the clone, with a hash of both.
+    let clone_db_name = url_database(&service_url(&clone, "db")?)?;
+    let clone_db = clone_db_name.as_str();
+    ensure!(is_clone_name(clone_db, "shop_shop_clone"), "{clone_db}");
     let clone_pg_url = pg.server.url(&pg.user, &pg.password, clone_db);
     // The highest DB, which was empty.
     let clone_redis_url = redis.url(15);
@@ -875,11 +917,11 @@ fn a_clone_gets_databases_of_its_own() -> Result<()> {
     ensure!(Snapshot::of(&app.dir)?.env == source_env);
 
     // Nothing else on the servers: no scratch copy left over.
-    let databases = pg.server.databases()?;
-    ensure!(
-        databases == ["postgres", "shop", clone_db, "template0", "template1"],
-        "{databases:?}"
-    );
+    let mut databases = pg.server.databases()?;
+    databases.sort();
+    let mut expected = vec!["postgres", "shop", clone_db, "template0", "template1"];
+    expected.sort();
+    ensure!(databases == expected, "{databases:?}");
     let dbs = redis.nonempty_dbs()?;
     let keys = redis.dbsize(REDIS_DB)?;
     ensure!(dbs == [(0, 1), (REDIS_DB, keys), (15, keys)], "{dbs:?}");
@@ -956,7 +998,9 @@ fn a_mariadb_clone_gets_a_database_of_its_own() -> Result<()> {
 
     sys.restore(&id, Some("shop-clone"))?;
     let clone = App::existing(&sys.root, "shop-clone");
-    let clone_db = "shop_shop_clone";
+    let clone_db_name = url_database(&service_url(&clone, "db")?)?;
+    let clone_db = clone_db_name.as_str();
+    ensure!(is_clone_name(clone_db, "shop_shop_clone"), "{clone_db}");
     let clone_url = my.server.url(&my.user, &my.password, clone_db);
     ensure!(
         service_url(&clone, "db")? == clone_url,
@@ -979,12 +1023,12 @@ fn a_mariadb_clone_gets_a_database_of_its_own() -> Result<()> {
         .find(|l| l.starts_with("view "))
         .context("the clone has no view")?;
     ensure!(
-        view.contains("`shop_shop_clone`.`customers`") && !view.contains("`shop`."),
+        view.contains(&format!("`{clone_db}`.`customers`")) && !view.contains("`shop`."),
         "the clone's view reads another database: {view}"
     );
     let renamed: Vec<String> = cloned
         .iter()
-        .map(|l| l.replace("`shop_shop_clone`.", "`shop`."))
+        .map(|l| l.replace(&format!("`{clone_db}`."), "`shop`."))
         .collect();
     same(&data, &renamed, "the clone's database")?;
 
@@ -1392,7 +1436,16 @@ fn passwords_never_show_in_process_tables_logs_or_output() -> Result<()> {
     let pg = PgDb::start("shop")?;
     let my = MyDb::start("shop")?;
     let redis = start_redis(113)?;
-    let mut sys = System::start()?;
+    // The administrative PostgreSQL connection is a secret too: restores
+    // make and rename their databases through it.
+    let admin_url = pg.server.url(
+        servers::postgres::ADMIN,
+        pg.server.admin_password(),
+        "postgres",
+    );
+    let mut sys = System::builder()
+        .controller_env("HOP3_PG_ADMIN_URL", &admin_url)
+        .start()?;
     let app = App::build(&sys.root, "shop", 113, &sys.scratch("fixtures")?)?;
     attach(
         &app,
@@ -1414,10 +1467,34 @@ fn passwords_never_show_in_process_tables_logs_or_output() -> Result<()> {
         &wrong_pg,
         &wrong_my,
         &wrong_redis,
+        pg.server.admin_password(),
     ] {
         secrets.extend(forms(password));
     }
     let mut outputs: Vec<Output> = Vec::new();
+
+    // --help shows which variable holds it, never its value.
+    for bin in ["hop3-agent", "hop3-controller"] {
+        let out = std::process::Command::new(hop3_tests::harness::binary(bin))
+            .arg("--help")
+            .env("HOP3_PG_ADMIN_URL", &admin_url)
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        ensure!(
+            out.status.success() && text.contains("HOP3_PG_ADMIN_URL"),
+            "{bin} --help:\n{text}"
+        );
+        for secret in &secrets {
+            ensure!(
+                !text.contains(secret.as_str()),
+                "{bin} --help shows a password"
+            );
+        }
+    }
 
     // Backups until both dump tools have been caught running (each lasts a
     // moment only), then a restore in place and one to a new name.
