@@ -373,45 +373,40 @@ impl Extract<'_> {
         }
         let (parent, name) = self.parent_of(path)?;
         rustix::fs::symlinkat(target, &*parent, &name).map_err(|e| self.failed(path, e.into()))?;
+        self.owner_and_time(&parent, &name, path, meta, None)
+    }
+
+    /// Sets the owner (as root), mode (when given) and time of the entry
+    /// `name` in `parent`, by name and without following it: for entries
+    /// that cannot be opened (a link, a FIFO with no peer), made in a
+    /// directory no one else writes to.
+    fn owner_and_time(
+        &self,
+        parent: &OwnedFd,
+        name: &OsStr,
+        path: &Path,
+        meta: &Meta,
+        mode: Option<u32>,
+    ) -> Result<()> {
+        let failed = |e: Errno| self.failed(path, e.into());
         if self.restore_owners {
             let (uid, gid) = ids(meta.owner);
-            rustix::fs::chownat(&*parent, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| self.failed(path, e.into()))?;
+            rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(failed)?;
         }
-        rustix::fs::utimensat(
-            &*parent,
-            &name,
-            &times(meta.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.failed(path, e.into()))
+        if let Some(mode) = mode {
+            rustix::fs::chmodat(parent, name, Mode::from_raw_mode(mode), AtFlags::empty())
+                .map_err(failed)?;
+        }
+        rustix::fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(failed)
     }
 
     fn fifo(&mut self, path: &Path, meta: &Meta) -> Result<()> {
         let (parent, name) = self.parent_of(path)?;
         rustix::fs::mkfifoat(&*parent, &name, Mode::from_raw_mode(0o600))
             .map_err(|e| self.failed(path, e.into()))?;
-        // A FIFO cannot be opened without blocking for a peer: it is set
-        // up by name, in a directory no one else writes to.
-        if self.restore_owners {
-            let (uid, gid) = ids(meta.owner);
-            rustix::fs::chownat(&*parent, &name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| self.failed(path, e.into()))?;
-        }
-        rustix::fs::chmodat(
-            &*parent,
-            &name,
-            Mode::from_raw_mode(meta.mode),
-            AtFlags::empty(),
-        )
-        .map_err(|e| self.failed(path, e.into()))?;
-        rustix::fs::utimensat(
-            &*parent,
-            &name,
-            &times(meta.mtime),
-            AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .map_err(|e| self.failed(path, e.into()))
+        self.owner_and_time(&parent, &name, path, meta, Some(meta.mode))
     }
 
     /// Makes the hard links, then gives each directory its mode, attributes

@@ -353,11 +353,6 @@ fn a_corrupt_catalog_is_kept_aside_and_rebuilt_and_tokens_still_work() -> Result
         wal_len == 0,
         "the WAL holds {wal_len} bytes after a clean stop: the damage would be masked"
     );
-    let companions: Vec<String> = ["-wal", "-shm"]
-        .into_iter()
-        .filter(|s| dir.join(format!("{name}{s}")).exists())
-        .map(str::to_owned)
-        .collect();
     let clobbered = clobber_middle_pages(&db)?;
     let damaged = sha256_file(&db)?;
     eprintln!("overwrote {clobbered} page(s) of {}", db.display());
@@ -390,7 +385,8 @@ fn a_corrupt_catalog_is_kept_aside_and_rebuilt_and_tokens_still_work() -> Result
         ensure!(human.stdout.contains(&b.backup_id), "{}", human.report());
     }
 
-    // The damaged file kept aside, whole, with its companions.
+    // The damaged file kept aside, whole (its -wal and -shm go with it when
+    // SQLite has not removed them: the catalog unit tests cover that).
     let entries = list_dir(&dir)?;
     let kept: Vec<&String> = entries
         .iter()
@@ -406,13 +402,6 @@ fn a_corrupt_catalog_is_kept_aside_and_rebuilt_and_tokens_still_work() -> Result
         "{} is not the damaged file",
         kept.display()
     );
-    for suffix in &companions {
-        let companion = format!("{}{suffix}", kept.display());
-        ensure!(
-            Path::new(&companion).exists(),
-            "{companion} was not kept: {entries:?}"
-        );
-    }
     ensure!(db.is_file(), "no new catalog at {}", db.display());
     let log = sys.controller().log_path().to_owned();
     let kept_name = kept.to_string_lossy().into_owned();
