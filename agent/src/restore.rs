@@ -83,7 +83,12 @@ pub async fn restore(
     };
     let layout = manifest.layout.clone().unwrap_or_default();
     let mut notes = Vec::new();
-    let places = places(&live, own || header.replace, &layout).await?;
+    let follow = match (own, header.replace) {
+        (true, _) => trees::Follow::Own,
+        (false, true) => trees::Follow::Live,
+        (false, false) => trees::Follow::Never,
+    };
+    let places = places(&live, &apps_dir, follow, &layout).await?;
     for (_, placement) in &places {
         notes.extend(placement.note.clone());
     }
@@ -163,14 +168,9 @@ async fn make_staging(
     journal.staging(staging.to_path_buf()).await?;
     let mut roots = BTreeMap::new();
     for (tree, placement) in places {
-        let root = match &placement.place {
-            Place::InApp => staging.to_path_buf(),
-            Place::Linked { target, .. } => {
-                let name = target
-                    .file_name()
-                    .expect("targets are not /")
-                    .to_string_lossy();
-                let dir = target.with_file_name(format!(".{name}.restore-{backup_id}"));
+        let root = match placement.place.staging(backup_id) {
+            None => staging.to_path_buf(),
+            Some(dir) => {
                 remove_tree(&dir).await?;
                 make_private_dir(&dir).await?;
                 journal.staging(dir.clone()).await?;
@@ -185,22 +185,38 @@ async fn make_staging(
 /// Where each tree the backup may hold goes.
 async fn places(
     live: &Path,
-    own: bool,
+    apps_dir: &Path,
+    follow: trees::Follow,
     layout: &Layout,
 ) -> Result<Vec<(&'static str, trees::Placement)>> {
     let (live, links) = (live.to_path_buf(), layout.links.clone());
+    let apps_dir = apps_dir.to_path_buf();
     let app_owner = layout.app_dir.map(|o| o.uid);
     tokio::task::spawn_blocking(move || {
         TREES
             .iter()
             .map(|tree| {
                 let recorded = links.get(*tree).map(String::as_str);
-                (*tree, trees::place(tree, &live, own, recorded, app_owner))
+                (
+                    *tree,
+                    trees::place(tree, &live, &apps_dir, follow, recorded, app_owner),
+                )
             })
             .collect()
     })
     .await
     .map_err(|e| AgentError::Bug(format!("placing the trees failed: {e}")))
+}
+
+/// The names in directory `dir`.
+async fn entry_names(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
+    let err = |e| AgentError::io("listing a linked tree", e);
+    let mut names = BTreeSet::new();
+    let mut rd = tokio::fs::read_dir(dir).await.map_err(err)?;
+    while let Some(entry) = rd.next_entry().await.map_err(err)? {
+        names.insert(entry.file_name());
+    }
+    Ok(names)
 }
 
 async fn exists(path: &Path) -> bool {
@@ -536,14 +552,16 @@ impl Restoring<'_> {
             }
             return Err(e);
         }
-        let mut swaps = Vec::new();
-        for (tree, placement) in &self.places {
-            if let Place::Linked { target, .. } = &placement.place
-                && exists(&self.roots[tree].join(tree)).await
-            {
-                swaps.push((self.roots[tree].join(tree), target.clone()));
+        let mut swaps = match self.linked_swaps().await {
+            Ok(swaps) => swaps,
+            Err(e) => {
+                self.undo_services().await;
+                if is_app {
+                    let _ = state.hooks.start(&app).await;
+                }
+                return Err(e);
             }
-        }
+        };
         if existed {
             for part in TREES.iter().chain([ENV_FILE, APP_FILE].iter()) {
                 let staged = self.staging.join(part);
@@ -552,7 +570,13 @@ impl Restoring<'_> {
                 }
             }
         } else {
-            if let Some(owner) = self.layout.app_dir {
+            // Older backups do not say: an app directory as `mkdir` makes one.
+            let owner = self.layout.app_dir.or(Some(Owner {
+                mode: 0o755,
+                uid: rustix::process::geteuid().as_raw(),
+                gid: rustix::process::getegid().as_raw(),
+            }));
+            if let Some(owner) = owner {
                 let at = self.staging.clone();
                 tokio::task::spawn_blocking(move || apply_owner(&at, owner))
                     .await
@@ -594,6 +618,59 @@ impl Restoring<'_> {
         }
         self.finish_services().await;
         Ok(())
+    }
+
+    /// The swaps of the trees staged beside a link's target: the tree for
+    /// its target, or for a mount root (which cannot be renamed) each entry
+    /// for its namesake, the target's entries the backup lacks moved into
+    /// the staging directory. Each target must still be the directory that
+    /// was chosen when the restore began.
+    async fn linked_swaps(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
+        use std::os::unix::fs::MetadataExt;
+        let mut swaps = Vec::new();
+        for (tree, placement) in &self.places {
+            let Place::Linked {
+                target,
+                inode,
+                mount_root,
+                ..
+            } = &placement.place
+            else {
+                continue;
+            };
+            let staged = self.roots[tree].join(tree);
+            if !exists(&staged).await {
+                continue;
+            }
+            let now = tokio::fs::symlink_metadata(target)
+                .await
+                .map(|m| (m.dev(), m.ino()))
+                .ok();
+            if now != Some(*inode) {
+                return Err(AgentError::LinkedTree {
+                    tree: (*tree).to_owned(),
+                    target: target.display().to_string(),
+                    reason: "it changed while the restore was staging".into(),
+                });
+            }
+            if !mount_root {
+                swaps.push((staged, target.clone()));
+                continue;
+            }
+            let new = entry_names(&staged).await?;
+            let mut old = entry_names(target).await?;
+            if let Some(stage) = self.roots[tree].file_name() {
+                old.remove(stage);
+            }
+            for name in &new {
+                swaps.push((staged.join(name), target.join(name)));
+            }
+            for name in old.difference(&new) {
+                // Moved into the staging directory, which then holds the old tree.
+                swaps.push((target.join(name), staged.join(name)));
+            }
+        }
+        Ok(swaps)
     }
 
     /// Switches every staged service in turn. On a failure the ones already
@@ -873,9 +950,9 @@ async fn check_space(
         None => needs.push((apps_dir, total_bytes)),
         Some(layout) => {
             for (tree, placement) in places {
-                let dir = match &placement.place {
-                    Place::InApp => apps_dir.clone(),
-                    Place::Linked { target, .. } => target.parent().unwrap_or(target).to_path_buf(),
+                let dir = match placement.place.staging(&manifest.backup_id) {
+                    None => apps_dir.clone(),
+                    Some(stage) => stage.parent().map_or(stage.clone(), Path::to_path_buf),
                 };
                 needs.push((dir, layout.sizes.get(*tree).copied().unwrap_or(0)));
             }

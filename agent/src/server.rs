@@ -34,11 +34,17 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     // A restore interrupted by a crash is undone before anything else runs.
-    crate::swap::recover(&state.root.state_dir(), &state.hooks).await;
+    let stopped = crate::swap::recover(&state.root.state_dir()).await;
     clean_leftovers(&state.root.apps_dir()).await;
     // Before serving: a restore retried at once must not meet the
     // leftovers of the one interrupted.
     crate::services::recover(&state.tools).await;
+    // Files and databases both put back: apps a restore stopped run again.
+    for app in stopped {
+        if let Err(e) = state.hooks.start(&app).await {
+            tracing::warn!(app, error = %e, "the app does not start after undoing a restore");
+        }
+    }
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);

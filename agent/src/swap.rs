@@ -19,7 +19,6 @@ use hop3_proto::layout::Owner;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{AgentError, Result};
-use crate::hooks::Hooks;
 
 /// Directory of the state directory that holds the records.
 const RECORDS: &str = "restores";
@@ -75,7 +74,7 @@ impl Drop for Journal {
         }
         tracing::warn!(app = %self.record.app, "a restore was abandoned halfway; putting the app back");
         let swaps = std::mem::take(&mut self.record.swaps);
-        undo(&swaps, self.record.app_dir_before.take().as_ref());
+        self.record.swaps = undo(&swaps, self.record.app_dir_before.take().as_ref());
         let bytes = serde_json::to_vec_pretty(&self.record).expect("a record serialises");
         if let Err(e) = write_durably(&self.path, &bytes) {
             tracing::warn!(path = %self.path.display(), error = %e, "could not update a restore record");
@@ -86,13 +85,32 @@ impl Drop for Journal {
 impl Journal {
     /// Starts the record of a restore of `backup_id` into `app`.
     pub async fn begin(state_dir: &Path, app: &str, backup_id: &str) -> Result<Journal> {
+        let path = state_dir.join(RECORDS).join(format!("{app}.json"));
+        let mut record = Record {
+            app: app.to_owned(),
+            backup_id: backup_id.to_owned(),
+            ..Record::default()
+        };
+        // A record left by an abandoned restore of the same app: what it
+        // staged is removed with this one's; one that could not be undone
+        // stops this restore, or its staged copy of the app's data would go.
+        if let Ok(bytes) = tokio::fs::read(&path).await
+            && let Ok(old) = serde_json::from_slice::<Record>(&bytes)
+        {
+            if !old.committed && !old.swaps.is_empty() {
+                return Err(AgentError::io(
+                    format!(
+                        "a previous restore of {app} could not be undone; its record is {}",
+                        path.display()
+                    ),
+                    io::Error::other("unfinished restore"),
+                ));
+            }
+            record.staging = old.staging;
+        }
         let journal = Journal {
-            path: state_dir.join(RECORDS).join(format!("{app}.json")),
-            record: Record {
-                app: app.to_owned(),
-                backup_id: backup_id.to_owned(),
-                ..Record::default()
-            },
+            path,
+            record,
             ended: false,
         };
         journal.save().await?;
@@ -175,16 +193,14 @@ impl Journal {
     }
 
     /// Undoes every swap made so far, last first, and the app directory's
-    /// owner. Best effort: what cannot be undone is logged.
+    /// owner. A swap that cannot be undone stays on record, and with it
+    /// the staging that holds what it replaced (see [`Journal::end`]).
     pub async fn revert(&mut self) {
         let record = std::mem::take(&mut self.record.swaps);
         let before = self.record.app_dir_before.take();
-        blocking(move || {
-            undo(&record, before.as_ref());
-            Ok(())
-        })
-        .await
-        .ok();
+        self.record.swaps = blocking(move || Ok(undo(&record, before.as_ref())))
+            .await
+            .unwrap_or_default();
         let _ = self.save().await;
     }
 
@@ -192,6 +208,11 @@ impl Journal {
     /// swaps replaced) are removed in the background.
     pub async fn end(mut self) {
         self.ended = true;
+        if !self.record.committed && !self.record.swaps.is_empty() {
+            // Staging holds live data a failed undo did not put back.
+            tracing::error!(app = %self.record.app, record = %self.path.display(), "a restore could not be undone: its staging and record are kept for an operator");
+            return;
+        }
         for dir in &self.record.staging {
             // Renamed first: the next restore of the same backup stages at
             // the same path while this one may still be deleting.
@@ -227,17 +248,24 @@ impl Journal {
 }
 
 /// Finishes what restores interrupted by a crash left: each recorded swap
-/// that happened is undone, the app directory's owner put back, the app
-/// started again if the restore had stopped it, and what was staged is
-/// removed. Run once at start, before serving.
-pub async fn recover(state_dir: &Path, hooks: &Hooks) {
+/// that happened is undone, the app directory's owner put back, and what
+/// was staged removed. Returns the apps such a restore had stopped, to be
+/// started once the databases are put back too. Run once at start, before
+/// serving. A record whose swaps cannot all be undone is kept, with its
+/// staging, for an operator.
+pub async fn recover(state_dir: &Path) -> Vec<String> {
+    let mut to_start = Vec::new();
     let dir = state_dir.join(RECORDS);
     let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
-        return;
+        return to_start;
     };
     while let Ok(Some(entry)) = entries.next_entry().await {
         let path = entry.path();
-        let record: Record = match tokio::fs::read(&path)
+        if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = tokio::fs::remove_file(&path).await;
+            continue;
+        }
+        let mut record: Record = match tokio::fs::read(&path)
             .await
             .map(|b| serde_json::from_slice(&b))
         {
@@ -252,17 +280,19 @@ pub async fn recover(state_dir: &Path, hooks: &Hooks) {
         } else {
             tracing::warn!(app = %record.app, backup_id = %record.backup_id, "undoing a restore interrupted by a crash");
             let (swaps, before) = (record.swaps.clone(), record.app_dir_before.clone());
-            let _ = blocking(move || {
-                undo(&swaps, before.as_ref());
-                Ok(())
-            })
-            .await;
-        }
-        if record.stopped
-            && !record.committed
-            && let Err(e) = hooks.start(&record.app).await
-        {
-            tracing::warn!(app = %record.app, error = %e, "the app does not start after undoing the restore");
+            let left = blocking(move || Ok(undo(&swaps, before.as_ref())))
+                .await
+                .unwrap_or_default();
+            if !left.is_empty() {
+                tracing::error!(app = %record.app, record = %path.display(), "a restore could not be undone: its staging and record are kept for an operator");
+                record.swaps = left;
+                let bytes = serde_json::to_vec_pretty(&record).expect("a record serialises");
+                let _ = blocking(move || write_durably(&path, &bytes)).await;
+                continue;
+            }
+            if record.stopped {
+                to_start.push(record.app.clone());
+            }
         }
         for staged in record.staging {
             if let Err(e) = tokio::fs::remove_dir_all(&staged).await
@@ -273,6 +303,7 @@ pub async fn recover(state_dir: &Path, hooks: &Hooks) {
         }
         let _ = tokio::fs::remove_file(&path).await;
     }
+    to_start
 }
 
 fn make(swap: &Swap) -> io::Result<()> {
@@ -283,8 +314,10 @@ fn make(swap: &Swap) -> io::Result<()> {
     }
 }
 
-/// Undoes, last first, each swap whose live path holds the staged inode.
-fn undo(swaps: &[Swap], before: Option<&(PathBuf, Owner)>) {
+/// Undoes, last first, each swap whose live path holds the staged inode;
+/// returns those that could not be undone.
+fn undo(swaps: &[Swap], before: Option<&(PathBuf, Owner)>) -> Vec<Swap> {
+    let mut left = Vec::new();
     if let Some((dir, owner)) = before
         && let Err(e) = apply_owner(dir, *owner)
     {
@@ -303,8 +336,11 @@ fn undo(swaps: &[Swap], before: Option<&(PathBuf, Owner)>) {
         };
         if let Err(e) = back {
             tracing::warn!(live = %swap.live.display(), error = %e, "could not undo a swap");
+            left.push(swap.clone());
         }
     }
+    left.reverse();
+    left
 }
 
 /// Sets mode and (as root) owner of `path`, without following a link.
@@ -389,7 +425,7 @@ mod tests {
         assert_eq!(std::fs::read(app.join("data/f")).unwrap(), b"new");
         // Killed here (nothing runs on the way out): a new agent starts.
         std::mem::forget(journal);
-        recover(&state, &Hooks::default()).await;
+        recover(&state).await;
         assert_eq!(std::fs::read(app.join("data/f")).unwrap(), b"old");
         assert_eq!(std::fs::read(app.join("ENV")).unwrap(), b"old");
         assert_eq!(std::fs::read(app.join("venv")).unwrap(), b"kept");
@@ -440,7 +476,7 @@ mod tests {
             &serde_json::to_vec(&record).unwrap(),
         )
         .unwrap();
-        recover(&state, &Hooks::default()).await;
+        recover(&state).await;
         assert_eq!(std::fs::read(&live).unwrap(), b"old");
     }
 }

@@ -103,9 +103,40 @@ pub enum Place {
     /// A directory of the app's own, staged in the app's staging directory.
     InApp,
     /// The directory `target` that the app's link `link` leads to: staged
-    /// beside it (same volume, so the swap is one rename) and swapped with
-    /// it; the app keeps (or gets) the link.
-    Linked { link: String, target: PathBuf },
+    /// on its volume and swapped with it; the app keeps (or gets) the link.
+    Linked {
+        link: String,
+        target: PathBuf,
+        /// (device, inode) of `target` when it was chosen: checked again
+        /// just before the swap.
+        inode: (u64, u64),
+        /// `target` is the root of a mount (it cannot be renamed): its
+        /// entries are swapped one by one, staged inside it.
+        mount_root: bool,
+    },
+}
+
+impl Place {
+    /// The directory a restore of `backup_id` stages this tree in (the tree
+    /// unpacks to `DIR/<tree>`); None for a tree staged with the app.
+    pub fn staging(&self, backup_id: &str) -> Option<PathBuf> {
+        match self {
+            Self::InApp => None,
+            Self::Linked {
+                target, mount_root, ..
+            } => {
+                let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+                Some(if *mount_root {
+                    target.join(format!(".hop3-restore-{backup_id}"))
+                } else {
+                    target.with_file_name(format!(
+                        ".{}.restore-{backup_id}",
+                        name.unwrap_or_default()
+                    ))
+                })
+            }
+        }
+    }
 }
 
 /// How a tree should come back, and why not as it was when it cannot.
@@ -115,80 +146,90 @@ pub struct Placement {
     pub note: Option<String>,
 }
 
-/// Decides where tree `name` of the app at `app_dir` goes. `own` is true
-/// when the app restored into is the backup's own (or `--replace` names
-/// it): only then may a restore write into what a link leads to, since a
-/// clone must never share its data with its source. The live app's own
-/// link wins; else the link the backup recorded, when its target exists
-/// here. Either way the target must pass [`trusted`] for the app's owner
-/// (the live directory's, else `app_owner` as the backup recorded it).
-/// Blocking.
+/// Who may lead a restore through a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Follow {
+    /// The backup's own app: its live link, else the link the backup recorded.
+    Own,
+    /// An existing app replaced with `--replace`: only its own live link
+    /// (the backup's link is another app's data).
+    Live,
+    /// A clone: never; it gets a directory of its own.
+    Never,
+}
+
+/// Decides where tree `name` of the app at `app_dir` (in `apps_dir`) goes.
+/// A live link is trusted as [`trusted`] says for the live app directory's
+/// owner. A link recorded in the backup is data from the store, not the
+/// host: it is followed only to a directory owned by the app's (non-root)
+/// owner, never one root owns, and never into another app. Blocking.
 pub fn place(
     name: &str,
     app_dir: &Path,
-    own: bool,
+    apps_dir: &Path,
+    follow: Follow,
     recorded: Option<&str>,
-    app_owner: Option<u32>,
+    recorded_owner: Option<u32>,
 ) -> Placement {
     use std::os::unix::fs::MetadataExt;
-    let app_owner = std::fs::symlink_metadata(app_dir)
-        .map(|m| m.uid())
-        .ok()
-        .or(app_owner)
-        .unwrap_or(0);
     let in_app = |note: Option<String>| Placement {
         place: Place::InApp,
         note,
     };
-    if !own {
+    if follow == Follow::Never {
         return in_app(recorded.map(|link| {
             format!("{name}/ was a link to {link} in the backup's app; this app gets a directory of its own")
         }));
     }
-    let live = app_dir.join(name);
-    if let Ok(link) = std::fs::read_link(&live)
-        && let Some(target) = usable_target(app_dir, &link, app_owner)
+    let live_owner = std::fs::symlink_metadata(app_dir).map(|m| m.uid()).ok();
+    if let Some(owner) = live_owner
+        && let Ok(link) = std::fs::read_link(app_dir.join(name))
+        && let Some(place) = linked(app_dir, apps_dir, &link, |uid| trusted(owner, uid))
     {
-        return Placement {
-            place: Place::Linked {
-                link: link.to_string_lossy().into_owned(),
-                target,
-            },
-            note: None,
-        };
+        return Placement { place, note: None };
     }
-    let Some(recorded) = recorded else {
+    let Some(recorded) = recorded.filter(|_| follow == Follow::Own) else {
         return in_app(None);
     };
-    match usable_target(app_dir, Path::new(recorded), app_owner) {
-        Some(target) => Placement {
-            place: Place::Linked {
-                link: recorded.to_owned(),
-                target,
-            },
-            note: None,
-        },
+    let owner = live_owner.or(recorded_owner).unwrap_or(0);
+    match linked(app_dir, apps_dir, Path::new(recorded), |uid| {
+        uid != 0 && uid == owner
+    }) {
+        Some(place) => Placement { place, note: None },
         None => in_app(Some(format!(
-            "{name}/ was a link to {recorded}, which is not a directory on this host that the app's owner owns: restored as a directory in the app"
+            "{name}/ was a link to {recorded}, which is not a directory of the app's owner on this host: restored as a directory in the app"
         ))),
     }
 }
 
-/// The directory `link` (read in `app_dir`) leads to, if it is one a
-/// restore may write into: owned as [`trusted`] allows, and never the app
-/// itself or a directory above it.
-fn usable_target(app_dir: &Path, link: &Path, app_owner: u32) -> Option<PathBuf> {
+/// The placement through `link` (read in `app_dir`), if it leads to a
+/// directory whose owner `owner_ok` accepts, that is not the app or above
+/// it, nor inside another app.
+fn linked(
+    app_dir: &Path,
+    apps_dir: &Path,
+    link: &Path,
+    owner_ok: impl Fn(u32) -> bool,
+) -> Option<Place> {
     use std::os::unix::fs::MetadataExt;
     let target = std::fs::canonicalize(app_dir.join(link)).ok()?;
     let meta = std::fs::metadata(&target).ok()?;
-    if !meta.is_dir() || target.parent().is_none() || !trusted(app_owner, meta.uid()) {
+    let parent = target.parent()?;
+    if !meta.is_dir() || !owner_ok(meta.uid()) {
         return None;
     }
-    let app = std::fs::canonicalize(app_dir).unwrap_or_else(|_| app_dir.to_path_buf());
-    if app.starts_with(&target) {
+    let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    let (app, apps) = (canon(app_dir), canon(apps_dir));
+    if app.starts_with(&target) || (target.starts_with(&apps) && !target.starts_with(&app)) {
         return None;
     }
-    Some(target)
+    let parent_dev = std::fs::metadata(parent).ok()?.dev();
+    Some(Place::Linked {
+        link: link.to_string_lossy().into_owned(),
+        inode: (meta.dev(), meta.ino()),
+        mount_root: parent_dev != meta.dev(),
+        target,
+    })
 }
 
 #[cfg(test)]
@@ -219,34 +260,63 @@ mod tests {
     #[test]
     fn a_restore_writes_through_a_link_only_into_its_own_app() {
         let tmp = tempfile::tempdir().unwrap();
-        let app = tmp.path().join("apps/shop");
+        let apps = tmp.path().join("apps");
+        let app = apps.join("shop");
         let volume = tmp.path().join("volume/shop-data");
         std::fs::create_dir_all(&app).unwrap();
         std::fs::create_dir_all(&volume).unwrap();
+        symlink(&volume, app.join("data")).unwrap();
         let recorded = volume.to_str().unwrap();
-        let own = place("data", &app, true, Some(recorded), None);
-        assert_eq!(
-            own.place,
-            Place::Linked {
-                link: recorded.into(),
-                target: std::fs::canonicalize(&volume).unwrap()
+        // The live link of the app's own, or of an app replaced.
+        for follow in [Follow::Own, Follow::Live] {
+            match place("data", &app, &apps, follow, Some(recorded), None).place {
+                Place::Linked {
+                    target, mount_root, ..
+                } => {
+                    assert_eq!(target, std::fs::canonicalize(&volume).unwrap());
+                    assert!(!mount_root);
+                }
+                other => panic!("{other:?}"),
             }
-        );
+        }
         let clone = place(
             "data",
-            &tmp.path().join("apps/copy"),
-            false,
+            &apps.join("copy"),
+            &apps,
+            Follow::Never,
             Some(recorded),
             None,
         );
         assert_eq!(clone.place, Place::InApp);
         assert!(clone.note.is_some());
-        let gone = place("data", &app, true, Some("/nowhere/at/all"), None);
-        assert_eq!(gone.place, Place::InApp);
-        assert!(gone.note.unwrap().contains("not a directory on this host"));
-        // A link to the app itself or above is never written through.
+        // A recorded link is store data: never to a directory root owns.
+        std::fs::remove_file(app.join("data")).unwrap();
+        let recorded_only = place("data", &app, &apps, Follow::Own, Some(recorded), Some(0));
+        assert_eq!(recorded_only.place, Place::InApp);
+        assert!(
+            recorded_only
+                .note
+                .unwrap()
+                .contains("not a directory of the app's owner")
+        );
+        let replaced = place("data", &app, &apps, Follow::Live, Some(recorded), None);
+        assert_eq!(
+            replaced.place,
+            Place::InApp,
+            "--replace followed the source's link"
+        );
+        // A link to the app itself or above, or into another app, is never written through.
         symlink("..", app.join("src")).unwrap();
-        assert_eq!(place("src", &app, true, None, None).place, Place::InApp);
+        assert_eq!(
+            place("src", &app, &apps, Follow::Own, None, None).place,
+            Place::InApp
+        );
+        std::fs::create_dir_all(apps.join("other/data")).unwrap();
+        symlink("../other/data", app.join("git")).unwrap();
+        assert_eq!(
+            place("git", &app, &apps, Follow::Own, None, None).place,
+            Place::InApp
+        );
     }
 
     #[test]
@@ -265,12 +335,23 @@ mod tests {
         symlink(&system, app.join("data")).unwrap();
         let err = open_for_backup(&app, &["data"]).err().unwrap();
         assert!(err.to_string().contains("owned by uid 0"), "{err}");
-        assert_eq!(place("data", &app, true, None, None).place, Place::InApp);
-        // A directory of the app's user is followed.
+        let apps = tmp.path().join("apps");
+        assert_eq!(
+            place("data", &app, &apps, Follow::Own, None, None).place,
+            Place::InApp
+        );
+        // A directory of the app's user is followed, from the live link and
+        // from the one a backup recorded.
         chown(&system, Some(4242), Some(4242)).unwrap();
         assert_eq!(open_for_backup(&app, &["data"]).unwrap().len(), 1);
         assert!(matches!(
-            place("data", &app, true, None, None).place,
+            place("data", &app, &apps, Follow::Own, None, None).place,
+            Place::Linked { .. }
+        ));
+        std::fs::remove_file(app.join("data")).unwrap();
+        let recorded = system.to_str().unwrap();
+        assert!(matches!(
+            place("data", &app, &apps, Follow::Own, Some(recorded), None).place,
             Place::Linked { .. }
         ));
     }

@@ -384,6 +384,18 @@ mod tests {
                 archive_with(|b| b.entry("other/file", b'0', "", b"x")),
             ),
             (
+                "top after ./",
+                archive_with(|b| b.entry("./other/file", b'0', "", b"x")),
+            ),
+            (
+                "a tree that is a link",
+                archive_with(|b| b.entry("data", b'2', "/etc", b"")),
+            ),
+            (
+                "a tree that is a file",
+                archive_with(|b| b.entry("data", b'0', "", b"x")),
+            ),
+            (
                 "file through a link out of the tree",
                 archive_with(|b| {
                     b.entry("data/l", b'2', "/tmp", b"");

@@ -208,7 +208,9 @@ impl<W: Write> Tree<'_, W> {
         let file = match rustix::fs::openat(
             node.parent,
             node.name,
-            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY,
+            // NONBLOCK: a file swapped for a FIFO meanwhile must not hang the
+            // backup waiting for a writer (its type is checked just after).
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK,
             Mode::empty(),
         ) {
             Ok(fd) => File::from(fd),

@@ -202,6 +202,11 @@ impl Extract<'_> {
                 xattrs,
             };
             let size = entry.size();
+            // A tree itself is a directory: a link in its place would have
+            // the restore swap a link to anywhere into the app.
+            if path.components().count() == 1 && kind != EntryType::Directory {
+                return Err(self.hostile(&path, "a tree must be a directory"));
+            }
             match kind {
                 EntryType::Regular | EntryType::Continuous if size <= POOLED_FILE_MAX => {
                     let (parent, name) = self.parent_of(&path)?;
@@ -278,9 +283,14 @@ impl Extract<'_> {
     /// `..` and below one of the tops.
     fn check_path(&self, path: &Path) -> Result<PathBuf> {
         let mut out = PathBuf::new();
-        for (i, c) in path.components().enumerate() {
+        for c in path.components() {
             match c {
-                Component::Normal(n) if i > 0 || self.tops.contains_key(n) => out.push(n),
+                // The first name (after any `./`) must be one of the tops.
+                Component::Normal(n)
+                    if !out.as_os_str().is_empty() || self.tops.contains_key(n) =>
+                {
+                    out.push(n)
+                }
                 Component::Normal(_) => {
                     return Err(self.hostile(path, "unexpected top-level directory"));
                 }
@@ -373,29 +383,22 @@ impl Extract<'_> {
         }
         let (parent, name) = self.parent_of(path)?;
         rustix::fs::symlinkat(target, &*parent, &name).map_err(|e| self.failed(path, e.into()))?;
-        self.owner_and_time(&parent, &name, path, meta, None)
+        self.owner_and_time(&parent, &name, path, meta)
     }
 
-    /// Sets the owner (as root), mode (when given) and time of the entry
-    /// `name` in `parent`, by name and without following it: for entries
-    /// that cannot be opened (a link, a FIFO with no peer), made in a
-    /// directory no one else writes to.
+    /// Sets the owner (as root) and time of the link `name` in `parent`,
+    /// by name and without following it (a link cannot be opened).
     fn owner_and_time(
         &self,
         parent: &OwnedFd,
         name: &OsStr,
         path: &Path,
         meta: &Meta,
-        mode: Option<u32>,
     ) -> Result<()> {
         let failed = |e: Errno| self.failed(path, e.into());
         if self.restore_owners {
             let (uid, gid) = ids(meta.owner);
             rustix::fs::chownat(parent, name, uid, gid, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(failed)?;
-        }
-        if let Some(mode) = mode {
-            rustix::fs::chmodat(parent, name, Mode::from_raw_mode(mode), AtFlags::empty())
                 .map_err(failed)?;
         }
         rustix::fs::utimensat(parent, name, &times(meta.mtime), AtFlags::SYMLINK_NOFOLLOW)
@@ -404,9 +407,26 @@ impl Extract<'_> {
 
     fn fifo(&mut self, path: &Path, meta: &Meta) -> Result<()> {
         let (parent, name) = self.parent_of(path)?;
-        rustix::fs::mkfifoat(&*parent, &name, Mode::from_raw_mode(0o600))
-            .map_err(|e| self.failed(path, e.into()))?;
-        self.owner_and_time(&parent, &name, path, meta, Some(meta.mode))
+        let failed = |e: Errno| self.failed(path, e.into());
+        rustix::fs::mkfifoat(&*parent, &name, Mode::from_raw_mode(0o600)).map_err(failed)?;
+        // Opened without blocking for a peer and without following a link,
+        // then set up through its handle like any file.
+        let fd = rustix::fs::openat(
+            &*parent,
+            &name,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(failed)?;
+        let kind = FileType::from_raw_mode(rustix::fs::fstat(&fd).map_err(failed)?.st_mode);
+        if kind != FileType::Fifo {
+            return Err(self.hostile(path, "replaced while it was being made"));
+        }
+        if self.restore_owners {
+            chown(&fd, meta.owner).map_err(|e| self.failed(path, e))?;
+        }
+        rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.mode)).map_err(failed)?;
+        rustix::fs::futimens(&fd, &times(meta.mtime)).map_err(failed)
     }
 
     /// Makes the hard links, then gives each directory its mode, attributes

@@ -1,8 +1,13 @@
 //! Extended attributes of files and directories, POSIX ACLs among them
 //! (`system.posix_acl_access`, `system.posix_acl_default`): read from and
-//! written to open handles, and carried in tar as PAX `SCHILY.xattr.NAME`
-//! records, as GNU tar's `--xattrs` writes them. An ACL's mask comes back
-//! with it, so a restore never widens what a group may do.
+//! written to open handles, and carried in tar as PAX records: `SCHILY.xattr.NAME`
+//! with the raw value, as GNU tar's `--xattrs` writes them, or, for a name or
+//! value holding a newline, `LIBARCHIVE.xattr.NAME` (name percent-encoded,
+//! value in base64), as bsdtar writes them. Raw newlines must never reach a
+//! record: the tar reader splits records at newlines, so a value chosen by an
+//! app's user could otherwise forge a record (a `size`) and shift the rest
+//! of the archive. An ACL's mask comes back with it, so a restore never
+//! widens what a group may do.
 
 use std::io;
 use std::os::fd::AsFd;
@@ -13,8 +18,11 @@ use rustix::io::Errno;
 /// One extended attribute: its full name (`user.origin`) and value.
 pub type Xattr = (Vec<u8>, Vec<u8>);
 
-/// The PAX record prefix GNU tar and libarchive use for extended attributes.
+/// The PAX record prefix GNU tar and libarchive use for raw extended attributes.
 pub const PAX_PREFIX: &str = "SCHILY.xattr.";
+
+/// The prefix libarchive uses for encoded ones (name percent-encoded, value base64).
+pub const PAX_ENCODED_PREFIX: &str = "LIBARCHIVE.xattr.";
 
 /// Largest value the kernel accepts for one attribute: a bound on what a
 /// hostile archive can make a restore hold per entry.
@@ -88,12 +96,24 @@ pub fn write(fd: impl AsFd, xattrs: &[Xattr]) -> io::Result<Vec<(String, io::Err
 }
 
 /// The PAX extended-header body carrying `xattrs`: records of the form
-/// `"<len> SCHILY.xattr.<name>=<value>\n"`, where `len` counts the whole
-/// record, its own digits included.
+/// `"<len> <key>=<value>\n"`, where `len` counts the whole record, its own
+/// digits included.
 pub fn pax_records(xattrs: &[Xattr]) -> Vec<u8> {
+    use base64::Engine;
     let mut out = Vec::new();
     for (name, value) in xattrs {
-        let body = PAX_PREFIX.len() + name.len() + 1 + value.len() + 1;
+        let raw = !name.contains(&b'\n') && !name.contains(&b'=') && !value.contains(&b'\n');
+        let (key, value) = if raw {
+            ([PAX_PREFIX.as_bytes(), name].concat(), value.clone())
+        } else {
+            (
+                [PAX_ENCODED_PREFIX.as_bytes(), &percent_encode(name)].concat(),
+                base64::engine::general_purpose::STANDARD
+                    .encode(value)
+                    .into_bytes(),
+            )
+        };
+        let body = key.len() + 1 + value.len() + 1;
         // The length's digits count themselves: grow until it is stable.
         let mut len = body + 2;
         while len != body + 1 + len.to_string().len() {
@@ -101,13 +121,41 @@ pub fn pax_records(xattrs: &[Xattr]) -> Vec<u8> {
         }
         out.extend_from_slice(len.to_string().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(PAX_PREFIX.as_bytes());
-        out.extend_from_slice(name);
+        out.extend_from_slice(&key);
         out.push(b'=');
-        out.extend_from_slice(value);
+        out.extend_from_slice(&value);
         out.push(b'\n');
     }
     out
+}
+
+/// `%XX` for every byte but letters, digits and `._-`, as libarchive does.
+fn percent_encode(name: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(name.len());
+    for &b in name {
+        if b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-') {
+            out.push(b);
+        } else {
+            out.extend_from_slice(format!("%{b:02X}").as_bytes());
+        }
+    }
+    out
+}
+
+fn percent_decode(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        if text[i] == b'%' {
+            let hex = std::str::from_utf8(text.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(text[i]);
+            i += 1;
+        }
+    }
+    Some(out)
 }
 
 /// The extended attributes a tar entry's PAX records carry.
@@ -116,18 +164,33 @@ pub fn from_pax<'a>(
 ) -> io::Result<Vec<Xattr>> {
     let mut out = Vec::new();
     for record in records {
+        use base64::Engine;
         let record = record?;
-        let Some(name) = record.key_bytes().strip_prefix(PAX_PREFIX.as_bytes()) else {
+        let malformed = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "an extended attribute record is malformed",
+            )
+        };
+        let key = record.key_bytes();
+        let (name, value) = if let Some(name) = key.strip_prefix(PAX_PREFIX.as_bytes()) {
+            (name.to_vec(), record.value_bytes().to_vec())
+        } else if let Some(name) = key.strip_prefix(PAX_ENCODED_PREFIX.as_bytes()) {
+            let name = percent_decode(name).ok_or_else(malformed)?;
+            let value = base64::engine::general_purpose::STANDARD
+                .decode(record.value_bytes())
+                .map_err(|_| malformed())?;
+            (name, value)
+        } else {
             continue;
         };
-        let value = record.value_bytes();
         if name.is_empty() || name.contains(&0) || value.len() > MAX_VALUE {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 "an extended attribute record is malformed",
             ));
         }
-        out.push((name.to_vec(), value.to_vec()));
+        out.push((name, value));
     }
     Ok(out)
 }
@@ -145,6 +208,33 @@ mod tests {
             let (len, _) = text.split_once(' ').unwrap();
             assert_eq!(len.parse::<usize>().unwrap(), bytes.len(), "{value_len}");
         }
+    }
+
+    #[test]
+    fn values_with_newlines_cannot_forge_records() {
+        // A value an app's user chose, holding what would parse as a record.
+        let hostile = b"x\n17 size=99999999\n".to_vec();
+        let xattrs = vec![
+            (b"user.k".to_vec(), hostile.clone()),
+            (
+                b"system.posix_acl_access".to_vec(),
+                vec![2, 0, 0, 0, 10, 0, 0x0a],
+            ),
+            (b"user.plain".to_vec(), b"camera-7".to_vec()),
+        ];
+        let bytes = pax_records(&xattrs);
+        let records: Vec<_> = tar::PaxExtensions::new(&bytes).collect();
+        assert_eq!(records.len(), 3);
+        assert!(
+            records
+                .iter()
+                .flatten()
+                .all(|r| r.key().is_ok_and(|k| k.contains("xattr."))),
+            "a record other than an attribute was read"
+        );
+        let back = from_pax(tar::PaxExtensions::new(&bytes)).unwrap();
+        assert_eq!(back, xattrs);
+        assert!(String::from_utf8_lossy(&bytes).contains("SCHILY.xattr.user.plain=camera-7"));
     }
 
     #[test]

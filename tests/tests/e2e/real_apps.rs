@@ -182,7 +182,7 @@ fn a_data_directory_on_another_volume_is_backed_up_and_restored_there() -> Resul
         moved
             .notes
             .iter()
-            .any(|n| n.contains("not a directory on this host")),
+            .any(|n| n.contains("restored as a directory in the app")),
         "{:?}",
         moved.notes
     );
@@ -194,6 +194,47 @@ fn a_data_directory_on_another_volume_is_backed_up_and_restored_there() -> Resul
     let rows = sys.list(&["vol"])?;
     ensure!(rows[0].status == "FAILED", "{:?}", rows[0]);
     ensure!(sys.partials()?.is_empty(), "{:?}", sys.partials()?);
+    Ok(())
+}
+
+#[test]
+fn a_data_directory_that_is_a_mount_point_is_restored_into_it() -> Result<()> {
+    let sys = System::start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "mounted", 36, &scratch)?;
+    let mount = sys.scratch("mounts")?.join("mounted-data");
+    let Some(_volume) = Tmpfs::mount_at(&mount, 64)? else {
+        return Ok(());
+    };
+    let mut cp = Command::new("cp");
+    cp.arg("-a")
+        .arg(format!("{}/.", app.data_dir().display()))
+        .arg(&mount);
+    run(cp)?;
+    fs::remove_dir_all(app.data_dir())?;
+    symlink(&mount, app.data_dir())?;
+    let device = fs::metadata(&mount)?.dev();
+    let data_before = snapshot::tree(&mount)?;
+    let id = sys.create("mounted")?.backup_id;
+
+    fs::write(mount.join("db/app.sqlite"), b"damaged")?;
+    fs::write(mount.join("added-later.txt"), b"not in the backup")?;
+    fs::remove_dir_all(mount.join("uploads"))?;
+    sys.restore(&id, None)?;
+    ensure!(
+        fs::read_link(app.data_dir())? == mount,
+        "the link was replaced"
+    );
+    ensure!(
+        fs::metadata(&mount)?.dev() == device,
+        "the data left its volume"
+    );
+    // The root of the volume keeps its own mode; everything in it is the backup's.
+    let mut after = snapshot::tree(&mount)?;
+    let mut before = data_before.clone();
+    after.remove("");
+    before.remove("");
+    same_tree(&before, &after, "the mounted volume after a restore")?;
     Ok(())
 }
 
