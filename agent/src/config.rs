@@ -50,6 +50,34 @@ pub struct AgentOptions {
         value_name = "URLS"
     )]
     pub pg_admin_url: Option<Secret>,
+    /// The user (name or uid) a restore into a new app gives its files to
+    /// [default: the owner the backup recorded]. An existing app's files
+    /// always go to the owner of its directory.
+    #[arg(long, env = "HOP3_APP_USER", value_name = "USER")]
+    pub app_user: Option<String>,
+}
+
+/// The `(uid, gid)` of `user`, a name or a number; None (logged) when unknown.
+fn app_user(user: Option<&str>) -> Option<(u32, u32)> {
+    let user = user?;
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    };
+    match found {
+        Ok(Some(u)) => Some((u.uid.as_raw(), u.gid.as_raw())),
+        _ => match user.parse::<u32>() {
+            // A uid without a passwd entry: its own number as the group.
+            Ok(uid) => Some((uid, uid)),
+            Err(_) => {
+                tracing::error!(
+                    user,
+                    "unknown --app-user; new apps keep the owner their backup recorded"
+                );
+                None
+            }
+        },
+    }
 }
 
 /// A setting that holds a password: never shown by `Debug`.
@@ -111,6 +139,7 @@ impl AgentOptions {
             },
             idle_timeout: std::time::Duration::from_secs(self.idle_timeout),
             jobs: std::sync::Arc::new(tokio::sync::Semaphore::new(self.max_jobs as usize)),
+            app_user: app_user(self.app_user.as_deref()),
             root,
         }
     }

@@ -6,6 +6,7 @@
 pub mod apps;
 pub mod archive;
 pub mod backup;
+pub mod callers;
 pub mod chunks;
 pub mod config;
 pub mod config_file;
@@ -13,6 +14,7 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod hooks;
+pub mod join_token;
 pub mod memory;
 pub mod progress;
 pub mod restore;

@@ -4,6 +4,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use hop3_agent::callers::Callers;
+use hop3_agent::join_token::JoinToken;
 use hop3_agent::{AgentOptions, server};
 
 /// Serves this host's Hop3 apps to a hop3-backup controller: archives,
@@ -24,9 +26,20 @@ struct Args {
     /// (from hop3-controller certs issue-agent HOST_ID).
     #[arg(long, env = "HOP3_TLS_DIR", value_name = "DIR")]
     tls_dir: Option<std::path::PathBuf>,
-    /// Allow plain, unauthenticated gRPC on a non-loopback address.
+    /// Allow plain gRPC (authenticated by the join token only, sent in
+    /// clear) on a non-loopback address.
     #[arg(long, env = "HOP3_INSECURE")]
     insecure: bool,
+    /// Without TLS: the controller's join token, which this agent presents
+    /// when it registers and asks of every caller (HOP3_JOIN_TOKEN, when set,
+    /// holds the token itself).
+    #[arg(
+        long,
+        env = "HOP3_JOIN_TOKEN_FILE",
+        value_name = "FILE",
+        default_value = "/var/hop3/backups/join-token"
+    )]
+    join_token_file: std::path::PathBuf,
     /// TOML file of settings, keyed by flag name (flags and environment win over it).
     #[arg(long, env = "HOP3_CONFIG", value_name = "FILE")]
     config: Option<std::path::PathBuf>,
@@ -64,6 +77,16 @@ async fn run() -> anyhow::Result<()> {
             args.listen
         );
     }
+    // Without TLS the join token is what the controller and this agent know
+    // each other by.
+    let join = match &tls {
+        Some(_) => None,
+        None => Some(JoinToken::from_env_or_file(&args.join_token_file)?),
+    };
+    let callers = match &join {
+        Some(token) => Callers::JoinToken(token.clone()),
+        None => Callers::ControllerCertificate,
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -77,6 +100,7 @@ async fn run() -> anyhow::Result<()> {
     tokio::spawn(server::register_loop(
         state.clone(),
         tls.clone(),
+        join,
         args.controller,
         advertise,
         reporter.clone(),
@@ -84,7 +108,8 @@ async fn run() -> anyhow::Result<()> {
     server::serve(
         state,
         tls,
-        listener,
+        callers,
+        server::incoming(listener),
         (reporter, health),
         hop3_agent::server::shutdown_signal(),
     )

@@ -82,6 +82,7 @@ pub async fn restore(
         None
     };
     let layout = manifest.layout.clone().unwrap_or_default();
+    let ownership = ownership(state, &live, &layout, &header, &manifest).await;
     let mut notes = Vec::new();
     let follow = match (own, header.replace) {
         (true, _) => trees::Follow::Own,
@@ -115,6 +116,7 @@ pub async fn restore(
         header: &header,
         manifest: &manifest,
         layout: &layout,
+        ownership,
         live: live.clone(),
         live_cfg,
         staging: staging.clone(),
@@ -219,6 +221,43 @@ async fn entry_names(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
     Ok(names)
 }
 
+/// Who the restored app belongs to, and whether set-ID bits may stay. A
+/// sealed backup of this very app made on this very host says who owned it
+/// (a restore puts that back, even over a directory since given to root);
+/// any other restore goes to the owner of the existing app's directory,
+/// else the configured app user, else the owner the backup recorded, else
+/// the agent's own user.
+async fn ownership(
+    state: &AgentState,
+    live: &Path,
+    layout: &Layout,
+    header: &v1::RestoreHeader,
+    manifest: &Manifest,
+) -> archive::Ownership {
+    use std::os::unix::fs::MetadataExt;
+    let own_backup = header.trusted
+        && header.app == manifest.app_name
+        && manifest.host.as_deref() == Some(state.host_id.as_str());
+    let recorded = layout.app_dir.map(|o| (o.uid, o.gid));
+    let existing = match tokio::fs::symlink_metadata(live).await {
+        Ok(meta) if meta.is_dir() => Some((meta.uid(), meta.gid())),
+        _ => None,
+    };
+    let owner = recorded
+        .filter(|_| own_backup)
+        .or(existing)
+        .or(state.app_user)
+        .or(recorded)
+        .unwrap_or((
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ));
+    archive::Ownership {
+        owner,
+        keep_set_id: own_backup,
+    }
+}
+
 async fn exists(path: &Path) -> bool {
     tokio::fs::symlink_metadata(path).await.is_ok()
 }
@@ -254,6 +293,7 @@ struct Restoring<'a> {
     header: &'a v1::RestoreHeader,
     manifest: &'a Manifest,
     layout: &'a Layout,
+    ownership: archive::Ownership,
     /// The app's directory.
     live: PathBuf,
     /// The target app's app.json, if the app exists on this host.
@@ -365,8 +405,12 @@ impl Restoring<'_> {
             tops.iter().map(|t| (*t, self.roots[t].clone())).collect()
         };
         Ok(match (path, archive::Codec::of_file(path)) {
-            (_, Some((codec, "source"))) => spawn_unpack(path, codec, roots(&["git", "src"])),
-            (_, Some((codec, "data"))) => spawn_unpack(path, codec, roots(&["data"])),
+            (_, Some((codec, "source"))) => {
+                spawn_unpack(path, codec, roots(&["git", "src"]), self.ownership)
+            }
+            (_, Some((codec, "data"))) => {
+                spawn_unpack(path, codec, roots(&["data"]), self.ownership)
+            }
             ("env.json", _) => buffer(Received::Env),
             (ENV_FILE, _) => buffer(Received::EnvRaw),
             (APP_FILE, _) => buffer(Received::AppConfig),
@@ -511,7 +555,7 @@ impl Restoring<'_> {
                 tokio::fs::symlink(link, &at)
                     .await
                     .map_err(|e| AgentError::io("linking a tree", e))?;
-                if let Some(owner) = self.layout.app_dir {
+                if let Some(owner) = self.layout.app_dir.map(|o| self.owned(o)) {
                     let _ = tokio::task::spawn_blocking(move || apply_owner(&at, owner)).await;
                 }
             }
@@ -523,7 +567,7 @@ impl Restoring<'_> {
     /// live file has them, else none (0600, the agent's own).
     async fn owner_of(&self, name: &str) -> Option<Owner> {
         if let Some(owner) = self.layout.files.get(name) {
-            return Some(*owner);
+            return Some(self.owned(*owner));
         }
         use std::os::unix::fs::MetadataExt;
         match tokio::fs::symlink_metadata(self.live.join(name)).await {
@@ -533,6 +577,17 @@ impl Restoring<'_> {
                 gid: meta.gid(),
             }),
             _ => None,
+        }
+    }
+
+    /// `recorded` (a mode and owner of the backup's layout) with the target
+    /// app's owner, and no set-ID bits.
+    fn owned(&self, recorded: Owner) -> Owner {
+        let (uid, gid) = self.ownership.owner;
+        Owner {
+            mode: recorded.mode & 0o1777,
+            uid,
+            gid,
         }
     }
 
@@ -571,11 +626,11 @@ impl Restoring<'_> {
             }
         } else {
             // Older backups do not say: an app directory as `mkdir` makes one.
-            let owner = self.layout.app_dir.or(Some(Owner {
+            let owner = Some(self.owned(self.layout.app_dir.unwrap_or(Owner {
                 mode: 0o755,
-                uid: rustix::process::geteuid().as_raw(),
-                gid: rustix::process::getegid().as_raw(),
-            }));
+                uid: 0,
+                gid: 0,
+            })));
             if let Some(owner) = owner {
                 let at = self.staging.clone();
                 tokio::task::spawn_blocking(move || apply_owner(&at, owner))
@@ -586,7 +641,7 @@ impl Restoring<'_> {
             swaps.push((self.staging.clone(), live.clone()));
         }
         let swapped = journal.swap_all(swaps).await;
-        let swapped = match (swapped, existed, self.layout.app_dir) {
+        let swapped = match (swapped, existed, self.layout.app_dir.map(|o| self.owned(o))) {
             (Ok(()), true, Some(owner)) => journal.set_app_dir(&live, owner).await,
             (result, _, _) => result,
         };
@@ -869,14 +924,20 @@ async fn receive_artifact(
     result
 }
 
-fn spawn_unpack(path: &str, codec: archive::Codec, roots: Vec<(&'static str, PathBuf)>) -> Target {
+fn spawn_unpack(
+    path: &str,
+    codec: archive::Codec,
+    roots: Vec<(&'static str, PathBuf)>,
+    ownership: archive::Ownership,
+) -> Target {
     let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
     let name = path.to_owned();
     // Decompressing and writing files is blocking work from start to end:
     // one blocking thread runs all of it, fed chunk by chunk.
     let task = tokio::task::spawn_blocking(move || {
         let roots: Vec<(&str, &Path)> = roots.iter().map(|(t, d)| (*t, d.as_path())).collect();
-        archive::unpack(&name, ChannelReader::new(rx), codec, &roots).map(Received::Unpacked)
+        archive::unpack(&name, ChannelReader::new(rx), codec, &roots, ownership)
+            .map(Received::Unpacked)
     });
     Target::Archive { tx: Some(tx), task }
 }

@@ -9,30 +9,41 @@ use hop3_proto::v1::agent_registry_client::AgentRegistryClient;
 use hop3_proto::v1::agent_service_server::AgentServiceServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Connected;
 use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use crate::callers::Callers;
+use crate::join_token::JoinToken;
 use crate::restore::clean_leftovers;
 use crate::service::AgentServiceImpl;
 use crate::state::AgentState;
-use crate::tls::{CONTROLLER_NAME, TlsFiles, peer_name};
+use crate::tls::{CONTROLLER_NAME, TlsFiles};
 
 /// Retry delay after a failed registration.
 const REGISTER_RETRY: Duration = Duration::from_secs(2);
 
-/// Serves `state` on `listener` until `shutdown` resolves. Health reports
-/// NOT_SERVING until `set_serving` is called on the returned reporter.
-pub async fn serve(
+/// Serves `state` on the connections of `incoming` to `callers` only, until
+/// `shutdown` resolves. Health reports NOT_SERVING until `set_serving` is
+/// called on the returned reporter.
+pub async fn serve<I, IO, IE>(
     state: Arc<AgentState>,
     tls: Option<TlsFiles>,
-    listener: TcpListener,
+    callers: Callers,
+    incoming: I,
     health: (
         HealthReporter,
         tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
     ),
     shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), tonic::transport::Error>
+where
+    I: tokio_stream::Stream<Item = Result<IO, IE>>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Connected + Unpin + Send + 'static,
+    IO::ConnectInfo: Clone + Send + Sync + 'static,
+    IE: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     // A restore interrupted by a crash is undone before anything else runs.
     let stopped = crate::swap::recover(&state.root.state_dir()).await;
     clean_leftovers(&state.root.apps_dir()).await;
@@ -50,23 +61,14 @@ pub async fn serve(
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
-        // Only the controller may call: TLS checks the certificate chains to
-        // our CA, the interceptor that it is the controller's.
+        // TLS checks the certificate chains to our CA, `callers` that it is
+        // the controller's.
         builder = builder.tls_config(tls.server(false))?;
     }
-    let only_controller = tls.is_some();
-    let svc = tonic::service::interceptor::InterceptedService::new(
-        svc,
-        move |req: tonic::Request<()>| {
-            if only_controller && peer_name(&req).as_deref() != Some(CONTROLLER_NAME) {
-                tracing::warn!(peer = ?peer_name(&req), "refused a caller that is not the controller");
-                return Err(tonic::Status::permission_denied(
-                    "only the controller may call this agent",
-                ));
-            }
-            Ok(req)
-        },
-    );
+    let svc =
+        tonic::service::interceptor::InterceptedService::new(svc, move |req: tonic::Request<()>| {
+            callers.check(&req).map(|()| req)
+        });
     builder
         .max_concurrent_streams(Some(64))
         .concurrency_limit_per_connection(64)
@@ -74,7 +76,7 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health.1)
         .add_service(svc)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
 
@@ -95,6 +97,7 @@ pub async fn health() -> (
 pub async fn register_loop(
     state: Arc<AgentState>,
     tls: Option<TlsFiles>,
+    join: Option<JoinToken>,
     controller: String,
     advertise: String,
     reporter: HealthReporter,
@@ -119,14 +122,20 @@ pub async fn register_loop(
     }
     let mut client = AgentRegistryClient::new(endpoint.connect_lazy());
     let mut registered = false;
+    // Tells this process's registrations from another's under the same host id.
+    let instance = hex::encode(rand::random::<[u8; 16]>());
     loop {
         let apps = state.root.list_apps().await.unwrap_or_default();
-        let req = RegisterRequest {
+        let mut req = tonic::Request::new(RegisterRequest {
             host_id: state.host_id.clone(),
             address: advertise.clone(),
             version: hop3_proto::HOP3_VERSION.into(),
             apps,
-        };
+            instance: instance.clone(),
+        });
+        if let Some(join) = &join {
+            req.metadata_mut().insert("authorization", join.header());
+        }
         let wait = match client.register(req).await {
             Ok(resp) => {
                 if !registered {

@@ -23,4 +23,6 @@ pub struct AgentState {
     pub idle_timeout: std::time::Duration,
     /// Permits for backups and restores running at once on this host.
     pub jobs: Arc<Semaphore>,
+    /// `(uid, gid)` of `--app-user`: who a new app belongs to.
+    pub app_user: Option<(u32, u32)>,
 }

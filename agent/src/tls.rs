@@ -10,6 +10,17 @@ use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 /// The common name of the controller's certificate.
 pub const CONTROLLER_NAME: &str = "hop3-controller";
 
+/// A URI subject alternative name only `certs init` and `certs
+/// reissue-controller` put in a certificate: a caller is the controller when
+/// its certificate carries it, not merely the controller's name, since
+/// `issue-agent` could be given any name.
+pub const CONTROLLER_MARKER: &str = "urn:hop3-backup:role:controller";
+
+/// Names `issue-agent` refuses: the controller's, in any case.
+pub fn is_reserved_name(name: &str) -> bool {
+    name.eq_ignore_ascii_case(CONTROLLER_NAME)
+}
+
 /// Why TLS material cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read {path}: {source} (create it with hop3-controller certs)")]
@@ -67,9 +78,49 @@ impl TlsFiles {
 /// The common name of the certificate the peer of `req` presented, if any
 /// (the TLS layer has already checked it chains to our CA).
 pub fn peer_name<T>(req: &tonic::Request<T>) -> Option<String> {
+    peer_identity(req).map(|p| p.name)
+}
+
+/// Who the peer of a mutual-TLS request is, by its certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerIdentity {
+    /// The certificate's common name.
+    pub name: String,
+    /// It carries [`CONTROLLER_MARKER`].
+    pub controller: bool,
+}
+
+impl PeerIdentity {
+    /// The controller's certificate: its name and its marker.
+    pub fn is_controller(&self) -> bool {
+        self.controller && self.name == CONTROLLER_NAME
+    }
+}
+
+/// The identity in the certificate the peer of `req` presented, if any.
+pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<PeerIdentity> {
     let certs = req.peer_certs()?;
-    let der = certs.first()?;
-    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
-    let cn = cert.subject().iter_common_name().next()?;
-    cn.as_str().ok().map(str::to_owned)
+    identity_of(certs.first()?.as_ref())
+}
+
+/// The identity in a DER certificate.
+pub fn identity_of(der: &[u8]) -> Option<PeerIdentity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let name = cert
+        .subject()
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_owned();
+    let controller = cert
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .is_some_and(|san| {
+            san.value.general_names.iter().any(|n| {
+                matches!(n, x509_parser::extensions::GeneralName::URI(u) if *u == CONTROLLER_MARKER)
+            })
+        });
+    Some(PeerIdentity { name, controller })
 }

@@ -13,6 +13,10 @@ use crate::error::CliError;
 /// config file says otherwise.
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7410";
 
+/// The controller's Unix socket, used when no controller is named and it
+/// exists (root and the `hop3` group then need no token).
+pub const DEFAULT_SOCKET: &str = "/run/hop3-backup/controller.sock";
+
 /// How many backups `backup:list` shows by default, as in the guide.
 pub const DEFAULT_LIMIT: u32 = 20;
 
@@ -183,6 +187,11 @@ struct RestoreArgs {
     /// The hostname a clone gets (a clone never takes the source's).
     #[arg(long, value_name = "NAME")]
     hostname: Option<String>,
+    /// Restore a backup this controller did not seal (imported or copied in
+    /// by hand) after checking where it came from; its files still go to
+    /// the app's owner, without set-user-ID bits.
+    #[arg(long)]
+    trust_imported: bool,
 }
 
 #[derive(Debug, Args)]
@@ -240,6 +249,8 @@ pub struct RestoreTarget {
     pub replace: bool,
     /// The clone's hostname.
     pub hostname: Option<String>,
+    /// Restore even though the controller did not seal the backup.
+    pub trust_imported: bool,
 }
 
 impl Cli {
@@ -273,6 +284,7 @@ impl Cli {
                     host: a.target_host.as_deref().map(host_id).transpose()?,
                     replace: a.replace,
                     hostname: a.hostname.as_deref().map(hostname).transpose()?,
+                    trust_imported: a.trust_imported,
                 },
             },
             T::Delete(a) | T::Backup(B::Delete(a)) => Command::Delete {

@@ -3,7 +3,7 @@
 //! failure into a [`CliError`] in one place.
 
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hop3_proto::BackupId;
@@ -77,6 +77,9 @@ impl Controller {
     /// over TLS, or in plain text only to a loopback host, where it never
     /// leaves the machine.
     pub async fn connect(settings: &Settings) -> Result<Self, CliError> {
+        if let Some(path) = socket_path(&settings.url) {
+            return Self::connect_socket(settings, path).await;
+        }
         let url = normalize_url(&settings.url)?;
         let invalid_url = |reason: String| CliError::InvalidControllerUrl {
             url: url.clone(),
@@ -121,6 +124,35 @@ impl Controller {
             .connect()
             .await
             .map_err(|e| connect_error(&e, &url, settings.ca_cert.is_some()))?;
+        let client = BackupServiceClient::with_interceptor(channel, authorization)
+            .max_decoding_message_size(hop3_proto::MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(hop3_proto::MAX_MESSAGE_SIZE);
+        Ok(Self { client, url })
+    }
+
+    /// Connects to the controller's Unix socket at `path`, where the kernel
+    /// tells it who calls (a token is sent too, when there is one: the
+    /// socket never leaves the machine).
+    async fn connect_socket(settings: &Settings, path: PathBuf) -> Result<Self, CliError> {
+        let url = format!("unix:{}", path.display());
+        let authorization = match &settings.token {
+            Some(token) => Authorization::bearer(token)?,
+            None => Authorization::default(),
+        };
+        let to = path.clone();
+        let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+            let to = to.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(to).await?,
+                ))
+            }
+        });
+        let channel = Endpoint::from_static("http://controller.invalid")
+            .connect_timeout(CONNECT_TIMEOUT)
+            .connect_with_connector(connector)
+            .await
+            .map_err(|e| socket_error(&e, &path, &url))?;
         let client = BackupServiceClient::with_interceptor(channel, authorization)
             .max_decoding_message_size(hop3_proto::MAX_MESSAGE_SIZE)
             .max_encoding_message_size(hop3_proto::MAX_MESSAGE_SIZE);
@@ -198,6 +230,7 @@ impl Controller {
             target_app: target.app.clone().unwrap_or_default(),
             target_host: target.host.clone().unwrap_or_default(),
             replace: target.replace,
+            trust_imported: target.trust_imported,
             hostname: target.hostname.clone().unwrap_or_default(),
         };
         match self.client.restore_backup(request).await {
@@ -250,6 +283,33 @@ impl Controller {
 
 /// Accepts `host:port` as a shorthand for `http://host:port`; refuses any
 /// scheme but `http` and `https`.
+/// The socket of a `unix:PATH` (or `unix://PATH`) controller URL.
+fn socket_path(url: &str) -> Option<PathBuf> {
+    let rest = url.trim().strip_prefix("unix:")?;
+    let path = rest.strip_prefix("//").unwrap_or(rest);
+    Some(PathBuf::from(path))
+}
+
+/// Why the socket at `path` cannot be used: a refusal by its permissions is
+/// the caller's lack of rights (exit 6), anything else an unreachable
+/// controller.
+fn socket_error(err: &tonic::transport::Error, path: &Path, url: &str) -> CliError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::PermissionDenied
+        {
+            return CliError::SocketDenied {
+                path: path.to_owned(),
+            };
+        }
+        source = e.source();
+    }
+    CliError::Unreachable {
+        url: url.to_owned(),
+    }
+}
+
 fn normalize_url(url: &str) -> Result<String, CliError> {
     let url = url.trim();
     match url.split_once("://") {
@@ -257,7 +317,7 @@ fn normalize_url(url: &str) -> Result<String, CliError> {
         Some(("http" | "https", _)) => Ok(url.to_owned()),
         Some((scheme, _)) => Err(CliError::InvalidControllerUrl {
             url: url.to_owned(),
-            reason: format!("unsupported scheme {scheme:?}: use http:// or https://"),
+            reason: format!("unsupported scheme {scheme:?}: use http://, https:// or unix:/PATH"),
         }),
     }
 }
@@ -368,7 +428,20 @@ mod tests {
         assert_eq!(normalize_url("http://c:1").unwrap(), "http://c:1");
         assert_eq!(normalize_url("https://c:1").unwrap(), "https://c:1");
         let err = normalize_url("ftp://c:1").unwrap_err();
-        assert!(err.to_string().contains("use http:// or https://"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("use http://, https:// or unix:/PATH"),
+            "{err}"
+        );
+        assert_eq!(
+            socket_path("unix:/run/x.sock"),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(
+            socket_path("unix:///run/x.sock"),
+            Some(PathBuf::from("/run/x.sock"))
+        );
+        assert_eq!(socket_path("http://c:1"), None);
     }
 
     #[test]

@@ -15,7 +15,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::args::DEFAULT_CONTROLLER;
+use crate::args::{DEFAULT_CONTROLLER, DEFAULT_SOCKET};
+
+/// The controller's socket when there is one on this host, else its
+/// default TCP address.
+fn default_controller() -> String {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(DEFAULT_SOCKET) {
+        Ok(m) if m.file_type().is_socket() => format!("unix:{DEFAULT_SOCKET}"),
+        _ => DEFAULT_CONTROLLER.to_owned(),
+    }
+}
 use crate::error::CliError;
 
 /// The environment variable the token is read from.
@@ -191,7 +201,7 @@ impl Settings {
             .map(str::to_owned)
             .or_else(|| file.as_ref().and_then(|f| f.config.controller.clone()))
             .filter(|u| !u.is_empty())
-            .unwrap_or_else(|| DEFAULT_CONTROLLER.to_owned());
+            .unwrap_or_else(default_controller);
         let ca_cert = sources
             .ca_cert
             .filter(|p| !p.as_os_str().is_empty())

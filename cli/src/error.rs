@@ -113,6 +113,13 @@ pub enum CliError {
         ca_cert: bool,
     },
 
+    /// The controller's socket refused this user by its permissions.
+    #[error(
+        "Permission denied: the controller's socket {} is for root and the members of its group",
+        path.display()
+    )]
+    SocketDenied { path: std::path::PathBuf },
+
     /// No connection could be made to the controller.
     #[error(
         "Cannot reach the controller at {url}: is hop3-controller running? \
@@ -203,6 +210,7 @@ impl CliError {
             Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Tls { .. } => {
                 exit::UNREACHABLE
             }
+            Self::SocketDenied { .. } => exit::PERMISSION_DENIED,
             Self::Status { code, .. } => status_exit_code(*code),
             Self::IntegrityFailed { .. } => exit::FAILED_PRECONDITION,
             Self::Incomplete { .. }
@@ -230,6 +238,7 @@ impl CliError {
             Self::Unreachable { .. } | Self::ConnectionLost { .. } | Self::Tls { .. } => {
                 "UNAVAILABLE"
             }
+            Self::SocketDenied { .. } => "PERMISSION_DENIED",
             Self::Status { code, .. } => grpc_code_name(*code),
             Self::IntegrityFailed { .. } => "FAILED_PRECONDITION",
             Self::NotConfirmed { .. } => "CANCELLED",
@@ -278,10 +287,15 @@ impl CliError {
                 ),
                 (Code::Unauthenticated, _) => Some(
                     "Create a token with: hop3-controller tokens create NAME, then export \
-                     HOP3_TOKEN=...",
+                     HOP3_TOKEN=... (as root on the controller's host, its socket needs none)",
                 ),
                 _ => None,
             },
+            Self::SocketDenied { .. } => Some(
+                "Ask an administrator to add you to the socket's group (usermod -aG hop3 USER, \
+                 then log in again), or use a token over TCP: HOP3_TOKEN=... hop3 \
+                 --controller http://127.0.0.1:7410 ...",
+            ),
             Self::Tls { kind, ca_cert, .. } => Some(match (kind, ca_cert) {
                 (TlsFailure::NotTls, _) => {
                     "The controller does not serve TLS: use an http:// URL for a controller \
@@ -476,7 +490,7 @@ mod tests {
             e.hint(),
             Some(
                 "Create a token with: hop3-controller tokens create NAME, then export \
-                 HOP3_TOKEN=..."
+                 HOP3_TOKEN=... (as root on the controller's host, its socket needs none)"
             )
         );
         let e = status(Code::PermissionDenied, "denied", Subject::App);

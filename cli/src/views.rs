@@ -75,6 +75,8 @@ pub struct DetailsView {
     pub services: Vec<ServiceView>,
     pub app_state: AppStateView,
     pub all_valid: bool,
+    /// Sealed by this controller (false: imported by hand).
+    pub trusted: bool,
     pub skipped: Vec<SkippedView>,
 }
 
@@ -97,6 +99,7 @@ impl From<BackupDetails> for DetailsView {
             services: d.services.into_iter().map(ServiceView::from).collect(),
             app_state: d.app_state.unwrap_or_default().into(),
             all_valid: d.all_valid,
+            trusted: d.trusted,
             skipped: s.skipped.into_iter().map(SkippedView::from).collect(),
         }
     }
@@ -290,6 +293,7 @@ mod tests {
             }),
             all_valid: true,
             services_included: true,
+            trusted: false,
         };
         let value = serde_json::to_value(DetailsView::from(details)).unwrap();
         assert_eq!(
@@ -304,7 +308,7 @@ mod tests {
                 "services": [{"type": "postgres", "name": "db",
                               "file": "services/postgres_db.sql", "size": 3}],
                 "app_state": {"hostname": "h", "port": 8000, "run_state": "RUNNING"},
-                "all_valid": true, "skipped": []
+                "all_valid": true, "trusted": false, "skipped": []
             })
         );
     }

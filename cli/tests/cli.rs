@@ -705,8 +705,7 @@ fn delete_with_yes() {
 // ---- secure mode: bearer token and TLS ------------------------------------
 
 const TOKEN: &str = "hop3_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-const UNAUTHENTICATED_HINT: &str =
-    "Hint: Create a token with: hop3-controller tokens create NAME, then export HOP3_TOKEN=...";
+const UNAUTHENTICATED_HINT: &str = "Hint: Create a token with: hop3-controller tokens create NAME, then export HOP3_TOKEN=... (as root on the controller's host, its socket needs none)";
 
 /// `hop3 --controller URL ARGS` with `env` set.
 fn against_with(fake: &FakeController, env: &[(&str, &str)], args: &[&str]) -> Output {

@@ -72,7 +72,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::CreateBackupRequest>,
     ) -> Result<Response<Self::CreateBackupStream>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let req = req.into_inner();
         check_app(&req.app)?;
         let format = match req.format.as_str() {
@@ -128,7 +128,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::ListBackupsRequest>,
     ) -> Result<Response<v1::ListBackupsResponse>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let req = req.into_inner();
         let app = (!req.app.is_empty()).then_some(req.app.as_str());
         if let Some(app) = app {
@@ -153,7 +153,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::GetBackupRequest>,
     ) -> Result<Response<v1::BackupDetails>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let row = self.row(&req.get_ref().backup_id).await?;
         let mut details = v1::BackupDetails {
             summary: Some(self.ctl.summary(&row)),
@@ -164,6 +164,7 @@ impl BackupService for BackupApi {
         }
         // Held while the files are hashed (dropped with this call if the CLI goes).
         let _reading = self.ctl.use_backup(&row.backup_id, BackupUse::Verify)?;
+        details.trusted = self.ctl.store.sealed(&row.app, &row.backup_id).await;
         let manifest = self
             .ctl
             .store
@@ -218,7 +219,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::RestoreBackupRequest>,
     ) -> Result<Response<Self::RestoreBackupStream>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let req = req.into_inner();
         let row = self.row(&req.backup_id).await?;
         let target_app = if req.target_app.is_empty() {
@@ -250,13 +251,19 @@ impl BackupService for BackupApi {
                 .only_online()
                 .ok_or(ControllerError::NoTargetHost)?
         };
-        let client = self.ctl.registry.client(&host).ok_or_else(|| {
+        let client = self.ctl.registry.client_of(&host).ok_or_else(|| {
             if req.target_host.is_empty() {
                 ControllerError::RestoreHostOffline(host.clone())
             } else {
                 ControllerError::HostOffline(host.clone())
             }
         })?;
+        // A backup nobody vouched for may hold anything (a set-user-ID
+        // root shell, say): restored only when the operator says so.
+        let trusted = self.ctl.store.sealed(&row.app, &row.backup_id).await;
+        if !trusted && !req.trust_imported {
+            return Err(ControllerError::Untrusted(row.backup_id).into());
+        }
         // The backup read, whatever app it goes into: the app lock is the target's.
         let reading = self.ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
         let lock = self.lock(&target_app)?;
@@ -267,6 +274,7 @@ impl BackupService for BackupApi {
             target_app,
             replace: req.replace,
             hostname: req.hostname,
+            trusted,
             client,
             lock,
             reading,
@@ -280,7 +288,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::DeleteBackupRequest>,
     ) -> Result<Response<v1::DeleteBackupResponse>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let row = self.row(&req.get_ref().backup_id).await?;
         // A backup being written, restored or verified stays until that ends.
         // Other operations on its app (a create of the next backup, a
@@ -304,30 +312,24 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::ImportBackupRequest>,
     ) -> Result<Response<v1::BackupSummary>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let path = std::path::PathBuf::from(&req.get_ref().path);
-        if !path.is_absolute() {
-            return Err(ControllerError::InvalidArgument(
-                "the backup directory must be an absolute path on the controller's machine".into(),
-            )
-            .into());
-        }
         let row = crate::recovery::import(&self.ctl, &path).await?;
         Ok(Response::new(self.ctl.summary(&row)))
     }
 
     async fn list_agents(
         &self,
-        _req: Request<v1::ListAgentsRequest>,
+        req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        self.ctl.auth.check(_req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let mut agents = Vec::new();
         for a in self.ctl.registry.list() {
             // Ask online agents for their apps now: heartbeats may be seconds old,
             // and the in-process agent never sends one.
             let mut apps = a.apps.clone();
             if a.online
-                && let Some(mut client) = self.ctl.registry.client(&a.host_id)
+                && let Some(mut client) = self.ctl.registry.client_of(&a.host_id)
                 && let Ok(Ok(resp)) = tokio::time::timeout(
                     std::time::Duration::from_secs(2),
                     client.list_apps(v1::ListAppsRequest {}),
@@ -352,7 +354,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::ForgetAgentRequest>,
     ) -> Result<Response<v1::ForgetAgentResponse>, Status> {
-        self.ctl.auth.check(req.metadata()).await?;
+        self.ctl.auth.check(&req).await?;
         let host = req.into_inner().host;
         hop3_proto::names::validate_host_id(&host)
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
@@ -379,6 +381,14 @@ impl AgentRegistry for RegistryApi {
         &self,
         req: Request<v1::RegisterRequest>,
     ) -> Result<Response<v1::RegisterResponse>, Status> {
+        if let Some(join) = &self.ctl.join_token
+            && !join.presented_in(req.metadata())
+        {
+            tracing::warn!(claimed = %req.get_ref().host_id, "refused a registration without the join token");
+            return Err(Status::unauthenticated(
+                "agents must present the controller's join token (STORE/join-token; --join-token-file or HOP3_JOIN_TOKEN)",
+            ));
+        }
         if self.ctl.mutual_tls {
             let hello = req.get_ref();
             match hop3_agent::tls::peer_name(&req) {
@@ -401,9 +411,14 @@ impl AgentRegistry for RegistryApi {
         let req = req.into_inner();
         hop3_proto::names::validate_host_id(&req.host_id)
             .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-        self.ctl
-            .registry
-            .register(&req.host_id, &req.address, &req.version, req.apps, false)?;
+        let hello = crate::registry::Hello {
+            host_id: req.host_id,
+            address: req.address,
+            version: req.version,
+            apps: req.apps,
+            instance: req.instance,
+        };
+        self.ctl.registry.register(&hello).await?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_seconds: HEARTBEAT.as_secs() as u32,
         }))

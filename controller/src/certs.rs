@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-use hop3_agent::tls::CONTROLLER_NAME;
+use hop3_agent::tls::{CONTROLLER_MARKER, CONTROLLER_NAME, is_reserved_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -25,6 +25,10 @@ pub enum CertsError {
     Exists(String),
     #[error("invalid name {0:?}")]
     BadName(String),
+    #[error(
+        "{0:?} is reserved for the controller's own certificate; an agent's certificate is named after its host id"
+    )]
+    Reserved(String),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
@@ -56,13 +60,28 @@ fn san(name: &str) -> Result<SanType, CertsError> {
     }
 }
 
-fn leaf_params(cn: &str, names: &[String]) -> Result<CertificateParams, CertsError> {
+/// Whose certificate is made: only the controller's carries the marker
+/// agents check for, so no name an operator issues can stand in for it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Controller,
+    Agent,
+}
+
+fn leaf_params(cn: &str, names: &[String], role: Role) -> Result<CertificateParams, CertsError> {
     let mut params = CertificateParams::default();
     params.distinguished_name.push(DnType::CommonName, cn);
     params.subject_alt_names = std::iter::once(cn.to_owned())
         .chain(names.iter().cloned())
         .map(|n| san(&n))
         .collect::<Result<_, _>>()?;
+    if role == Role::Controller {
+        params.subject_alt_names.push(SanType::URI(
+            CONTROLLER_MARKER
+                .try_into()
+                .map_err(|_| CertsError::BadName(CONTROLLER_MARKER.to_owned()))?,
+        ));
+    }
     params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
@@ -96,18 +115,38 @@ pub fn init(dir: &Path, names: &[String]) -> Result<(), CertsError> {
     let ca_cert = ca.self_signed(&ca_key)?;
     write(&ca_key_path, &ca_key.serialize_pem(), 0o600)?;
     write(&dir.join("ca.pem"), &ca_cert.pem(), 0o644)?;
-    issue(dir, dir, CONTROLLER_NAME, names)
+    reissue_controller(dir, names)
 }
 
-/// Issues the certificate of `name` (an agent's host id, or the controller)
-/// signed by the authority in `dir`, into `out`.
-pub fn issue(dir: &Path, out: &Path, name: &str, names: &[String]) -> Result<(), CertsError> {
+/// Issues the controller's certificate again, with the authority in `dir`
+/// (for new `names`, or to add the controller marker to a certificate made
+/// before agents checked it).
+pub fn reissue_controller(dir: &Path, names: &[String]) -> Result<(), CertsError> {
+    sign(dir, dir, CONTROLLER_NAME, names, Role::Controller)
+}
+
+/// Issues the certificate of the agent of host `name`, signed by the
+/// authority in `dir`, into `out`; the controller's name is refused.
+pub fn issue_agent(dir: &Path, out: &Path, name: &str) -> Result<(), CertsError> {
+    if is_reserved_name(name) {
+        return Err(CertsError::Reserved(name.to_owned()));
+    }
+    sign(dir, out, name, &[], Role::Agent)
+}
+
+fn sign(
+    dir: &Path,
+    out: &Path,
+    name: &str,
+    names: &[String],
+    role: Role,
+) -> Result<(), CertsError> {
     let ca_pem = std::fs::read_to_string(dir.join("ca.pem")).map_err(io(&dir.join("ca.pem")))?;
     let ca_key_pem =
         std::fs::read_to_string(dir.join("ca.key")).map_err(io(&dir.join("ca.key")))?;
     let issuer = Issuer::from_ca_cert_pem(&ca_pem, KeyPair::from_pem(&ca_key_pem)?)?;
     let key = KeyPair::generate()?;
-    let cert = leaf_params(name, names)?.signed_by(&key, &issuer)?;
+    let cert = leaf_params(name, names, role)?.signed_by(&key, &issuer)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

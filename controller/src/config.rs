@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use hop3_agent::AgentOptions;
 
+/// Where the controller serves its Unix socket, and `hop3` looks for it.
+pub const DEFAULT_SOCKET: &str = "/run/hop3-backup/controller.sock";
+
 /// hop3-backup controller: holds the backup catalog and store, and
 /// orchestrates backups and restores through the hosts' agents.
 #[derive(Debug, clap::Parser)]
@@ -25,6 +28,23 @@ pub struct Config {
     /// The catalog database: sqlite://PATH or postgres://USER:PW@HOST/DB [default: sqlite://STORE/catalog.db].
     #[arg(long, env = "HOP3_CATALOG", global = true)]
     pub catalog: Option<String>,
+    /// The CLI's Unix socket: root, the controller's user and the members of
+    /// --socket-group use it with no token (`hop3` finds it by itself).
+    #[arg(
+        long,
+        env = "HOP3_SOCKET",
+        value_name = "PATH",
+        default_value = DEFAULT_SOCKET
+    )]
+    pub socket: PathBuf,
+    /// The group (name or number) whose members may use the socket
+    /// [default: hop3, when it exists].
+    #[arg(long, env = "HOP3_SOCKET_GROUP", value_name = "GROUP")]
+    pub socket_group: Option<String>,
+    /// `backup:import` reads backup directories from below DIR only, owned
+    /// by the controller's user [default: STORE/import].
+    #[arg(long, env = "HOP3_IMPORT_DIR", value_name = "DIR")]
+    pub import_dir: Option<PathBuf>,
     /// Also serve this host's apps with an agent inside this process.
     #[arg(long, env = "HOP3_LOCAL_AGENT")]
     pub local_agent: bool,
@@ -43,7 +63,8 @@ pub struct Config {
         value_parser = parse_expiry
     )]
     pub forget_agents_after: Expiry,
-    /// Allow plain, unauthenticated gRPC on a non-loopback address.
+    /// Allow plain gRPC (tokens and the join token sent in clear) on a
+    /// non-loopback address.
     #[arg(long, env = "HOP3_INSECURE")]
     pub insecure: bool,
     /// TOML file of settings, keyed by flag name (flags and environment win over it).
@@ -72,6 +93,17 @@ pub enum CertsCommand {
     /// Create the certificate authority and the controller's certificate.
     Init {
         /// Where to write ca.pem, ca.key, hop3-controller.pem and .key.
+        #[arg(long, default_value = "/etc/hop3/tls")]
+        dir: PathBuf,
+        /// Host names or IPs the controller is reached at (repeatable).
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+    },
+    /// Issue the controller's certificate again with the authority of DIR:
+    /// for other names, or to add the marker agents check (certificates
+    /// made before version 0.4 lack it).
+    ReissueController {
+        /// The authority's directory (from certs init).
         #[arg(long, default_value = "/etc/hop3/tls")]
         dir: PathBuf,
         /// Host names or IPs the controller is reached at (repeatable).
@@ -130,6 +162,13 @@ impl Config {
         self.catalog
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.store.join("catalog.db").display()))
+    }
+
+    /// The directory `backup:import` reads from.
+    pub fn import_dir(&self) -> PathBuf {
+        self.import_dir
+            .clone()
+            .unwrap_or_else(|| self.store.join("import"))
     }
 }
 

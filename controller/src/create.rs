@@ -103,7 +103,7 @@ async fn execute(
     };
     let manifest = manifest(job, received, &partial);
     let size = manifest.size_bytes;
-    if let Err(e) = partial.commit(&manifest).await {
+    if let Err(e) = partial.commit(&manifest, true).await {
         ctl.store.discard(&job.app, &id).await;
         return Err(e.into());
     }

@@ -45,6 +45,18 @@ pub enum ControllerError {
     #[error("host {0} is the controller's own agent (--local-agent) and cannot be forgotten")]
     LocalAgent(String),
     #[error(
+        "host {0} is the controller's own agent (--local-agent): no other agent may register under its host id"
+    )]
+    LocalHostTaken(String),
+    #[error(
+        "host {host} is registered by a live agent at {address}: stop that agent first, or give this one another --host-id"
+    )]
+    HostTaken { host: String, address: String },
+    #[error(
+        "backup {0} was not sealed by this controller (it was imported or copied in by hand): check where it came from, then restore it with --trust-imported"
+    )]
+    Untrusted(String),
+    #[error(
         "host {0} is offline (no heartbeat from its agent); to restore onto another host, pass --target-host HOST"
     )]
     RestoreHostOffline(String),
@@ -138,7 +150,10 @@ impl ControllerError {
             | Self::ChecksumMismatch { .. }
             | Self::NotRestorable { .. }
             | Self::HostOnline { .. }
+            | Self::Untrusted(_)
             | Self::LocalAgent(_) => Code::FailedPrecondition,
+            Self::HostTaken { .. } => Code::AlreadyExists,
+            Self::LocalHostTaken(_) => Code::PermissionDenied,
             Self::InsufficientSpace { .. } | Self::StoreFull(_) => Code::ResourceExhausted,
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::HostOffline(_) | Self::RestoreHostOffline(_) | Self::AgentLost { .. } => {

@@ -27,23 +27,38 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
+/// The names the controller's certificate is valid for: as given, or the
+/// loopback ones.
+fn controller_names(names: Vec<String>) -> Vec<String> {
+    if names.is_empty() {
+        vec!["localhost".into(), "127.0.0.1".into()]
+    } else {
+        names
+    }
+}
+
 fn run_certs(cmd: CertsCommand) -> anyhow::Result<()> {
     match cmd {
-        CertsCommand::Init { dir, mut names } => {
-            if names.is_empty() {
-                names = vec!["localhost".into(), "127.0.0.1".into()];
-            }
-            certs::init(&dir, &names)?;
+        CertsCommand::Init { dir, names } => {
+            certs::init(&dir, &controller_names(names))?;
             println!(
                 "Certificate authority and controller certificate written to {}",
                 dir.display()
             );
             println!("Start the controller with --tls-dir {}", dir.display());
         }
+        CertsCommand::ReissueController { dir, names } => {
+            certs::reissue_controller(&dir, &controller_names(names))?;
+            println!(
+                "Controller certificate written to {}; restart the controller to use it",
+                dir.join(format!("{}.pem", hop3_agent::tls::CONTROLLER_NAME))
+                    .display()
+            );
+        }
         CertsCommand::IssueAgent { host, dir, out } => {
             hop3_proto::names::validate_host_id(&host)?;
             let out = out.unwrap_or_else(|| dir.clone());
-            certs::issue(&dir, &out, &host, &[])?;
+            certs::issue_agent(&dir, &out, &host)?;
             println!("Certificate of agent {host} written to {}", out.display());
             println!(
                 "Copy ca.pem, {host}.pem and {host}.key to the host and start its agent with --tls-dir"

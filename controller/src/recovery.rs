@@ -3,11 +3,13 @@
 
 use std::path::Path;
 
-use hop3_proto::manifest::{MANIFEST_FILE, Manifest};
+use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
 use tokio::io::AsyncReadExt;
 
 use crate::catalog::{self, BackupRow, BackupStatus, Catalog, TokenRow};
 use crate::error::{ControllerError, Result};
+use crate::import_source::ImportSource;
+use crate::seal::SEAL_FILE;
 use crate::state::Controller;
 use crate::tokens::{TokenRecord, Tokens};
 
@@ -131,10 +133,22 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
     Ok(())
 }
 
-/// Verifies the backup directory `src` and copies it into the store, then
-/// records it as COMPLETED.
-pub async fn import(ctl: &Controller, src: &Path) -> Result<BackupRow> {
-    let manifest = read_manifest(src).await?;
+/// Verifies the backup directory `requested` below the import directory and
+/// copies it into the store, then records it as COMPLETED. It stays sealed
+/// only when it carries this controller's seal (exported and brought back).
+pub async fn import(ctl: &Controller, requested: &Path) -> Result<BackupRow> {
+    let src = ImportSource::open(&ctl.import_dir, requested).await?;
+    let bytes = src.read(MANIFEST_FILE, MAX_MANIFEST_BYTES).await?;
+    let manifest = Manifest::from_json(&bytes).map_err(|e| {
+        ControllerError::InvalidArgument(format!(
+            "{}: {e}",
+            src.shown().join(MANIFEST_FILE).display()
+        ))
+    })?;
+    let sealed = match src.read(SEAL_FILE, 1024).await {
+        Ok(seal) => ctl.store.seal_verifies(&bytes, &seal),
+        Err(_) => false,
+    };
     let (app, id) = (manifest.app_name.clone(), manifest.backup_id.clone());
     let _lock = ctl
         .locks
@@ -145,55 +159,30 @@ pub async fn import(ctl: &Controller, src: &Path) -> Result<BackupRow> {
         return Err(ControllerError::AlreadyExists(id));
     }
     let dest = ctl.store.backup_dir(&app, &id);
-    let same_place = match (
-        tokio::fs::canonicalize(src).await,
-        tokio::fs::canonicalize(&dest).await,
-    ) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if same_place {
-        // Copied straight into the store: check it where it lies.
-        let checks = ctl.store.verify(&app, &id, &manifest, &|_| {}).await;
-        if let Some(bad) = checks.iter().find(|c| !c.valid()) {
-            return Err(ControllerError::ChecksumMismatch {
-                path: bad.path.clone(),
-                detail: "the file differs from metadata.json".into(),
-            });
-        }
-    } else {
-        if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
-            return Err(ControllerError::AlreadyExists(id));
-        }
-        copy_in(ctl, src, &manifest).await?;
+    if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+        return Err(ControllerError::AlreadyExists(id));
     }
+    copy_in(ctl, &src, &manifest, sealed).await?;
     let row = completed_row(&manifest);
     ctl.catalog.insert(&row).await?;
-    tracing::info!(app, backup_id = %id, "backup imported");
+    tracing::info!(app, backup_id = %id, sealed, "backup imported");
     Ok(row)
 }
 
-async fn read_manifest(src: &Path) -> Result<Manifest> {
-    // Bad input from the user, whatever went wrong with it: named by path.
-    crate::store::read_manifest_in(src).await.map_err(|e| {
-        ControllerError::InvalidArgument(format!("{}: {e}", src.join(MANIFEST_FILE).display()))
-    })
-}
-
 /// Copies every file the manifest lists, hashing as it copies.
-async fn copy_in(ctl: &Controller, src: &Path, manifest: &Manifest) -> Result<()> {
+async fn copy_in(
+    ctl: &Controller,
+    src: &ImportSource,
+    manifest: &Manifest,
+    sealed: bool,
+) -> Result<()> {
     let mut partial = ctl
         .store
         .begin(&manifest.app_name, &manifest.backup_id)
         .await?;
     let copied = async {
         for (path, expected) in &manifest.checksums {
-            let mut file = tokio::fs::File::open(src.join(path)).await.map_err(|_| {
-                ControllerError::ChecksumMismatch {
-                    path: path.clone(),
-                    detail: "the file is missing".into(),
-                }
-            })?;
+            let mut file = src.file(path).await?;
             let mut w = partial.create(path).await?;
             let mut buf = vec![0u8; hop3_proto::CHUNK_SIZE];
             loop {
@@ -219,7 +208,7 @@ async fn copy_in(ctl: &Controller, src: &Path, manifest: &Manifest) -> Result<()
     .await;
     match copied {
         Ok(()) => {
-            partial.commit(manifest).await?;
+            partial.commit(manifest, sealed).await?;
             Ok(())
         }
         Err(e) => {

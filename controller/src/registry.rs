@@ -8,8 +8,12 @@ use std::time::{Duration, Instant, SystemTime};
 use hop3_proto::MAX_MESSAGE_SIZE;
 use hop3_proto::v1::ListAppsRequest;
 use hop3_proto::v1::agent_service_client::AgentServiceClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use hop3_agent::join_token::JoinToken;
 use hop3_agent::tls::TlsFiles;
 
 use crate::error::{ControllerError, Result};
@@ -24,8 +28,37 @@ pub const OFFLINE_AFTER: Duration = Duration::from_secs(15);
 /// default: long enough for a host down over a weekend to come back listed.
 pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// How long a live agent has to answer before a registration under its host
+/// id from another process is refused.
+const LIVENESS_PROBE: Duration = Duration::from_secs(2);
+
+/// Adds the controller's join token to every call to a plain-mode agent
+/// (over TLS the certificate speaks for the controller).
+#[derive(Clone, Default)]
+pub struct Credential(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Credential {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// A client for one agent.
-pub type AgentClient = AgentServiceClient<Channel>;
+pub type AgentClient = AgentServiceClient<InterceptedService<Channel, Credential>>;
+
+/// An agent's registration or heartbeat.
+#[derive(Clone, Debug)]
+pub struct Hello {
+    pub host_id: String,
+    pub address: String,
+    pub version: String,
+    pub apps: Vec<String>,
+    /// Random per agent process.
+    pub instance: String,
+}
 
 #[derive(Clone)]
 struct Entry {
@@ -33,9 +66,11 @@ struct Entry {
     version: String,
     /// The in-process agent never heartbeats and is always online.
     pinned: bool,
+    instance: String,
     last_seen: Instant,
     last_seen_at: SystemTime,
     apps: Vec<String>,
+    channel: Channel,
     client: AgentClient,
 }
 
@@ -55,6 +90,8 @@ pub struct Registry {
     agents: RwLock<BTreeMap<String, Entry>>,
     /// With TLS, agents are reached over mutual TLS at https:// addresses.
     tls: Option<TlsFiles>,
+    /// Without TLS, what every call to an agent carries.
+    credential: Credential,
     /// Agents silent for this long are dropped; None: kept until forgotten by hand.
     forget_after: Option<Duration>,
 }
@@ -62,7 +99,7 @@ pub struct Registry {
 /// Connects lazily to an agent, with keepalives so a dead peer is noticed;
 /// over mutual TLS to an https:// address, checking the agent's certificate
 /// is for `host_id`.
-pub fn agent_client(address: &str, host_id: &str, tls: Option<&TlsFiles>) -> Result<AgentClient> {
+fn agent_channel(address: &str, host_id: &str, tls: Option<&TlsFiles>) -> Result<Channel> {
     let mut endpoint = Endpoint::from_shared(address.to_owned())
         .map_err(|e| {
             ControllerError::InvalidArgument(format!("bad agent address {address:?}: {e}"))
@@ -82,20 +119,76 @@ pub fn agent_client(address: &str, host_id: &str, tls: Option<&TlsFiles>) -> Res
             ControllerError::InvalidArgument(format!("TLS for agent {host_id}: {e}"))
         })?;
     }
-    Ok(AgentServiceClient::new(endpoint.connect_lazy())
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE))
+    Ok(endpoint.connect_lazy())
+}
+
+/// Whether the agent at the end of `channel` serves as a registered agent
+/// does (health SERVING, or too slow to tell, which a dead one is not). A
+/// restarted agent is NOT_SERVING until it has registered, so it can take
+/// its host back from its dead predecessor at once.
+async fn still_serving(channel: Channel) -> bool {
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let asked = tokio::time::timeout(
+        LIVENESS_PROBE,
+        HealthClient::new(channel).check(HealthCheckRequest::default()),
+    )
+    .await;
+    match asked {
+        Err(_) => true,
+        Ok(Ok(resp)) => resp.into_inner().status == ServingStatus::Serving as i32,
+        Ok(Err(_)) => false,
+    }
 }
 
 impl Registry {
     /// A registry whose agents are reached with `tls` when their address is
-    /// https://, and which drops agents silent for `forget_after` (never when None).
-    pub fn new(tls: Option<TlsFiles>, forget_after: Option<Duration>) -> Self {
+    /// https://, else with the join token `join`, and which drops agents
+    /// silent for `forget_after` (never when None).
+    pub fn new(
+        tls: Option<TlsFiles>,
+        join: Option<&JoinToken>,
+        forget_after: Option<Duration>,
+    ) -> Self {
         Self {
             agents: RwLock::default(),
             tls,
+            credential: Credential(join.map(JoinToken::header)),
             forget_after,
         }
+    }
+
+    fn client(&self, channel: Channel) -> AgentClient {
+        AgentServiceClient::with_interceptor(channel, self.credential.clone())
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE)
+    }
+
+    /// Records the controller's in-process agent, reached over `channel`:
+    /// always online, never forgotten, and its host id never taken by a
+    /// network registration.
+    pub fn pin_local(&self, host_id: &str, channel: Channel) {
+        let mut agents = self.agents.write().expect("registry poisoned");
+        agents.insert(
+            host_id.to_owned(),
+            Entry {
+                address: "in-process".to_owned(),
+                version: hop3_proto::HOP3_VERSION.to_owned(),
+                pinned: true,
+                instance: String::new(),
+                last_seen: Instant::now(),
+                last_seen_at: SystemTime::now(),
+                apps: Vec::new(),
+                client: AgentServiceClient::with_interceptor(
+                    channel.clone(),
+                    Credential::default(),
+                )
+                .max_decoding_message_size(MAX_MESSAGE_SIZE)
+                .max_encoding_message_size(MAX_MESSAGE_SIZE),
+                channel,
+            },
+        );
     }
 
     /// Drops the agents silent for longer than `forget_after`. Done whenever
@@ -139,50 +232,78 @@ impl Registry {
         }
     }
 
-    /// Records an agent's registration or heartbeat.
-    pub fn register(
-        &self,
-        host_id: &str,
-        address: &str,
-        version: &str,
-        apps: Vec<String>,
-        pinned: bool,
-    ) -> Result<()> {
-        let mut agents = self.agents.write().expect("registry poisoned");
-        // An agent forgotten for its silence that calls in again is new.
-        self.expire(&mut agents);
-        let now = Instant::now();
-        match agents.get_mut(host_id) {
-            Some(e) if e.address == address => {
-                if !e.online() {
-                    tracing::info!(host_id, address, "agent back online");
-                }
-                e.last_seen = now;
-                e.last_seen_at = SystemTime::now();
-                e.version = version.to_owned();
-                e.apps = apps;
+    /// Records an agent's registration or heartbeat. A host id held by a
+    /// live agent of another process is refused (the in-process agent's
+    /// always): one that is down, or restarted and not yet registered, is
+    /// taken over.
+    pub async fn register(&self, hello: &Hello) -> Result<()> {
+        if let Some(holder) = self.record(hello, false)? {
+            if still_serving(holder).await {
+                let address = self
+                    .agents
+                    .read()
+                    .expect("registry poisoned")
+                    .get(&hello.host_id)
+                    .map(|e| e.address.clone())
+                    .unwrap_or_default();
+                tracing::warn!(host_id = %hello.host_id, claimed_by = %hello.address, held_by = %address, "refused a registration under the host id of a live agent");
+                return Err(ControllerError::HostTaken {
+                    host: hello.host_id.clone(),
+                    address,
+                });
             }
-            _ => {
-                tracing::info!(host_id, address, version, "agent registered");
-                agents.insert(
-                    host_id.to_owned(),
-                    Entry {
-                        address: address.to_owned(),
-                        version: version.to_owned(),
-                        pinned,
-                        last_seen: now,
-                        last_seen_at: SystemTime::now(),
-                        apps,
-                        client: agent_client(address, host_id, self.tls.as_ref())?,
-                    },
-                );
-            }
+            self.record(hello, true)?;
         }
         Ok(())
     }
 
+    /// Records `hello`, or gives back the channel of the live agent of
+    /// another process that holds its host id (unless `take_over`).
+    fn record(&self, hello: &Hello, take_over: bool) -> Result<Option<Channel>> {
+        let mut agents = self.agents.write().expect("registry poisoned");
+        // An agent forgotten for its silence that calls in again is new.
+        self.expire(&mut agents);
+        let now = Instant::now();
+        let host_id = hello.host_id.as_str();
+        match agents.get_mut(host_id) {
+            Some(e) if e.pinned => {
+                tracing::warn!(host_id, claimed_by = %hello.address, "refused a registration under the in-process agent's host id");
+                return Err(ControllerError::LocalHostTaken(host_id.to_owned()));
+            }
+            Some(e) if e.instance == hello.instance && e.address == hello.address => {
+                if !e.online() {
+                    tracing::info!(host_id, address = %hello.address, "agent back online");
+                }
+                e.last_seen = now;
+                e.last_seen_at = SystemTime::now();
+                e.version.clone_from(&hello.version);
+                e.apps.clone_from(&hello.apps);
+                return Ok(None);
+            }
+            Some(e) if e.online() && !take_over => return Ok(Some(e.channel.clone())),
+            _ => {}
+        }
+        tracing::info!(host_id, address = %hello.address, version = %hello.version, "agent registered");
+        let channel = agent_channel(&hello.address, host_id, self.tls.as_ref())?;
+        agents.insert(
+            host_id.to_owned(),
+            Entry {
+                address: hello.address.clone(),
+                version: hello.version.clone(),
+                pinned: false,
+                instance: hello.instance.clone(),
+                last_seen: now,
+                last_seen_at: SystemTime::now(),
+                apps: hello.apps.clone(),
+                client: self.client(channel.clone()),
+                channel,
+            },
+        );
+        Ok(None)
+    }
+
     /// The client of an online agent.
-    pub fn client(&self, host_id: &str) -> Option<AgentClient> {
+    pub fn client_of(&self, host_id: &str) -> Option<AgentClient> {
         let agents = self.agents.read().expect("registry poisoned");
         agents
             .get(host_id)
@@ -235,7 +356,7 @@ impl Registry {
         let candidates = match host {
             Some(h) => vec![(
                 h.to_owned(),
-                self.client(h)
+                self.client_of(h)
                     .ok_or_else(|| ControllerError::HostOffline(h.to_owned()))?,
             )],
             None => self.online(),
@@ -296,17 +417,32 @@ mod tests {
         e.last_seen = Instant::now().checked_sub(silence).unwrap();
     }
 
+    fn hello(host_id: &str, apps: Vec<String>) -> Hello {
+        Hello {
+            host_id: host_id.into(),
+            address: "http://127.0.0.1:2".into(),
+            version: "v".into(),
+            apps,
+            instance: "one".into(),
+        }
+    }
+
+    fn pin(r: &Registry, host_id: &str) {
+        r.pin_local(
+            host_id,
+            Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+        );
+    }
+
     fn hosts(r: &Registry) -> Vec<String> {
         r.list().into_iter().map(|a| a.host_id).collect()
     }
 
     #[tokio::test]
     async fn forget_refuses_online_unknown_and_local_agents() {
-        let r = Registry::new(None, None);
-        r.register("local", "http://127.0.0.1:1", "v", vec![], true)
-            .unwrap();
-        r.register("web-1", "http://127.0.0.1:2", "v", vec![], false)
-            .unwrap();
+        let r = Registry::new(None, None, None);
+        pin(&r, "local");
+        r.register(&hello("web-1", vec![])).await.unwrap();
         assert!(matches!(
             r.forget("web-1"),
             Err(ControllerError::HostOnline { .. })
@@ -332,27 +468,44 @@ mod tests {
     #[tokio::test]
     async fn silent_agents_expire_but_never_online_or_local_ones() {
         let after = Duration::from_secs(60);
-        let r = Registry::new(None, Some(after));
-        r.register("local", "http://127.0.0.1:1", "v", vec![], true)
-            .unwrap();
+        let r = Registry::new(None, None, Some(after));
+        pin(&r, "local");
         for h in ["a", "b"] {
-            r.register(h, "http://127.0.0.1:2", "v", vec![], false)
-                .unwrap();
+            r.register(&hello(h, vec![])).await.unwrap();
         }
         silence(&r, "local", after * 2);
         silence(&r, "a", after + Duration::from_secs(1));
         silence(&r, "b", after - Duration::from_secs(1));
         assert_eq!(hosts(&r), ["b", "local"]);
         // A forgotten host calling in again is registered anew.
-        r.register("a", "http://127.0.0.1:2", "v", vec!["app".into()], false)
-            .unwrap();
+        r.register(&hello("a", vec!["app".into()])).await.unwrap();
         let a = r.list().into_iter().find(|v| v.host_id == "a").unwrap();
         assert!(a.online && a.apps == ["app"], "{a:?}");
         // Without an expiry, nothing goes by itself.
-        let keep = Registry::new(None, None);
-        keep.register("a", "http://127.0.0.1:2", "v", vec![], false)
-            .unwrap();
+        let keep = Registry::new(None, None, None);
+        keep.register(&hello("a", vec![])).await.unwrap();
         silence(&keep, "a", Duration::from_secs(100));
         assert_eq!(hosts(&keep), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn the_local_host_is_never_taken_and_a_dead_agents_is() {
+        let r = Registry::new(None, None, None);
+        pin(&r, "local");
+        assert!(matches!(
+            r.register(&hello("local", vec![])).await,
+            Err(ControllerError::LocalHostTaken(_))
+        ));
+        r.register(&hello("web-1", vec![])).await.unwrap();
+        // Another process, while the first is online by its heartbeat but
+        // answers nothing at its address (nothing listens on port 2): taken over.
+        let next = Hello {
+            instance: "two".into(),
+            apps: vec!["new".into()],
+            ..hello("web-1", vec![])
+        };
+        r.register(&next).await.unwrap();
+        let web = r.list().into_iter().find(|v| v.host_id == "web-1").unwrap();
+        assert_eq!(web.apps, ["new"]);
     }
 }

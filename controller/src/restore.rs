@@ -25,6 +25,8 @@ pub struct RestoreJob {
     pub replace: bool,
     /// The hostname a clone gets; empty: none.
     pub hostname: String,
+    /// The backup carries this controller's seal.
+    pub trusted: bool,
     pub host: String,
     pub client: AgentClient,
     pub lock: AppLock,
@@ -99,6 +101,7 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
         total_bytes: total,
         replace: job.replace,
         hostname: job.hostname.clone(),
+        trusted: job.trusted,
     };
     let sender = tokio::spawn(send_backup(
         ctl.clone(),

@@ -1,7 +1,6 @@
 //! Wiring: open the catalog and store, recover from an interrupted run,
 //! start the local agent, serve.
 
-use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,24 +46,42 @@ pub async fn run(
     };
     if tls.is_none() && !config.listen.ip().is_loopback() && !config.insecure {
         anyhow::bail!(
-            "refusing to serve plain, unauthenticated gRPC on {}: use --tls-dir DIR (see certs init), listen on a loopback address, or pass --insecure",
+            "refusing to serve plain gRPC on {}, where tokens would cross the network in clear: use --tls-dir DIR (see certs init), listen on a loopback address, or pass --insecure",
             config.listen
         );
     }
-    let auth = if tls.is_some() {
-        Auth::Tokens(tokens)
-    } else {
-        Auth::Open
+    // Without TLS, standalone agents and the controller know each other by it.
+    let join_token = match &tls {
+        Some(_) => None,
+        None => Some(
+            hop3_agent::join_token::JoinToken::load_or_create(store.root())
+                .context("cannot set up the agents' join token")?,
+        ),
     };
+    let (socket, local_callers) = crate::socket::bind(
+        &config.socket,
+        config.socket_group.as_deref().unwrap_or("hop3"),
+        config.socket_group.is_some(),
+    )
+    .await?;
     let ctl = Arc::new(Controller {
         catalog,
         store,
-        registry: Registry::new(tls.clone(), config.forget_agents_after.0),
+        registry: Registry::new(
+            tls.clone(),
+            join_token.as_ref(),
+            config.forget_agents_after.0,
+        ),
         locks: AppLocks::default(),
         backup_locks: BackupLocks::default(),
-        auth,
+        auth: Auth {
+            tokens,
+            local: local_callers,
+        },
         idle_timeout: std::time::Duration::from_secs(config.agent.idle_timeout),
         mutual_tls: tls.is_some(),
+        join_token,
+        import_dir: config.import_dir(),
     });
     crate::recovery::rebuild_catalog(&ctl)
         .await
@@ -77,25 +94,20 @@ pub async fn run(
 
     if config.local_agent {
         let state = Arc::new(config.agent.state());
-        let agent_listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
-        let agent_addr = agent_listener.local_addr()?;
         let (reporter, health) = hop3_agent::server::health().await;
         reporter
             .set_service_status("", ServingStatus::Serving)
             .await;
-        ctl.registry.register(
-            &state.host_id,
-            &format!("http://{agent_addr}"),
-            hop3_proto::HOP3_VERSION,
-            Vec::new(),
-            true,
-        )?;
-        tracing::info!(root = %config.agent.root.display(), host_id = %state.host_id, agent = %agent_addr, "local agent serving");
+        // No port: only this process holds the other end of its connections.
+        let (channel, incoming) = crate::in_process::channel();
+        ctl.registry.pin_local(&state.host_id, channel);
+        tracing::info!(root = %config.agent.root.display(), host_id = %state.host_id, "local agent serving in-process");
         tokio::spawn(async move {
             if let Err(e) = hop3_agent::server::serve(
                 state,
                 None,
-                agent_listener,
+                hop3_agent::callers::Callers::InProcess,
+                incoming,
                 (reporter, health),
                 std::future::pending(),
             )
@@ -110,10 +122,28 @@ pub async fn run(
     let backup = BackupServiceServer::new(BackupApi::new(ctl.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
+    let on_socket = Server::builder()
+        .max_concurrent_streams(Some(64))
+        .concurrency_limit_per_connection(64)
+        .add_service(health.clone())
+        .add_service(backup.clone())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::UnixListenerStream::new(socket),
+            async {
+                let _ = socket_stopped.await;
+            },
+        );
+    let socket_path = config.socket.clone();
+    let on_socket = tokio::spawn(async move {
+        if let Err(e) = on_socket.await {
+            tracing::error!(error = %e, "the socket stopped serving");
+        }
+    });
     // Registrations are small: a large one is refused before it is buffered.
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
         .max_decoding_message_size(1024 * 1024);
-    tracing::info!(listen = %local, store = %config.store.display(), "hop3-controller serving");
+    tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store.display(), "hop3-controller serving");
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server(true))?;
@@ -129,6 +159,9 @@ pub async fn run(
         .add_service(registry)
         .serve_with_incoming_shutdown(hop3_agent::server::incoming(listener), shutdown)
         .await?;
+    let _ = stop_socket.send(());
+    let _ = on_socket.await;
+    let _ = tokio::fs::remove_file(&socket_path).await;
     ctl.catalog.checkpoint().await;
     Ok(())
 }

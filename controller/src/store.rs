@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 
 use hop3_proto::Checksum;
 use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
+
+use crate::seal::{SEAL_FILE, SealKey};
 use sha2::{Digest, Sha256};
 use tokio::fs::{self, File};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -49,6 +51,10 @@ type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Clone, Debug)]
 pub struct Store {
     root: PathBuf,
+    seal: SealKey,
+    /// The seal key was made at this start: backups already in the store
+    /// predate it.
+    newly_keyed: bool,
 }
 
 /// A file of a stored backup, checked against the manifest.
@@ -76,7 +82,51 @@ impl Store {
         let root = fs::canonicalize(root)
             .await
             .map_err(StoreError::io("opening the store"))?;
-        Ok(Self { root })
+        let (seal, newly_keyed) = SealKey::load_or_create(&root)
+            .await
+            .map_err(StoreError::io("reading the seal key"))?;
+        Ok(Self {
+            root,
+            seal,
+            newly_keyed,
+        })
+    }
+
+    /// Whether the seal key was made at this start.
+    pub fn newly_keyed(&self) -> bool {
+        self.newly_keyed
+    }
+
+    /// Whether the backup directory `dir` carries this controller's seal
+    /// over its metadata.json. Nothing in it is followed through a link.
+    pub async fn sealed_in(&self, dir: &Path) -> bool {
+        let (Ok(manifest), Ok(seal)) = (
+            read_private(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES).await,
+            read_private(&dir.join(SEAL_FILE), 1024).await,
+        ) else {
+            return false;
+        };
+        self.seal.verify(&manifest, &seal)
+    }
+
+    /// Whether `seal` is this controller's seal of the metadata.json `manifest`.
+    pub fn seal_verifies(&self, manifest: &[u8], seal: &[u8]) -> bool {
+        self.seal.verify(manifest, seal)
+    }
+
+    /// Whether stored backup `id` of `app` carries this controller's seal.
+    pub async fn sealed(&self, app: &str, id: &str) -> bool {
+        self.sealed_in(&self.backup_dir(app, id)).await
+    }
+
+    /// Seals stored backup `id` of `app` as it is (at the first start with
+    /// seals, for the backups this controller made before).
+    pub async fn seal_stored(&self, app: &str, id: &str) -> Result<()> {
+        let dir = self.backup_dir(app, id);
+        let manifest = read_private(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES)
+            .await
+            .map_err(StoreError::io("reading metadata.json"))?;
+        write_seal(&dir, &self.seal.seal(&manifest)).await
     }
 
     /// The store's root directory (canonical).
@@ -102,6 +152,7 @@ impl Store {
             dir,
             final_dir: app_dir.join(id),
             files: BTreeMap::new(),
+            seal: self.seal.clone(),
         })
     }
 
@@ -272,6 +323,7 @@ pub struct PartialBackup {
     dir: PathBuf,
     final_dir: PathBuf,
     files: BTreeMap<String, (Checksum, u64)>,
+    seal: SealKey,
 }
 
 impl PartialBackup {
@@ -309,9 +361,11 @@ impl PartialBackup {
         &self.files
     }
 
-    /// Writes the manifest, syncs, and renames the directory to its final name.
-    pub async fn commit(self, manifest: &Manifest) -> Result<PathBuf> {
+    /// Writes the manifest (and, when `sealed`, the controller's seal over
+    /// it), syncs, and renames the directory to its final name.
+    pub async fn commit(self, manifest: &Manifest, sealed: bool) -> Result<PathBuf> {
         let path = self.dir.join(MANIFEST_FILE);
+        let bytes = manifest.to_json();
         let mut f = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -320,12 +374,15 @@ impl PartialBackup {
             .await
             .map_err(StoreError::io("writing metadata.json"))?;
         set_mode(&path, 0o600).await?;
-        f.write_all(&manifest.to_json())
+        f.write_all(&bytes)
             .await
             .map_err(StoreError::io("writing metadata.json"))?;
         f.sync_all()
             .await
             .map_err(StoreError::io("writing metadata.json"))?;
+        if sealed {
+            write_seal(&self.dir, &self.seal.seal(&bytes)).await?;
+        }
         if self.dir.join("services").exists() {
             sync_dir(&self.dir.join("services")).await?;
         }
@@ -416,6 +473,54 @@ async fn set_mode(path: &Path, mode: u32) -> Result<()> {
     fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .await
         .map_err(StoreError::io("setting store permissions"))
+}
+
+/// Writes `seal` as the seal file of the backup directory `dir`, in place
+/// of any there.
+async fn write_seal(dir: &Path, seal: &str) -> Result<()> {
+    let path = dir.join(SEAL_FILE);
+    let tmp = dir.join(format!("{SEAL_FILE}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(nofollow())
+        .open(&tmp)
+        .await
+        .map_err(StoreError::io("writing the seal"))?;
+    f.write_all(seal.as_bytes())
+        .await
+        .map_err(StoreError::io("writing the seal"))?;
+    f.sync_all()
+        .await
+        .map_err(StoreError::io("writing the seal"))?;
+    fs::rename(&tmp, &path)
+        .await
+        .map_err(StoreError::io("writing the seal"))
+}
+
+fn nofollow() -> i32 {
+    rustix::fs::OFlags::NOFOLLOW.bits() as i32
+}
+
+/// Reads at most `limit` bytes of the regular file `path`, not following a
+/// link at its last component.
+async fn read_private(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nofollow())
+        .open(path)
+        .await?;
+    if !file.metadata().await?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).await?;
+    if bytes.len() as u64 > limit {
+        return Err(io::Error::other("too large"));
+    }
+    Ok(bytes)
 }
 
 async fn sync_dir(dir: &Path) -> Result<()> {

@@ -456,7 +456,19 @@ impl System {
         target_app: Option<&str>,
         target_host: Option<&str>,
     ) -> Result<RestoreResult> {
+        self.restore_with(id, target_app, target_host, &[])
+    }
+
+    /// [`restore_to`](Self::restore_to) with more flags (`--trust-imported`).
+    pub fn restore_with(
+        &self,
+        id: &str,
+        target_app: Option<&str>,
+        target_host: Option<&str>,
+        flags: &[&str],
+    ) -> Result<RestoreResult> {
         let mut args = vec!["--json", "backup:restore", id];
+        args.extend(flags);
         if let Some(target) = target_app {
             args.extend(["--target-app", target]);
         }

@@ -871,7 +871,9 @@ impl SystemBuilder {
             ]);
             local_agent.extend(hook_args.iter().cloned());
         }
+        let socket = base.join("ctl.sock");
         let mut config = ControllerConfig {
+            socket: socket.clone(),
             store: store.clone(),
             catalog: self
                 .catalog
@@ -914,10 +916,15 @@ impl SystemBuilder {
             probe,
             config.args(),
         )?;
+        let cli_url = match &tls_dir {
+            Some(_) => None,
+            None => Some(format!("unix:{}", socket.display())),
+        };
         Ok(System {
             root,
             store,
             url: controller.url(),
+            cli_url,
             hooks_log,
             hooks: self.hooks,
             logs,
@@ -936,6 +943,8 @@ impl SystemBuilder {
 /// again on the same store with another catalog.
 #[derive(Clone, Debug)]
 struct ControllerConfig {
+    /// Its Unix socket, which `hop3` uses in plain mode.
+    socket: PathBuf,
     store: PathBuf,
     catalog: String,
     /// `--local-agent` and its options, when it runs one.
@@ -949,6 +958,8 @@ impl ControllerConfig {
     /// The controller's arguments for a port.
     fn args(&self) -> impl Fn(u16) -> Vec<OsString> + Send + 'static {
         let mut fixed: Vec<OsString> = vec![
+            "--socket".into(),
+            self.socket.clone().into(),
             "--store".into(),
             self.store.clone().into(),
             "--catalog".into(),
@@ -963,6 +974,24 @@ impl ControllerConfig {
             args
         }
     }
+}
+
+/// A gRPC channel to the Unix socket `path`.
+pub async fn socket_channel(path: &Path) -> Result<tonic::transport::Channel> {
+    let path = path.to_owned();
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let path = path.clone();
+        async move {
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                tokio::net::UnixStream::connect(path).await?,
+            ))
+        }
+    });
+    Ok(
+        tonic::transport::Endpoint::from_static("http://controller.invalid")
+            .connect_with_connector(connector)
+            .await?,
+    )
 }
 
 /// Points TMPDIR inside the test's directory, so that whatever temporary
@@ -1017,8 +1046,12 @@ pub struct System {
     pub root: PathBuf,
     /// The backup store (`--store`).
     pub store: PathBuf,
-    /// The controller's URL, for `hop3 --controller`.
+    /// The controller's TCP URL, which agents register at (and `hop3`
+    /// uses in secure mode, with a token).
     pub url: String,
+    /// In plain mode, the controller's Unix socket (`unix:PATH`), which
+    /// `hop3` uses as root.
+    pub cli_url: Option<String>,
     /// Where the stop/start hooks write, when configured.
     pub hooks_log: PathBuf,
     hooks: bool,
@@ -1156,7 +1189,11 @@ impl System {
             &format!("agent-{host_id}"),
             binary("hop3-agent"),
             &self.logs,
-            tmpdir_env(&self.base).into_iter().chain(env).collect(),
+            tmpdir_env(&self.base)
+                .into_iter()
+                .chain(self.agent_env())
+                .chain(env)
+                .collect(),
             probe,
             move |port| {
                 let mut args: Vec<OsString> =
@@ -1258,11 +1295,35 @@ impl System {
             all.extend(["--ca-cert".into(), dir.join("ca.pem").into()]);
         }
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        let mut cmd = cli::command(&self.url, all);
+        let mut cmd = cli::command(self.cli_url(), all);
         if let Some(token) = &self.token {
             cmd.env("HOP3_TOKEN", token);
         }
         cmd
+    }
+
+    /// The URL `hop3` is run with: the socket in plain mode, the TCP URL in
+    /// secure mode.
+    pub fn cli_url(&self) -> &str {
+        self.cli_url.as_deref().unwrap_or(&self.url)
+    }
+
+    /// A gRPC channel to the controller's Unix socket (as root: no token).
+    pub async fn socket_channel(&self) -> Result<tonic::transport::Channel> {
+        let path = self.controller_config.socket.clone();
+        socket_channel(&path).await
+    }
+
+    /// What a standalone plain-mode agent needs in its environment to
+    /// register: the controller's join token file.
+    pub fn agent_env(&self) -> Vec<(OsString, OsString)> {
+        match &self.tls_dir {
+            Some(_) => Vec::new(),
+            None => vec![(
+                "HOP3_JOIN_TOKEN_FILE".into(),
+                self.store.join("join-token").into(),
+            )],
+        }
     }
 
     /// The certificate authority's directory in secure mode

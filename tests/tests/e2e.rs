@@ -6,6 +6,8 @@
 
 #[path = "e2e/agent_crash.rs"]
 mod agent_crash;
+#[path = "e2e/attacks.rs"]
+mod attacks;
 #[path = "e2e/catalog.rs"]
 mod catalog;
 #[path = "e2e/concurrency.rs"]

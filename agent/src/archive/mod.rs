@@ -9,7 +9,7 @@ pub mod walk;
 mod xattrs;
 
 pub use pack::{Member, Packed, pack};
-pub use unpack::{Unpacked, unpack};
+pub use unpack::{Ownership, Unpacked, unpack};
 
 use crate::error::{AgentError, Result};
 
@@ -75,6 +75,13 @@ mod tests {
             std::io::Cursor::new(buf),
             codec,
             &[("data", out)],
+            Ownership {
+                owner: (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                ),
+                keep_set_id: true,
+            },
         )
     }
 
@@ -284,30 +291,66 @@ mod tests {
     }
 
     #[test]
-    fn owners_come_back_when_root() {
+    fn entries_go_to_the_apps_owner_and_set_id_bits_stay_only_on_its_own_files() {
         if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: only root can restore owners");
+            eprintln!("skipped: only root can give files away");
             return;
         }
         let tmp = tempfile::tempdir().unwrap();
         let src = tmp.path().join("d");
         std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("owned"), b"x").unwrap();
+        for f in ["owned", "other"] {
+            std::fs::write(src.join(f), b"x").unwrap();
+        }
         symlink("owned", src.join("link")).unwrap();
         std::fs::create_dir(src.join("dir")).unwrap();
-        std::os::unix::fs::lchown(src.join("owned"), Some(1234), Some(4321)).unwrap();
-        std::os::unix::fs::lchown(src.join("link"), Some(1235), Some(4322)).unwrap();
-        std::os::unix::fs::lchown(src.join("dir"), Some(1236), Some(4323)).unwrap();
-        std::fs::set_permissions(src.join("owned"), std::fs::Permissions::from_mode(0o4755))
+        let own = |p: &str, uid, gid, mode: Option<u32>| {
+            std::os::unix::fs::lchown(src.join(p), Some(uid), Some(gid)).unwrap();
+            if let Some(m) = mode {
+                std::fs::set_permissions(src.join(p), std::fs::Permissions::from_mode(m)).unwrap();
+            }
+        };
+        own("owned", 1234, 4321, Some(0o6755));
+        own("other", 0, 0, Some(0o6755));
+        own("link", 1235, 4322, None);
+        own("dir", 1236, 4323, Some(0o2775));
+        let (buf, _) = pack_dir(&src, Codec::Zstd);
+        let unpack_as = |keep_set_id| {
+            let out = tmp.path().join(format!("out-{keep_set_id}"));
+            std::fs::create_dir(&out).unwrap();
+            unpack(
+                "data.tar.zst",
+                std::io::Cursor::new(buf.clone()),
+                Codec::Zstd,
+                &[("data", &out)],
+                Ownership {
+                    owner: (1234, 4321),
+                    keep_set_id,
+                },
+            )
             .unwrap();
-        let out = round_trip(&src, tmp.path(), Codec::Gzip);
-        let f = std::fs::symlink_metadata(out.join("data/owned")).unwrap();
-        assert_eq!((f.uid(), f.gid()), (1234, 4321));
-        assert_eq!(f.mode() & 0o7777, 0o4755, "set-user-ID kept");
-        let l = std::fs::symlink_metadata(out.join("data/link")).unwrap();
-        assert_eq!((l.uid(), l.gid()), (1235, 4322));
-        let d = std::fs::symlink_metadata(out.join("data/dir")).unwrap();
-        assert_eq!((d.uid(), d.gid()), (1236, 4323));
+            let meta = |p: &str| {
+                let m = std::fs::symlink_metadata(out.join("data").join(p)).unwrap();
+                (m.uid(), m.gid(), m.mode() & 0o7777)
+            };
+            (meta("owned"), meta("other"), meta("link"), meta("dir"))
+        };
+        let (owned, other, link, dir) = unpack_as(true);
+        assert_eq!(owned, (1234, 4321, 0o6755), "the app's own set-ID file");
+        assert_eq!(
+            other,
+            (1234, 4321, 0o0755),
+            "a root set-ID file becomes the app's, plain"
+        );
+        assert_eq!((link.0, link.1), (1234, 4321));
+        assert_eq!(dir, (1234, 4321, 0o2775), "a directory passes its group on");
+        let (owned, other, _, _) = unpack_as(false);
+        assert_eq!(
+            owned,
+            (1234, 4321, 0o0755),
+            "no set-ID bit from a backup nobody vouched for"
+        );
+        assert_eq!(other, (1234, 4321, 0o0755));
     }
 
     fn archive_with(build: impl FnOnce(&mut tar_sync::Builder<Vec<u8>>)) -> Vec<u8> {

@@ -43,6 +43,38 @@ pub struct Unpacked {
     pub refused_xattrs: Vec<String>,
 }
 
+/// Who the unpacked entries belong to, and which set-ID bits come back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ownership {
+    /// The target app's owner `(uid, gid)`: every entry gets it, whatever
+    /// the archive says (applied only when the agent runs as root).
+    pub owner: (u32, u32),
+    /// Set-user-ID (set-group-ID) bits of a file archived as owned by that
+    /// user (group) stay: only for a sealed backup of this very app on this
+    /// very host. Otherwise they are dropped, so that no restore creates a
+    /// privilege the app did not have.
+    pub keep_set_id: bool,
+}
+
+impl Ownership {
+    /// The mode an entry of `kind` archived with `mode` and `archived`
+    /// owner gets. A directory's set-group-ID bit only passes the group on
+    /// to new files, and stays.
+    fn mode(&self, kind: EntryType, mode: u32, archived: (Option<u32>, Option<u32>)) -> u32 {
+        let mut mode = mode & 0o7777;
+        if kind == EntryType::Directory {
+            return mode & !0o4000;
+        }
+        if !(self.keep_set_id && archived.0 == Some(self.owner.0)) {
+            mode &= !0o4000;
+        }
+        if !(self.keep_set_id && archived.1 == Some(self.owner.1)) {
+            mode &= !0o2000;
+        }
+        mode
+    }
+}
+
 /// Unpacks a compressed tar from `input`: every entry must start with one
 /// of the tops of `roots` and goes below that top's directory (`data/x`
 /// into `DIR/data/x`); each directory must exist. Accepted: directories,
@@ -57,6 +89,7 @@ pub fn unpack<R: Read>(
     input: R,
     codec: Codec,
     roots: &[(&str, &Path)],
+    ownership: Ownership,
 ) -> Result<Unpacked> {
     let mut tops = HashMap::new();
     for (top, dir) in roots {
@@ -84,6 +117,7 @@ pub fn unpack<R: Read>(
         tops,
         open: Vec::new(),
         restore_owners,
+        ownership,
         dirs: Vec::new(),
         hard_links: Vec::new(),
         unpacked: Unpacked::default(),
@@ -128,6 +162,7 @@ struct Extract<'a> {
     /// The directories of the last entry's path, open, from its top down.
     open: Vec<(OsString, Arc<OwnedFd>)>,
     restore_owners: bool,
+    ownership: Ownership,
     dirs: Vec<DirFix>,
     /// Hard links, made once every file is written: `(link, target)`.
     hard_links: Vec<(PathBuf, PathBuf)>,
@@ -185,20 +220,28 @@ impl Extract<'_> {
                 .map_err(|e| self.bad(format!("unreadable entry path: {e}")))?
                 .into_owned();
             let path = self.check_path(&path)?;
-            let xattrs = match entry.pax_extensions() {
+            let mut xattrs = match entry.pax_extensions() {
                 Ok(Some(records)) => {
                     xattrs::from_pax(records).map_err(|e| self.failed(&path, e))?
                 }
                 Ok(None) => Vec::new(),
                 Err(e) => return Err(self.bad(format!("at {}: {e}", path.display()))),
             };
+            // File capabilities are privileges as set-user-ID bits are.
+            if !self.ownership.keep_set_id {
+                xattrs.retain(|(name, _)| name.as_slice() != b"security.capability");
+            }
             let header = entry.header();
             let kind = header.entry_type();
             let to_u32 = |id: io::Result<u64>| id.ok().and_then(|v| u32::try_from(v).ok());
+            let archived = (to_u32(header.uid()), to_u32(header.gid()));
+            let (uid, gid) = self.ownership.owner;
             let meta = Meta {
-                mode: header.mode().unwrap_or(0o644) & 0o7777,
+                mode: self
+                    .ownership
+                    .mode(kind, header.mode().unwrap_or(0o644), archived),
                 mtime: header.mtime().unwrap_or(0),
-                owner: (to_u32(header.uid()), to_u32(header.gid())),
+                owner: (Some(uid), Some(gid)),
                 xattrs,
             };
             let size = entry.size();

@@ -115,6 +115,13 @@ pub fn render(d: &BackupDetails) -> String {
     }
 
     t.push_str(&super::create::skipped(&s.skipped));
+    if s.status == "COMPLETED" && !d.trusted {
+        let _ = writeln!(t);
+        let _ = writeln!(
+            t,
+            "Not sealed by this controller (imported or copied in by hand): restore only with --trust-imported"
+        );
+    }
 
     let state = d.app_state.clone().unwrap_or_default();
     let port = if state.port == 0 {
@@ -187,6 +194,7 @@ mod tests {
             }),
             all_valid: true,
             services_included: true,
+            trusted: true,
         }
     }
 

@@ -389,6 +389,7 @@ impl BackupService for Fake {
             }),
             all_valid,
             services_included: true,
+            trusted: true,
         }))
     }
 

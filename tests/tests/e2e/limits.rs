@@ -37,8 +37,7 @@ fn oversized_messages_are_refused_and_the_server_keeps_serving() -> Result<()> {
     let sys = System::start()?;
     let url = sys.url.clone();
     runtime()?.block_on(async move {
-        let mut api = BackupServiceClient::connect(url.clone())
-            .await?
+        let mut api = BackupServiceClient::new(sys.socket_channel().await?)
             .max_encoding_message_size(64 * 1024 * 1024);
         // 8 MiB: twice what the API accepts in one message.
         let huge = "x".repeat(8 * 1024 * 1024);
@@ -62,12 +61,13 @@ fn oversized_messages_are_refused_and_the_server_keeps_serving() -> Result<()> {
                 address: "http://127.0.0.1:1".into(),
                 version: "x".into(),
                 apps: vec![huge; 1],
+                instance: String::new(),
             })
             .await
             .expect_err("an 8 MiB registration was accepted");
         ensure!(err.code() != Code::Ok, "{err:?}");
         // Everyone else is still served, on a fresh connection too.
-        let mut fresh = BackupServiceClient::connect(url).await?;
+        let mut fresh = BackupServiceClient::new(sys.socket_channel().await?);
         fresh
             .list_backups(v1::ListBackupsRequest {
                 app: String::new(),
@@ -82,13 +82,10 @@ fn oversized_messages_are_refused_and_the_server_keeps_serving() -> Result<()> {
 #[test]
 fn many_streams_from_one_client_stay_bounded() -> Result<()> {
     let mut sys = System::start()?;
-    let url = sys.url.clone();
     let pid = sys.controller().pid().context("controller not running")?;
     let started = Instant::now();
-    runtime()?.block_on(async move {
-        let channel = tonic::transport::Endpoint::from_shared(url)?
-            .connect()
-            .await?;
+    runtime()?.block_on(async {
+        let channel = sys.socket_channel().await?;
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..400 {
             let mut api = BackupServiceClient::new(channel.clone());
@@ -167,8 +164,18 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
         layout: None,
     };
     let started = Instant::now();
+    let join = std::fs::read_to_string(sys.store.join("join-token"))?;
+    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", join.trim()).parse()?;
     let outcome = runtime()?.block_on(async move {
-        let mut agent = AgentServiceClient::connect(agent_url).await?;
+        let channel = tonic::transport::Endpoint::from_shared(agent_url)?
+            .connect()
+            .await?;
+        // The controller's join token: what the agent asks of every caller.
+        let mut agent =
+            AgentServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                req.metadata_mut().insert("authorization", bearer.clone());
+                Ok(req)
+            });
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let msg = |m| v1::RestoreAppMessage { msg: Some(m) };
         tx.send(msg(Msg::Header(v1::RestoreHeader {
@@ -237,10 +244,9 @@ fn a_summary_only_lookup_reads_no_backup_file() -> Result<()> {
         .join("data.tar.zst");
     // Unreadable rather than changed: any attempt to hash it fails.
     std::fs::remove_file(&data)?;
-    let url = sys.url.clone();
     let id = created.backup_id.clone();
-    runtime()?.block_on(async move {
-        let mut api = BackupServiceClient::connect(url).await?;
+    runtime()?.block_on(async {
+        let mut api = BackupServiceClient::new(sys.socket_channel().await?);
         let quick = api
             .get_backup(v1::GetBackupRequest {
                 backup_id: id.clone(),

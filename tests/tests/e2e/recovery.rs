@@ -698,7 +698,9 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
     let mut sys = System::start()?;
     let root_b = sys.start_agent("host-b")?.root.clone();
     let scratch = sys.scratch("fixtures")?;
-    let outside = sys.scratch("outside")?;
+    // Imports are read from below the store's import/ only.
+    let outside = sys.store.join("import");
+    fs::create_dir_all(&outside)?;
     let wiki = App::build(&sys.root, "wiki", 231, &scratch)?;
     let original = Snapshot::of(&wiki.dir)?;
     let created = sys.create("wiki")?;
@@ -769,6 +771,7 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
         .failure(&["already"])?;
     ensure!(sys.list(&[])?.len() == 1);
 
+    // A copy of this controller's own backup keeps its seal.
     wiki.mutate(&scratch)?;
     sys.restore(&id, None)?;
     original.assert_same(&Snapshot::of(&wiki.dir)?, "an imported backup restored")?;
@@ -799,12 +802,16 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
         sys.list(&[])?
     );
 
+    // Not sealed by this controller: restored only when trusted by hand.
+    sys.hop3(["backup:restore", PY_ID, "--target-host", "host-b"])
+        .failure(&["--trust-imported"])?;
     // Two agents are online: the restore must be told where.
-    sys.hop3(["backup:restore", PY_ID])
+    sys.hop3(["backup:restore", PY_ID, "--trust-imported"])
         .failure(&["--target-host"])?;
     ensure!(!root_b.join("apps/legacy").exists());
     ensure!(!sys.root.join("apps/legacy").exists());
-    let restored = sys.restore_to(PY_ID, None, Some("host-b"))?;
+    let trusted = ["--trust-imported"];
+    let restored = sys.restore_with(PY_ID, None, Some("host-b"), &trusted)?;
     ensure!(
         restored.host == "host-b" && restored.app == "legacy",
         "{restored:?}"
@@ -814,9 +821,11 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
 
     // With exactly one agent online, that one is meant.
     let solo = System::start()?;
-    let out = solo.hop3(["backup:import", &path(&dir)]).success()?;
+    let solo_dir = solo.store.join("import").join("python");
+    copy_dir(&dir, &solo_dir)?;
+    let out = solo.hop3(["backup:import", &path(&solo_dir)]).success()?;
     ensure!(out.human_backup_id()? == PY_ID, "{}", out.report());
-    let restored = solo.restore(PY_ID, None)?;
+    let restored = solo.restore_with(PY_ID, None, None, &trusted)?;
     ensure!(restored.host == LOCAL_HOST_ID, "{restored:?}");
     same_as_python_backup(&legacy, &solo.root.join("apps/legacy"))?;
 
@@ -825,7 +834,7 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
     let src = solo.root.join("apps/legacy/src");
     std::fs::create_dir_all(&src)?;
     std::fs::write(src.join("deployed.txt"), "still here")?;
-    solo.restore(PY_ID, None)?;
+    solo.restore_with(PY_ID, None, None, &trusted)?;
     same_as_python_backup(&legacy, &solo.root.join("apps/legacy"))?;
     ensure!(
         std::fs::read_to_string(src.join("deployed.txt"))

@@ -153,6 +153,7 @@ fn register_without_certificate(url: &str, ca: &Path, host_id: &str) -> Result<t
             .await?;
         let answer = AgentRegistryClient::new(channel)
             .register(RegisterRequest {
+                instance: String::new(),
                 host_id: host_id.to_owned(),
                 address: "https://127.0.0.1:9".to_owned(),
                 version: hop3_proto::HOP3_VERSION.to_owned(),
@@ -582,6 +583,9 @@ fn controller_args(listen: &str, store: &Path, catalog: &str) -> Vec<OsString> {
     vec![
         "--listen".into(),
         listen.into(),
+        // Never the machine's own /run/hop3-backup.
+        "--socket".into(),
+        store.join("ctl.sock").into(),
         "--store".into(),
         store.into(),
         "--catalog".into(),
@@ -631,6 +635,8 @@ fn plain_grpc_is_refused_off_loopback_unless_insecure() -> Result<()> {
     // Said explicitly, it is allowed: a controller and an agent on every
     // address, the agent registered with the controller in plain text.
     let env: Vec<(OsString, OsString)> = vec![("TMPDIR".into(), base.join("tmp").into())];
+    let join_token = store.join("join-token");
+    let socket = format!("unix:{}", store.join("ctl.sock").display());
     let mut controller = Process::start(
         "controller-insecure",
         binary("hop3-controller"),
@@ -645,11 +651,16 @@ fn plain_grpc_is_refused_off_loopback_unless_insecure() -> Result<()> {
     let controller_url = controller.url();
     let to = controller_url.clone();
     // Healthy means registered.
+    let agent_env: Vec<(OsString, OsString)> = env
+        .iter()
+        .cloned()
+        .chain([("HOP3_JOIN_TOKEN_FILE".into(), join_token.into())])
+        .collect();
     let mut agent = Process::start(
         "agent-insecure",
         binary("hop3-agent"),
         &logs,
-        env,
+        agent_env,
         move |port| {
             let mut args = agent_args(&format!("0.0.0.0:{port}"), &to, &root);
             args.extend([
@@ -660,7 +671,7 @@ fn plain_grpc_is_refused_off_loopback_unless_insecure() -> Result<()> {
             args
         },
     )?;
-    let listed = cli::run_at(&controller_url, ["--json", "agent:list"]).success()?;
+    let listed = cli::run_at(&socket, ["--json", "agent:list"]).success()?;
     ensure!(
         listed.stdout.contains("\"web-1\""),
         "the insecure agent is not listed\n{}",

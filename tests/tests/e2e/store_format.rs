@@ -91,6 +91,11 @@ fn the_store_holds_plain_archives_a_user_can_check_by_hand() -> Result<()> {
     let listed: BTreeSet<String> = manifest.checksums.keys().cloned().collect();
     let mut unlisted = files.clone();
     unlisted.remove("metadata.json");
+    // The controller's seal over metadata.json (see the README's security section).
+    ensure!(
+        unlisted.remove("metadata.seal"),
+        "a created backup carries no seal: {files:?}"
+    );
     ensure!(
         listed == unlisted,
         "metadata.json checksums {listed:?}, the directory holds {unlisted:?}"
