@@ -164,8 +164,11 @@ async fn app_layout(dir: &Path) -> Result<Layout> {
                 gid: meta.gid(),
             })
         };
+        let app_dir = owner(&dir).map_err(|e| AgentError::io("reading the app directory", e))?;
         let mut layout = Layout {
-            app_dir: Some(owner(&dir).map_err(|e| AgentError::io("reading the app directory", e))?),
+            app_dir: Some(app_dir),
+            app_owner_names: Some(crate::owners::names_of(app_dir.uid, app_dir.gid)),
+            machine_id: crate::owners::machine_id(),
             ..Layout::default()
         };
         for name in APP_FILES {

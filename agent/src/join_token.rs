@@ -141,12 +141,17 @@ impl JoinToken {
     /// Whether `metadata` carries this token. Digests are compared, so the
     /// time taken says nothing about how much of a guess was right.
     pub fn presented_in(&self, metadata: &MetadataMap) -> bool {
-        metadata
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .is_some_and(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())) == self.digest)
+        bearer_digest(metadata) == Some(self.digest)
     }
+}
+
+/// The SHA-256 of the bearer token in `metadata`'s `authorization`, if any.
+pub fn bearer_digest(metadata: &MetadataMap) -> Option<[u8; 32]> {
+    metadata
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| Sha256::digest(t.trim().as_bytes()).into())
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ pub mod failpoint;
 pub mod hooks;
 pub mod join_token;
 pub mod memory;
+pub mod owners;
 pub mod progress;
 pub mod restore;
 pub mod server;

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hop3_agent::callers::Callers;
+use hop3_agent::callers::{Callers, ControllerToken};
 use hop3_agent::join_token::JoinToken;
 use hop3_agent::{AgentOptions, server};
 
@@ -81,10 +81,13 @@ async fn run() -> anyhow::Result<()> {
     // each other by.
     let join = match &tls {
         Some(_) => None,
-        None => Some(JoinToken::from_env_or_file(&args.join_token_file)?),
+        None => Some((
+            JoinToken::from_env_or_file(&args.join_token_file)?,
+            Arc::new(ControllerToken::default()),
+        )),
     };
     let callers = match &join {
-        Some(token) => Callers::JoinToken(token.clone()),
+        Some((_, calls)) => Callers::ControllerToken(calls.clone()),
         None => Callers::ControllerCertificate,
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

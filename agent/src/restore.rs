@@ -221,12 +221,17 @@ async fn entry_names(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
     Ok(names)
 }
 
-/// Who the restored app belongs to, and whether set-ID bits may stay. A
-/// sealed backup of this very app made on this very host says who owned it
-/// (a restore puts that back, even over a directory since given to root);
-/// any other restore goes to the owner of the existing app's directory,
-/// else the configured app user, else the owner the backup recorded, else
-/// the agent's own user.
+/// Who the restored app belongs to, and what of the archive's owners and
+/// set-ID bits stands.
+///
+/// A backup this controller sealed of this very app, made on this very
+/// machine (its host id and machine id), comes back exactly as it was: the
+/// owners it recorded, set-ID bits and capabilities of the app owner's own
+/// files. Any other restore gives every file to the owner of the existing
+/// app's directory, else to `--app-user`, else (a sealed backup) to the user
+/// and group of the names the backup recorded, when this host knows both,
+/// else to the owner of the host's apps directory; and no set-ID bit or
+/// capability comes back.
 async fn ownership(
     state: &AgentState,
     live: &Path,
@@ -235,26 +240,45 @@ async fn ownership(
     manifest: &Manifest,
 ) -> archive::Ownership {
     use std::os::unix::fs::MetadataExt;
+    let names = layout.app_owner_names.clone();
+    let (by_name, here) = tokio::task::spawn_blocking(move || {
+        (
+            names.as_ref().and_then(crate::owners::ids_of),
+            crate::owners::machine_id(),
+        )
+    })
+    .await
+    .unwrap_or((None, None));
     let own_backup = header.trusted
         && header.app == manifest.app_name
-        && manifest.host.as_deref() == Some(state.host_id.as_str());
+        && manifest.host.as_deref() == Some(state.host_id.as_str())
+        // Both without one: only the host id tells.
+        && layout.machine_id == here;
     let recorded = layout.app_dir.map(|o| (o.uid, o.gid));
+    if own_backup && let Some(owner) = recorded {
+        return archive::Ownership { owner, exact: true };
+    }
+    let owner_of = |meta: std::fs::Metadata| (meta.uid(), meta.gid());
     let existing = match tokio::fs::symlink_metadata(live).await {
-        Ok(meta) if meta.is_dir() => Some((meta.uid(), meta.gid())),
+        Ok(meta) if meta.is_dir() => Some(owner_of(meta)),
         _ => None,
     };
-    let owner = recorded
-        .filter(|_| own_backup)
-        .or(existing)
+    let owner = match existing
         .or(state.app_user)
-        .or(recorded)
-        .unwrap_or((
-            rustix::process::geteuid().as_raw(),
-            rustix::process::getegid().as_raw(),
-        ));
+        .or(by_name.filter(|_| header.trusted))
+    {
+        Some(owner) => owner,
+        None => tokio::fs::metadata(state.root.apps_dir())
+            .await
+            .map(owner_of)
+            .unwrap_or((
+                rustix::process::geteuid().as_raw(),
+                rustix::process::getegid().as_raw(),
+            )),
+    };
     archive::Ownership {
         owner,
-        keep_set_id: own_backup,
+        exact: false,
     }
 }
 
@@ -580,10 +604,14 @@ impl Restoring<'_> {
         }
     }
 
-    /// `recorded` (a mode and owner of the backup's layout) with the target
-    /// app's owner, and no set-ID bits.
+    /// The mode and owner an entry recorded as `recorded` gets: as recorded
+    /// for an exact restore, else the target app's owner; no set-ID bits.
     fn owned(&self, recorded: Owner) -> Owner {
-        let (uid, gid) = self.ownership.owner;
+        let (uid, gid) = if self.ownership.exact {
+            (recorded.uid, recorded.gid)
+        } else {
+            self.ownership.owner
+        };
         Owner {
             mode: recorded.mode & 0o1777,
             uid,

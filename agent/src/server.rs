@@ -14,7 +14,7 @@ use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::callers::Callers;
+use crate::callers::{Callers, ControllerToken};
 use crate::join_token::JoinToken;
 use crate::restore::clean_leftovers;
 use crate::service::AgentServiceImpl;
@@ -97,7 +97,7 @@ pub async fn health() -> (
 pub async fn register_loop(
     state: Arc<AgentState>,
     tls: Option<TlsFiles>,
-    join: Option<JoinToken>,
+    join: Option<(JoinToken, Arc<ControllerToken>)>,
     controller: String,
     advertise: String,
     reporter: HealthReporter,
@@ -133,11 +133,14 @@ pub async fn register_loop(
             apps,
             instance: instance.clone(),
         });
-        if let Some(join) = &join {
+        if let Some((join, _)) = &join {
             req.metadata_mut().insert("authorization", join.header());
         }
         let wait = match client.register(req).await {
             Ok(resp) => {
+                if let Some((_, calls)) = &join {
+                    calls.set(&resp.get_ref().call_token);
+                }
                 if !registered {
                     tracing::info!(controller, host_id = %state.host_id, "registered with the controller");
                     reporter

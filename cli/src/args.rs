@@ -14,7 +14,7 @@ use crate::error::CliError;
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7410";
 
 /// The controller's Unix socket, used when no controller is named and it
-/// exists (root and the `hop3` group then need no token).
+/// exists (root and the `hop3-backup` group then need no token).
 pub const DEFAULT_SOCKET: &str = "/run/hop3-backup/controller.sock";
 
 /// How many backups `backup:list` shows by default, as in the guide.

@@ -17,13 +17,16 @@ use serde::Deserialize;
 
 use crate::args::{DEFAULT_CONTROLLER, DEFAULT_SOCKET};
 
-/// The controller's socket when there is one on this host, else its
-/// default TCP address.
+/// The controller's socket when there is one on this host that this user
+/// may use, else its default TCP address (where a token is needed).
 fn default_controller() -> String {
     use std::os::unix::fs::FileTypeExt;
-    match std::fs::metadata(DEFAULT_SOCKET) {
-        Ok(m) if m.file_type().is_socket() => format!("unix:{DEFAULT_SOCKET}"),
-        _ => DEFAULT_CONTROLLER.to_owned(),
+    let usable = std::fs::metadata(DEFAULT_SOCKET).is_ok_and(|m| m.file_type().is_socket())
+        && rustix::fs::access(DEFAULT_SOCKET, rustix::fs::Access::WRITE_OK).is_ok();
+    if usable {
+        format!("unix:{DEFAULT_SOCKET}")
+    } else {
+        DEFAULT_CONTROLLER.to_owned()
     }
 }
 use crate::error::CliError;

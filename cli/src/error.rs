@@ -292,7 +292,7 @@ impl CliError {
                 _ => None,
             },
             Self::SocketDenied { .. } => Some(
-                "Ask an administrator to add you to the socket's group (usermod -aG hop3 USER, \
+                "Ask an administrator to add you to the socket's group (hop3-backup by default: usermod -aG hop3-backup USER, \
                  then log in again), or use a token over TCP: HOP3_TOKEN=... hop3 \
                  --controller http://127.0.0.1:7410 ...",
             ),

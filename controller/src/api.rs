@@ -418,9 +418,10 @@ impl AgentRegistry for RegistryApi {
             apps: req.apps,
             instance: req.instance,
         };
-        self.ctl.registry.register(&hello).await?;
+        let call_token = self.ctl.registry.register(&hello).await?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_seconds: HEARTBEAT.as_secs() as u32,
+            call_token,
         }))
     }
 }

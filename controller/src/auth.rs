@@ -57,7 +57,7 @@ impl LocalCallers {
             Some((_, name)) => format!(
                 "root, the controller's user and the members of group {name} (usermod -aG {name} USER, then log in again)"
             ),
-            None => "root and the controller's user (make a group hop3 and restart the controller to let its members in)".to_owned(),
+            None => "root and the controller's user (make a group hop3-backup and restart the controller to let its members in)".to_owned(),
         };
         Err(Status::permission_denied(format!(
             "permission denied: the controller's socket {} is for {group}; or use a token over TCP (HOP3_TOKEN, made with hop3-controller tokens create NAME)",

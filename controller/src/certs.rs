@@ -26,7 +26,7 @@ pub enum CertsError {
     #[error("invalid name {0:?}")]
     BadName(String),
     #[error(
-        "{0:?} is reserved for the controller's own certificate; an agent's certificate is named after its host id"
+        "{0:?} is reserved: the controller's certificate is for it; an agent's certificate is named after its host id"
     )]
     Reserved(String),
 }
@@ -128,7 +128,12 @@ pub fn reissue_controller(dir: &Path, names: &[String]) -> Result<(), CertsError
 /// Issues the certificate of the agent of host `name`, signed by the
 /// authority in `dir`, into `out`; the controller's name is refused.
 pub fn issue_agent(dir: &Path, out: &Path, name: &str) -> Result<(), CertsError> {
-    if is_reserved_name(name) {
+    // Nor any name the controller is reached at: a certificate for it would
+    // let its holder pass for the controller to the CLI.
+    let controller = std::fs::read(dir.join(format!("{CONTROLLER_NAME}.pem"))).unwrap_or_default();
+    if is_reserved_name(name)
+        || hop3_agent::tls::pem_names(&controller).contains(&name.to_ascii_lowercase())
+    {
         return Err(CertsError::Reserved(name.to_owned()));
     }
     sign(dir, out, name, &[], Role::Agent)

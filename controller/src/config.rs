@@ -9,6 +9,9 @@ use hop3_agent::AgentOptions;
 /// Where the controller serves its Unix socket, and `hop3` looks for it.
 pub const DEFAULT_SOCKET: &str = "/run/hop3-backup/controller.sock";
 
+/// The group whose members may use the socket, when it exists.
+pub const DEFAULT_SOCKET_GROUP: &str = "hop3-backup";
+
 /// hop3-backup controller: holds the backup catalog and store, and
 /// orchestrates backups and restores through the hosts' agents.
 #[derive(Debug, clap::Parser)]
@@ -38,7 +41,8 @@ pub struct Config {
     )]
     pub socket: PathBuf,
     /// The group (name or number) whose members may use the socket
-    /// [default: hop3, when it exists].
+    /// [default: hop3-backup, when it exists; not the group apps run as,
+    /// whose processes would then reach every app's backups].
     #[arg(long, env = "HOP3_SOCKET_GROUP", value_name = "GROUP")]
     pub socket_group: Option<String>,
     /// `backup:import` reads backup directories from below DIR only, owned

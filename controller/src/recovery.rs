@@ -122,6 +122,7 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
             }
         }
     }
+    seal_existing(ctl, &rows).await?;
     let (added, dropped) = ctl.catalog.reconcile(&rows).await?;
     tracing::info!(
         backups = rows.len(),
@@ -131,6 +132,29 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
         "catalog checked against the store"
     );
     Ok(())
+}
+
+/// At the first start of a version with seals: seals the complete backups
+/// the store already holds, which this controller made (or was given)
+/// before backups were sealed, so that they restore as before; once in the
+/// store's life, so that a seal key lost later does not bless whatever lies
+/// in the store.
+async fn seal_existing(ctl: &Controller, rows: &[BackupRow]) -> Result<()> {
+    if ctl.store.sealed_once().await {
+        if ctl.store.newly_keyed() {
+            tracing::warn!(
+                "the seal key was made anew: backups sealed with the old one restore only with --trust-imported"
+            );
+        }
+        return Ok(());
+    }
+    for row in rows {
+        ctl.store.seal_stored(&row.app, &row.backup_id).await?;
+    }
+    if !rows.is_empty() {
+        tracing::info!(backups = rows.len(), "sealed the backups made before seals");
+    }
+    Ok(ctl.store.mark_sealed_once().await?)
 }
 
 /// Verifies the backup directory `requested` below the import directory and

@@ -13,7 +13,6 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use hop3_agent::join_token::JoinToken;
 use hop3_agent::tls::TlsFiles;
 
 use crate::error::{ControllerError, Result};
@@ -90,8 +89,9 @@ pub struct Registry {
     agents: RwLock<BTreeMap<String, Entry>>,
     /// With TLS, agents are reached over mutual TLS at https:// addresses.
     tls: Option<TlsFiles>,
-    /// Without TLS, what every call to an agent carries.
-    credential: Credential,
+    /// Without TLS: the key each agent process's call token is derived from
+    /// (new at every start: agents register again and get new tokens).
+    call_key: Option<[u8; 32]>,
     /// Agents silent for this long are dropped; None: kept until forgotten by hand.
     forget_after: Option<Duration>,
 }
@@ -146,21 +146,38 @@ impl Registry {
     /// A registry whose agents are reached with `tls` when their address is
     /// https://, else with the join token `join`, and which drops agents
     /// silent for `forget_after` (never when None).
-    pub fn new(
-        tls: Option<TlsFiles>,
-        join: Option<&JoinToken>,
-        forget_after: Option<Duration>,
-    ) -> Self {
+    pub fn new(tls: Option<TlsFiles>, plain: bool, forget_after: Option<Duration>) -> Self {
         Self {
             agents: RwLock::default(),
             tls,
-            credential: Credential(join.map(JoinToken::header)),
+            call_key: plain.then(rand::random),
             forget_after,
         }
     }
 
-    fn client(&self, channel: Channel) -> AgentClient {
-        AgentServiceClient::with_interceptor(channel, self.credential.clone())
+    /// The token the controller presents to the agent process `instance` of
+    /// `host_id` (plain mode): its own, so that one agent's cannot open
+    /// another.
+    fn call_token(&self, host_id: &str, instance: &str) -> Option<String> {
+        use hmac::{Hmac, KeyInit, Mac};
+        let key = self.call_key.as_ref()?;
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
+        mac.update(host_id.as_bytes());
+        mac.update(&[0]);
+        mac.update(instance.as_bytes());
+        Some(format!(
+            "hop3call_{}",
+            hex::encode(mac.finalize().into_bytes())
+        ))
+    }
+
+    fn client(&self, channel: Channel, token: Option<&str>) -> AgentClient {
+        let credential = token.and_then(|t| {
+            let mut v = MetadataValue::try_from(format!("Bearer {t}")).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        AgentServiceClient::with_interceptor(channel, Credential(credential))
             .max_decoding_message_size(MAX_MESSAGE_SIZE)
             .max_encoding_message_size(MAX_MESSAGE_SIZE)
     }
@@ -236,7 +253,13 @@ impl Registry {
     /// live agent of another process is refused (the in-process agent's
     /// always): one that is down, or restarted and not yet registered, is
     /// taken over.
-    pub async fn register(&self, hello: &Hello) -> Result<()> {
+    ///
+    /// Returns the token the agent is to ask of the controller's calls
+    /// (plain mode; empty over TLS).
+    pub async fn register(&self, hello: &Hello) -> Result<String> {
+        let token = self
+            .call_token(&hello.host_id, &hello.instance)
+            .unwrap_or_default();
         if let Some(holder) = self.record(hello, false)? {
             if still_serving(holder).await {
                 let address = self
@@ -254,7 +277,7 @@ impl Registry {
             }
             self.record(hello, true)?;
         }
-        Ok(())
+        Ok(token)
     }
 
     /// Records `hello`, or gives back the channel of the live agent of
@@ -295,7 +318,10 @@ impl Registry {
                 last_seen: now,
                 last_seen_at: SystemTime::now(),
                 apps: hello.apps.clone(),
-                client: self.client(channel.clone()),
+                client: self.client(
+                    channel.clone(),
+                    self.call_token(host_id, &hello.instance).as_deref(),
+                ),
                 channel,
             },
         );
@@ -440,7 +466,7 @@ mod tests {
 
     #[tokio::test]
     async fn forget_refuses_online_unknown_and_local_agents() {
-        let r = Registry::new(None, None, None);
+        let r = Registry::new(None, true, None);
         pin(&r, "local");
         r.register(&hello("web-1", vec![])).await.unwrap();
         assert!(matches!(
@@ -468,7 +494,7 @@ mod tests {
     #[tokio::test]
     async fn silent_agents_expire_but_never_online_or_local_ones() {
         let after = Duration::from_secs(60);
-        let r = Registry::new(None, None, Some(after));
+        let r = Registry::new(None, true, Some(after));
         pin(&r, "local");
         for h in ["a", "b"] {
             r.register(&hello(h, vec![])).await.unwrap();
@@ -482,7 +508,7 @@ mod tests {
         let a = r.list().into_iter().find(|v| v.host_id == "a").unwrap();
         assert!(a.online && a.apps == ["app"], "{a:?}");
         // Without an expiry, nothing goes by itself.
-        let keep = Registry::new(None, None, None);
+        let keep = Registry::new(None, true, None);
         keep.register(&hello("a", vec![])).await.unwrap();
         silence(&keep, "a", Duration::from_secs(100));
         assert_eq!(hosts(&keep), ["a"]);
@@ -490,7 +516,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_local_host_is_never_taken_and_a_dead_agents_is() {
-        let r = Registry::new(None, None, None);
+        let r = Registry::new(None, true, None);
         pin(&r, "local");
         assert!(matches!(
             r.register(&hello("local", vec![])).await,
@@ -504,8 +530,17 @@ mod tests {
             apps: vec!["new".into()],
             ..hello("web-1", vec![])
         };
-        r.register(&next).await.unwrap();
+        let token = r.register(&next).await.unwrap();
         let web = r.list().into_iter().find(|v| v.host_id == "web-1").unwrap();
         assert_eq!(web.apps, ["new"]);
+        // Each agent process has a call token of its own.
+        assert!(token.starts_with("hop3call_"));
+        assert_ne!(
+            token,
+            r.register(&hello("web-1", vec![]))
+                .await
+                .unwrap_or_default()
+        );
+        assert_ne!(token, r.call_token("web-2", "two").unwrap());
     }
 }

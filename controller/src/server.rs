@@ -16,7 +16,7 @@ use hop3_agent::tls::{CONTROLLER_NAME, TlsFiles};
 
 use crate::api::{BackupApi, RegistryApi};
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_SOCKET_GROUP};
 use crate::locks::{AppLocks, BackupLocks};
 use crate::registry::Registry;
 use crate::state::Controller;
@@ -60,18 +60,17 @@ pub async fn run(
     };
     let (socket, local_callers) = crate::socket::bind(
         &config.socket,
-        config.socket_group.as_deref().unwrap_or("hop3"),
+        config
+            .socket_group
+            .as_deref()
+            .unwrap_or(DEFAULT_SOCKET_GROUP),
         config.socket_group.is_some(),
     )
     .await?;
     let ctl = Arc::new(Controller {
         catalog,
         store,
-        registry: Registry::new(
-            tls.clone(),
-            join_token.as_ref(),
-            config.forget_agents_after.0,
-        ),
+        registry: Registry::new(tls.clone(), tls.is_none(), config.forget_agents_after.0),
         locks: AppLocks::default(),
         backup_locks: BackupLocks::default(),
         auth: Auth {

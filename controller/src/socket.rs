@@ -23,6 +23,10 @@ pub enum SocketError {
     },
     #[error("unknown group {0:?} for --socket-group")]
     UnknownGroup(String),
+    #[error(
+        "{0} can be written by other users: put the socket in a directory only root can write (pass --socket PATH)"
+    )]
+    OpenDirectory(PathBuf),
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SocketError + '_ {
@@ -80,17 +84,44 @@ pub async fn bind(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(path)(e)),
     }
-    let listener = UnixListener::bind(path).map_err(io(path))?;
-    // Until these two calls the umask's mode applies; the credentials
-    // check below stands either way.
-    if let Some((gid, _)) = &group {
-        rustix::fs::chown(path, None, Some(rustix::fs::Gid::from_raw(*gid)))
-            .map_err(|e| io(path)(e.into()))?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let meta = tokio::fs::metadata(dir).await.map_err(io(dir))?;
+    // In a directory others may write and rename in, what is bound could be
+    // swapped for a link before its mode is set.
+    if meta.permissions().mode() & 0o022 != 0 && meta.permissions().mode() & 0o1000 == 0 {
+        return Err(SocketError::OpenDirectory(dir.to_owned()));
     }
-    let mode = if group.is_some() { 0o660 } else { 0o600 };
-    tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+    // Bound, given its group and mode in a directory of our own, then moved
+    // into place: nothing is ever set through a path another user controls.
+    let private = dir.join(format!(
+        ".hop3-socket-{}",
+        hex::encode(rand::random::<[u8; 8]>())
+    ));
+    tokio::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
         .await
-        .map_err(io(path))?;
+        .map_err(io(&private))?;
+    let staged = private.join("socket");
+    let placed = async {
+        let listener = UnixListener::bind(&staged).map_err(io(&staged))?;
+        if let Some((gid, _)) = &group {
+            rustix::fs::chown(&staged, None, Some(rustix::fs::Gid::from_raw(*gid)))
+                .map_err(|e| io(&staged)(e.into()))?;
+        }
+        let mode = if group.is_some() { 0o660 } else { 0o600 };
+        tokio::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+            .await
+            .map_err(io(&staged))?;
+        tokio::fs::rename(&staged, path).await.map_err(io(path))?;
+        Ok::<_, SocketError>(listener)
+    }
+    .await;
+    let _ = tokio::fs::remove_dir_all(&private).await;
+    let listener = placed?;
     let callers = LocalCallers {
         socket: path.to_owned(),
         uid: rustix::process::geteuid().as_raw(),

@@ -11,6 +11,9 @@ use hop3_proto::Checksum;
 use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
 
 use crate::seal::{SEAL_FILE, SealKey};
+
+/// Marks a store whose backups of before seals were sealed once.
+const SEALED_ONCE: &str = ".sealed-once";
 use sha2::{Digest, Sha256};
 use tokio::fs::{self, File};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -90,6 +93,20 @@ impl Store {
             seal,
             newly_keyed,
         })
+    }
+
+    /// Whether the backups of an earlier version were sealed once already.
+    pub async fn sealed_once(&self) -> bool {
+        fs::try_exists(self.root.join(SEALED_ONCE))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Records that the backups of an earlier version were sealed.
+    pub async fn mark_sealed_once(&self) -> Result<()> {
+        fs::write(self.root.join(SEALED_ONCE), b"")
+            .await
+            .map_err(StoreError::io("marking the store sealed"))
     }
 
     /// Whether the seal key was made at this start.

@@ -41,6 +41,24 @@ pub struct Layout {
     /// once. What a restore checks free space against.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub sizes: BTreeMap<String, u64>,
+    /// The names of the app directory's owner and group, so that a restore
+    /// on another host gives the app to the same names, whatever their
+    /// numbers are there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_owner_names: Option<OwnerNames>,
+    /// The `/etc/machine-id` of the host that made the backup: what tells a
+    /// new machine given an old host's name from that host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine_id: Option<String>,
+}
+
+/// A user's and a group's names.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OwnerNames {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
 }
 
 /// Permission bits and owner of one entry.

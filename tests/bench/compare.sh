@@ -163,13 +163,15 @@ start_hop3() { # start_hop3 ROOT
     local cport aport
     cport=$(free_port); aport=$(free_port)
     "$bin/hop3-controller" --listen 127.0.0.1:$cport --store "$work/store" \
-        --catalog "sqlite://$work/catalog.db" 2>>"$work/controller.log" &
+        --socket "$work/ctl.sock" --catalog "sqlite://$work/catalog.db" 2>>"$work/controller.log" &
     pids+=($!)
-    sleep 0.5
+    # The agent registers with the join token the controller writes at start.
+    for _ in $(seq 100); do [ -s "$work/store/join-token" ] && break; sleep 0.1; done
     "$bin/hop3-agent" --listen 127.0.0.1:$aport --controller http://127.0.0.1:$cport \
+        --join-token-file "$work/store/join-token" \
         --root "$1" --host-id bench --pg-bin "$pgbin" 2>>"$work/agent.log" &
     pids+=($!)
-    hop3_url=http://127.0.0.1:$cport
+    hop3_url=unix:$work/ctl.sock
     for _ in $(seq 100); do
         "$bin/hop3" --controller "$hop3_url" agent:list 2>/dev/null | grep -q online && return
         sleep 0.2

@@ -15,9 +15,10 @@ cleanup() { [ -n "$pid" ] && kill "$pid" 2>/dev/null; wait 2>/dev/null || true; 
 trap cleanup EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 start() {
-    "$bin/hop3-controller" --listen 127.0.0.1:$port --store "$work/store" --catalog "sqlite://$work/catalog.db" 2>>"$work/controller.log" &
+    "$bin/hop3-controller" --listen 127.0.0.1:$port --store "$work/store" --socket "$work/ctl.sock" \
+        --catalog "sqlite://$work/catalog.db" 2>>"$work/controller.log" &
     pid=$!
-    for _ in $(seq 100); do "$bin/hop3" --controller http://127.0.0.1:$port backup:list >/dev/null 2>&1 && return; sleep 0.1; done
+    for _ in $(seq 100); do "$bin/hop3" --controller "unix:$work/ctl.sock" backup:list >/dev/null 2>&1 && return; sleep 0.1; done
     echo "controller did not start" >&2; exit 1
 }
 start; kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -40,7 +41,7 @@ PY
 start
 med() { python3 -c 'import sys,statistics; print("%.1f" % (statistics.median(map(float, sys.argv[1:]))*1000))' "$@"; }
 timeit() { local ts=(); for _ in $(seq 11); do local a=$(date +%s.%N); "$@" >/dev/null; local b=$(date +%s.%N); ts+=("$(python3 -c "print($b-$a)")"); done; med "${ts[@]}"; }
-h="$bin/hop3 --controller http://127.0.0.1:$port"
+h="$bin/hop3 --controller unix:$work/ctl.sock"
 echo "median of 11 runs, ms:"
 echo "  hop3 --version (baseline)        $(timeit $bin/hop3 --version)"
 echo "  hop3 backup:list                 $(timeit $h backup:list)"

@@ -46,13 +46,14 @@ cat > "$app/app.json" <<JSON
 JSON
 
 cport=$(free_port); aport=$(free_port)
-"$bin/hop3-controller" --listen 127.0.0.1:$cport --store "$work/store" --catalog "sqlite://$work/catalog.db" 2>"$work/controller.log" &
+"$bin/hop3-controller" --listen 127.0.0.1:$cport --store "$work/store" --socket "$work/ctl.sock" \
+    --catalog "sqlite://$work/catalog.db" 2>"$work/controller.log" &
 pids+=($!)
-sleep 0.5
+for _ in $(seq 100); do [ -s "$work/store/join-token" ] && break; sleep 0.1; done
 "$bin/hop3-agent" --listen 127.0.0.1:$aport --controller http://127.0.0.1:$cport --root "$work/root" \
-    --host-id bench --pg-bin "$pgbin" 2>"$work/agent.log" &
+    --join-token-file "$work/store/join-token" --host-id bench --pg-bin "$pgbin" 2>"$work/agent.log" &
 pids+=($!)
-hop3() { "$bin/hop3" --controller http://127.0.0.1:$cport "$@"; }
+hop3() { "$bin/hop3" --controller "unix:$work/ctl.sock" "$@"; }
 for _ in $(seq 50); do grep -q registered "$work/agent.log" && break; sleep 0.2; done
 
 t0=$(now); "$pgbin/pg_dump" --format=plain --no-owner --no-privileges shop > "$work/manual.sql"; t1=$(now)

@@ -47,12 +47,13 @@ echo "app: $n files of 100 bytes in $(( (n + 999) / 1000 )) directories" >&2
 cport=$(free_port)
 aport=$(free_port)
 "$bin/hop3-controller" --listen 127.0.0.1:$cport --store "$work/store" \
-    --catalog "sqlite://$work/catalog.db" 2>>"$work/controller.log" &
+    --socket "$work/ctl.sock" --catalog "sqlite://$work/catalog.db" 2>>"$work/controller.log" &
 pids+=($!)
+for _ in $(seq 100); do [ -s "$work/store/join-token" ] && break; sleep 0.1; done
 "$bin/hop3-agent" --listen 127.0.0.1:$aport --controller http://127.0.0.1:$cport \
-    --root "$root" --host-id bench 2>>"$work/agent.log" &
+    --join-token-file "$work/store/join-token" --root "$root" --host-id bench 2>>"$work/agent.log" &
 pids+=($!)
-h() { "$bin/hop3" --controller http://127.0.0.1:$cport "$@"; }
+h() { "$bin/hop3" --controller "unix:$work/ctl.sock" "$@"; }
 for _ in $(seq 200); do h agent:list 2>/dev/null | grep -q "bench .*online" && break; sleep 0.1; done
 
 t0=$(now); id=$(h backup:create small | awk '/Backup ID:/ {print $3}'); t1=$(now)

@@ -80,7 +80,7 @@ mod tests {
                     rustix::process::geteuid().as_raw(),
                     rustix::process::getegid().as_raw(),
                 ),
-                keep_set_id: true,
+                exact: true,
             },
         )
     }
@@ -291,7 +291,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_go_to_the_apps_owner_and_set_id_bits_stay_only_on_its_own_files() {
+    fn owners_and_set_id_bits_stand_only_for_an_exact_restore_of_the_owners_files() {
         if !rustix::process::geteuid().is_root() {
             eprintln!("skipped: only root can give files away");
             return;
@@ -315,8 +315,8 @@ mod tests {
         own("link", 1235, 4322, None);
         own("dir", 1236, 4323, Some(0o2775));
         let (buf, _) = pack_dir(&src, Codec::Zstd);
-        let unpack_as = |keep_set_id| {
-            let out = tmp.path().join(format!("out-{keep_set_id}"));
+        let unpack_as = |exact| {
+            let out = tmp.path().join(format!("out-{exact}"));
             std::fs::create_dir(&out).unwrap();
             unpack(
                 "data.tar.zst",
@@ -325,7 +325,7 @@ mod tests {
                 &[("data", &out)],
                 Ownership {
                     owner: (1234, 4321),
-                    keep_set_id,
+                    exact,
                 },
             )
             .unwrap();
@@ -335,22 +335,23 @@ mod tests {
             };
             (meta("owned"), meta("other"), meta("link"), meta("dir"))
         };
+        // Exact (a sealed backup of this app on this machine): owners as
+        // archived, set-ID bits only on the app owner's own files.
         let (owned, other, link, dir) = unpack_as(true);
         assert_eq!(owned, (1234, 4321, 0o6755), "the app's own set-ID file");
         assert_eq!(
             other,
-            (1234, 4321, 0o0755),
-            "a root set-ID file becomes the app's, plain"
+            (0, 0, 0o0755),
+            "root's set-ID file keeps its owner, not its bits"
         );
-        assert_eq!((link.0, link.1), (1234, 4321));
-        assert_eq!(dir, (1234, 4321, 0o2775), "a directory passes its group on");
-        let (owned, other, _, _) = unpack_as(false);
-        assert_eq!(
-            owned,
-            (1234, 4321, 0o0755),
-            "no set-ID bit from a backup nobody vouched for"
-        );
+        assert_eq!((link.0, link.1), (1235, 4322));
+        assert_eq!(dir, (1236, 4323, 0o2775), "a directory passes its group on");
+        // Anything else: every entry the app's, no set-ID bit.
+        let (owned, other, link, dir) = unpack_as(false);
+        assert_eq!(owned, (1234, 4321, 0o0755));
         assert_eq!(other, (1234, 4321, 0o0755));
+        assert_eq!((link.0, link.1), (1234, 4321));
+        assert_eq!(dir, (1234, 4321, 0o2775));
     }
 
     fn archive_with(build: impl FnOnce(&mut tar_sync::Builder<Vec<u8>>)) -> Vec<u8> {

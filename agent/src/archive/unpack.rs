@@ -46,17 +46,36 @@ pub struct Unpacked {
 /// Who the unpacked entries belong to, and which set-ID bits come back.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ownership {
-    /// The target app's owner `(uid, gid)`: every entry gets it, whatever
-    /// the archive says (applied only when the agent runs as root).
+    /// The target app's owner `(uid, gid)` (owners are applied only when the
+    /// agent runs as root).
     pub owner: (u32, u32),
-    /// Set-user-ID (set-group-ID) bits of a file archived as owned by that
-    /// user (group) stay: only for a sealed backup of this very app on this
-    /// very host. Otherwise they are dropped, so that no restore creates a
-    /// privilege the app did not have.
-    pub keep_set_id: bool,
+    /// The archive's own owners stand (a sealed backup of this very app on
+    /// this very machine), and set-user-ID (set-group-ID) bits and file
+    /// capabilities of files archived as owned by `owner`'s user (group).
+    /// Otherwise every entry goes to `owner`, and none of those bits or
+    /// capabilities come back: no restore creates a privilege the app did
+    /// not have.
+    pub exact: bool,
 }
 
 impl Ownership {
+    /// The owner an entry archived as `archived` gets.
+    fn owner_of(&self, archived: (Option<u32>, Option<u32>)) -> (u32, u32) {
+        if self.exact {
+            (
+                archived.0.unwrap_or(self.owner.0),
+                archived.1.unwrap_or(self.owner.1),
+            )
+        } else {
+            self.owner
+        }
+    }
+
+    /// Whether an entry archived as owned by `archived` keeps its privileges.
+    fn keeps_privileges(&self, archived: Option<u32>) -> bool {
+        self.exact && archived == Some(self.owner.0)
+    }
+
     /// The mode an entry of `kind` archived with `mode` and `archived`
     /// owner gets. A directory's set-group-ID bit only passes the group on
     /// to new files, and stays.
@@ -65,10 +84,10 @@ impl Ownership {
         if kind == EntryType::Directory {
             return mode & !0o4000;
         }
-        if !(self.keep_set_id && archived.0 == Some(self.owner.0)) {
+        if !self.keeps_privileges(archived.0) {
             mode &= !0o4000;
         }
-        if !(self.keep_set_id && archived.1 == Some(self.owner.1)) {
+        if !(self.exact && archived.1 == Some(self.owner.1)) {
             mode &= !0o2000;
         }
         mode
@@ -227,15 +246,18 @@ impl Extract<'_> {
                 Ok(None) => Vec::new(),
                 Err(e) => return Err(self.bad(format!("at {}: {e}", path.display()))),
             };
+            let archived = {
+                let header = entry.header();
+                let to_u32 = |id: io::Result<u64>| id.ok().and_then(|v| u32::try_from(v).ok());
+                (to_u32(header.uid()), to_u32(header.gid()))
+            };
             // File capabilities are privileges as set-user-ID bits are.
-            if !self.ownership.keep_set_id {
+            if !self.ownership.keeps_privileges(archived.0) {
                 xattrs.retain(|(name, _)| name.as_slice() != b"security.capability");
             }
             let header = entry.header();
             let kind = header.entry_type();
-            let to_u32 = |id: io::Result<u64>| id.ok().and_then(|v| u32::try_from(v).ok());
-            let archived = (to_u32(header.uid()), to_u32(header.gid()));
-            let (uid, gid) = self.ownership.owner;
+            let (uid, gid) = self.ownership.owner_of(archived);
             let meta = Meta {
                 mode: self
                     .ownership

@@ -463,7 +463,12 @@ fn no_local_process_can_take_over_or_fake_an_agent() -> Result<()> {
     );
     ensure!(list_apps_plain(&web_url, None)? == Code::Unauthenticated);
     ensure!(list_apps_plain(&web_url, Some("hop3join_0000"))? == Code::Unauthenticated);
-    ensure!(list_apps_plain(&web_url, Some(token))? == Code::Ok);
+    // Nor does the join token open it: every agent holds that one, and
+    // none may pass for the controller.
+    ensure!(list_apps_plain(&web_url, Some(token))? == Code::Unauthenticated);
+    // The controller's own calls still reach it.
+    App::build(&sys.agent_root("web-1")?, "blog", 22, &scratch)?;
+    sys.create_on("blog", "web-1")?;
 
     // The local agent still serves.
     sys.restore(&made.backup_id, Some("shop3"))?;
@@ -558,7 +563,12 @@ fn an_agent_certificate_cannot_pass_for_the_controller() -> Result<()> {
     let tls = sys.tls_dir().context("tls()")?.to_owned();
 
     // issue-agent refuses the controller's name, in any case.
-    for name in ["hop3-controller", "HOP3-Controller"] {
+    for name in [
+        "hop3-controller",
+        "HOP3-Controller",
+        "localhost",
+        "127.0.0.1",
+    ] {
         let out = sys.admin(["certs", "issue-agent", name, "--dir", tls.to_str().unwrap()]);
         ensure!(
             !out.status.success() && out.stderr.contains("reserved"),
@@ -611,5 +621,38 @@ fn an_agent_certificate_cannot_pass_for_the_controller() -> Result<()> {
     );
     // The real controller still backs web-1 up.
     sys.create_on("shop", "web-1")?;
+    Ok(())
+}
+
+#[test]
+fn backups_made_before_seals_are_sealed_once_and_a_new_key_blesses_nothing() -> Result<()> {
+    let mut sys = System::start()?;
+    let scratch = sys.scratch("fixtures")?;
+    App::build(&sys.root, "old", 41, &scratch)?;
+    let id = sys.create("old")?.backup_id;
+    // A store as a version before seals left it.
+    sys.controller().stop();
+    for f in ["seal.key", ".sealed-once"] {
+        fs::remove_file(sys.store.join(f))?;
+    }
+    fs::remove_file(sys.backup_dir("old", &id).join("metadata.seal"))?;
+    sys.restart_controller()?;
+    // The upgrade seals it: it restores as before.
+    sys.restore(&id, Some("old-copy"))?;
+
+    // The key lost later: nothing is sealed anew, the backup needs
+    // --trust-imported, and the controller says why.
+    sys.controller().stop();
+    fs::remove_file(sys.store.join("seal.key"))?;
+    sys.controller().allow_errors();
+    sys.restart_controller()?;
+    sys.hop3(["backup:restore", &id, "--target-app", "old-copy2"])
+        .failure(&["--trust-imported"])?;
+    let log = fs::read_to_string(sys.controller().log_path())?;
+    ensure!(
+        log.contains("the seal key was made anew"),
+        "the controller does not say its seal key is new"
+    );
+    sys.restore_with(&id, Some("old-copy2"), None, &["--trust-imported"])?;
     Ok(())
 }

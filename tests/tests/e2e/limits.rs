@@ -86,6 +86,12 @@ fn many_streams_from_one_client_stay_bounded() -> Result<()> {
     let started = Instant::now();
     runtime()?.block_on(async {
         let channel = sys.socket_channel().await?;
+        // One call first: until the server's SETTINGS arrive, a client may
+        // open more streams than the server allows, and the excess is
+        // refused (UNAVAILABLE) rather than queued.
+        BackupServiceClient::new(channel.clone())
+            .list_backups(v1::ListBackupsRequest::default())
+            .await?;
         let mut calls = tokio::task::JoinSet::new();
         for i in 0..400 {
             let mut api = BackupServiceClient::new(channel.clone());
@@ -98,7 +104,7 @@ fn many_streams_from_one_client_stay_bounded() -> Result<()> {
                     })
                     .await
                     .map(drop)
-                    .map_err(|s| s.code())
+                    .map_err(|s| (s.code(), s.message().to_owned()))
                 } else {
                     api.list_backups(v1::ListBackupsRequest {
                         app: String::new(),
@@ -106,7 +112,7 @@ fn many_streams_from_one_client_stay_bounded() -> Result<()> {
                     })
                     .await
                     .map(drop)
-                    .map_err(|s| s.code())
+                    .map_err(|s| (s.code(), s.message().to_owned()))
                 }
             });
         }
@@ -114,8 +120,8 @@ fn many_streams_from_one_client_stay_bounded() -> Result<()> {
         while let Some(done) = calls.join_next().await {
             match done? {
                 Ok(()) => {}
-                Err(Code::NotFound) => not_found += 1,
-                Err(code) => anyhow::bail!("a call failed with {code:?}"),
+                Err((Code::NotFound, _)) => not_found += 1,
+                Err((code, message)) => anyhow::bail!("a call failed with {code:?}: {message}"),
             }
         }
         ensure!(
@@ -137,7 +143,11 @@ fn many_streams_from_one_client_stay_bounded() -> Result<()> {
 
 #[test]
 fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
-    let mut sys = System::builder().local_agent(false).start()?;
+    // Over TLS, so that the test can call the agent as the controller does:
+    // with the controller's certificate.
+    let mut sys = System::builder().local_agent(false).tls().start()?;
+    let token = sys.create_token("ops")?;
+    sys.set_token(Some(&token));
     let root = sys.agent_root("quiet")?;
     let scratch = sys.scratch("fixture")?;
     let app = App::build(&root, "quiet-app", 7, &scratch)?;
@@ -164,18 +174,22 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
         layout: None,
     };
     let started = Instant::now();
-    let join = std::fs::read_to_string(sys.store.join("join-token"))?;
-    let bearer: tonic::metadata::MetadataValue<_> = format!("Bearer {}", join.trim()).parse()?;
+    let tls = sys.tls_dir().context("tls()")?.to_owned();
+    let controller = hop3_tests::harness::TlsProbe {
+        ca: tls.join("ca.pem"),
+        domain: "quiet".to_owned(),
+        identity: Some((
+            tls.join("hop3-controller.pem"),
+            tls.join("hop3-controller.key"),
+        )),
+    }
+    .client_config()?;
     let outcome = runtime()?.block_on(async move {
         let channel = tonic::transport::Endpoint::from_shared(agent_url)?
+            .tls_config(controller)?
             .connect()
             .await?;
-        // The controller's join token: what the agent asks of every caller.
-        let mut agent =
-            AgentServiceClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-                req.metadata_mut().insert("authorization", bearer.clone());
-                Ok(req)
-            });
+        let mut agent = AgentServiceClient::new(channel);
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let msg = |m| v1::RestoreAppMessage { msg: Some(m) };
         tx.send(msg(Msg::Header(v1::RestoreHeader {

@@ -318,7 +318,9 @@ fn owners_and_modes_of_the_app_and_its_files_come_back() -> Result<()> {
     let mut sys = System::start()?;
     let scratch = sys.scratch("fixtures")?;
     let app = App::build(&sys.root, "owned", 26, &scratch)?;
-    let (uid, gid) = (4242, 4343);
+    // A user and group every host has by these names (nobody:nogroup), so
+    // that a fresh host can give the app to them by name.
+    let (uid, gid) = (65534, 65534);
     let mut chown = Command::new("chown");
     chown.arg("-hR").arg(format!("{uid}:{gid}")).arg(&app.dir);
     run(chown)?;
