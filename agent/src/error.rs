@@ -93,6 +93,9 @@ pub enum AgentError {
         "app '{app}' already exists on this host and is not the backup's app ('{backup_app}'): restoring would replace its files, environment and databases. Pass --replace to do that, or choose another --target-app"
     )]
     TargetExists { app: String, backup_app: String },
+    /// `demo-app` could not make its app.
+    #[error("cannot make the demo app: {0}")]
+    DemoApp(String),
     /// A task of the agent failed where it never should (a panic): a bug,
     /// reported as such instead of as a lost agent.
     #[error("the agent hit an internal error ({0}); its log has the details, please report it")]
@@ -136,7 +139,7 @@ impl AgentError {
                 Code::FailedPrecondition
             }
             Self::TargetExists { .. } => Code::AlreadyExists,
-            Self::Bug(_) => Code::Internal,
+            Self::Bug(_) | Self::DemoApp(_) => Code::Internal,
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod callers;
 pub mod chunks;
 pub mod config;
 pub mod config_file;
+pub mod demo;
 pub mod error;
 pub mod events;
 pub mod failpoint;

@@ -45,6 +45,22 @@ struct Args {
     config: Option<std::path::PathBuf>,
     #[command(flatten)]
     agent: AgentOptions,
+    #[command(subcommand)]
+    command: Option<Tool>,
+}
+
+/// One-off commands (the agent serves when none is given).
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// Make a small demo app under ROOT/apps/NAME (a git repository, its
+    /// deployed tree, some data, an ENV, an app.json) to try backups on.
+    DemoApp {
+        /// The app's name.
+        name: String,
+        /// Attach it to this PostgreSQL database (postgresql://USER:PW@HOST/DB).
+        #[arg(long, value_name = "URL")]
+        postgres: Option<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +76,14 @@ async fn run() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args: Args = hop3_agent::config_file::parse_with_config()?;
+    if let Some(Tool::DemoApp { name, postgres }) = &args.command {
+        hop3_proto::names::validate_app_name(name)?;
+        let root = hop3_agent::apps::HostRoot::new(&args.agent.root);
+        let dir = hop3_agent::demo::make(&root, name, postgres.as_deref()).await?;
+        println!("Demo app {name} made in {}", dir.display());
+        println!("Back it up with: hop3 backup:create {name}");
+        return Ok(());
+    }
     let state = Arc::new(args.agent.state());
     let tls = match &args.tls_dir {
         Some(dir) => Some(hop3_agent::tls::TlsFiles::load(dir, &state.host_id)?),

@@ -146,7 +146,14 @@ pub async fn restore(
     journal.end().await;
     tracing::info!(app, backup_id = %manifest.backup_id, "restore: done");
     let meta = &manifest.app_metadata;
+    let start = match (&state.hooks.start, is_app, header.no_start) {
+        (None, _, _) => "unmanaged",
+        (Some(_), false, _) => "new",
+        (Some(_), true, true) => "stopped",
+        (Some(_), true, false) => "restarted",
+    };
     Ok(v1::RestoreDone {
+        start: start.to_owned(),
         app,
         app_state: Some(v1::AppState {
             hostname: job.hostname().unwrap_or_default(),
@@ -681,8 +688,12 @@ impl Restoring<'_> {
             }
             return Err(e);
         }
-        // A new app (a clone, a fresh host) is left for its operator to start.
-        if is_app && let Err(e) = state.hooks.start(&app).await {
+        // A new app (a clone, a fresh host) is left for its operator to
+        // start, and so is one the operator asked to leave stopped.
+        if is_app
+            && !self.header.no_start
+            && let Err(e) = state.hooks.start(&app).await
+        {
             tracing::warn!(
                 app,
                 "restored app does not start; rolling its files and databases back"

@@ -76,6 +76,10 @@ enum TopCommand {
     /// List backups, newest first.
     #[command(name = "backup:list")]
     List(ListArgs),
+    /// Exit 1 unless APP's newest COMPLETED backup is younger than --max-age
+    /// (for cron, Nagios, systemd timers).
+    #[command(name = "backup:check-age")]
+    CheckAge(CheckAgeArgs),
     /// Show a backup's details and verify its checksums.
     #[command(name = "backup:info")]
     Info(IdArgs),
@@ -108,6 +112,8 @@ enum BackupCommand {
     Create(CreateArgs),
     /// List backups, newest first.
     List(ListArgs),
+    /// Exit 1 unless APP's newest COMPLETED backup is younger than --max-age.
+    CheckAge(CheckAgeArgs),
     /// Show a backup's details and verify its checksums.
     Info(IdArgs),
     /// Restore an application from a backup.
@@ -162,6 +168,23 @@ struct ListArgs {
     #[arg(long, value_name = "N", default_value_t = DEFAULT_LIMIT,
           value_parser = clap::value_parser!(u32).range(1..))]
     limit: u32,
+    /// Only backups in this status.
+    #[arg(long, value_name = "STATUS", ignore_case = true,
+          value_parser = ["STARTED", "COMPLETED", "FAILED"])]
+    status: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct CheckAgeArgs {
+    /// The application whose newest COMPLETED backup is checked.
+    app: String,
+    /// The oldest that backup may be, e.g. 26h, 2d, 90m.
+    #[arg(long, value_name = "DURATION", value_parser = parse_age)]
+    max_age: std::time::Duration,
+}
+
+fn parse_age(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (e.g. 26h, 2d, 90m)"))
 }
 
 #[derive(Debug, Args)]
@@ -192,6 +215,10 @@ struct RestoreArgs {
     /// the app's owner, without set-user-ID bits.
     #[arg(long)]
     trust_imported: bool,
+    /// Leave the app stopped after the restore (when the host's agent has
+    /// start/stop commands, it otherwise restarts the app itself).
+    #[arg(long)]
+    no_start: bool,
 }
 
 #[derive(Debug, Args)]
@@ -223,7 +250,16 @@ pub enum Command {
         format: Option<String>,
     },
     /// `backup:list [APP] [--limit N]`
-    List { app: Option<String>, limit: u32 },
+    List {
+        app: Option<String>,
+        limit: u32,
+        status: Option<String>,
+    },
+    /// `backup:check-age APP --max-age DURATION`
+    CheckAge {
+        app: String,
+        max_age: std::time::Duration,
+    },
     /// `backup:info ID`
     Info { id: BackupId },
     /// `backup:restore ID [--target-app NAME] [--target-host HOST] [--replace] [--hostname NAME]`
@@ -251,6 +287,8 @@ pub struct RestoreTarget {
     pub hostname: Option<String>,
     /// Restore even though the controller did not seal the backup.
     pub trust_imported: bool,
+    /// Leave the app stopped.
+    pub no_start: bool,
 }
 
 impl Cli {
@@ -273,6 +311,11 @@ impl Cli {
                     .map(app_name)
                     .transpose()?,
                 limit: a.limit,
+                status: a.status.as_deref().map(str::to_ascii_uppercase),
+            },
+            T::CheckAge(a) | T::Backup(B::CheckAge(a)) => Command::CheckAge {
+                app: app_name(&a.app)?,
+                max_age: a.max_age,
             },
             T::Info(a) | T::Backup(B::Info(a)) => Command::Info {
                 id: backup_id(&a.id)?,
@@ -285,6 +328,7 @@ impl Cli {
                     replace: a.replace,
                     hostname: a.hostname.as_deref().map(hostname).transpose()?,
                     trust_imported: a.trust_imported,
+                    no_start: a.no_start,
                 },
             },
             T::Delete(a) | T::Backup(B::Delete(a)) => Command::Delete {
@@ -357,7 +401,8 @@ mod tests {
             command(&["backup:list", "blog", "--limit", "5"]),
             Command::List {
                 app: Some("blog".into()),
-                limit: 5
+                limit: 5,
+                status: None,
             }
         );
     }
@@ -368,15 +413,28 @@ mod tests {
             command(&["backup", "list", "--app", "blog"]),
             Command::List {
                 app: Some("blog".into()),
-                limit: DEFAULT_LIMIT
+                limit: DEFAULT_LIMIT,
+                status: None,
             }
         );
         assert_eq!(
-            command(&["backup", "list"]),
+            command(&["backup", "list", "--status", "failed"]),
             Command::List {
                 app: None,
-                limit: 20
+                limit: 20,
+                status: Some("FAILED".into()),
             }
+        );
+        assert!(Cli::try_parse_from(["hop3", "backup:list", "--status", "gone"]).is_err());
+        assert_eq!(
+            command(&["backup:check-age", "shop", "--max-age", "26h"]),
+            Command::CheckAge {
+                app: "shop".into(),
+                max_age: std::time::Duration::from_secs(26 * 3600),
+            }
+        );
+        assert!(
+            Cli::try_parse_from(["hop3", "backup:check-age", "shop", "--max-age", "soon"]).is_err()
         );
     }
 

@@ -190,10 +190,12 @@ impl Controller {
         &mut self,
         app: Option<&str>,
         limit: u32,
+        status: Option<&str>,
     ) -> Result<Vec<BackupSummary>, CliError> {
         let request = ListBackupsRequest {
             app: app.unwrap_or_default().to_owned(),
             limit,
+            status: status.unwrap_or_default().to_owned(),
         };
         match self.client.list_backups(request).await {
             Ok(response) => Ok(response.into_inner().backups),
@@ -231,6 +233,7 @@ impl Controller {
             target_host: target.host.clone().unwrap_or_default(),
             replace: target.replace,
             trust_imported: target.trust_imported,
+            no_start: target.no_start,
             hostname: target.hostname.clone().unwrap_or_default(),
         };
         match self.client.restore_backup(request).await {

@@ -177,6 +177,10 @@ pub enum CliError {
         files: Vec<String>,
     },
 
+    /// `backup:check-age` found no COMPLETED backup young enough.
+    #[error("{0}")]
+    CheckFailed(String),
+
     /// Reading the answer to the confirmation prompt failed.
     #[error("Cannot read the confirmation: {0}")]
     Prompt(#[source] io::Error),
@@ -213,6 +217,7 @@ impl CliError {
             Self::SocketDenied { .. } => exit::PERMISSION_DENIED,
             Self::Status { code, .. } => status_exit_code(*code),
             Self::IntegrityFailed { .. } => exit::FAILED_PRECONDITION,
+            Self::CheckFailed(_) => exit::FAILURE,
             Self::Incomplete { .. }
             | Self::BackupFailed { .. }
             | Self::UnexpectedReply(_)
@@ -241,6 +246,7 @@ impl CliError {
             Self::SocketDenied { .. } => "PERMISSION_DENIED",
             Self::Status { code, .. } => grpc_code_name(*code),
             Self::IntegrityFailed { .. } => "FAILED_PRECONDITION",
+            Self::CheckFailed(_) => "FAILED_PRECONDITION",
             Self::NotConfirmed { .. } => "CANCELLED",
             Self::Incomplete { .. }
             | Self::BackupFailed { .. }

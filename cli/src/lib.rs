@@ -57,7 +57,10 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
             )
             .await
         }
-        Command::List { app, limit } => commands::list::run(c, out, app.as_deref(), *limit).await,
+        Command::List { app, limit, status } => {
+            commands::list::run(c, out, app.as_deref(), *limit, status.as_deref()).await
+        }
+        Command::CheckAge { app, max_age } => commands::check_age::run(c, out, app, *max_age).await,
         Command::Info { id } => commands::info::run(c, out, id).await,
         Command::Restore { id, target } => commands::restore::run(c, out, id, target).await,
         Command::Delete { id, yes } => commands::delete::run(c, out, id, *yes).await,

@@ -64,7 +64,8 @@ pub fn format_size(bytes: u64) -> String {
     format!("{size:.1} TB")
 }
 
-fn parse_utc(rfc3339: &str) -> Option<OffsetDateTime> {
+/// A catalog time (RFC 3339) in UTC.
+pub fn parse_utc(rfc3339: &str) -> Option<OffsetDateTime> {
     OffsetDateTime::parse(rfc3339, &Rfc3339)
         .ok()
         .map(|t| t.to_offset(time::UtcOffset::UTC))

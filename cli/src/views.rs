@@ -177,6 +177,9 @@ pub struct RestoreView {
     pub run_state: String,
     /// What the restore did that its user should know.
     pub notes: Vec<String>,
+    /// What became of the app's process: `restarted`, `stopped`, `new` or
+    /// `unmanaged` (see `backup:restore --help`).
+    pub start: String,
 }
 
 impl From<RestoreResult> for RestoreView {
@@ -190,6 +193,7 @@ impl From<RestoreResult> for RestoreView {
             port: state.port,
             run_state: state.run_state,
             notes: r.notes,
+            start: r.start,
         }
     }
 }

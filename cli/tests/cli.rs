@@ -411,8 +411,7 @@ fn restore_prints_the_guide_output() {
              Hostname: myapp.example.com\n\
              Port: 8000\n\
              \n\
-             To start the application:\n  \
-             hop3 app:restart my-app\n"
+             my-app was restarted by the host's start command.\n"
         )
     );
 

@@ -138,10 +138,22 @@ impl BackupService for BackupApi {
             0 => DEFAULT_LIMIT,
             n => n.min(MAX_LIMIT),
         };
+        let status = match req.status.as_str() {
+            "" => None,
+            s => Some(
+                s.to_ascii_uppercase()
+                    .parse::<BackupStatus>()
+                    .map_err(|_| {
+                        ControllerError::InvalidArgument(format!(
+                            "unknown status {s:?}: use STARTED, COMPLETED or FAILED"
+                        ))
+                    })?,
+            ),
+        };
         let rows = self
             .ctl
             .catalog
-            .list(app, limit)
+            .list(app, status, limit)
             .await
             .map_err(ControllerError::from)?;
         Ok(Response::new(v1::ListBackupsResponse {
@@ -275,6 +287,7 @@ impl BackupService for BackupApi {
             replace: req.replace,
             hostname: req.hostname,
             trusted,
+            no_start: req.no_start,
             client,
             lock,
             reading,

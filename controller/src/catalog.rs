@@ -302,8 +302,21 @@ impl Catalog {
     pub async fn list(
         &self,
         app: Option<&str>,
+        status: Option<BackupStatus>,
         limit: u32,
     ) -> Result<Vec<BackupRow>, CatalogError> {
+        if let Some(status) = status {
+            let rows = sqlx::query(select_rows!(
+                "WHERE ($1 = '' OR app = $1) AND status = $2 \
+                 ORDER BY created_at DESC, backup_id DESC LIMIT $3"
+            ))
+            .bind(app.unwrap_or_default())
+            .bind(status.as_str())
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+            return rows.iter().map(from_row).collect();
+        }
         let rows = match app {
             Some(app) => {
                 sqlx::query(select_rows!(
@@ -613,7 +626,7 @@ mod tests {
             .await
             .unwrap();
         c.fail("20250102_000000_bbbbbb", "boom").await.unwrap();
-        let all = c.list(None, 20).await.unwrap();
+        let all = c.list(None, None, 20).await.unwrap();
         let ids: Vec<_> = all.iter().map(|r| r.backup_id.as_str()).collect();
         assert_eq!(
             ids,
@@ -624,8 +637,22 @@ mod tests {
             ]
         );
         assert_eq!(
-            c.list(Some("a"), 1).await.unwrap()[0].backup_id,
+            c.list(Some("a"), None, 1).await.unwrap()[0].backup_id,
             "20250103_000000_cccccc"
+        );
+        let failed = c.list(None, Some(BackupStatus::Failed), 20).await.unwrap();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].backup_id, "20250102_000000_bbbbbb");
+        let completed_a = c
+            .list(Some("a"), Some(BackupStatus::Completed), 20)
+            .await
+            .unwrap();
+        assert_eq!(completed_a.len(), 1);
+        assert!(
+            c.list(Some("b"), Some(BackupStatus::Completed), 20)
+                .await
+                .unwrap()
+                .is_empty()
         );
         let done = c.get("20250101_000000_aaaaaa").await.unwrap().unwrap();
         assert_eq!(done.status, BackupStatus::Completed);
@@ -639,7 +666,7 @@ mod tests {
         drop(c);
         // Reopening keeps the data and does not re-run migrations.
         let c = Catalog::open(&url).await.unwrap();
-        assert_eq!(c.list(None, 20).await.unwrap().len(), 2);
+        assert_eq!(c.list(None, None, 20).await.unwrap().len(), 2);
     }
 
     async fn filled(dir: &std::path::Path) -> (String, Catalog) {

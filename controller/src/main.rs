@@ -68,12 +68,25 @@ fn run_certs(cmd: CertsCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the catalog at `url` may hold anything: a SQLite file that does
+/// not exist (a fresh store, before the controller's first start) holds no
+/// tokens to move.
+async fn catalog_exists(url: &str) -> bool {
+    match url.strip_prefix("sqlite://") {
+        Some(path) => {
+            let path = path.split('?').next().unwrap_or(path);
+            tokio::fs::try_exists(path).await.unwrap_or(true)
+        }
+        None => true,
+    }
+}
+
 async fn run_tokens(config: &Config, cmd: TokensCommand) -> anyhow::Result<()> {
     let store = Store::open(&config.store)
         .await
         .with_context(|| format!("cannot open the store at {}", config.store.display()))?;
     let tokens = Tokens::new(store.root());
-    if !tokens.exists().await? {
+    if !tokens.exists().await? && catalog_exists(&config.catalog_url()).await {
         // A catalog from before the tokens file may hold tokens: they move
         // first, or the file would hide them for good.
         let catalog = Catalog::open(&config.catalog_url()).await.context(

@@ -322,7 +322,7 @@ mod tests {
         let tokens = Tokens::new(&store);
         let c = open_catalog(&url, &tokens).await.unwrap();
         // A new, empty catalog (rebuild_catalog fills it from the store).
-        assert!(c.list(None, 10).await.unwrap().is_empty());
+        assert!(c.list(None, None, 10).await.unwrap().is_empty());
         assert_eq!(
             tokens.name_of(&hash('a')).await.unwrap().as_deref(),
             Some("alice")

@@ -27,6 +27,8 @@ pub struct RestoreJob {
     pub hostname: String,
     /// The backup carries this controller's seal.
     pub trusted: bool,
+    /// Leave the app stopped after the swap.
+    pub no_start: bool,
     pub host: String,
     pub client: AgentClient,
     pub lock: AppLock,
@@ -48,6 +50,7 @@ pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
                 host: job.host.clone(),
                 app_state: done.app_state,
                 notes: done.notes,
+                start: done.start,
             };
             let _ = out
                 .send(v1::RestoreBackupEvent {
@@ -102,6 +105,7 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
         replace: job.replace,
         hostname: job.hostname.clone(),
         trusted: job.trusted,
+        no_start: job.no_start,
     };
     let sender = tokio::spawn(send_backup(
         ctl.clone(),

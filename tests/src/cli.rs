@@ -346,6 +346,8 @@ pub struct RestoreResult {
     /// What the restore did that its user should know.
     #[serde(default)]
     pub notes: Vec<String>,
+    /// What became of the app's process.
+    pub start: String,
 }
 
 /// The JSON of `backup:delete`.

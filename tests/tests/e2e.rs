@@ -20,6 +20,8 @@ mod faults;
 mod fleet;
 #[path = "e2e/limits.rs"]
 mod limits;
+#[path = "e2e/newcomer.rs"]
+mod newcomer;
 #[path = "e2e/real_apps.rs"]
 mod real_apps;
 #[path = "e2e/recovery.rs"]

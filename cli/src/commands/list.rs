@@ -1,4 +1,4 @@
-//! `backup:list [APP] [--limit N]`.
+//! `backup:list [APP] [--limit N] [--status STATUS]`.
 
 use hop3_proto::v1::BackupSummary;
 
@@ -13,8 +13,9 @@ pub async fn run(
     out: Output,
     app: Option<&str>,
     limit: u32,
+    status: Option<&str>,
 ) -> Result<(), CliError> {
-    let backups = controller.list_backups(app, limit).await?;
+    let backups = controller.list_backups(app, limit, status).await?;
     if out.is_json() {
         let views: Vec<SummaryView> = backups.into_iter().map(SummaryView::from).collect();
         out.json(&views)

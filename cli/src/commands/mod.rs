@@ -6,6 +6,7 @@
 //! [`Output`]: crate::output::Output
 
 pub mod agents;
+pub mod check_age;
 pub mod create;
 pub mod delete;
 pub mod import;

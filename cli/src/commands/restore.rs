@@ -1,4 +1,5 @@
-//! `backup:restore ID [--target-app NAME] [--target-host HOST] [--replace] [--hostname NAME]`.
+//! `backup:restore ID [--target-app NAME] [--target-host HOST] [--replace]
+//! [--hostname NAME] [--trust-imported] [--no-start]`.
 
 use hop3_proto::BackupId;
 use hop3_proto::v1::RestoreResult;
@@ -58,11 +59,31 @@ pub fn render(r: &RestoreResult) -> String {
             text.push_str(&format!("  - {note}\n"));
         }
     }
-    text.push_str(&format!(
-        "\nTo start the application:\n  hop3 app:restart {}\n",
-        r.app
-    ));
+    text.push('\n');
+    text.push_str(&start_line(r));
     text
+}
+
+/// What became of the app's process, and what to do about it: the agent
+/// restarts an app only when it has start/stop commands.
+fn start_line(r: &RestoreResult) -> String {
+    let app = &r.app;
+    match r.start.as_str() {
+        "restarted" => format!("{app} was restarted by the host's start command.\n"),
+        "stopped" => format!(
+            "{app} was left stopped (--no-start): start it as the host starts its apps \
+             (the agent's --start-cmd).\n"
+        ),
+        "new" => format!(
+            "{app} is new on this host and was not started: start it as the host starts \
+             its apps (the agent's --start-cmd).\n"
+        ),
+        _ => format!(
+            "The host's agent has no stop/start commands (--stop-cmd, --start-cmd): the \
+             restore neither stopped nor restarted {app}. Restart it so that it reads the \
+             restored files.\n"
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +103,7 @@ mod tests {
                 run_state: "STOPPED".into(),
             }),
             notes: Vec::new(),
+            start: "unmanaged".into(),
         };
         assert_eq!(
             render(&result),
@@ -93,8 +115,7 @@ Host: h1
 Hostname: myapp.example.com
 Port: 8000
 
-To start the application:
-  hop3 app:restart my-app
+The host's agent has no stop/start commands (--stop-cmd, --start-cmd): the restore neither stopped nor restarted my-app. Restart it so that it reads the restored files.
 "
         );
     }

@@ -437,6 +437,7 @@ impl BackupService for Fake {
                         run_state: "STOPPED".into(),
                     }),
                     notes: Vec::new(),
+                    start: "restarted".into(),
                 })),
             }),
         ];

@@ -72,6 +72,7 @@ fn oversized_messages_are_refused_and_the_server_keeps_serving() -> Result<()> {
             .list_backups(v1::ListBackupsRequest {
                 app: String::new(),
                 limit: 5,
+                status: String::new(),
             })
             .await
             .context("the controller stopped serving after oversized messages")?;
@@ -109,6 +110,7 @@ fn many_streams_from_one_client_stay_bounded() -> Result<()> {
                     api.list_backups(v1::ListBackupsRequest {
                         app: String::new(),
                         limit: 20,
+                        status: String::new(),
                     })
                     .await
                     .map(drop)

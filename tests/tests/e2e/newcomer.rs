@@ -1,0 +1,200 @@
+//! What a newcomer and an operator meet first: what a restore tells about
+//! the app's process.
+
+use anyhow::{Result, ensure};
+use hop3_tests::{App, System};
+
+#[test]
+fn a_restore_says_what_became_of_the_app_and_restarts_it_only_when_it_can() -> Result<()> {
+    // With stop/start commands: the agent restarts the app and says so.
+    let sys = System::builder().hooks().start()?;
+    let scratch = sys.scratch("fixtures")?;
+    App::build(&sys.root, "shop", 51, &scratch)?;
+    let id = sys.create("shop")?.backup_id;
+    let restored = sys.restore(&id, None)?;
+    ensure!(restored.start == "restarted", "{restored:?}");
+    ensure!(
+        sys.hook_calls()? == ["stop shop", "start shop"],
+        "{:?}",
+        sys.hook_calls()?
+    );
+    let out = sys.hop3(["backup:restore", &id]).success()?;
+    ensure!(
+        out.stdout
+            .contains("shop was restarted by the host's start command")
+            && !out.stdout.contains("app:restart"),
+        "{}",
+        out.report()
+    );
+    // --no-start: stopped, swapped, left stopped.
+    let before = sys.hook_calls()?.len();
+    let out = sys.hop3(["backup:restore", &id, "--no-start"]).success()?;
+    ensure!(
+        out.stdout.contains("left stopped (--no-start)"),
+        "{}",
+        out.report()
+    );
+    ensure!(
+        sys.hook_calls()?[before..] == ["stop shop"],
+        "{:?}",
+        sys.hook_calls()?
+    );
+    // A clone is new on the host: not started, and said so.
+    let clone = sys.restore(&id, Some("shop-copy"))?;
+    ensure!(clone.start == "new", "{clone:?}");
+
+    // Without them: the restore neither stopped nor started it, and says
+    // how to have it read the restored files.
+    let plain = System::start()?;
+    App::build(&plain.root, "blog", 52, &plain.scratch("fixtures")?)?;
+    let id = plain.create("blog")?.backup_id;
+    let out = plain.hop3(["backup:restore", &id]).success()?;
+    ensure!(
+        out.stdout.contains("no stop/start commands") && out.stdout.contains("Restart it"),
+        "{}",
+        out.report()
+    );
+    ensure!(plain.restore(&id, None)?.start == "unmanaged");
+    Ok(())
+}
+
+#[test]
+fn tokens_are_made_on_a_fresh_store_before_the_first_start() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = dir.path().join("store");
+    // The catalog where the controller will make it at its first start, in
+    // a directory that does not exist yet.
+    let catalog = format!(
+        "sqlite://{}",
+        dir.path().join("catalog/catalog.db").display()
+    );
+    let out = std::process::Command::new(hop3_tests::harness::binary("hop3-controller"))
+        .arg("--store")
+        .arg(&store)
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["tokens", "create", "alice"])
+        .env_remove("HOP3_CATALOG")
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure!(
+        out.status.success() && stdout.trim().starts_with("hop3_"),
+        "tokens create on a fresh store: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(store.join("tokens.json").is_file());
+    Ok(())
+}
+
+#[test]
+fn check_age_tells_cron_whether_the_newest_backup_is_young_enough() -> Result<()> {
+    let sys = System::start()?;
+    App::build(&sys.root, "shop", 53, &sys.scratch("fixtures")?)?;
+    let out = sys.hop3(["backup:check-age", "shop", "--max-age", "26h"]);
+    ensure!(
+        out.status.code() == Some(1)
+            && out
+                .stdout
+                .starts_with("MISSING: shop has no COMPLETED backup"),
+        "{}",
+        out.report()
+    );
+    let id = sys.create("shop")?.backup_id;
+    let out = sys
+        .hop3(["backup:check-age", "shop", "--max-age", "26h"])
+        .success()?;
+    ensure!(
+        out.stdout
+            .starts_with(&format!("OK: shop's newest COMPLETED backup {id} is")),
+        "{}",
+        out.report()
+    );
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let out = sys.hop3(["backup:check-age", "shop", "--max-age", "1s"]);
+    ensure!(
+        out.status.code() == Some(1) && out.stdout.starts_with("STALE: "),
+        "{}",
+        out.report()
+    );
+    let json: serde_json::Value = sys
+        .hop3(["--json", "backup:check-age", "shop", "--max-age", "26h"])
+        .success()?
+        .json()?;
+    ensure!(
+        json["status"] == "ok"
+            && json["newest"]["backup_id"] == id.as_str()
+            && json["age_seconds"].is_u64(),
+        "{json}"
+    );
+    // backup:list filters by status.
+    ensure!(sys.list(&["--status", "completed"])?.len() == 1);
+    ensure!(sys.list(&["--status", "FAILED"])?.is_empty());
+    Ok(())
+}
+
+/// `hop3-agent --root ROOT demo-app NAME`.
+fn demo_app(root: &std::path::Path, name: &str) -> Result<std::process::Output> {
+    Ok(
+        std::process::Command::new(hop3_tests::harness::binary("hop3-agent"))
+            .arg("--root")
+            .arg(root)
+            .args(["demo-app", name])
+            .output()?,
+    )
+}
+
+#[test]
+fn the_quick_start_makes_a_demo_app_backs_it_up_restores_and_clones_it() -> Result<()> {
+    use hop3_tests::Snapshot;
+    let sys = System::start()?;
+    // The README's quick start, step by step.
+    let out = demo_app(&sys.root, "my-app")?;
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("hop3 backup:create my-app"),
+        "demo-app: {:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let app = sys.root.join("apps/my-app");
+    for part in [
+        "git/HEAD",
+        "src/app.py",
+        "data/uploads/hello.txt",
+        "ENV",
+        "app.json",
+    ] {
+        ensure!(app.join(part).exists(), "the demo app has no {part}");
+    }
+    let original = Snapshot::of(&app)?;
+    let created = sys.hop3(["backup:create", "my-app"]).success()?;
+    let id = created.human_backup_id()?;
+    ensure!(
+        sys.list(&[])?
+            .iter()
+            .any(|b| b.backup_id == id && b.status == "COMPLETED")
+    );
+    sys.hop3(["backup:info", &id]).success()?;
+    // Lose something, then restore it.
+    std::fs::remove_file(app.join("data/uploads/hello.txt"))?;
+    sys.hop3(["backup:restore", &id]).success()?;
+    original.assert_same(&Snapshot::of(&app)?, "the demo app restored")?;
+    // And clone it.
+    sys.hop3(["backup:restore", &id, "--target-app", "my-app-staging"])
+        .success()?;
+    let clone = sys.root.join("apps/my-app-staging");
+    ensure!(
+        std::fs::read(clone.join("data/uploads/hello.txt"))? == b"an upload\n",
+        "the clone lacks the app's data"
+    );
+    // A second demo app of the same name is refused, and says why.
+    let again = demo_app(&sys.root, "my-app")?;
+    ensure!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    Ok(())
+}
