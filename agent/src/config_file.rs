@@ -1,7 +1,11 @@
-//! An optional TOML config file for the binaries: `--config FILE` (or
-//! `HOP3_CONFIG`). Its keys are the long flag names (`listen`, `store`,
-//! `local_agent` or `local-agent`, ...). A flag on the command line or its
-//! environment variable wins over the file.
+//! An optional TOML config file for the daemons: `--config FILE`, else the
+//! daemon's own variable (`HOP3_CONTROLLER_CONFIG`, `HOP3_AGENT_CONFIG`),
+//! else its file in `/etc/hop3/` when there is one (`controller.toml`,
+//! `agent.toml`). Its keys are the long flag names (`listen`, `store`,
+//! `local_agent` or `local-agent`, ...); a key the daemon does not have
+//! refuses the whole file, so that one daemon's file given to the other is
+//! never half-read. A flag on the command line or its environment variable
+//! wins over the file.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -22,16 +26,56 @@ pub enum ConfigFileError {
     UnknownKey { path: PathBuf, key: String },
     #[error("config file {path}: {key} must be a string, number or boolean")]
     BadValue { path: PathBuf, key: String },
+    #[error(
+        "HOP3_CONFIG is no longer read (it named a different kind of file for each program): set {0} instead"
+    )]
+    OldVariable(&'static str),
 }
+
+/// Where a daemon finds its config file.
+#[derive(Clone, Copy, Debug)]
+pub struct ConfigSource {
+    /// Its own environment variable.
+    pub env: &'static str,
+    /// Its file when neither the flag nor the variable names one, used when it exists.
+    pub default: &'static str,
+}
+
+/// The controller's config file.
+pub const CONTROLLER_CONFIG: ConfigSource = ConfigSource {
+    env: "HOP3_CONTROLLER_CONFIG",
+    default: "/etc/hop3/controller.toml",
+};
+
+/// The agent's config file.
+pub const AGENT_CONFIG: ConfigSource = ConfigSource {
+    env: "HOP3_AGENT_CONFIG",
+    default: "/etc/hop3/agent.toml",
+};
 
 /// Parses the process's arguments as `T`, with settings from the config file
 /// filled in where neither a flag nor its environment variable is given.
-pub fn parse_with_config<T: CommandFactory + FromArgMatches>() -> Result<T, ConfigFileError> {
+pub fn parse_with_config<T: CommandFactory + FromArgMatches>(
+    source: ConfigSource,
+) -> Result<T, ConfigFileError> {
+    if std::env::var_os("HOP3_CONFIG").is_some() {
+        return Err(ConfigFileError::OldVariable(source.env));
+    }
     let args: Vec<OsString> = std::env::args_os().collect();
-    let args = with_config(T::command(), args)?;
+    let path = config_path(&args)
+        .or_else(|| std::env::var_os(source.env).map(PathBuf::from))
+        .or_else(|| {
+            let default = PathBuf::from(source.default);
+            default.is_file().then_some(default)
+        });
+    let args = match path {
+        Some(path) => with_config(T::command(), args, &path)?,
+        None => args,
+    };
     Ok(T::from_arg_matches(&T::command().get_matches_from(args)).unwrap_or_else(|e| e.exit()))
 }
 
+/// The file of `--config FILE` on the command line, if any.
 fn config_path(args: &[OsString]) -> Option<PathBuf> {
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
@@ -43,17 +87,16 @@ fn config_path(args: &[OsString]) -> Option<PathBuf> {
             return Some(PathBuf::from(v));
         }
     }
-    std::env::var_os("HOP3_CONFIG").map(PathBuf::from)
+    None
 }
 
-/// `args` with the file's settings appended as flags.
+/// `args` with the settings of the file `path` appended as flags.
 pub fn with_config(
     cmd: clap::Command,
     mut args: Vec<OsString>,
+    path: &std::path::Path,
 ) -> Result<Vec<OsString>, ConfigFileError> {
-    let Some(path) = config_path(&args) else {
-        return Ok(args);
-    };
+    let path = path.to_owned();
     let text = std::fs::read_to_string(&path).map_err(|source| ConfigFileError::Read {
         path: path.clone(),
         source,
@@ -125,7 +168,7 @@ mod tests {
         std::fs::write(&path, file).unwrap();
         let mut args: Vec<OsString> = vec!["demo".into(), "--config".into(), path.clone().into()];
         args.extend(extra.iter().map(OsString::from));
-        let args = with_config(Demo::command(), args)?;
+        let args = with_config(Demo::command(), args, &path)?;
         Ok(Demo::from_arg_matches(&Demo::command().get_matches_from(args)).unwrap())
     }
 

@@ -16,6 +16,7 @@ pub mod events;
 pub mod failpoint;
 pub mod hooks;
 pub mod join_token;
+pub mod logging;
 pub mod memory;
 pub mod owners;
 pub mod progress;

@@ -41,8 +41,12 @@ struct Args {
     )]
     join_token_file: std::path::PathBuf,
     /// TOML file of settings, keyed by flag name (flags and environment win over it).
-    #[arg(long, env = "HOP3_CONFIG", value_name = "FILE")]
+    /// [default: HOP3_AGENT_CONFIG, else /etc/hop3/agent.toml when it exists]
+    #[arg(long, value_name = "FILE")]
     config: Option<std::path::PathBuf>,
+    /// How logs are written on stderr.
+    #[arg(long, env = "HOP3_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: hop3_agent::logging::LogFormat,
     #[command(flatten)]
     agent: AgentOptions,
     #[command(subcommand)]
@@ -68,14 +72,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args: Args = hop3_agent::config_file::parse_with_config()?;
+    let args: Args =
+        hop3_agent::config_file::parse_with_config(hop3_agent::config_file::AGENT_CONFIG)?;
+    hop3_agent::logging::init(args.log_format);
     if let Some(Tool::DemoApp { name, postgres }) = &args.command {
         hop3_proto::names::validate_app_name(name)?;
         let root = hop3_agent::apps::HostRoot::new(&args.agent.root);

@@ -56,6 +56,7 @@ where
             tracing::warn!(app, error = %e, "the app does not start after undoing a restore");
         }
     }
+    let reflection = reflection(&[AGENT_SERVICE]);
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -76,9 +77,47 @@ where
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health.1)
         .add_service(svc)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
 }
+
+/// gRPC server reflection of `services` (full names) and of health, so that
+/// grpcurl, grpcui and clients in any language need no `.proto` files.
+/// Both versions: v1, and v1alpha, which older grpcurl and grpcio ask.
+pub fn reflection(
+    services: &[&str],
+) -> (
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+) {
+    let builder = || {
+        let mut b = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(hop3_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for s in services {
+            b = b.with_service_name(*s);
+        }
+        b
+    };
+    (
+        builder()
+            .build_v1()
+            .expect("the descriptors compiled in are valid"),
+        builder()
+            .build_v1alpha()
+            .expect("the descriptors compiled in are valid"),
+    )
+}
+
+/// The agent's service, as health and reflection name it.
+pub const AGENT_SERVICE: &str = "hop3.backup.v1.AgentService";
 
 /// A health service that starts as NOT_SERVING.
 pub async fn health() -> (
@@ -86,9 +125,11 @@ pub async fn health() -> (
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
 ) {
     let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    for name in ["", AGENT_SERVICE] {
+        reporter
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     (reporter, service)
 }
 
@@ -143,9 +184,11 @@ pub async fn register_loop(
                 }
                 if !registered {
                     tracing::info!(controller, host_id = %state.host_id, "registered with the controller");
-                    reporter
-                        .set_service_status("", ServingStatus::Serving)
-                        .await;
+                    for name in ["", AGENT_SERVICE] {
+                        reporter
+                            .set_service_status(name, ServingStatus::Serving)
+                            .await;
+                    }
                     registered = true;
                 }
                 Duration::from_secs(resp.into_inner().heartbeat_seconds.clamp(1, 300) as u64)

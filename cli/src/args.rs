@@ -13,6 +13,14 @@ use crate::error::CliError;
 /// config file says otherwise.
 pub const DEFAULT_CONTROLLER: &str = "http://127.0.0.1:7410";
 
+/// `hop3 --version`: the release and the commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("HOP3_BUILD_COMMIT"),
+    ")"
+);
+
 /// The controller's Unix socket, used when no controller is named and it
 /// exists (root and the `hop3-backup` group then need no token).
 pub const DEFAULT_SOCKET: &str = "/run/hop3-backup/controller.sock";
@@ -41,7 +49,7 @@ Exit codes:
 
 /// Back up and restore Hop3 applications through a hop3-backup controller.
 #[derive(Debug, Parser)]
-#[command(name = "hop3", version, after_help = EXIT_CODES)]
+#[command(name = "hop3", version = VERSION, after_help = EXIT_CODES)]
 pub struct Cli {
     /// URL of the hop3-backup controller [default: http://127.0.0.1:7410]
     // No clap default: a config file sits between the environment and the
@@ -61,7 +69,9 @@ pub struct Cli {
     /// TOML file with `controller = "URL"`, `ca_cert = "FILE"` and `token =
     /// "TOKEN"` (flags and environment win over it; a file with a token must
     /// be chmod 600).
-    #[arg(long, global = true, env = "HOP3_CONFIG", value_name = "FILE")]
+    /// [default: HOP3_CLI_CONFIG, else ~/.config/hop3/cli.toml, else
+    /// /etc/hop3/cli.toml, the first that exists]
+    #[arg(long, global = true, env = "HOP3_CLI_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
     #[command(subcommand)]
@@ -98,6 +108,14 @@ enum TopCommand {
     /// Forget an offline agent, so that it leaves agent:list.
     #[command(name = "agent:forget")]
     AgentForget(HostArgs),
+    /// Print a completion script for SHELL (e.g. `hop3 completions bash >
+    /// /etc/bash_completion.d/hop3`).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `hop3 man | man -l -`.
+    Man,
     /// The same commands in Hop3's space form: `hop3 backup list`.
     #[command(subcommand)]
     Backup(BackupCommand),
@@ -255,6 +273,10 @@ pub enum Command {
         limit: u32,
         status: Option<String>,
     },
+    /// `completions SHELL`
+    Completions { shell: clap_complete::Shell },
+    /// `man`
+    Man,
     /// `backup:check-age APP --max-age DURATION`
     CheckAge {
         app: String,
@@ -303,6 +325,8 @@ impl Cli {
                 host: a.host.as_deref().map(host_id).transpose()?,
                 format: a.format.clone(),
             },
+            T::Completions { shell } => Command::Completions { shell: *shell },
+            T::Man => Command::Man,
             T::List(a) | T::Backup(B::List(a)) => Command::List {
                 app: a
                     .app

@@ -31,10 +31,22 @@ fn default_controller() -> String {
 }
 use crate::error::CliError;
 
+/// The config file used when none is named: `$XDG_CONFIG_HOME/hop3/cli.toml`
+/// (`~/.config/hop3/cli.toml`), else `/etc/hop3/cli.toml`, the first that exists.
+pub fn default_file() -> Option<PathBuf> {
+    let user = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|d| d.join("hop3/cli.toml"));
+    user.into_iter()
+        .chain([PathBuf::from("/etc/hop3/cli.toml")])
+        .find(|p| p.is_file())
+}
+
 /// The environment variable the token is read from.
 pub const TOKEN_ENV: &str = "HOP3_TOKEN";
 
-/// The contents of the config file given with `--config` / `HOP3_CONFIG`.
+/// The contents of the CLI's config file (see [`default_file`]).
 /// Its `Debug` does not show the token.
 #[derive(Default, Deserialize, PartialEq, Eq)]
 // Unknown keys are refused so that a misspelt `controler` is reported
@@ -179,7 +191,7 @@ pub struct Sources<'a> {
     pub ca_cert: Option<&'a Path>,
     /// The value of `HOP3_TOKEN`.
     pub token_env: Option<&'a str>,
-    /// `--config` or `HOP3_CONFIG`.
+    /// `--config`, `HOP3_CLI_CONFIG`, or the default file.
     pub config_file: Option<&'a Path>,
 }
 

@@ -25,14 +25,36 @@ use views::{ErrorBody, ErrorView};
 /// is read or connected, so a malformed ID never costs a round trip.
 pub async fn run(cli: &Cli) -> Result<(), CliError> {
     let command = cli.command()?;
+    // Made from the command line's own definition, without a controller.
+    match &command {
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(*shell, &mut cmd, "hop3", &mut std::io::stdout());
+            return Ok(());
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            return clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(CliError::Output);
+        }
+        _ => {}
+    }
     // Read here and handed down: it is never a clap argument, so that clap
     // never shows it (in --help's `[env: ...]`, say).
     let token_env = std::env::var(config::TOKEN_ENV).ok();
+    if std::env::var_os("HOP3_CONFIG").is_some() {
+        return Err(CliError::Config {
+            path: "HOP3_CONFIG".into(),
+            reason: "no longer read (it named a different kind of file for each program): set HOP3_CLI_CONFIG instead".into(),
+        });
+    }
+    let config_file = cli.config.clone().or_else(config::default_file);
     let settings = Settings::resolve(Sources {
         controller: cli.controller.as_deref(),
         ca_cert: cli.ca_cert.as_deref(),
         token_env: token_env.as_deref(),
-        config_file: cli.config.as_deref(),
+        config_file: config_file.as_deref(),
     })?;
     if let Command::Delete { id, yes } = &command {
         commands::delete::check_can_confirm(id, *yes)?;
@@ -67,6 +89,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Import { path } => commands::import::run(c, out, path).await,
         Command::AgentList => commands::agents::run(c, out).await,
         Command::AgentForget { host } => commands::agents::forget(c, out, host).await,
+        Command::Completions { .. } | Command::Man => Ok(()),
     }
 }
 

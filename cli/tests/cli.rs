@@ -26,6 +26,7 @@ fn hop3_command(args: &[&str]) -> Command {
         .args(args)
         .env_remove("HOP3_CONTROLLER")
         .env_remove("HOP3_CONFIG")
+        .env_remove("HOP3_CLI_CONFIG")
         .env_remove("HOP3_CA_CERT")
         .env_remove("HOP3_TOKEN")
         .stdin(Stdio::null());
@@ -149,6 +150,7 @@ fn the_controller_can_come_from_the_environment_or_a_config_file() {
         .args(["backup", "list", "--json"])
         .env("HOP3_CONTROLLER", "http://127.0.0.1:1")
         .env_remove("HOP3_CONFIG")
+        .env_remove("HOP3_CLI_CONFIG")
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(7));
@@ -1010,4 +1012,49 @@ fn https_to_a_plain_controller_or_with_an_unusable_ca_fails_clearly() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn the_config_file_is_found_without_flags_and_the_old_variable_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let dir = home.path().join(".config/hop3");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("cli.toml"),
+        "controller = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let o = hop3_command(&["--json", "backup:list"])
+        .env("HOME", home.path())
+        .env_remove("XDG_CONFIG_HOME")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(7), "{}", stderr(&o));
+    assert!(stderr(&o).contains("http://127.0.0.1:1"), "{}", stderr(&o));
+
+    let o = hop3_command(&["backup:list"])
+        .env("HOME", home.path())
+        .env("HOP3_CONFIG", dir.join("cli.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("HOP3_CLI_CONFIG"), "{}", stderr(&o));
+}
+
+#[test]
+fn completions_man_page_and_version_come_from_the_command_line_itself() {
+    let o = hop3(&["completions", "bash"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("backup:create") && stdout(&o).contains("_hop3"));
+    let o = hop3(&["completions", "zsh"]);
+    assert!(o.status.success() && stdout(&o).contains("#compdef hop3"));
+    let o = hop3(&["man"]);
+    assert!(
+        o.status.success() && stdout(&o).contains(".TH hop3"),
+        "{}",
+        stdout(&o)
+    );
+    let o = hop3(&["--version"]);
+    let v = stdout(&o);
+    assert!(v.starts_with("hop3 ") && v.contains("(commit "), "{v}");
 }

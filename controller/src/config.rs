@@ -72,8 +72,18 @@ pub struct Config {
     #[arg(long, env = "HOP3_INSECURE")]
     pub insecure: bool,
     /// TOML file of settings, keyed by flag name (flags and environment win over it).
-    #[arg(long, env = "HOP3_CONFIG", value_name = "FILE")]
+    /// [default: HOP3_CONTROLLER_CONFIG, else /etc/hop3/controller.toml when it exists]
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// How logs are written on stderr.
+    #[arg(
+        long,
+        env = "HOP3_LOG_FORMAT",
+        value_enum,
+        default_value_t,
+        global = true
+    )]
+    pub log_format: hop3_agent::logging::LogFormat,
     #[command(flatten)]
     pub agent: AgentOptions,
     #[command(subcommand)]

@@ -12,14 +12,9 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let mut config: Config = hop3_agent::config_file::parse_with_config()?;
+    let mut config: Config =
+        hop3_agent::config_file::parse_with_config(hop3_agent::config_file::CONTROLLER_CONFIG)?;
+    hop3_agent::logging::init(config.log_format);
     match config.command.take() {
         None => server::run(config, hop3_agent::server::shutdown_signal()).await,
         Some(Admin::Certs(cmd)) => run_certs(cmd),

@@ -23,6 +23,10 @@ use crate::state::Controller;
 use crate::store::Store;
 use crate::tokens::Tokens;
 
+/// The controller's services, as health and reflection name them.
+const BACKUP_SERVICE: &str = "hop3.backup.v1.BackupService";
+const REGISTRY_SERVICE: &str = "hop3.backup.v1.AgentRegistry";
+
 /// Runs the controller until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -94,9 +98,11 @@ pub async fn run(
     if config.local_agent {
         let state = Arc::new(config.agent.state());
         let (reporter, health) = hop3_agent::server::health().await;
-        reporter
-            .set_service_status("", ServingStatus::Serving)
-            .await;
+        for name in ["", hop3_agent::server::AGENT_SERVICE] {
+            reporter
+                .set_service_status(name, ServingStatus::Serving)
+                .await;
+        }
         // No port: only this process holds the other end of its connections.
         let (channel, incoming) = crate::in_process::channel();
         ctl.registry.pin_local(&state.host_id, channel);
@@ -117,7 +123,14 @@ pub async fn run(
         });
     }
 
-    let (_reporter, health) = tonic_health::server::health_reporter();
+    let (reporter, health) = tonic_health::server::health_reporter();
+    // Health by service name too, as load balancers and grpc-health-probe ask.
+    for name in [BACKUP_SERVICE, REGISTRY_SERVICE] {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection = hop3_agent::server::reflection(&[BACKUP_SERVICE, REGISTRY_SERVICE]);
     let backup = BackupServiceServer::new(BackupApi::new(ctl.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -127,6 +140,8 @@ pub async fn run(
         .concurrency_limit_per_connection(64)
         .add_service(health.clone())
         .add_service(backup.clone())
+        .add_service(reflection.0.clone())
+        .add_service(reflection.1.clone())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::UnixListenerStream::new(socket),
             async {
@@ -156,6 +171,8 @@ pub async fn run(
         .add_service(health)
         .add_service(backup)
         .add_service(registry)
+        .add_service(reflection.0)
+        .add_service(reflection.1)
         .serve_with_incoming_shutdown(hop3_agent::server::incoming(listener), shutdown)
         .await?;
     let _ = stop_socket.send(());

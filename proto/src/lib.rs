@@ -18,6 +18,10 @@ pub use backup_id::BackupId;
 pub use checksum::Checksum;
 pub use manifest::Manifest;
 
+/// The encoded descriptors of package `hop3.backup.v1`, for gRPC server
+/// reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hop3_descriptor");
+
 /// The version written into every manifest as `hop3_version`.
 pub const HOP3_VERSION: &str = env!("CARGO_PKG_VERSION");
 

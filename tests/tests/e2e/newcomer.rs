@@ -198,3 +198,117 @@ fn the_quick_start_makes_a_demo_app_backs_it_up_restores_and_clones_it() -> Resu
     );
     Ok(())
 }
+
+#[test]
+fn each_daemon_reads_its_own_config_file_and_refuses_the_others() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let controller_toml = dir.path().join("controller.toml");
+    std::fs::write(
+        &controller_toml,
+        "store = \"/var/hop3/backups\"\nlocal_agent = true\n",
+    )?;
+    let agent = |env: &[(&str, &std::path::Path)]| -> Result<std::process::Output> {
+        let mut cmd = std::process::Command::new(hop3_tests::harness::binary("hop3-agent"));
+        cmd.args(["--listen", "127.0.0.1:0", "--root"])
+            .arg(dir.path())
+            .env_remove("HOP3_CONFIG")
+            .env_remove("HOP3_AGENT_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Ok(cmd.output()?)
+    };
+    // The controller's file given to the agent: refused as a whole.
+    let out = agent(&[("HOP3_AGENT_CONFIG", &controller_toml)])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("controller.toml: unknown setting"),
+        "{err}"
+    );
+    // The old shared variable: refused, naming the agent's own.
+    let out = agent(&[("HOP3_CONFIG", &controller_toml)])?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("HOP3_AGENT_CONFIG"),
+        "{err}"
+    );
+    Ok(())
+}
+
+/// `tests/scripts/reflect.py HOST:PORT SERVICE`: what a Python grpcio client
+/// learns by reflection alone.
+fn reflect(target: &str, service: &str) -> Result<Vec<String>> {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/reflect.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .args([target, service])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "reflect.py {target} {service}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect())
+}
+
+#[test]
+fn both_servers_answer_reflection_and_health_by_service_name() -> Result<()> {
+    let mut sys = System::builder().local_agent(false).start()?;
+    let agent_url = sys.start_agent("web-1")?.process.url();
+    let controller = sys.url.trim_start_matches("http://").to_owned();
+    let lines = reflect(&controller, "hop3.backup.v1.BackupService")?;
+    for needed in [
+        "hop3.backup.v1.BackupService",
+        "hop3.backup.v1.AgentRegistry",
+        "grpc.health.v1.Health",
+        "hop3.backup.v1.BackupService/CreateBackup",
+        "hop3.backup.v1.BackupService/RestoreBackup",
+    ] {
+        ensure!(
+            lines.iter().any(|l| l == needed),
+            "no {needed} in {lines:?}"
+        );
+    }
+    ensure!(
+        !lines.iter().any(|l| l == "hop3.backup.v1.AgentService"),
+        "the controller lists a service it does not serve: {lines:?}"
+    );
+    let agent = agent_url.trim_start_matches("http://").to_owned();
+    let lines = reflect(&agent, "hop3.backup.v1.AgentService")?;
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l == "hop3.backup.v1.AgentService/BackupApp"),
+        "{lines:?}"
+    );
+    // Health by service name, as grpc-health-probe and load balancers ask.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    for (url, service) in [
+        (sys.url.clone(), "hop3.backup.v1.BackupService"),
+        (sys.url.clone(), "hop3.backup.v1.AgentRegistry"),
+        (agent_url.clone(), "hop3.backup.v1.AgentService"),
+    ] {
+        let status = rt.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(url)?
+                .connect()
+                .await?;
+            let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+            let resp = health
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: service.to_owned(),
+                })
+                .await?;
+            anyhow::Ok(resp.into_inner().status)
+        })?;
+        ensure!(
+            status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
+            "{service}: {status}"
+        );
+    }
+    Ok(())
+}
