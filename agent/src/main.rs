@@ -131,6 +131,7 @@ async fn run() -> anyhow::Result<()> {
         advertise,
         reporter.clone(),
     ));
+    server::notify_ready();
     server::serve(
         state,
         tls,

@@ -202,6 +202,14 @@ pub async fn register_loop(
     }
 }
 
+/// Tells systemd (a `Type=notify` unit) that the server is listening; a
+/// no-op outside systemd.
+pub fn notify_ready() {
+    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+        tracing::warn!(error = %e, "cannot tell systemd the service is ready");
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C: what stops a server gracefully.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

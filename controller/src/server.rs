@@ -158,6 +158,7 @@ pub async fn run(
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
         .max_decoding_message_size(1024 * 1024);
     tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store.display(), "hop3-controller serving");
+    hop3_agent::server::notify_ready();
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server(true))?;

@@ -887,12 +887,16 @@ impl SystemBuilder {
         let mut probe = Probe::plain(&config.host);
         let tls_dir = if self.tls {
             let dir = base.join("tls");
-            let args: [OsString; 4] = [
+            // Valid for the address the CLI reaches it at, as well.
+            let mut args: Vec<OsString> = vec![
                 "certs".into(),
                 "init".into(),
                 "--dir".into(),
                 dir.clone().into(),
             ];
+            for name in ["localhost", "127.0.0.1", config.host.as_str()] {
+                args.extend(["--name".into(), name.into()]);
+            }
             run_admin(&base, args, Vec::new()).success()?;
             config
                 .extra

@@ -1,7 +1,9 @@
-//! What a newcomer and an operator meet first: what a restore tells about
-//! the app's process.
+//! What a newcomer and an operator meet first: the quick start's demo app,
+//! what a restore says of the app's process, the monitoring check, config
+//! files found without flags, reflection and health by name, and the
+//! provisioning script bringing up a TLS agent on a fresh host.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use hop3_tests::{App, System};
 
 #[test]
@@ -309,6 +311,167 @@ fn both_servers_answer_reflection_and_health_by_service_name() -> Result<()> {
             status == tonic_health::pb::health_check_response::ServingStatus::Serving as i32,
             "{service}: {status}"
         );
+    }
+    Ok(())
+}
+
+/// Kills the agent a provisioning script started in the background, by the
+/// pid file it wrote, when the test ends.
+struct ProvisionedAgent(std::path::PathBuf);
+
+impl Drop for ProvisionedAgent {
+    fn drop(&mut self) {
+        if let Some(pid) = std::fs::read_to_string(&self.0)
+            .ok()
+            .and_then(|p| p.trim().parse::<i32>().ok())
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        }
+    }
+}
+
+#[test]
+fn the_provisioning_script_brings_up_a_tls_agent_on_a_fresh_host() -> Result<()> {
+    use hop3_tests::harness::{bin_dir, free_port};
+    let Some(link) = hop3_tests::netns::Link::new()? else {
+        return Ok(());
+    };
+    let mut sys = System::builder()
+        .local_agent(false)
+        .tls()
+        .controller_host(link.host_ip().to_string())
+        .start()?;
+    let token = sys.create_token("ops")?;
+    sys.set_token(Some(&token));
+    // The fresh host: its own network namespace and its own filesystem root.
+    let host = sys.scratch("web-ns")?;
+    let root = host.join("home/hop3");
+    App::build(&root, "shop", 61, &sys.scratch("fixtures")?)?;
+    let certs = sys.issue_agent_cert("web-ns")?;
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/provision-agent.sh");
+    let ns_ip = link.ns_ip().to_string();
+    let port = free_port();
+    let provision = |tls: bool| -> Result<std::process::Output> {
+        let (ip, prefix) = link.exec_prefix("bash");
+        let mut cmd = std::process::Command::new(ip);
+        cmd.args(prefix)
+            .arg(&script)
+            .args(["--controller", &sys.url, "--host-id", "web-ns"])
+            .args(["--listen", &format!("0.0.0.0:{port}")])
+            .args(["--advertise", &format!("https://{ns_ip}:{port}")])
+            .arg("--bin")
+            .arg(bin_dir())
+            .arg("--root")
+            .arg(&root)
+            .arg("--prefix")
+            .arg(&host)
+            .arg("--no-systemd")
+            .stdin(std::process::Stdio::null());
+        if tls {
+            cmd.arg("--tls-from").arg(&certs);
+        }
+        Ok(cmd.output()?)
+    };
+    // Off loopback without TLS: refused before anything is installed.
+    let out = provision(false)?;
+    ensure!(
+        out.status.code() == Some(2) && String::from_utf8_lossy(&out.stderr).contains("needs TLS"),
+        "{:?}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(!host.join("etc/hop3/agent.env").exists());
+    // As written, with the host's certificate: it registers over mutual TLS.
+    let out = provision(true)?;
+    let _agent = ProvisionedAgent(host.join("run/hop3-agent.pid"));
+    ensure!(
+        out.status.success()
+            && String::from_utf8_lossy(&out.stdout).contains("web-ns is registered"),
+        "{:?}\n{}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(host.join("var/log/hop3-agent.log")).unwrap_or_default()
+    );
+    let env = std::fs::read_to_string(host.join("etc/hop3/agent.env"))?;
+    ensure!(env.contains("HOP3_TLS_DIR="), "{env}");
+    let mode = std::os::unix::fs::MetadataExt::mode(&std::fs::metadata(
+        host.join("etc/hop3/tls/web-ns.key"),
+    )?);
+    ensure!(mode & 0o077 == 0, "the key is readable by others: {mode:o}");
+    let row = sys.agent_row("web-ns")?.context("web-ns listed")?;
+    ensure!(
+        row.status == "online" && row.address.starts_with("https://"),
+        "{row:?}"
+    );
+    // And it serves: a backup and a restore through it.
+    let id = sys.create_on("shop", "web-ns")?.backup_id;
+    sys.restore(&id, Some("shop-copy"))?;
+    ensure!(root.join("apps/shop-copy/app.json").is_file());
+    Ok(())
+}
+
+#[test]
+fn the_systemd_units_verify_score_below_5_and_readiness_is_sent() -> Result<()> {
+    // Type=notify: the controller says READY=1 once it serves.
+    let dir = tempfile::tempdir()?;
+    let notify = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify)?;
+    socket.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let _sys = System::builder()
+        .controller_env("NOTIFY_SOCKET", notify.as_os_str())
+        .start()?;
+    let mut buf = [0u8; 256];
+    let n = socket.recv(&mut buf)?;
+    ensure!(
+        String::from_utf8_lossy(&buf[..n]).contains("READY=1"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: systemd-analyze is not installed");
+        return Ok(());
+    }
+    let units = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/systemd");
+    for unit in ["hop3-agent", "hop3-controller"] {
+        // verify needs the binary the unit names: the one under test.
+        let text = std::fs::read_to_string(units.join(format!("{unit}.service")))?;
+        let text = text.replace(
+            &format!("/usr/local/bin/{unit}"),
+            &hop3_tests::harness::binary(unit).display().to_string(),
+        );
+        let file = dir.path().join(format!("{unit}.service"));
+        std::fs::write(&file, text)?;
+        let out = std::process::Command::new("systemd-analyze")
+            .arg("verify")
+            .arg(&file)
+            .output()?;
+        ensure!(
+            out.status.success() && out.stderr.is_empty(),
+            "systemd-analyze verify {unit}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes"])
+            .arg(&file)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let level: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for").nth(1))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("no exposure level for {unit}:\n{text}"))?;
+        ensure!(level < 5.0, "{unit}: exposure {level}\n{text}");
+        eprintln!("{unit}.service: systemd-analyze security exposure {level}");
     }
     Ok(())
 }
