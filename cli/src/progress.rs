@@ -1,6 +1,8 @@
 //! Progress of a create or restore, always on stderr so stdout stays the
 //! command's result: a bar on a terminal, throttled plain lines otherwise
-//! (logs and CI keep a readable trace without thousands of lines).
+//! (logs and CI keep a readable trace without thousands of lines), JSON
+//! lines with `--json`. Lines end with a 100% line when the operation
+//! completes.
 
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -15,13 +17,16 @@ pub trait Progress {
     /// when unknown).
     fn update(&mut self, step: &str, done: u64, total: u64);
 
-    /// The operation is over (successfully or not): leave the terminal clean.
-    fn finish(&mut self);
+    /// The operation is over, `completed` or not: leave the terminal clean.
+    fn finish(&mut self, completed: bool);
 }
 
-/// The progress display suited to where stderr goes.
-pub fn for_stderr() -> Box<dyn Progress> {
-    if io::stderr().is_terminal() {
+/// The progress display suited to where stderr goes: JSON lines for
+/// `--json`, a bar on a terminal, plain lines otherwise.
+pub fn for_stderr(json: bool) -> Box<dyn Progress> {
+    if json {
+        Box::new(Lines::json(io::stderr()))
+    } else if io::stderr().is_terminal() {
         Box::new(Bar::new())
     } else {
         Box::new(Lines::new(io::stderr()))
@@ -90,7 +95,7 @@ impl Progress for Bar {
         self.total = total;
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, _completed: bool) {
         self.bar.finish_and_clear();
     }
 }
@@ -113,6 +118,8 @@ pub struct Lines<W: Write> {
     /// The last tenth (0..=10) printed for the current step.
     tenth: u64,
     last_line: Option<Instant>,
+    /// One JSON object per line instead of text.
+    json: bool,
 }
 
 /// How often a step of unknown size is reported.
@@ -126,7 +133,38 @@ impl<W: Write> Lines<W> {
             step: None,
             tenth: 0,
             last_line: None,
+            json: false,
         }
+    }
+
+    /// Writes JSON lines to `out`: `{"progress": {"step": ..., "done": ...,
+    /// "total": ... or null, "percent": ... or null}}`.
+    pub fn json(out: W) -> Self {
+        Self {
+            json: true,
+            ..Self::new(out)
+        }
+    }
+
+    fn write(&mut self, step: &str, done: u64, total: Option<u64>) {
+        let percent = total.map(|t| (u128::from(done.min(t)) * 100 / u128::from(t.max(1))) as u64);
+        let line = if self.json {
+            serde_json::json!({"progress": {
+                "step": step, "done": done, "total": total, "percent": percent,
+            }})
+            .to_string()
+        } else {
+            match (total, percent) {
+                (Some(t), Some(p)) => format!(
+                    "progress: {step} {p}% ({} / {})",
+                    format_size(done),
+                    format_size(t)
+                ),
+                _ => format!("progress: {step} {}", format_size(done)),
+            }
+        };
+        // Progress is a courtesy: a closed stderr must not fail the backup.
+        let _ = writeln!(self.out, "{line}");
     }
 
     /// [`Progress::update`] at a given time, so the throttling is testable.
@@ -146,18 +184,7 @@ impl<W: Write> Lines<W> {
         }
         self.tenth = tenth;
         self.last_line = Some(now);
-        let line = if total > 0 {
-            let percent = (u128::from(done.min(total)) * 100 / u128::from(total)) as u64;
-            format!(
-                "progress: {step} {percent}% ({} / {})",
-                format_size(done),
-                format_size(total)
-            )
-        } else {
-            format!("progress: {step} {}", format_size(done))
-        };
-        // Progress is a courtesy: a closed stderr must not fail the backup.
-        let _ = writeln!(self.out, "{line}");
+        self.write(step, done, (total > 0).then_some(total));
     }
 
     /// The writer, to inspect what was written.
@@ -179,7 +206,17 @@ impl<W: Write> Progress for Lines<W> {
         self.update_at(Instant::now(), step, done, total);
     }
 
-    fn finish(&mut self) {
+    fn finish(&mut self, completed: bool) {
+        // The trace of a completed operation ends at 100%, whatever the
+        // throttling let through.
+        if completed && !(self.tenth == 10 && self.step.is_some()) {
+            let line = if self.json {
+                serde_json::json!({"progress": {"step": "done", "percent": 100}}).to_string()
+            } else {
+                "progress: done 100%".to_owned()
+            };
+            let _ = writeln!(self.out, "{line}");
+        }
         let _ = self.out.flush();
     }
 }
@@ -212,6 +249,36 @@ mod tests {
         assert_eq!(lines[10], "progress: data 100% (30.0 MB / 30.0 MB)");
         assert_eq!(lines[11], "progress: env 10% (10.0 B / 100.0 B)");
         assert_eq!(lines.len(), 12, "{out}");
+    }
+
+    #[test]
+    fn a_completed_operation_ends_at_100_percent_and_json_lines_parse() {
+        let mut p = Lines::new(Vec::new());
+        let now = Instant::now();
+        p.update_at(now, "data", 10, 100);
+        p.finish(true);
+        assert_eq!(
+            text(p),
+            "progress: data 10% (10.0 B / 100.0 B)\nprogress: done 100%\n"
+        );
+        // A failed one does not claim it.
+        let mut p = Lines::new(Vec::new());
+        p.update_at(now, "data", 10, 100);
+        p.finish(false);
+        assert!(!text(p).contains("100%"));
+        let mut p = Lines::json(Vec::new());
+        p.update_at(now, "data", 10, 100);
+        p.update_at(now, "services/postgres_db", 5, 0);
+        p.finish(true);
+        let out = text(p);
+        let docs: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(docs[0]["progress"]["percent"], 10);
+        assert!(docs[1]["progress"]["total"].is_null());
+        assert_eq!(docs[2]["progress"]["step"], "done");
+        assert_eq!(docs.len(), 3);
     }
 
     #[test]

@@ -81,7 +81,7 @@ where
             None => break Ok(()),
         }
     };
-    progress.finish();
+    progress.finish(outcome.is_ok() && done.is_some());
     outcome?;
     done.ok_or(CliError::Incomplete { operation })
 }
@@ -99,7 +99,7 @@ mod tests {
         fn update(&mut self, step: &str, done: u64, total: u64) {
             self.0.push((step.to_owned(), done, total));
         }
-        fn finish(&mut self) {
+        fn finish(&mut self, _completed: bool) {
             self.1 = true;
         }
     }

@@ -27,7 +27,7 @@ pub async fn run(
     let stream = controller
         .create_backup(app, no_services, host, format)
         .await?;
-    let mut progress = progress::for_stderr();
+    let mut progress = progress::for_stderr(out.is_json());
     let on_error = |status| controller.error(status, Subject::App);
     let summary = follow(stream, progress.as_mut(), on_error, "backup").await?;
     // A `completed` event for a FAILED backup is still a failure: scripts

@@ -24,7 +24,7 @@ pub async fn run(
         out.text(&format!("Restoring backup {id}...\n"))?;
     }
     let stream = controller.restore_backup(id, target).await?;
-    let mut progress = progress::for_stderr();
+    let mut progress = progress::for_stderr(out.is_json());
     let on_error = |status| controller.error(status, Subject::Backup);
     let result = follow(stream, progress.as_mut(), on_error, "restore").await?;
     if out.is_json() {

@@ -475,3 +475,33 @@ fn the_systemd_units_verify_score_below_5_and_readiness_is_sent() -> Result<()> 
     }
     Ok(())
 }
+
+#[test]
+fn progress_is_json_lines_with_json_and_every_trace_ends_at_100_percent() -> Result<()> {
+    let sys = System::start()?;
+    App::build(&sys.root, "shop", 54, &sys.scratch("fixtures")?)?;
+    let out = sys.hop3(["--json", "backup:create", "shop"]).success()?;
+    let lines: Vec<serde_json::Value> = out
+        .stderr
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("stderr is not JSON lines:\n{}", out.stderr))?;
+    ensure!(
+        lines.iter().all(|l| l["progress"]["step"].is_string()),
+        "{}",
+        out.stderr
+    );
+    let last = lines.last().context("no progress at all")?;
+    ensure!(last["progress"]["percent"] == 100, "{}", out.stderr);
+    let id: serde_json::Value = out.json()?;
+    let id = id["backup_id"].as_str().context("backup_id")?.to_owned();
+    let out = sys.hop3(["backup:restore", &id]).success()?;
+    let last = out.stderr.lines().last().unwrap_or_default();
+    ensure!(
+        last.starts_with("progress: ") && last.contains("100%"),
+        "the plain trace ends with {last:?}\n{}",
+        out.stderr
+    );
+    Ok(())
+}
