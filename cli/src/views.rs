@@ -8,18 +8,26 @@ use hop3_proto::v1::{
 };
 use serde::Serialize;
 
+/// `None` for an empty string: an absent value is `null` in every document,
+/// never `""`.
+fn present(s: String) -> Option<String> {
+    (!s.is_empty()).then_some(s)
+}
+
 /// One backup: `backup:create` prints one, `backup:list` an array of them.
 #[derive(Debug, Serialize)]
 pub struct SummaryView {
     pub backup_id: String,
     pub app: String,
-    pub host: String,
+    /// Null for a backup that names no host (Hop3's Python server's).
+    pub host: Option<String>,
     pub status: String,
     pub created_at: String,
     pub total_size: u64,
     pub services: Vec<String>,
     pub location: String,
-    pub error: String,
+    /// Why a FAILED backup failed; null otherwise.
+    pub error: Option<String>,
     /// Entries the backup could not hold (sockets, device nodes), and why.
     pub skipped: Vec<SkippedView>,
 }
@@ -45,13 +53,13 @@ impl From<BackupSummary> for SummaryView {
         Self {
             backup_id: s.backup_id,
             app: s.app,
-            host: s.host,
+            host: present(s.host),
             status: s.status,
             created_at: s.created_at,
             total_size: s.total_size,
             services: s.services,
             location: s.location,
-            error: s.error,
+            error: present(s.error),
             skipped: s.skipped.into_iter().map(SkippedView::from).collect(),
         }
     }
@@ -62,11 +70,11 @@ impl From<BackupSummary> for SummaryView {
 pub struct DetailsView {
     pub backup_id: String,
     pub app: String,
-    pub host: String,
+    pub host: Option<String>,
     pub status: String,
     pub created_at: String,
     pub total_size: u64,
-    pub error: String,
+    pub error: Option<String>,
     pub format_version: String,
     pub hop3_version: String,
     pub env_vars_count: u32,
@@ -86,11 +94,11 @@ impl From<BackupDetails> for DetailsView {
         Self {
             backup_id: s.backup_id,
             app: s.app,
-            host: s.host,
+            host: present(s.host),
             status: s.status,
             created_at: s.created_at,
             total_size: s.total_size,
-            error: s.error,
+            error: present(s.error),
             format_version: d.format_version,
             hop3_version: d.hop3_version,
             env_vars_count: d.env_vars_count,
@@ -110,7 +118,8 @@ impl From<BackupDetails> for DetailsView {
 pub struct FileView {
     pub path: String,
     pub expected: String,
-    pub actual: String,
+    /// Null when the file is missing.
+    pub actual: Option<String>,
     pub size: u64,
     pub valid: bool,
 }
@@ -120,7 +129,7 @@ impl From<FileCheck> for FileView {
         Self {
             path: f.path,
             expected: f.expected,
-            actual: f.actual,
+            actual: present(f.actual),
             size: f.size,
             valid: f.valid,
         }
@@ -151,17 +160,17 @@ impl From<ServiceInfo> for ServiceView {
 /// Hostname, port and run state of an app.
 #[derive(Debug, Serialize)]
 pub struct AppStateView {
-    pub hostname: String,
-    pub port: u32,
-    pub run_state: String,
+    pub hostname: Option<String>,
+    pub port: Option<u32>,
+    pub run_state: Option<String>,
 }
 
 impl From<AppState> for AppStateView {
     fn from(a: AppState) -> Self {
         Self {
-            hostname: a.hostname,
-            port: a.port,
-            run_state: a.run_state,
+            hostname: present(a.hostname),
+            port: (a.port != 0).then_some(a.port),
+            run_state: present(a.run_state),
         }
     }
 }
@@ -171,10 +180,11 @@ impl From<AppState> for AppStateView {
 pub struct RestoreView {
     pub backup_id: String,
     pub app: String,
-    pub host: String,
-    pub hostname: String,
-    pub port: u32,
-    pub run_state: String,
+    pub host: Option<String>,
+    /// The app's hostname, port and run state; null where it has none.
+    pub hostname: Option<String>,
+    pub port: Option<u32>,
+    pub run_state: Option<String>,
     /// What the restore did that its user should know.
     pub notes: Vec<String>,
     /// What became of the app's process: `restarted`, `stopped`, `new` or
@@ -188,10 +198,10 @@ impl From<RestoreResult> for RestoreView {
         Self {
             backup_id: r.backup_id,
             app: r.app,
-            host: r.host,
-            hostname: state.hostname,
-            port: state.port,
-            run_state: state.run_state,
+            host: present(r.host),
+            hostname: present(state.hostname),
+            port: (state.port != 0).then_some(state.port),
+            run_state: present(state.run_state),
             notes: r.notes,
             start: r.start,
         }
@@ -305,7 +315,7 @@ mod tests {
             json!({
                 "backup_id": "20251108_143022_a8f3d9", "app": "my-app", "host": "h1",
                 "status": "COMPLETED", "created_at": "2025-11-08T14:30:22Z", "total_size": 10,
-                "error": "", "format_version": "1.0", "hop3_version": "0.8.0",
+                "error": null, "format_version": "1.0", "hop3_version": "0.8.0",
                 "env_vars_count": 2, "services_included": true,
                 "files": [{"path": "env.json", "expected": "sha256:aa", "actual": "sha256:aa",
                            "size": 10, "valid": true}],

@@ -254,9 +254,11 @@ fn create_in_space_form_with_json() {
     assert_eq!(doc["status"], "COMPLETED");
     assert_eq!(doc["total_size"], 16_357_785);
     assert_eq!(doc["services"][0], "postgres:my-database");
-    for field in ["host", "created_at", "location", "error"] {
+    for field in ["host", "created_at", "location"] {
         assert!(doc[field].is_string(), "{field}");
     }
+    // A COMPLETED backup has no error: null, never "".
+    assert!(doc["error"].is_null(), "{}", doc["error"]);
     fake.received(|r| {
         assert_eq!(r.creates.len(), 1);
         assert!(r.creates[0].no_services);
@@ -380,7 +382,10 @@ fn info_shows_the_block_and_fails_on_a_bad_checksum() {
     let doc = json(&o);
     assert_eq!(doc["all_valid"], false);
     assert_eq!(doc["files"][1]["valid"], false);
-    assert_eq!(doc["files"][2]["actual"], "");
+    assert!(
+        doc["files"][2]["actual"].is_null(),
+        "a missing file's digest is null"
+    );
     assert_eq!(doc["services"][0]["type"], "postgres");
     assert_eq!(doc["app_state"]["port"], 8000);
     assert_eq!(json_error(&o)["error"]["code"], "FAILED_PRECONDITION");
@@ -628,9 +633,11 @@ fn import_prints_the_summary() {
     assert_eq!(doc["app"], "my-app");
     assert_eq!(doc["status"], "COMPLETED");
     assert_eq!(doc["total_size"], 16_357_785);
-    for field in ["host", "created_at", "location", "error"] {
+    for field in ["host", "created_at", "location"] {
         assert!(doc[field].is_string(), "{field}");
     }
+    // A COMPLETED backup has no error: null, never "".
+    assert!(doc["error"].is_null(), "{}", doc["error"]);
     fake.received(|r| {
         let sent: Vec<_> = r.imports.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(sent, ["/srv/incoming/old-backup", "/srv/incoming/b"]);

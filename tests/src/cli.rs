@@ -246,12 +246,22 @@ impl Output {
     }
 }
 
+/// A JSON `null` (an absent value) as the type's default.
+fn null_as_default<'de, D, T>(d: D) -> std::result::Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
 /// One catalog row: the JSON of `backup:create` and of each `backup:list`
 /// entry.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct BackupSummary {
     pub backup_id: String,
     pub app: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
     /// STARTED, COMPLETED or FAILED.
     pub status: String,
@@ -288,6 +298,7 @@ impl BackupSummary {
 pub struct FileCheck {
     pub path: String,
     pub expected: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub actual: String,
     pub size: u64,
     pub valid: bool,
@@ -296,8 +307,11 @@ pub struct FileCheck {
 /// Hostname, port and run state as recorded in a backup.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct AppState {
+    #[serde(deserialize_with = "null_as_default")]
     pub hostname: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub port: u32,
+    #[serde(deserialize_with = "null_as_default")]
     pub run_state: String,
 }
 
@@ -306,6 +320,7 @@ pub struct AppState {
 pub struct BackupInfo {
     pub backup_id: String,
     pub app: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
     pub status: String,
     pub created_at: String,
@@ -339,9 +354,13 @@ impl BackupInfo {
 pub struct RestoreResult {
     pub backup_id: String,
     pub app: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub hostname: String,
+    #[serde(deserialize_with = "null_as_default")]
     pub port: u32,
+    #[serde(deserialize_with = "null_as_default")]
     pub run_state: String,
     /// What the restore did that its user should know.
     #[serde(default)]
@@ -359,6 +378,7 @@ pub struct Deleted {
 /// One agent of `agent:list --json`.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct AgentRow {
+    #[serde(deserialize_with = "null_as_default")]
     pub host: String,
     pub address: String,
     pub version: String,
