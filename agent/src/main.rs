@@ -104,10 +104,12 @@ async fn run() -> anyhow::Result<()> {
     // each other by.
     let join = match &tls {
         Some(_) => None,
-        None => Some((
-            JoinToken::from_env_or_file(&args.join_token_file)?,
-            Arc::new(ControllerToken::default()),
-        )),
+        None => {
+            let path = args.join_token_file.clone();
+            let token =
+                tokio::task::spawn_blocking(move || JoinToken::from_env_or_file(&path)).await??;
+            Some((token, Arc::new(ControllerToken::default())))
+        }
     };
     let callers = match &join {
         Some((_, calls)) => Callers::ControllerToken(calls.clone()),

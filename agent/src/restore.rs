@@ -235,10 +235,10 @@ async fn entry_names(dir: &Path) -> Result<BTreeSet<std::ffi::OsString>> {
 /// machine (its host id and machine id), comes back exactly as it was: the
 /// owners it recorded, set-ID bits and capabilities of the app owner's own
 /// files. Any other restore gives every file to the owner of the existing
-/// app's directory, else to `--app-user`, else (a sealed backup) to the user
-/// and group of the names the backup recorded, when this host knows both,
-/// else to the owner of the host's apps directory; and no set-ID bit or
-/// capability comes back.
+/// app's directory, else to `--app-user`, else (a sealed backup) to the owner
+/// it recorded when made on this machine, or to the user and group of the
+/// names it recorded when this host knows both, else to the owner of the
+/// host's apps directory; and no set-ID bit or capability comes back.
 async fn ownership(
     state: &AgentState,
     live: &Path,
@@ -270,8 +270,13 @@ async fn ownership(
         Ok(meta) if meta.is_dir() => Some(owner_of(meta)),
         _ => None,
     };
+    // On the machine that made it, a sealed backup's numbers are this
+    // machine's users (a clone of an app whose user has no name keeps it);
+    // elsewhere only names mean the same user.
+    let same_machine = header.trusted && layout.machine_id.is_some() && layout.machine_id == here;
     let owner = match existing
         .or(state.app_user)
+        .or(recorded.filter(|_| same_machine))
         .or(by_name.filter(|_| header.trusted))
     {
         Some(owner) => owner,

@@ -145,7 +145,7 @@ impl ImportSource {
         }
     }
 
-    /// Reads at most `limit` bytes of the file `rel`; None when it is not there.
+    /// Reads the file `rel`, refused when it holds more than `limit` bytes.
     pub async fn read(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
         use tokio::io::AsyncReadExt;
         let file = self.file(rel).await?;

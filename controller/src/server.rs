@@ -57,10 +57,16 @@ pub async fn run(
     // Without TLS, standalone agents and the controller know each other by it.
     let join_token = match &tls {
         Some(_) => None,
-        None => Some(
-            hop3_agent::join_token::JoinToken::load_or_create(store.root())
-                .context("cannot set up the agents' join token")?,
-        ),
+        None => {
+            let root = store.root().to_owned();
+            // File I/O: off the runtime's threads, as everything else.
+            let token = tokio::task::spawn_blocking(move || {
+                hop3_agent::join_token::JoinToken::load_or_create(&root)
+            })
+            .await?
+            .context("cannot set up the agents' join token")?;
+            Some(token)
+        }
     };
     let (socket, local_callers) = crate::socket::bind(
         &config.socket,

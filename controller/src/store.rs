@@ -535,7 +535,7 @@ async fn read_private(path: &Path, limit: u64) -> io::Result<Vec<u8>> {
     let mut bytes = Vec::new();
     file.take(limit + 1).read_to_end(&mut bytes).await?;
     if bytes.len() as u64 > limit {
-        return Err(io::Error::other("too large"));
+        return Err(io::Error::new(io::ErrorKind::FileTooLarge, "too large"));
     }
     Ok(bytes)
 }
@@ -553,16 +553,11 @@ async fn sync_dir(dir: &Path) -> Result<()> {
 /// it is (in the store, or a copy being imported), never more than
 /// `MAX_MANIFEST_BYTES` of it.
 pub async fn read_manifest_in(dir: &Path) -> Result<Manifest> {
-    let file = File::open(dir.join(MANIFEST_FILE))
+    let bytes = read_private(&dir.join(MANIFEST_FILE), MAX_MANIFEST_BYTES)
         .await
-        .map_err(StoreError::io("reading metadata.json"))?;
-    let mut bytes = Vec::new();
-    file.take(MAX_MANIFEST_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .await
-        .map_err(StoreError::io("reading metadata.json"))?;
-    if bytes.len() as u64 > MAX_MANIFEST_BYTES {
-        return Err(StoreError::ManifestTooLarge);
-    }
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::FileTooLarge => StoreError::ManifestTooLarge,
+            _ => StoreError::io("reading metadata.json")(e),
+        })?;
     Ok(Manifest::from_json(&bytes)?)
 }

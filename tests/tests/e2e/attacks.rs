@@ -656,3 +656,67 @@ fn backups_made_before_seals_are_sealed_once_and_a_new_key_blesses_nothing() -> 
     sys.restore_with(&id, Some("old-copy2"), None, &["--trust-imported"])?;
     Ok(())
 }
+
+#[test]
+fn a_second_controller_never_takes_the_socket_nor_binds_it_where_others_write() -> Result<()> {
+    let sys = System::start()?;
+    let socket = sys
+        .cli_url()
+        .strip_prefix("unix:")
+        .context("a unix: URL")?
+        .to_owned();
+    let other = sys.scratch("other-store")?;
+    let controller = |socket: &Path| {
+        Command::new(binary("hop3-controller"))
+            .args(["--listen", "127.0.0.1:0", "--store"])
+            .arg(&other)
+            .arg("--socket")
+            .arg(socket)
+            .env_remove("HOP3_CONFIG")
+            .output()
+    };
+    let out = controller(Path::new(&socket))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("another controller is serving on"),
+        "{err}"
+    );
+    // The first still serves on it.
+    sys.hop3(["backup:list"]).success()?;
+    // A directory anyone may write (and rename in): refused.
+    let open = sys.scratch("open")?;
+    fs::set_permissions(&open, fs::Permissions::from_mode(0o777))?;
+    let out = controller(&open.join("ctl.sock"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success() && err.contains("can be written by other users"),
+        "{err}"
+    );
+    ensure!(!open.join("ctl.sock").exists());
+    Ok(())
+}
+
+#[test]
+fn a_clone_on_the_same_machine_keeps_an_owner_that_has_no_name() -> Result<()> {
+    if !is_root() {
+        eprintln!("skipped: needs root to give files away");
+        return Ok(());
+    }
+    let sys = System::start()?;
+    let app = App::build(&sys.root, "owned", 62, &sys.scratch("fixtures")?)?;
+    // A uid and gid without passwd or group entries.
+    chown_r(&app.dir, 4242)?;
+    let id = sys.create("owned")?.backup_id;
+    sys.restore(&id, Some("owned-copy"))?;
+    let clone = sys.root.join("apps/owned-copy");
+    for p in ["", "ENV", "data", "data/db/app.sqlite", "src"] {
+        let m = fs::symlink_metadata(clone.join(p))?;
+        ensure!(
+            (m.uid(), m.gid()) == (4242, 4242),
+            "{p:?} of the clone is {}:{}",
+            m.uid(),
+            m.gid()
+        );
+    }
+    Ok(())
+}
