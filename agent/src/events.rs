@@ -55,6 +55,11 @@ impl<T: Send + 'static> EventSender<T> {
         self.tx.is_closed()
     }
 
+    /// Resolves once the receiving end has gone away.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     /// Ends the stream with an error status.
     pub async fn fail(&self, status: Status) {
         // The controller may be gone already; then there is nobody to tell.

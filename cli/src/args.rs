@@ -45,7 +45,9 @@ Exit codes:
      online (agent:forget)
   5  resource exhausted: not enough disk space
   6  permission denied or unauthenticated
-  7  the controller cannot be reached";
+  7  the controller cannot be reached
+  130  interrupted (Ctrl-C during backup:create or backup:restore: the job
+     goes on on the controller unless --cancel-on-interrupt)";
 
 /// Back up and restore Hop3 applications through a hop3-backup controller.
 #[derive(Debug, Parser)]
@@ -173,6 +175,11 @@ struct CreateArgs {
     /// controller's, 1.1].
     #[arg(long, value_name = "VERSION", value_parser = ["1.0", "1.1"])]
     format: Option<String>,
+    /// On Ctrl-C, cancel the operation instead of leaving it to run on the
+    /// controller (a backup is then recorded FAILED, its partial files
+    /// removed; a restore still receiving leaves the app as it was).
+    #[arg(long)]
+    cancel_on_interrupt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -237,6 +244,11 @@ struct RestoreArgs {
     /// start/stop commands, it otherwise restarts the app itself).
     #[arg(long)]
     no_start: bool,
+    /// On Ctrl-C, cancel the operation instead of leaving it to run on the
+    /// controller (a backup is then recorded FAILED, its partial files
+    /// removed; a restore still receiving leaves the app as it was).
+    #[arg(long)]
+    cancel_on_interrupt: bool,
 }
 
 #[derive(Debug, Args)]
@@ -261,12 +273,7 @@ struct ImportArgs {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// `backup:create APP [--no-services] [--host HOST] [--format VERSION]`
-    Create {
-        app: String,
-        no_services: bool,
-        host: Option<String>,
-        format: Option<String>,
-    },
+    Create { app: String, options: CreateOptions },
     /// `backup:list [APP] [--limit N]`
     List {
         app: Option<String>,
@@ -296,6 +303,19 @@ pub enum Command {
     AgentForget { host: String },
 }
 
+/// How `backup:create` backs up.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct CreateOptions {
+    /// Leave the app's databases out.
+    pub no_services: bool,
+    /// The host whose copy of the app to back up.
+    pub host: Option<String>,
+    /// The on-disk format; None: the controller's default.
+    pub format: Option<String>,
+    /// Cancel the backup on Ctrl-C.
+    pub cancel_on_interrupt: bool,
+}
+
 /// Where and how `backup:restore` restores.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RestoreTarget {
@@ -311,6 +331,8 @@ pub struct RestoreTarget {
     pub trust_imported: bool,
     /// Leave the app stopped.
     pub no_start: bool,
+    /// Cancel the restore on Ctrl-C (while the agent still receives).
+    pub cancel_on_interrupt: bool,
 }
 
 impl Cli {
@@ -321,9 +343,12 @@ impl Cli {
         Ok(match &self.command {
             T::Create(a) | T::Backup(B::Create(a)) => Command::Create {
                 app: app_name(&a.app)?,
-                no_services: a.no_services,
-                host: a.host.as_deref().map(host_id).transpose()?,
-                format: a.format.clone(),
+                options: CreateOptions {
+                    no_services: a.no_services,
+                    host: a.host.as_deref().map(host_id).transpose()?,
+                    format: a.format.clone(),
+                    cancel_on_interrupt: a.cancel_on_interrupt,
+                },
             },
             T::Completions { shell } => Command::Completions { shell: *shell },
             T::Man => Command::Man,
@@ -353,6 +378,7 @@ impl Cli {
                     hostname: a.hostname.as_deref().map(hostname).transpose()?,
                     trust_imported: a.trust_imported,
                     no_start: a.no_start,
+                    cancel_on_interrupt: a.cancel_on_interrupt,
                 },
             },
             T::Delete(a) | T::Backup(B::Delete(a)) => Command::Delete {
@@ -508,9 +534,11 @@ mod tests {
             command(&["backup:create", "my-app", "--no-services"]),
             Command::Create {
                 app: "my-app".into(),
-                no_services: true,
-                host: None,
-                format: None,
+                options: CreateOptions {
+                    no_services: true,
+                    host: None,
+                    ..Default::default()
+                },
             }
         );
     }
@@ -521,18 +549,21 @@ mod tests {
             command(&["backup:create", "my-app", "--host", "web-1.example.com"]),
             Command::Create {
                 app: "my-app".into(),
-                no_services: false,
-                host: Some("web-1.example.com".into()),
-                format: None,
+                options: CreateOptions {
+                    host: Some("web-1.example.com".into()),
+                    ..Default::default()
+                },
             }
         );
         assert_eq!(
             command(&["backup", "create", "blog", "--no-services", "--host", "h2"]),
             Command::Create {
                 app: "blog".into(),
-                no_services: true,
-                host: Some("h2".into()),
-                format: None,
+                options: CreateOptions {
+                    no_services: true,
+                    host: Some("h2".into()),
+                    ..Default::default()
+                },
             }
         );
     }

@@ -169,15 +169,14 @@ impl Controller {
     pub async fn create_backup(
         &mut self,
         app: &str,
-        no_services: bool,
-        host: Option<&str>,
-        format: Option<&str>,
+        options: &crate::args::CreateOptions,
     ) -> Result<Streaming<CreateBackupEvent>, CliError> {
         let request = CreateBackupRequest {
             app: app.to_owned(),
-            no_services,
-            host: host.unwrap_or_default().to_owned(),
-            format: format.unwrap_or_default().to_owned(),
+            no_services: options.no_services,
+            host: options.host.clone().unwrap_or_default(),
+            format: options.format.clone().unwrap_or_default(),
+            cancel_on_disconnect: options.cancel_on_interrupt,
         };
         match self.client.create_backup(request).await {
             Ok(response) => Ok(response.into_inner()),
@@ -235,6 +234,7 @@ impl Controller {
             trust_imported: target.trust_imported,
             no_start: target.no_start,
             hostname: target.hostname.clone().unwrap_or_default(),
+            cancel_on_disconnect: target.cancel_on_interrupt,
         };
         match self.client.restore_backup(request).await {
             Ok(response) => Ok(response.into_inner()),

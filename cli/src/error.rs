@@ -24,6 +24,83 @@ pub mod exit {
     pub const PERMISSION_DENIED: u8 = 6;
     /// The controller cannot be reached.
     pub const UNREACHABLE: u8 = 7;
+    /// Ctrl-C during a create or restore (128 + SIGINT, as shells report it).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// The job a Ctrl-C left, and what became of it.
+#[derive(Debug)]
+pub enum InterruptedJob {
+    /// A `backup:create`; `id` is None when the controller had not yet
+    /// said which backup it started.
+    Backup {
+        id: Option<String>,
+        app: String,
+        cancelled: bool,
+    },
+    /// A `backup:restore`; `target` is the app and host it goes to, once
+    /// the controller has said.
+    Restore {
+        id: String,
+        target: Option<(String, String)>,
+        cancelled: bool,
+    },
+}
+
+impl std::fmt::Display for InterruptedJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const CANCEL: &str = "(--cancel-on-interrupt makes Ctrl-C cancel it instead)";
+        match self {
+            Self::Backup {
+                id: Some(id),
+                app,
+                cancelled: false,
+            } => write!(
+                f,
+                "Interrupted: backup {id} of {app} goes on on the controller; follow it with                  `hop3 backup:info {id}` (STARTED until it ends) {CANCEL}"
+            ),
+            Self::Backup {
+                id: None,
+                app,
+                cancelled: false,
+            } => write!(
+                f,
+                "Interrupted: a backup of {app}, if the controller had started it, goes on                  there; see `hop3 backup:list {app}` {CANCEL}"
+            ),
+            Self::Backup {
+                id,
+                app,
+                cancelled: true,
+            } => {
+                let which = id.as_deref().map(|i| format!(" {i}")).unwrap_or_default();
+                write!(
+                    f,
+                    "Interrupted: the backup{which} of {app} is cancelled: the controller                      records it FAILED and removes its partial files (`hop3 backup:list {app}`)"
+                )
+            }
+            Self::Restore {
+                id,
+                target,
+                cancelled,
+            } => {
+                let (app, on) = match target {
+                    Some((app, host)) => (app.as_str(), format!(" into {app} on {host}")),
+                    None => ("the app", String::new()),
+                };
+                if *cancelled {
+                    write!(
+                        f,
+                        "Interrupted: the restore of {id}{on} is cancelled, unless the agent had                          begun swapping the restored files in, in which case it completes:                          {app} is as it was or fully restored, never half"
+                    )
+                } else {
+                    write!(
+                        f,
+                        "Interrupted: the restore of {id}{on} goes on on the controller;                          {app} stays locked until it ends (a backup or restore of it is refused                          until then) {CANCEL}"
+                    )
+                }
+            }
+        }
+    }
 }
 
 /// What a request was about, so that a NOT_FOUND gets the right hint
@@ -148,6 +225,10 @@ pub enum CliError {
     )]
     Incomplete { operation: &'static str },
 
+    /// Ctrl-C during a create or restore.
+    #[error("{0}")]
+    Interrupted(InterruptedJob),
+
     /// The controller reported the backup as FAILED.
     #[error("Backup {backup_id} failed: {reason}")]
     BackupFailed { backup_id: String, reason: String },
@@ -218,6 +299,7 @@ impl CliError {
             Self::Status { code, .. } => status_exit_code(*code),
             Self::IntegrityFailed { .. } => exit::FAILED_PRECONDITION,
             Self::CheckFailed(_) => exit::FAILURE,
+            Self::Interrupted(_) => exit::INTERRUPTED,
             Self::Incomplete { .. }
             | Self::BackupFailed { .. }
             | Self::UnexpectedReply(_)
@@ -247,7 +329,7 @@ impl CliError {
             Self::Status { code, .. } => grpc_code_name(*code),
             Self::IntegrityFailed { .. } => "FAILED_PRECONDITION",
             Self::CheckFailed(_) => "FAILED_PRECONDITION",
-            Self::NotConfirmed { .. } => "CANCELLED",
+            Self::NotConfirmed { .. } | Self::Interrupted(_) => "CANCELLED",
             Self::Incomplete { .. }
             | Self::BackupFailed { .. }
             | Self::UnexpectedReply(_)

@@ -63,22 +63,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
     let mut controller = Controller::connect(&settings).await?;
     let c = &mut controller;
     match &command {
-        Command::Create {
-            app,
-            no_services,
-            host,
-            format,
-        } => {
-            commands::create::run(
-                c,
-                out,
-                app,
-                *no_services,
-                host.as_deref(),
-                format.as_deref(),
-            )
-            .await
-        }
+        Command::Create { app, options } => commands::create::run(c, out, app, options).await,
         Command::List { app, limit, status } => {
             commands::list::run(c, out, app.as_deref(), *limit, status.as_deref()).await
         }

@@ -1,8 +1,10 @@
 //! Writing results on stdout, and the formatting shared by the commands:
-//! sizes as Hop3 prints them, times, plain tables.
+//! sizes as Hop3 prints them, times, plain tables (comfy-table, without
+//! borders).
 
 use std::io::{self, Write};
 
+use comfy_table::{ContentArrangement, Table};
 use hop3_proto::BackupId;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -120,27 +122,18 @@ pub fn format_rfc3339(created_at: &str) -> String {
 /// A plain table: columns left-aligned and two spaces apart, no borders, no
 /// trailing spaces, so `awk` and `cut` keep working on it.
 pub fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
+    let mut table = Table::new();
+    table
+        .load_style(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(headers.iter().copied())
+        .add_rows(rows.iter().map(|r| r.iter().map(String::as_str)));
+    let last = headers.len().saturating_sub(1);
+    for (i, column) in table.column_iter_mut().enumerate() {
+        column.set_padding((0, if i == last { 0 } else { 2 }));
     }
-    let mut out = String::new();
-    let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
-        let mut line = String::new();
-        for (i, (cell, width)) in row.iter().zip(&widths).enumerate() {
-            if i > 0 {
-                line.push_str("  ");
-            }
-            line.push_str(cell);
-            let pad = width - cell.chars().count();
-            line.extend(std::iter::repeat_n(' ', pad));
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
+    let mut out = table.trim_fmt();
+    out.push('\n');
     out
 }
 

@@ -4,10 +4,11 @@
 //! lines with `--json`. Lines end with a 100% line when the operation
 //! completes.
 
+use std::fmt;
 use std::io::{self, IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 
 use crate::output::format_size;
 
@@ -53,13 +54,24 @@ impl Bar {
 
     fn restyle(&self, total: u64) {
         // Without a total there is nothing to fill: show a spinner and bytes.
+        // Sizes in the unit of every summary (`15.6 MB`), not indicatif's
+        // own `{bytes}` (MiB): one unit on the screen.
         let template = if total == 0 {
-            "{spinner} {msg:<12} {bytes} ({bytes_per_sec})"
+            "{spinner} {msg:<12} {done} ({rate})"
         } else {
-            "{spinner} {msg:<12} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})"
+            "{spinner} {msg:<12} [{bar:30}] {done}/{total} ({rate}, {eta})"
         };
         let style = ProgressStyle::with_template(template)
             .expect("the templates are valid")
+            .with_key("done", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&format_size(s.pos()));
+            })
+            .with_key("total", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = w.write_str(&format_size(s.len().unwrap_or(0)));
+            })
+            .with_key("rate", |s: &ProgressState, w: &mut dyn fmt::Write| {
+                let _ = write!(w, "{}/s", format_size(s.per_sec() as u64));
+            })
             .progress_chars("=> ");
         self.bar.set_style(style);
         if total == 0 {

@@ -1,9 +1,12 @@
-//! Following a create or restore stream: progress events to a [`Progress`],
-//! then the final `completed` event, which must be there.
+//! Following a create or restore stream: the `started` event, progress
+//! events to a [`Progress`], then the final `completed` event, which must be
+//! there; or Ctrl-C, which ends the following, not the job.
+
+use std::future::Future;
 
 use hop3_proto::v1::{
     BackupSummary, CreateBackupEvent, Progress as ProgressEvent, RestoreBackupEvent, RestoreResult,
-    create_backup_event, restore_backup_event,
+    RestoreStarted, create_backup_event, restore_backup_event,
 };
 use tokio_stream::{Stream, StreamExt};
 use tonic::Status;
@@ -12,7 +15,9 @@ use crate::error::CliError;
 use crate::progress::Progress;
 
 /// What one message of a progress stream says.
-pub enum Event<T> {
+pub enum Event<T, S> {
+    /// The job exists on the controller: what to name it by.
+    Started(S),
     /// How far the operation is.
     Progress(ProgressEvent),
     /// The operation is done; this is its result.
@@ -25,14 +30,18 @@ pub enum Event<T> {
 pub trait StreamEvent {
     /// The result carried by the final event.
     type Done;
+    /// What the first event says about the job.
+    type Started;
     /// Which event this is.
-    fn into_event(self) -> Event<Self::Done>;
+    fn into_event(self) -> Event<Self::Done, Self::Started>;
 }
 
 impl StreamEvent for CreateBackupEvent {
     type Done = BackupSummary;
-    fn into_event(self) -> Event<BackupSummary> {
+    type Started = BackupSummary;
+    fn into_event(self) -> Event<BackupSummary, BackupSummary> {
         match self.event {
+            Some(create_backup_event::Event::Started(s)) => Event::Started(s),
             Some(create_backup_event::Event::Progress(p)) => Event::Progress(p),
             Some(create_backup_event::Event::Completed(s)) => Event::Completed(s),
             None => Event::Unknown,
@@ -42,8 +51,10 @@ impl StreamEvent for CreateBackupEvent {
 
 impl StreamEvent for RestoreBackupEvent {
     type Done = RestoreResult;
-    fn into_event(self) -> Event<RestoreResult> {
+    type Started = RestoreStarted;
+    fn into_event(self) -> Event<RestoreResult, RestoreStarted> {
         match self.event {
+            Some(restore_backup_event::Event::Started(s)) => Event::Started(s),
             Some(restore_backup_event::Event::Progress(p)) => Event::Progress(p),
             Some(restore_backup_event::Event::Completed(r)) => Event::Completed(r),
             None => Event::Unknown,
@@ -51,26 +62,64 @@ impl StreamEvent for RestoreBackupEvent {
     }
 }
 
+/// Resolves on the first Ctrl-C (never, if the handler cannot be set).
+pub async fn ctrl_c() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// How to follow one stream: what its errors and an interrupt become.
+pub struct Following<'a, F, I> {
+    pub progress: &'a mut dyn Progress,
+    /// Maps a status from the stream (see [`Controller::error`]).
+    ///
+    /// [`Controller::error`]: crate::client::Controller::error
+    pub on_error: F,
+    /// Resolves when the user interrupts (see [`ctrl_c`]).
+    pub interrupt: I,
+    /// "backup" or "restore", for a stream that ends without a result.
+    pub operation: &'static str,
+}
+
 /// Reads `stream` to its end and returns the result of its `completed`
 /// event. The stream is read past that event so that an error status
-/// closing the call still wins: the call's status is the final word.
-/// `on_error` maps a status from the stream (see [`Controller::error`]).
-///
-/// [`Controller::error`]: crate::client::Controller::error
-pub async fn follow<E, S>(
+/// closing the call still wins: the call's status is the final word. An
+/// interrupt before the result ends the following with `on_interrupt` of
+/// what the `started` event said (None if it had not come).
+pub async fn follow<E, S, F, I>(
     mut stream: S,
-    progress: &mut dyn Progress,
-    on_error: impl Fn(Status) -> CliError,
-    operation: &'static str,
+    how: Following<'_, F, I>,
+    on_interrupt: impl FnOnce(Option<E::Started>) -> CliError,
 ) -> Result<E::Done, CliError>
 where
     E: StreamEvent,
     S: Stream<Item = Result<E, Status>> + Unpin,
+    F: Fn(Status) -> CliError,
+    I: Future<Output = ()>,
 {
+    let Following {
+        progress,
+        on_error,
+        interrupt,
+        operation,
+    } = how;
+    tokio::pin!(interrupt);
+    let mut started = None;
     let mut done = None;
     let outcome = loop {
-        match stream.next().await {
+        let next = tokio::select! {
+            // The interrupt first: a busy stream must not hide a Ctrl-C.
+            biased;
+            () = &mut interrupt, if done.is_none() => {
+                progress.finish(false);
+                return Err(on_interrupt(started));
+            }
+            next = stream.next() => next,
+        };
+        match next {
             Some(Ok(message)) => match message.into_event() {
+                Event::Started(s) => started = Some(s),
                 Event::Progress(p) if done.is_none() => {
                     progress.update(&p.step, p.bytes_done, p.bytes_total);
                 }
@@ -89,7 +138,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::Subject;
+    use crate::error::{InterruptedJob, Subject};
     use create_backup_event::Event as E;
 
     #[derive(Default)]
@@ -123,19 +172,68 @@ mod tests {
         })
     }
 
+    fn interrupted(started: Option<BackupSummary>) -> CliError {
+        CliError::Interrupted(InterruptedJob::Backup {
+            id: started.map(|s| s.backup_id),
+            app: "my-app".into(),
+            cancelled: false,
+        })
+    }
+
+    async fn follow_with(
+        events: impl Stream<Item = Result<CreateBackupEvent, Status>> + Unpin,
+        interrupt: impl Future<Output = ()>,
+    ) -> (Result<BackupSummary, CliError>, Recorder) {
+        let mut recorder = Recorder::default();
+        let how = Following {
+            progress: &mut recorder,
+            on_error: |s| CliError::from_status(s, Subject::App, "http://c"),
+            interrupt,
+            operation: "backup",
+        };
+        let result = follow(events, how, interrupted).await;
+        (result, recorder)
+    }
+
     async fn run(
         events: Vec<Result<CreateBackupEvent, Status>>,
     ) -> (Result<BackupSummary, CliError>, Recorder) {
-        let mut recorder = Recorder::default();
-        let on_error = |s| CliError::from_status(s, Subject::App, "http://c");
-        let result = follow(
-            tokio_stream::iter(events),
-            &mut recorder,
-            on_error,
-            "backup",
-        )
-        .await;
-        (result, recorder)
+        follow_with(tokio_stream::iter(events), std::future::pending()).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_interrupt_names_the_started_backup() {
+        let started = Ok(CreateBackupEvent {
+            event: Some(E::Started(BackupSummary {
+                backup_id: "20251108_143022_a8f3d9".into(),
+                ..Default::default()
+            })),
+        });
+        // The stream stays open, as a backup still running does; the
+        // interrupt comes once its events are read (paused time moves on
+        // only when nothing else can run).
+        let events =
+            tokio_stream::iter(vec![started, progress("data", 5)]).chain(tokio_stream::pending());
+        let ctrl_c = tokio::time::sleep(std::time::Duration::from_secs(1));
+        let (result, rec) = follow_with(events, ctrl_c).await;
+        let err = result.unwrap_err();
+        assert_eq!(err.exit_code(), 130);
+        let text = err.to_string();
+        assert!(
+            text.contains("backup 20251108_143022_a8f3d9 of my-app goes on")
+                && text.contains("hop3 backup:info 20251108_143022_a8f3d9"),
+            "{text}"
+        );
+        assert_eq!(rec.0, [("data".into(), 5, 10)]);
+        assert!(rec.1, "progress finished");
+        // Before the started event there is no ID to give.
+        let (result, _) = follow_with(tokio_stream::pending(), std::future::ready(())).await;
+        assert!(
+            result
+                .unwrap_err()
+                .to_string()
+                .contains("hop3 backup:list my-app")
+        );
     }
 
     #[tokio::test]

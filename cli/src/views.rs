@@ -14,9 +14,11 @@ fn present(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
-/// One backup: `backup:create` prints one, `backup:list` an array of them.
+/// A backup: the same object in every document that shows one
+/// (`backup:create`, each `backup:list` entry, `backup:import`, the `newest`
+/// of `backup:check-age`, and the first keys of `backup:info`).
 #[derive(Debug, Serialize)]
-pub struct SummaryView {
+pub struct BackupView {
     pub backup_id: String,
     pub app: String,
     /// Null for a backup that names no host (Hop3's Python server's).
@@ -24,12 +26,14 @@ pub struct SummaryView {
     pub status: String,
     pub created_at: String,
     pub total_size: u64,
+    /// `type:name` of each database dump the backup holds.
     pub services: Vec<String>,
     pub location: String,
     /// Why a FAILED backup failed; null otherwise.
     pub error: Option<String>,
-    /// Entries the backup could not hold (sockets, device nodes), and why.
-    pub skipped: Vec<SkippedView>,
+    /// Entries the backup could not hold (sockets, device nodes), and why;
+    /// null in listings, which do not read the backups' manifests.
+    pub skipped: Option<Vec<SkippedView>>,
 }
 
 /// An entry left out of a backup.
@@ -48,7 +52,18 @@ impl From<SkippedEntry> for SkippedView {
     }
 }
 
-impl From<BackupSummary> for SummaryView {
+impl BackupView {
+    /// A backup as a listing shows it, from the catalog alone.
+    pub fn listed(s: BackupSummary) -> Self {
+        Self {
+            skipped: None,
+            ..Self::from(s)
+        }
+    }
+}
+
+impl From<BackupSummary> for BackupView {
+    /// A backup whose manifest was read (create, import, info).
     fn from(s: BackupSummary) -> Self {
         Self {
             backup_id: s.backup_id,
@@ -60,55 +75,42 @@ impl From<BackupSummary> for SummaryView {
             services: s.services,
             location: s.location,
             error: present(s.error),
-            skipped: s.skipped.into_iter().map(SkippedView::from).collect(),
+            skipped: Some(s.skipped.into_iter().map(SkippedView::from).collect()),
         }
     }
 }
 
-/// `backup:info`.
+/// `backup:info`: the backup object, then what reading its files found.
 #[derive(Debug, Serialize)]
 pub struct DetailsView {
-    pub backup_id: String,
-    pub app: String,
-    pub host: Option<String>,
-    pub status: String,
-    pub created_at: String,
-    pub total_size: u64,
-    pub error: Option<String>,
+    #[serde(flatten)]
+    pub backup: BackupView,
     pub format_version: String,
     pub hop3_version: String,
     pub env_vars_count: u32,
     pub services_included: bool,
+    /// The database dumps, with their files and sizes.
+    pub service_dumps: Vec<ServiceView>,
     pub files: Vec<FileView>,
-    pub services: Vec<ServiceView>,
     pub app_state: AppStateView,
     pub all_valid: bool,
     /// Sealed by this controller (false: imported by hand).
     pub trusted: bool,
-    pub skipped: Vec<SkippedView>,
 }
 
 impl From<BackupDetails> for DetailsView {
     fn from(d: BackupDetails) -> Self {
-        let s = d.summary.unwrap_or_default();
         Self {
-            backup_id: s.backup_id,
-            app: s.app,
-            host: present(s.host),
-            status: s.status,
-            created_at: s.created_at,
-            total_size: s.total_size,
-            error: present(s.error),
+            backup: d.summary.unwrap_or_default().into(),
             format_version: d.format_version,
             hop3_version: d.hop3_version,
             env_vars_count: d.env_vars_count,
             services_included: d.services_included,
+            service_dumps: d.services.into_iter().map(ServiceView::from).collect(),
             files: d.files.into_iter().map(FileView::from).collect(),
-            services: d.services.into_iter().map(ServiceView::from).collect(),
             app_state: d.app_state.unwrap_or_default().into(),
             all_valid: d.all_valid,
             trusted: d.trusted,
-            skipped: s.skipped.into_iter().map(SkippedView::from).collect(),
         }
     }
 }
@@ -271,19 +273,20 @@ mod tests {
 
     #[test]
     fn field_names_are_the_documented_ones() {
+        let summary = BackupSummary {
+            backup_id: "20251108_143022_a8f3d9".into(),
+            app: "my-app".into(),
+            host: "h1".into(),
+            status: "COMPLETED".into(),
+            created_at: "2025-11-08T14:30:22Z".into(),
+            total_size: 10,
+            services: vec!["postgres:db".into()],
+            location: "/store".into(),
+            error: String::new(),
+            skipped: Vec::new(),
+        };
         let details = BackupDetails {
-            summary: Some(BackupSummary {
-                backup_id: "20251108_143022_a8f3d9".into(),
-                app: "my-app".into(),
-                host: "h1".into(),
-                status: "COMPLETED".into(),
-                created_at: "2025-11-08T14:30:22Z".into(),
-                total_size: 10,
-                services: vec!["postgres:db".into()],
-                location: "/store".into(),
-                error: String::new(),
-                skipped: Vec::new(),
-            }),
+            summary: Some(summary.clone()),
             format_version: "1.0".into(),
             hop3_version: "0.8.0".into(),
             env_vars_count: 2,
@@ -315,16 +318,23 @@ mod tests {
             json!({
                 "backup_id": "20251108_143022_a8f3d9", "app": "my-app", "host": "h1",
                 "status": "COMPLETED", "created_at": "2025-11-08T14:30:22Z", "total_size": 10,
-                "error": null, "format_version": "1.0", "hop3_version": "0.8.0",
+                "services": ["postgres:db"], "location": "/store", "error": null,
+                "skipped": [],
+                "format_version": "1.0", "hop3_version": "0.8.0",
                 "env_vars_count": 2, "services_included": true,
+                "service_dumps": [{"type": "postgres", "name": "db",
+                                   "file": "services/postgres_db.sql", "size": 3}],
                 "files": [{"path": "env.json", "expected": "sha256:aa", "actual": "sha256:aa",
                            "size": 10, "valid": true}],
-                "services": [{"type": "postgres", "name": "db",
-                              "file": "services/postgres_db.sql", "size": 3}],
                 "app_state": {"hostname": "h", "port": 8000, "run_state": "RUNNING"},
-                "all_valid": true, "trusted": false, "skipped": []
+                "all_valid": true, "trusted": false
             })
         );
+        // Every key of the backup object, with the same value, as in a listing.
+        let listed = serde_json::to_value(BackupView::from(summary)).unwrap();
+        for (key, v) in listed.as_object().unwrap() {
+            assert_eq!(&value[key], v, "{key}");
+        }
     }
 
     #[test]

@@ -187,6 +187,26 @@ fn usage_errors_exit_2() {
     assert_eq!(o.status.code(), Some(2));
 }
 
+#[test]
+fn typo_tips_name_only_commands_that_exist() {
+    // The commands `hop3 --help` lists, in both forms.
+    let help = stdout(&hop3(&["--help"]));
+    let known: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.strip_prefix("  ")?.split_whitespace().next())
+        .collect();
+    for typo in ["backup:restor", "app:restart", "backup:lst", "agents:list"] {
+        let o = hop3(&[typo]);
+        assert_eq!(o.status.code(), Some(2));
+        let err = stderr(&o);
+        let tip = err.lines().find(|l| l.contains("tip:")).unwrap_or("");
+        for name in tip.split('\'').skip(1).step_by(2) {
+            assert!(known.contains(&name), "{typo}: tip names {name}: {err}");
+        }
+    }
+    assert!(known.contains(&"backup:restore"), "{help}");
+}
+
 // ---- against a fake controller -------------------------------------------
 
 /// `hop3 --controller URL ARGS`.
@@ -386,7 +406,7 @@ fn info_shows_the_block_and_fails_on_a_bad_checksum() {
         doc["files"][2]["actual"].is_null(),
         "a missing file's digest is null"
     );
-    assert_eq!(doc["services"][0]["type"], "postgres");
+    assert_eq!(doc["service_dumps"][0]["type"], "postgres");
     assert_eq!(doc["app_state"]["port"], 8000);
     assert_eq!(json_error(&o)["error"]["code"], "FAILED_PRECONDITION");
 

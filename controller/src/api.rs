@@ -111,14 +111,24 @@ impl BackupService for BackupApi {
             format,
             lock,
             writing,
+            cancel_on_disconnect: req.cancel_on_disconnect,
         };
+        let started = create::started_row(&job);
         self.ctl
             .catalog
-            .insert(&create::started_row(&job))
+            .insert(&started)
             .await
             .map_err(ControllerError::from)?;
         tracing::info!(app = %job.app, backup_id = %job.id, host = %job.host, "backup started");
         let (tx, rx) = EventSender::channel();
+        // The channel is new and has room: this cannot wait.
+        let _ = tx
+            .send(v1::CreateBackupEvent {
+                event: Some(v1::create_backup_event::Event::Started(
+                    self.ctl.summary(&started),
+                )),
+            })
+            .await;
         // The job runs to its end even if the CLI goes away.
         tokio::spawn(create::run(self.ctl.clone(), job, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -288,11 +298,22 @@ impl BackupService for BackupApi {
             hostname: req.hostname,
             trusted,
             no_start: req.no_start,
+            cancel_on_disconnect: req.cancel_on_disconnect,
             client,
             lock,
             reading,
         };
         let (tx, rx) = EventSender::channel();
+        let started = v1::RestoreStarted {
+            backup_id: job.row.backup_id.clone(),
+            app: job.target_app.clone(),
+            host: job.host.clone(),
+        };
+        let _ = tx
+            .send(v1::RestoreBackupEvent {
+                event: Some(v1::restore_backup_event::Event::Started(started)),
+            })
+            .await;
         tokio::spawn(restore::run(self.ctl.clone(), job, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -43,6 +43,8 @@ pub struct CreateJob {
     pub lock: AppLock,
     /// Keeps the backup from being deleted (or read) while it is written.
     pub writing: BackupLock,
+    /// End the backup (FAILED) if the CLI goes away before it is stored.
+    pub cancel_on_disconnect: bool,
 }
 
 type Out = EventSender<v1::CreateBackupEvent>;
@@ -61,6 +63,8 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
         Err(e) => {
             if e.is_failure() {
                 tracing::error!(app = %job.app, backup_id = %id, error = %e, "backup failed");
+            } else if matches!(e, ControllerError::Cancelled) {
+                tracing::warn!(app = %job.app, backup_id = %id, "backup cancelled: its CLI went away");
             } else {
                 tracing::warn!(app = %job.app, backup_id = %id, error = %e, "backup refused");
             }
@@ -94,7 +98,17 @@ async fn execute(
         .map_err(|s| ControllerError::from_agent(&job.host, s))?
         .into_inner();
     let mut partial = ctl.store.begin(&job.app, &id).await?;
-    let received = match receive(ctl, job, stream, &mut partial, out).await {
+    // Dropping the agent's stream ends the agent's side as a lost
+    // controller would; the partial files go with `abort` below.
+    let receiving = async {
+        tokio::select! {
+            r = receive(ctl, job, stream, &mut partial, out) => r,
+            () = out.closed(), if job.cancel_on_disconnect => {
+                Err(ControllerError::Cancelled)
+            }
+        }
+    };
+    let received = match receiving.await {
         Ok(r) => r,
         Err(e) => {
             partial.abort().await;

@@ -14,6 +14,9 @@ use crate::tokens::TokenError;
 pub enum ControllerError {
     #[error("Application not found: {0}")]
     AppNotFound(String),
+    /// The client went away and asked for its job to end with it.
+    #[error("cancelled: the CLI that started it went away (--cancel-on-interrupt)")]
+    Cancelled,
     #[error("Backup not found: {0}")]
     BackupNotFound(String),
     #[error("{0}")]
@@ -166,6 +169,7 @@ impl ControllerError {
                 Code::Internal
             }
             Self::Manifest(_) => Code::DataLoss,
+            Self::Cancelled => Code::Cancelled,
         }
     }
 }

@@ -1,7 +1,7 @@
 //! A restore job: verify every stored checksum, then stream the artifacts
 //! to the target agent, which verifies, stages and swaps.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hop3_agent::chunks::next_chunk;
 use hop3_agent::events::{EventSender, StreamProgress};
@@ -29,6 +29,8 @@ pub struct RestoreJob {
     pub trusted: bool,
     /// Leave the app stopped after the swap.
     pub no_start: bool,
+    /// End the restore, while the agent still receives, if the CLI goes away.
+    pub cancel_on_disconnect: bool,
     pub host: String,
     pub client: AgentClient,
     pub lock: AppLock,
@@ -37,6 +39,28 @@ pub struct RestoreJob {
 }
 
 type Out = EventSender<v1::RestoreBackupEvent>;
+
+/// Whether the commit went to the agent: a cancel must not race it (once
+/// the agent swaps, the restore ends either way).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Sending,
+    Committed,
+    Cancelled,
+}
+
+/// The [`Phase`] both the sender and the canceller look at.
+type SharedPhase = Arc<Mutex<Phase>>;
+
+/// Moves `phase` from `Sending` to `to`; false if it had already moved.
+fn advance(phase: &SharedPhase, to: Phase) -> bool {
+    let mut p = phase.lock().expect("the phase lock is never poisoned");
+    if *p != Phase::Sending {
+        return false;
+    }
+    *p = to;
+    true
+}
 
 /// Runs the job to its end, reporting on `out`.
 pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
@@ -61,6 +85,8 @@ pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
         Err(e) => {
             if e.is_failure() {
                 tracing::error!(backup_id = %id, app = %job.target_app, error = %e, "restore failed");
+            } else if matches!(e, ControllerError::Cancelled) {
+                tracing::warn!(backup_id = %id, app = %job.target_app, "restore cancelled: its CLI went away");
             } else {
                 tracing::warn!(backup_id = %id, app = %job.target_app, error = %e, "restore refused");
             }
@@ -82,10 +108,12 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     let manifest = ctl.store.read_manifest(app, id).await?;
     let progress = StreamProgress::new(out.clone(), manifest.size_bytes, progress_event);
     progress.step("verify", manifest.size_bytes.max(1));
-    let checks = ctl
-        .store
-        .verify(app, id, &manifest, &|n| progress.advance(n))
-        .await;
+    let advance_by = |n| progress.advance(n);
+    let verifying = ctl.store.verify(app, id, &manifest, &advance_by);
+    let checks = tokio::select! {
+        c = verifying => c,
+        () = out.closed(), if job.cancel_on_disconnect => return Err(ControllerError::Cancelled),
+    };
     if let Some(bad) = checks.iter().find(|c| !c.valid()) {
         return Err(ControllerError::ChecksumMismatch {
             path: bad.path.clone(),
@@ -107,12 +135,14 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
         trusted: job.trusted,
         no_start: job.no_start,
     };
+    let phase: SharedPhase = Arc::new(Mutex::new(Phase::Sending));
     let sender = tokio::spawn(send_backup(
         ctl.clone(),
         job.row.clone(),
         header,
         manifest,
         tx,
+        phase.clone(),
     ));
     let mut client = job.client.clone();
     let result = async {
@@ -121,11 +151,23 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
             .await
             .map_err(|s| ControllerError::from_agent(&job.host, s))?
             .into_inner();
-        while let Some(ev) = events
-            .message()
-            .await
-            .map_err(|s| ControllerError::from_agent(&job.host, s))?
-        {
+        let mut cancellable = job.cancel_on_disconnect;
+        loop {
+            let next = tokio::select! {
+                m = events.message() => m,
+                () = out.closed(), if cancellable => {
+                    if advance(&phase, Phase::Cancelled) {
+                        // The agent sees its stream end before the commit
+                        // and discards what it staged.
+                        return Err(ControllerError::Cancelled);
+                    }
+                    cancellable = false;
+                    continue;
+                }
+            };
+            let Some(ev) = next.map_err(|s| ControllerError::from_agent(&job.host, s))? else {
+                break;
+            };
             match ev.event {
                 Some(restore_app_event::Event::Progress(p)) => out.try_send(progress_event(p)),
                 Some(restore_app_event::Event::Done(done)) => return Ok(done),
@@ -158,6 +200,7 @@ async fn send_backup(
     header: v1::RestoreHeader,
     manifest: Manifest,
     tx: mpsc::Sender<v1::RestoreAppMessage>,
+    phase: SharedPhase,
 ) -> Result<()> {
     let msg = |m| v1::RestoreAppMessage { msg: Some(m) };
     // A closed channel means the agent gave up; its status says why.
@@ -202,6 +245,8 @@ async fn send_backup(
             return Ok(());
         }
     }
-    let _ = tx.send(msg(Msg::Commit(v1::RestoreCommit {}))).await;
+    if advance(&phase, Phase::Committed) {
+        let _ = tx.send(msg(Msg::Commit(v1::RestoreCommit {}))).await;
+    }
     Ok(())
 }

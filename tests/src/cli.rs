@@ -84,6 +84,11 @@ impl Background {
         })
     }
 
+    /// Sends `sig`, e.g. INT as a Ctrl-C would.
+    pub fn signal(&self, sig: rustix::process::Signal) {
+        harness::signal(&self.child, sig);
+    }
+
     /// True while it has not exited.
     pub fn is_running(&mut self) -> Result<bool> {
         Ok(self.child.try_wait()?.is_none())
@@ -274,8 +279,8 @@ pub struct BackupSummary {
     /// Why a FAILED backup failed; empty or null otherwise.
     #[serde(default)]
     pub error: Option<String>,
-    /// Entries the backup could not hold, and why.
-    #[serde(default)]
+    /// Entries the backup could not hold, and why (null in listings).
+    #[serde(default, deserialize_with = "null_as_default")]
     pub skipped: Vec<Skipped>,
 }
 
@@ -315,7 +320,7 @@ pub struct AppState {
     pub run_state: String,
 }
 
-/// The JSON of `backup:info`.
+/// The JSON of `backup:info`: the backup object's keys, then the details.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct BackupInfo {
     pub backup_id: String,
@@ -325,6 +330,9 @@ pub struct BackupInfo {
     pub status: String,
     pub created_at: String,
     pub total_size: u64,
+    /// `type:name` of each dump, as in a listing.
+    pub services: Vec<String>,
+    pub location: String,
     #[serde(default)]
     pub error: Option<String>,
     pub format_version: String,
@@ -332,7 +340,8 @@ pub struct BackupInfo {
     pub env_vars_count: u32,
     pub services_included: bool,
     pub files: Vec<FileCheck>,
-    pub services: Vec<serde_json::Value>,
+    /// Each dump's type, name, file and size.
+    pub service_dumps: Vec<serde_json::Value>,
     pub app_state: AppState,
     pub all_valid: bool,
     #[serde(default)]
@@ -393,8 +402,9 @@ pub struct AgentRow {
 /// The keys every `agent:list --json` entry has.
 pub const AGENT_KEYS: &[&str] = &["host", "address", "version", "status", "last_seen", "apps"];
 
-/// The keys every `backup:create` / `backup:list` entry has.
-pub const SUMMARY_KEYS: &[&str] = &[
+/// The keys of the backup object: every `backup:create`, `backup:list`,
+/// `backup:import` and `backup:info` document has them.
+pub const BACKUP_KEYS: &[&str] = &[
     "backup_id",
     "app",
     "host",
@@ -404,6 +414,7 @@ pub const SUMMARY_KEYS: &[&str] = &[
     "services",
     "location",
     "error",
+    "skipped",
 ];
 
 /// Fails unless the JSON object `value` has every key of `keys`: the typed

@@ -399,6 +399,13 @@ impl Process {
         }
     }
 
+    /// Sends `sig` (e.g. STOP and CONT, to freeze it and let it go on).
+    pub fn signal(&self, sig: Signal) {
+        if let Some(child) = &self.child {
+            signal(child, sig);
+        }
+    }
+
     /// SIGKILL now, as a crash would; waits until the process is gone.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -527,7 +534,8 @@ impl Drop for Process {
 /// Sends `sig` to `child`. A process that has already exited but was not
 /// yet reaped is still a zombie with this pid, so the pid is never reused
 /// under us.
-fn signal(child: &Child, sig: Signal) {
+/// Sends `sig` to `child`, if it is still there.
+pub fn signal(child: &Child, sig: Signal) {
     let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
     if let Some(pid) = pid {
         let _ = rustix::process::kill_process(pid, sig);

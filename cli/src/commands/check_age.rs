@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 use crate::client::Controller;
 use crate::error::CliError;
 use crate::output::{Output, parse_utc};
-use crate::views::SummaryView;
+use crate::views::BackupView;
 
 /// What `--json` prints.
 #[derive(Debug, Serialize)]
@@ -22,7 +22,7 @@ struct AgeView {
     max_age_seconds: u64,
     /// Age of the newest COMPLETED backup; null when there is none.
     age_seconds: Option<u64>,
-    newest: Option<SummaryView>,
+    newest: Option<BackupView>,
 }
 
 /// Checks the age of `app`'s newest COMPLETED backup against `max_age`.
@@ -54,7 +54,7 @@ pub async fn run(
             status,
             max_age_seconds: max_age.as_secs(),
             age_seconds: age.map(|a| a.as_secs()),
-            newest: newest.map(SummaryView::from),
+            newest: newest.map(BackupView::listed),
         })?;
     } else {
         out.text(&format!("{line}\n"))?;

@@ -1,35 +1,46 @@
-//! `backup:create APP [--no-services] [--host HOST]`.
+//! `backup:create APP [--no-services] [--host HOST] [--format V]
+//! [--cancel-on-interrupt]`.
 
 use hop3_proto::v1::BackupSummary;
 
+use crate::args::CreateOptions;
 use crate::client::Controller;
-use crate::error::{CliError, Subject};
+use crate::error::{CliError, InterruptedJob, Subject};
 use crate::output::{Output, format_size};
 use crate::progress;
-use crate::stream::follow;
-use crate::views::SummaryView;
+use crate::stream::{Following, ctrl_c, follow};
+use crate::views::BackupView;
 
 /// The status of a backup the controller gave up on.
 const FAILED: &str = "FAILED";
 
-/// Backs `app` up (`host`'s copy of it when given), showing progress on stderr.
+/// Backs `app` up, showing progress on stderr. Ctrl-C leaves the backup to
+/// run on the controller, or cancels it with `--cancel-on-interrupt`.
 pub async fn run(
     controller: &mut Controller,
     out: Output,
     app: &str,
-    no_services: bool,
-    host: Option<&str>,
-    format: Option<&str>,
+    options: &CreateOptions,
 ) -> Result<(), CliError> {
     if !out.is_json() {
         out.text(&format!("Creating backup for app '{app}'...\n"))?;
     }
-    let stream = controller
-        .create_backup(app, no_services, host, format)
-        .await?;
+    let stream = controller.create_backup(app, options).await?;
     let mut progress = progress::for_stderr(out.is_json());
-    let on_error = |status| controller.error(status, Subject::App);
-    let summary = follow(stream, progress.as_mut(), on_error, "backup").await?;
+    let how = Following {
+        progress: progress.as_mut(),
+        on_error: |status| controller.error(status, Subject::App),
+        interrupt: ctrl_c(),
+        operation: "backup",
+    };
+    let interrupted = |started: Option<BackupSummary>| {
+        CliError::Interrupted(InterruptedJob::Backup {
+            id: started.map(|s| s.backup_id),
+            app: app.to_owned(),
+            cancelled: options.cancel_on_interrupt,
+        })
+    };
+    let summary = follow(stream, how, interrupted).await?;
     // A `completed` event for a FAILED backup is still a failure: scripts
     // must not pick up its ID as a usable backup.
     if summary.status == FAILED {
@@ -39,7 +50,7 @@ pub async fn run(
         });
     }
     if out.is_json() {
-        out.json(&SummaryView::from(summary))
+        out.json(&BackupView::from(summary))
     } else {
         out.text(&render(&summary))
     }

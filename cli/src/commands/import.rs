@@ -7,14 +7,14 @@ use hop3_proto::v1::BackupSummary;
 use crate::client::Controller;
 use crate::error::CliError;
 use crate::output::{Output, format_size};
-use crate::views::SummaryView;
+use crate::views::BackupView;
 
 /// Imports the backup directory at `path`, an absolute path on the
 /// controller's machine.
 pub async fn run(controller: &mut Controller, out: Output, path: &str) -> Result<(), CliError> {
     let summary = controller.import_backup(path).await?;
     if out.is_json() {
-        out.json(&SummaryView::from(summary))
+        out.json(&BackupView::from(summary))
     } else {
         out.text(&render(&summary))
     }

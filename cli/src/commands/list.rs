@@ -5,7 +5,7 @@ use hop3_proto::v1::BackupSummary;
 use crate::client::Controller;
 use crate::error::CliError;
 use crate::output::{Output, format_created, format_size, render_table};
-use crate::views::SummaryView;
+use crate::views::BackupView;
 
 /// Lists backups, newest first as the controller returns them.
 pub async fn run(
@@ -17,7 +17,7 @@ pub async fn run(
 ) -> Result<(), CliError> {
     let backups = controller.list_backups(app, limit, status).await?;
     if out.is_json() {
-        let views: Vec<SummaryView> = backups.into_iter().map(SummaryView::from).collect();
+        let views: Vec<BackupView> = backups.into_iter().map(BackupView::listed).collect();
         out.json(&views)
     } else {
         out.text(&render(&backups))

@@ -1,19 +1,20 @@
 //! `backup:restore ID [--target-app NAME] [--target-host HOST] [--replace]
-//! [--hostname NAME] [--trust-imported] [--no-start]`.
+//! [--hostname NAME] [--trust-imported] [--no-start] [--cancel-on-interrupt]`.
 
 use hop3_proto::BackupId;
-use hop3_proto::v1::RestoreResult;
+use hop3_proto::v1::{RestoreResult, RestoreStarted};
 
 use crate::args::RestoreTarget;
 use crate::client::Controller;
-use crate::error::{CliError, Subject};
+use crate::error::{CliError, InterruptedJob, Subject};
 use crate::output::{Output, or_na};
 use crate::progress;
-use crate::stream::follow;
+use crate::stream::{Following, ctrl_c, follow};
 use crate::views::RestoreView;
 
 /// Restores backup `id` (into `target`'s app on its host when given),
-/// showing progress on stderr.
+/// showing progress on stderr. Ctrl-C leaves the restore to run on the
+/// controller, or cancels it with `--cancel-on-interrupt`.
 pub async fn run(
     controller: &mut Controller,
     out: Output,
@@ -25,8 +26,20 @@ pub async fn run(
     }
     let stream = controller.restore_backup(id, target).await?;
     let mut progress = progress::for_stderr(out.is_json());
-    let on_error = |status| controller.error(status, Subject::Backup);
-    let result = follow(stream, progress.as_mut(), on_error, "restore").await?;
+    let how = Following {
+        progress: progress.as_mut(),
+        on_error: |status| controller.error(status, Subject::Backup),
+        interrupt: ctrl_c(),
+        operation: "restore",
+    };
+    let interrupted = |started: Option<RestoreStarted>| {
+        CliError::Interrupted(InterruptedJob::Restore {
+            id: id.to_string(),
+            target: started.map(|s| (s.app, s.host)),
+            cancelled: target.cancel_on_interrupt,
+        })
+    };
+    let result = follow(stream, how, interrupted).await?;
     if out.is_json() {
         out.json(&RestoreView::from(result))
     } else {

@@ -30,14 +30,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use rand::RngCore;
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 
 pub use mariadb::MariaDb;
 pub use postgres::Postgres;
 pub use redis::Redis;
 
 use crate::cli::describe;
-use crate::harness::{POLL_INTERVAL, free_port, tail};
+use crate::harness::{POLL_INTERVAL, free_port, signal, tail};
 
 /// How long a server may take to answer its client after it was started.
 /// Generous because parallel tests share two cores.
@@ -330,13 +330,6 @@ fn start_on_free_port(
         }
     }
     unreachable!("the last attempt returns")
-}
-
-fn signal(child: &Child, sig: Signal) {
-    let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);
-    if let Some(pid) = pid {
-        let _ = rustix::process::kill_process(pid, sig);
-    }
 }
 
 /// Lines that differ between two listings, for messages: `-` only in

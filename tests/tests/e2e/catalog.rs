@@ -81,7 +81,7 @@ fn list_info_and_delete_on(sys: System) -> Result<()> {
         .success()?
         .json::<Vec<serde_json::Value>>()?
     {
-        cli::require_keys(&raw, cli::SUMMARY_KEYS)?;
+        cli::require_keys(&raw, cli::BACKUP_KEYS)?;
     }
     let two = sys.list(&["--limit", "2"])?;
     ensure!(ids(&two) == [&a3, &a2], "--limit 2: {two:?}");
@@ -129,7 +129,7 @@ fn list_info_and_delete_on(sys: System) -> Result<()> {
     ensure!(info.format_version == "1.1" && !info.hop3_version.is_empty());
     ensure!(info.env_vars_count == 6, "{info:?}");
     ensure!(
-        info.services_included && info.services.is_empty(),
+        info.services_included && info.service_dumps.is_empty(),
         "{info:?}"
     );
     ensure!(info.app_state.hostname == "alpha.example.com", "{info:?}");

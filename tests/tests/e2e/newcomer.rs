@@ -3,8 +3,16 @@
 //! files found without flags, reflection and health by name, and the
 //! provisioning script bringing up a TLS agent on a fresh host.
 
+use std::path::Path;
+use std::time::Duration;
+
 use anyhow::{Context, Result, ensure};
+use hop3_tests::cli::{self, Background, BackupSummary, Output};
+use hop3_tests::fixtures::MIB;
+use hop3_tests::harness::{du, wait_until};
+use hop3_tests::snapshot::Snapshot;
 use hop3_tests::{App, System};
+use rustix::process::Signal;
 
 #[test]
 fn a_restore_says_what_became_of_the_app_and_restarts_it_only_when_it_can() -> Result<()> {
@@ -503,5 +511,204 @@ fn progress_is_json_lines_with_json_and_every_trace_ends_at_100_percent() -> Res
         "the plain trace ends with {last:?}\n{}",
         out.stderr
     );
+    Ok(())
+}
+
+/// Waits until `create`'s backup of `app` has a few MiB in the store, and
+/// returns its ID (from the `.partial` directory's name).
+fn partial_backup(sys: &System, create: &mut Background) -> Result<String> {
+    let partial = wait_until(Duration::from_secs(300), "a few MiB in .partial", || {
+        if let Some(p) = sys.partials()?.into_iter().find(|p| du(p) >= 4 * MIB) {
+            return Ok(Some(p));
+        }
+        ensure!(
+            create.is_running()?,
+            "the create ended before 4 MiB were stored"
+        );
+        Ok(None)
+    })?;
+    Ok(partial
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".partial"))
+        .context("a .partial name")?
+        .to_owned())
+}
+
+/// Waits until `restore` has a few MiB in `staging`.
+fn wait_staged(staging: &Path, restore: &mut Background) -> Result<()> {
+    wait_until(Duration::from_secs(300), "a few MiB staged", || {
+        ensure!(
+            restore.is_running()?,
+            "the restore ended before 4 MiB were staged"
+        );
+        Ok((staging.exists() && du(staging) >= 4 * MIB).then_some(()))
+    })
+}
+
+/// Freezes host-a's agent (so the job cannot end meanwhile), sends `cli`
+/// a Ctrl-C and returns what it printed. The caller lets the agent go on.
+fn interrupt_frozen(sys: &mut System, cli: Background) -> Result<Output> {
+    sys.agent("host-a").process.signal(Signal::STOP);
+    cli.signal(Signal::INT);
+    cli.wait(Duration::from_secs(30))
+}
+
+/// The backup `id` once its status is `status`.
+fn wait_status(sys: &System, app: &str, id: &str, status: &str) -> Result<BackupSummary> {
+    wait_until(Duration::from_secs(120), status, || {
+        Ok(sys
+            .list(&[app, "--limit", "100"])?
+            .into_iter()
+            .find(|b| b.backup_id == id && b.status == status))
+    })
+}
+
+/// Ctrl-C in the middle: the CLI says what goes on, and the controller
+/// does it: the job runs to its end, or with --cancel-on-interrupt ends
+/// there, leaving nothing half done. The agent is frozen (SIGSTOP) while
+/// the CLI is interrupted, so no job can finish before the Ctrl-C lands.
+#[test]
+fn ctrl_c_says_what_happens_next_and_the_controller_does_it() -> Result<()> {
+    let mut sys = System::builder().local_agent(false).start()?;
+    let root = sys.agent_root("host-a")?;
+    let app = App::build(&root, "media", 53, &sys.scratch("fixtures")?)?;
+    app.big_data(200)?;
+    sys.start_agent("host-a")?;
+    let original = Snapshot::of(&app.dir)?;
+
+    // Without the flag: the backup goes on, and completes.
+    let mut create = sys.hop3_spawn(["backup:create", "media"])?;
+    let id = partial_backup(&sys, &mut create)?;
+    let out = interrupt_frozen(&mut sys, create)?;
+    let said = out.stderr.clone();
+    ensure!(out.status.code() == Some(130), "{}", out.report());
+    ensure!(
+        said.contains(&format!("backup {id} of media goes on on the controller"))
+            && said.contains(&format!("hop3 backup:info {id}"))
+            && said.contains("--cancel-on-interrupt"),
+        "{}",
+        out.report()
+    );
+    wait_status(&sys, "media", &id, "STARTED")?;
+    sys.agent("host-a").process.signal(Signal::CONT);
+    wait_status(&sys, "media", &id, "COMPLETED")?;
+    ensure!(sys.info(&id)?.all_valid);
+
+    // With it: FAILED, its partial files gone, the app free for the next.
+    let mut create = sys.hop3_spawn(["backup:create", "media", "--cancel-on-interrupt"])?;
+    let cancelled = partial_backup(&sys, &mut create)?;
+    let out = interrupt_frozen(&mut sys, create)?;
+    ensure!(
+        out.status.code() == Some(130)
+            && out
+                .stderr
+                .contains(&format!("backup {cancelled} of media is cancelled")),
+        "{}",
+        out.report()
+    );
+    let failed = wait_status(&sys, "media", &cancelled, "FAILED")?;
+    ensure!(failed.error().contains("cancelled"), "{failed:?}");
+    wait_until(Duration::from_secs(30), "the partial files to go", || {
+        Ok(sys.partials()?.is_empty().then_some(()))
+    })?;
+    sys.agent("host-a").process.signal(Signal::CONT);
+
+    // A restore with the flag, interrupted while the agent receives: the
+    // clone is not made, its staging is removed.
+    let staging = root.join(format!("apps/.media-copy.restore-{id}"));
+    let mut restore = sys.hop3_spawn([
+        "backup:restore",
+        &id,
+        "--target-app",
+        "media-copy",
+        "--cancel-on-interrupt",
+    ])?;
+    wait_staged(&staging, &mut restore)?;
+    let out = interrupt_frozen(&mut sys, restore)?;
+    ensure!(
+        out.status.code() == Some(130)
+            && out.stderr.contains(&format!(
+                "the restore of {id} into media-copy on host-a is cancelled"
+            )),
+        "{}",
+        out.report()
+    );
+    sys.agent("host-a").process.signal(Signal::CONT);
+    wait_until(Duration::from_secs(60), "the staging to go", || {
+        Ok((!staging.exists()).then_some(()))
+    })?;
+    ensure!(
+        !root.join("apps/media-copy").exists(),
+        "a cancelled clone was made"
+    );
+
+    // Without it: the restore goes on and the clone is whole.
+    let mut restore = sys.hop3_spawn(["backup:restore", &id, "--target-app", "media-copy"])?;
+    wait_staged(&staging, &mut restore)?;
+    let out = interrupt_frozen(&mut sys, restore)?;
+    ensure!(
+        out.status.code() == Some(130)
+            && out.stderr.contains("goes on on the controller")
+            && out.stderr.contains("media-copy stays locked"),
+        "{}",
+        out.report()
+    );
+    sys.agent("host-a").process.signal(Signal::CONT);
+    let log = sys.controller().log_path().to_path_buf();
+    wait_until(Duration::from_secs(120), "the restore to complete", || {
+        let text = std::fs::read_to_string(&log)?;
+        Ok(text
+            .lines()
+            .any(|l| l.contains("restore completed") && l.contains("app=media-copy"))
+            .then_some(()))
+    })?;
+    original.as_clone().assert_same(
+        &Snapshot::of(&root.join("apps/media-copy"))?,
+        "a restore that went on after Ctrl-C",
+    )?;
+    Ok(())
+}
+
+/// A backup is one JSON object: `backup:create`, `backup:list`,
+/// `backup:check-age` and `backup:info` give it with the same keys and
+/// values (`skipped` is null in listings, which read no manifest).
+#[test]
+fn a_backup_is_the_same_json_object_everywhere() -> Result<()> {
+    let sys = System::builder().start()?;
+    App::build(&sys.root, "shop", 54, &sys.scratch("fixtures")?)?;
+    let created: serde_json::Value = sys
+        .hop3(["--json", "backup:create", "shop"])
+        .success()?
+        .json()?;
+    let id = created["backup_id"].as_str().context("an ID")?.to_owned();
+    let listed: serde_json::Value = sys
+        .hop3(["--json", "backup:list", "shop"])
+        .success()?
+        .json()?;
+    let age: serde_json::Value = sys
+        .hop3(["--json", "backup:check-age", "shop", "--max-age", "1h"])
+        .success()?
+        .json()?;
+    let info: serde_json::Value = sys.hop3(["--json", "backup:info", &id]).success()?.json()?;
+    let views = [
+        ("backup:list", &listed[0]),
+        ("backup:check-age", &age["newest"]),
+        ("backup:info", &info),
+    ];
+    for key in cli::BACKUP_KEYS {
+        for (command, view) in views {
+            let (want, got) = (&created[key], &view[key]);
+            if *key == "skipped" && command != "backup:info" {
+                ensure!(got.is_null(), "{command}'s {key}: {got}");
+                continue;
+            }
+            ensure!(
+                want == got,
+                "{key}: backup:create says {want}, {command} says {got}"
+            );
+        }
+    }
+    ensure!(info["service_dumps"].is_array(), "{info}");
     Ok(())
 }

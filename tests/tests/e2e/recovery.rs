@@ -783,7 +783,7 @@ fn backups_copied_in_by_hand_are_imported() -> Result<()> {
         .hop3(["--json", "backup:import", &path(&dir)])
         .success()?;
     let raw: Value = out.json()?;
-    cli::require_keys(&raw, cli::SUMMARY_KEYS)?;
+    cli::require_keys(&raw, cli::BACKUP_KEYS)?;
     ensure!(
         raw["backup_id"] == PY_ID && raw["app"] == "legacy" && raw["status"] == "COMPLETED",
         "{raw}"

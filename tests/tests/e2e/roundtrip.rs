@@ -25,7 +25,7 @@ fn restore_brings_the_app_back_and_is_idempotent() -> Result<()> {
     let original = Snapshot::of(&app.dir)?;
 
     let out = sys.hop3(["--json", "backup:create", "shop"]).success()?;
-    cli::require_keys(&out.json()?, cli::SUMMARY_KEYS)?;
+    cli::require_keys(&out.json()?, cli::BACKUP_KEYS)?;
     let created: BackupSummary = out.json()?;
     let id = created.backup_id.clone();
     id.parse::<BackupId>()

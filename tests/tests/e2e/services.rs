@@ -551,10 +551,20 @@ fn stored_dump(sys: &System, app: &str, id: &str, kind: &str, name: &str) -> Res
     ensure!(info.services_included && info.all_valid, "{info:?}");
     ensure!(info.file(&file)?.valid, "{info:?}");
     let listed = info
-        .services
+        .service_dumps
         .iter()
         .find(|s| s["type"] == kind && s["name"] == name)
-        .with_context(|| format!("backup:info lists no {kind}:{name}: {:?}", info.services))?;
+        .with_context(|| {
+            format!(
+                "backup:info lists no {kind}:{name}: {:?}",
+                info.service_dumps
+            )
+        })?;
+    ensure!(
+        info.services.contains(&format!("{kind}:{name}")),
+        "backup:info's services: {:?}",
+        info.services
+    );
     ensure!(
         listed["file"] == json!(file) && listed["size"] == json!(bytes.len()),
         "{listed}"
@@ -1096,7 +1106,7 @@ fn no_services_leaves_the_databases_out() -> Result<()> {
     ensure!(stray.is_empty(), "metadata.json checksums {stray:?}");
     let info = sys.info(&id)?;
     ensure!(
-        !info.services_included && info.services.is_empty(),
+        !info.services_included && info.service_dumps.is_empty() && info.services.is_empty(),
         "{info:?}"
     );
     ensure!(listed_services(&sys, &id)?.is_empty());
