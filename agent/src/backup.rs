@@ -1,5 +1,6 @@
-//! Producing a backup: the app's artifacts, one after another, as chunks on
-//! the BackupApp stream, each closed by its SHA-256 and size.
+//! Producing a backup: the app's artifacts, produced at the same time, as
+//! chunks on the BackupApp stream (each tagged with its artifact), each
+//! artifact closed by its SHA-256 and size.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -7,19 +8,19 @@ use std::sync::Arc;
 
 use hop3_proto::layout::{APP_FILES, Layout, Owner, TREES};
 use hop3_proto::v1::{self, backup_app_event::Event};
-use hop3_proto::{CHUNK_SIZE, Checksum};
+use hop3_proto::{FRAME_SIZE, Checksum};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use crate::apps::{APP_FILE, ENV_FILE, parse_env, read_app_config, read_env_file};
 use crate::archive;
-use crate::chunks::next_chunk;
 use crate::error::{AgentError, Result};
-use crate::events::{EventSender, StreamProgress};
-use crate::progress::Progress;
 use crate::services;
 use crate::state::AgentState;
 use crate::trees;
+use hop3_wire::chunks::next_chunk;
+use hop3_wire::events::{EventSender, StreamProgress};
+use hop3_wire::progress::Progress;
 
 type Sender = EventSender<v1::BackupAppEvent>;
 
@@ -148,7 +149,8 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     layout.skipped.sort_by(|a, b| a.path.cmp(&b.path));
     let layout_json = serde_json::to_string(&layout).expect("a layout serialises");
     out.send(event(Event::Layout(v1::BackupLayout { layout_json })))
-        .await
+        .await?;
+    Ok(())
 }
 
 /// The app directory's and its files' modes and owners.
@@ -187,7 +189,7 @@ async fn app_layout(dir: &Path) -> Result<Layout> {
 }
 
 /// Sends one artifact: its start, the bytes `produce` writes, cut into
-/// chunks of `CHUNK_SIZE`, and its end with digest and size.
+/// chunks of `FRAME_SIZE`, and its end with digest and size.
 async fn artifact<F, Fut>(out: &Sender, start: v1::ArtifactStart, produce: F) -> Result<()>
 where
     F: FnOnce(DuplexStream) -> Fut,
@@ -196,7 +198,7 @@ where
     let (id, path) = (start.id, start.path.clone());
     let path = path.as_str();
     out.send(event(Event::Start(start))).await?;
-    let (writer, mut reader) = tokio::io::duplex(CHUNK_SIZE);
+    let (writer, mut reader) = tokio::io::duplex(FRAME_SIZE);
     let pump = async {
         let mut hasher = Sha256::new();
         let mut size = 0u64;
@@ -214,7 +216,8 @@ where
             size,
             id,
         })))
-        .await
+        .await?;
+        Ok::<(), AgentError>(())
     };
     tokio::try_join!(produce(writer), pump)?;
     Ok(())
@@ -235,7 +238,7 @@ impl ChunkWriter {
     fn new(id: u32, out: Sender) -> Self {
         Self {
             id,
-            buf: Vec::with_capacity(CHUNK_SIZE),
+            buf: Vec::with_capacity(FRAME_SIZE),
             hasher: Sha256::new(),
             size: 0,
             out,
@@ -246,13 +249,14 @@ impl ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK_SIZE));
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(FRAME_SIZE));
         self.hasher.update(&chunk);
         self.size += chunk.len() as u64;
         self.out.blocking_send(event(Event::Data(v1::ArtifactData {
             id: self.id,
             data: chunk.into(),
-        })))
+        })))?;
+        Ok(())
     }
 
     /// Sends the last chunk and the artifact's end: digest and size.
@@ -262,15 +266,16 @@ impl ChunkWriter {
             sha256: Checksum::from_hasher(self.hasher).to_string(),
             size: self.size,
             id: self.id,
-        })))
+        })))?;
+        Ok(())
     }
 }
 
 impl std::io::Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(CHUNK_SIZE - self.buf.len());
+        let n = data.len().min(FRAME_SIZE - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == CHUNK_SIZE {
+        if self.buf.len() == FRAME_SIZE {
             self.send_chunk().map_err(|_| {
                 std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the controller hung up")
             })?;

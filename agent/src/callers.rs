@@ -5,8 +5,8 @@ use std::sync::{Arc, RwLock};
 use sha2::{Digest, Sha256};
 use tonic::{Request, Status};
 
-use crate::join_token::bearer_digest;
-use crate::tls::peer_identity;
+use hop3_wire::join_token::bearer_digest;
+use hop3_wire::tls::peer_identity;
 
 /// What the controller presents on its calls to this agent in plain mode:
 /// a secret it hands this process alone when it registers (none before).
@@ -54,7 +54,7 @@ impl Callers {
             }
             Self::ControllerCertificate => match peer_identity(req) {
                 Some(peer) if peer.is_controller() => Ok(()),
-                Some(peer) if peer.name == crate::tls::CONTROLLER_NAME => {
+                Some(peer) if peer.name == hop3_wire::tls::CONTROLLER_NAME => {
                     tracing::warn!(
                         "refused a certificate named after the controller without its marker: if it is the controller's own, reissue it (hop3-controller certs reissue-controller)"
                     );

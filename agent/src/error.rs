@@ -144,6 +144,13 @@ impl AgentError {
     }
 }
 
+impl From<hop3_wire::events::Closed> for AgentError {
+    /// The controller hung up on an event stream.
+    fn from(_: hop3_wire::events::Closed) -> Self {
+        Self::Cancelled
+    }
+}
+
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Self {
         Status::new(e.code(), e.to_string())

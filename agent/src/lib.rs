@@ -3,32 +3,33 @@
 //! hashed artifacts, and restores a streamed backup by staging it beside the
 //! app and swapping it in.
 
-pub mod apps;
-pub mod archive;
-pub mod backup;
-pub mod callers;
-pub mod chunks;
-pub mod config;
-pub mod config_file;
-pub mod demo;
-pub mod error;
-pub mod events;
-pub mod failpoint;
-pub mod hooks;
-pub mod join_token;
-pub mod logging;
-pub mod memory;
-pub mod owners;
-pub mod progress;
-pub mod restore;
+mod apps;
+mod archive;
+mod backup;
+mod callers;
+mod config;
+mod demo;
+mod error;
+mod failpoint;
+mod hooks;
+mod owners;
+mod restore;
 pub mod server;
-pub mod service;
-pub mod services;
-pub mod state;
-pub mod swap;
-pub mod tls;
-pub mod trees;
+mod service;
+mod services;
+mod state;
+mod swap;
+mod trees;
 
+/// A host's Hop3 root (`apps/` and the agent's state directory).
+pub use apps::HostRoot;
+/// Who may call the agent: the controller by TLS name, by call token, or in-process.
+pub use callers::{Callers, ControllerToken};
+/// The agent's settings (flags, environment, config file).
 pub use config::AgentOptions;
+/// Makes the quick start's demo app.
+pub use demo::make as make_demo_app;
+/// What can go wrong in the agent.
 pub use error::AgentError;
+/// What one agent serves with: its root, hooks and tools.
 pub use state::AgentState;

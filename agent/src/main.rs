@@ -4,9 +4,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use hop3_agent::callers::{Callers, ControllerToken};
-use hop3_agent::join_token::JoinToken;
 use hop3_agent::{AgentOptions, server};
+use hop3_agent::{Callers, ControllerToken};
+use hop3_wire::join_token::JoinToken;
 
 /// Serves this host's Hop3 apps to a hop3-backup controller: archives,
 /// dumps and restores them.
@@ -46,7 +46,7 @@ struct Args {
     config: Option<std::path::PathBuf>,
     /// How logs are written on stderr.
     #[arg(long, env = "HOP3_LOG_FORMAT", value_enum, default_value_t)]
-    log_format: hop3_agent::logging::LogFormat,
+    log_format: hop3_wire::logging::LogFormat,
     #[command(flatten)]
     agent: AgentOptions,
     #[command(subcommand)]
@@ -68,24 +68,24 @@ enum Tool {
 }
 
 fn main() -> anyhow::Result<()> {
-    hop3_agent::memory::block_on(run())?
+    hop3_wire::memory::block_on(run())?
 }
 
 async fn run() -> anyhow::Result<()> {
     let args: Args =
-        hop3_agent::config_file::parse_with_config(hop3_agent::config_file::AGENT_CONFIG)?;
-    hop3_agent::logging::init(args.log_format);
+        hop3_wire::config_file::parse_with_config(hop3_wire::config_file::AGENT_CONFIG)?;
+    hop3_wire::logging::init(args.log_format);
     if let Some(Tool::DemoApp { name, postgres }) = &args.command {
         hop3_proto::names::validate_app_name(name)?;
-        let root = hop3_agent::apps::HostRoot::new(&args.agent.root);
-        let dir = hop3_agent::demo::make(&root, name, postgres.as_deref()).await?;
+        let root = hop3_agent::HostRoot::new(&args.agent.root);
+        let dir = hop3_agent::make_demo_app(&root, name, postgres.as_deref()).await?;
         println!("Demo app {name} made in {}", dir.display());
         println!("Back it up with: hop3 backup:create {name}");
         return Ok(());
     }
     let state = Arc::new(args.agent.state());
     let tls = match &args.tls_dir {
-        Some(dir) => Some(hop3_agent::tls::TlsFiles::load(dir, &state.host_id)?),
+        Some(dir) => Some(hop3_wire::tls::TlsFiles::load(dir, &state.host_id)?),
         None => None,
     };
     if tls.is_none() && args.controller.starts_with("https://") {
@@ -123,7 +123,7 @@ async fn run() -> anyhow::Result<()> {
     let advertise = args
         .advertise
         .unwrap_or_else(|| format!("{scheme}://{local}"));
-    let (reporter, health) = server::health().await;
+    let (reporter, health) = hop3_wire::serving::health(&[server::AGENT_SERVICE]).await;
     tracing::info!(listen = %local, root = %args.agent.root.display(), host_id = %state.host_id, "hop3-agent serving");
     tokio::spawn(server::register_loop(
         state.clone(),
@@ -133,14 +133,14 @@ async fn run() -> anyhow::Result<()> {
         advertise,
         reporter.clone(),
     ));
-    server::notify_ready();
+    hop3_wire::serving::notify_ready();
     server::serve(
         state,
         tls,
         callers,
-        server::incoming(listener),
+        hop3_wire::serving::incoming(listener),
         (reporter, health),
-        hop3_agent::server::shutdown_signal(),
+        hop3_wire::serving::shutdown_signal(),
     )
     .await?;
     Ok(())

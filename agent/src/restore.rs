@@ -23,14 +23,14 @@ use tonic::Streaming;
 
 use crate::apps::{self, APP_FILE, AppConfig, ENV_FILE, ServiceConfig, read_app_config};
 use crate::archive;
-use crate::chunks::ChannelReader;
 use crate::error::{AgentError, Result};
-use crate::events::{EventSender, StreamProgress};
-use crate::progress::Progress;
 use crate::services;
 use crate::state::AgentState;
 use crate::swap::{Journal, apply_owner};
 use crate::trees::{self, Place};
+use hop3_wire::chunks::ChannelReader;
+use hop3_wire::events::{EventSender, StreamProgress};
+use hop3_wire::progress::Progress;
 
 /// Largest `env.json`, `ENV` or `app.json` accepted.
 const MAX_ENV_BYTES: usize = 16 * 1024 * 1024;
@@ -845,8 +845,6 @@ enum Target {
     Ignored,
 }
 
-/// Passes the chunks of one artifact to its target, hashing and counting
-/// them, until its end arrives.
 /// Refuses a manifest with two archives of one tree (`data.tar.gz` and
 /// `data.tar.zst`): both would unpack into the same directories, each
 /// checking only its own links, so one could lead the other out.
@@ -864,6 +862,8 @@ fn one_archive_per_tree(manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
+/// Passes the chunks of one artifact to its target, hashing and counting
+/// them, until its end arrives.
 async fn feed(
     state: &AgentState,
     inbound: &mut Streaming<v1::RestoreAppMessage>,

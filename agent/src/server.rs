@@ -7,19 +7,17 @@ use hop3_proto::MAX_MESSAGE_SIZE;
 use hop3_proto::v1::RegisterRequest;
 use hop3_proto::v1::agent_registry_client::AgentRegistryClient;
 use hop3_proto::v1::agent_service_server::AgentServiceServer;
-use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::server::Connected;
 use tonic::transport::{Endpoint, Server};
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::callers::{Callers, ControllerToken};
-use crate::join_token::JoinToken;
 use crate::restore::clean_leftovers;
 use crate::service::AgentServiceImpl;
 use crate::state::AgentState;
-use crate::tls::{CONTROLLER_NAME, TlsFiles};
+use hop3_wire::join_token::JoinToken;
+use hop3_wire::tls::{CONTROLLER_NAME, TlsFiles};
 
 /// Retry delay after a failed registration.
 const REGISTER_RETRY: Duration = Duration::from_secs(2);
@@ -56,7 +54,7 @@ where
             tracing::warn!(app, error = %e, "the app does not start after undoing a restore");
         }
     }
-    let reflection = reflection(&[AGENT_SERVICE]);
+    let reflection = hop3_wire::serving::reflection(&[AGENT_SERVICE]);
     let svc = AgentServiceServer::new(AgentServiceImpl::new(state))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -83,55 +81,8 @@ where
         .await
 }
 
-/// gRPC server reflection of `services` (full names) and of health, so that
-/// grpcurl, grpcui and clients in any language need no `.proto` files.
-/// Both versions: v1, and v1alpha, which older grpcurl and grpcio ask.
-pub fn reflection(
-    services: &[&str],
-) -> (
-    tonic_reflection::server::v1::ServerReflectionServer<
-        impl tonic_reflection::server::v1::ServerReflection,
-    >,
-    tonic_reflection::server::v1alpha::ServerReflectionServer<
-        impl tonic_reflection::server::v1alpha::ServerReflection,
-    >,
-) {
-    let builder = || {
-        let mut b = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(hop3_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .with_service_name("grpc.health.v1.Health");
-        for s in services {
-            b = b.with_service_name(*s);
-        }
-        b
-    };
-    (
-        builder()
-            .build_v1()
-            .expect("the descriptors compiled in are valid"),
-        builder()
-            .build_v1alpha()
-            .expect("the descriptors compiled in are valid"),
-    )
-}
-
 /// The agent's service, as health and reflection name it.
 pub const AGENT_SERVICE: &str = "hop3.backup.v1.AgentService";
-
-/// A health service that starts as NOT_SERVING.
-pub async fn health() -> (
-    HealthReporter,
-    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
-) {
-    let (reporter, service) = tonic_health::server::health_reporter();
-    for name in ["", AGENT_SERVICE] {
-        reporter
-            .set_service_status(name, ServingStatus::NotServing)
-            .await;
-    }
-    (reporter, service)
-}
 
 /// Registers with the controller at `controller`, then again every heartbeat
 /// the controller asks for, forever. Health turns SERVING after the first success.
@@ -200,37 +151,4 @@ pub async fn register_loop(
         };
         tokio::time::sleep(wait).await;
     }
-}
-
-/// Tells systemd (a `Type=notify` unit) that the server is listening; a
-/// no-op outside systemd.
-pub fn notify_ready() {
-    if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
-        tracing::warn!(error = %e, "cannot tell systemd the service is ready");
-    }
-}
-
-/// Resolves on SIGTERM or Ctrl-C: what stops a server gracefully.
-pub async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
-}
-
-/// Accepted connections with Nagle's algorithm off: small responses (a list,
-/// a status) otherwise wait out the peer's delayed ACK, ~40 ms each.
-pub fn incoming(
-    listener: TcpListener,
-) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    use tokio_stream::StreamExt;
-    TcpListenerStream::new(listener).map(|conn| {
-        if let Ok(c) = &conn {
-            let _ = c.set_nodelay(true);
-        }
-        conn
-    })
 }

@@ -8,8 +8,8 @@ use hop3_proto::v1::{self, agent_service_server::AgentService};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::events::EventSender;
 use crate::state::AgentState;
+use hop3_wire::events::EventSender;
 
 use crate::{backup, restore};
 

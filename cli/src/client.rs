@@ -62,12 +62,12 @@ impl Interceptor for Authorization {
 }
 
 /// A connection to the controller's `BackupService`.
-pub struct Controller {
+pub struct ControllerClient {
     client: BackupServiceClient<InterceptedService<Channel, Authorization>>,
     url: String,
 }
 
-impl Controller {
+impl ControllerClient {
     /// Connects now rather than at the first call, so that an unreachable
     /// controller is reported as such (exit 7) and not as a failed call.
     ///
@@ -459,12 +459,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_port_is_unreachable() {
-        let err = Controller::connect(&settings("http://127.0.0.1:1"))
+        let err = ControllerClient::connect(&settings("http://127.0.0.1:1"))
             .await
             .err()
             .expect("nothing listens on port 1");
         assert!(matches!(err, CliError::Unreachable { .. }), "{err:?}");
-        let err = Controller::connect(&settings("https://127.0.0.1:1"))
+        let err = ControllerClient::connect(&settings("https://127.0.0.1:1"))
             .await
             .err()
             .expect("nothing listens on port 1");
@@ -479,7 +479,7 @@ mod tests {
         for path in [dir.path().join("missing.pem"), empty] {
             let mut s = settings("https://127.0.0.1:1");
             s.ca_cert = Some(path.clone());
-            let err = Controller::connect(&s).await.err().expect("refused");
+            let err = ControllerClient::connect(&s).await.err().expect("refused");
             assert!(matches!(err, CliError::CaCert { .. }), "{err:?}");
             assert_eq!(err.exit_code(), 2);
             assert!(

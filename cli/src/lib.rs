@@ -15,7 +15,7 @@ pub mod views;
 use std::io::{self, Write};
 
 use args::{Cli, Command};
-use client::Controller;
+use client::ControllerClient;
 use config::{Settings, Sources};
 use error::CliError;
 use output::Output;
@@ -60,7 +60,7 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         commands::delete::check_can_confirm(id, *yes)?;
     }
     let out = Output::new(cli.json);
-    let mut controller = Controller::connect(&settings).await?;
+    let mut controller = ControllerClient::connect(&settings).await?;
     let c = &mut controller;
     match &command {
         Command::Create { app, options } => commands::create::run(c, out, app, options).await,

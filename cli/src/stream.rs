@@ -72,9 +72,9 @@ pub async fn ctrl_c() {
 /// How to follow one stream: what its errors and an interrupt become.
 pub struct Following<'a, F, I> {
     pub progress: &'a mut dyn Progress,
-    /// Maps a status from the stream (see [`Controller::error`]).
+    /// Maps a status from the stream (see [`ControllerClient::error`]).
     ///
-    /// [`Controller::error`]: crate::client::Controller::error
+    /// [`ControllerClient::error`]: crate::client::ControllerClient::error
     pub on_error: F,
     /// Resolves when the user interrupts (see [`ctrl_c`]).
     pub interrupt: I,

@@ -5,12 +5,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use hop3_agent::events::EventSender;
 use hop3_proto::BackupId;
 use hop3_proto::names::validate_app_name;
 use hop3_proto::v1::{
     self, agent_registry_server::AgentRegistry, backup_service_server::BackupService,
 };
+use hop3_wire::events::EventSender;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -52,11 +52,12 @@ impl BackupApi {
             .ok_or_else(|| ControllerError::BackupNotFound(id.to_string()))
     }
 
-    fn lock(&self, app: &str) -> Result<crate::locks::AppLock> {
+    /// Takes `app`'s lock for `what` ("a backup", "a restore").
+    fn lock(&self, app: &str, what: &'static str) -> Result<crate::locks::AppLock> {
         self.ctl
             .locks
-            .try_lock(app)
-            .ok_or_else(|| ControllerError::Busy(app.to_owned()))
+            .try_lock(app, what)
+            .map_err(|holder| ControllerError::busy(app, holder))
     }
 }
 
@@ -88,7 +89,7 @@ impl BackupService for BackupApi {
         };
         let host = (!req.host.is_empty()).then_some(req.host.as_str());
         let (host, client) = self.ctl.registry.find_app(&req.app, host).await?;
-        let lock = self.lock(&req.app)?;
+        let lock = self.lock(&req.app, "a backup")?;
         let mut id = BackupId::generate();
         while self
             .ctl
@@ -288,7 +289,7 @@ impl BackupService for BackupApi {
         }
         // The backup read, whatever app it goes into: the app lock is the target's.
         let reading = self.ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
-        let lock = self.lock(&target_app)?;
+        let lock = self.lock(&target_app, "a restore")?;
         tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
         let job = RestoreJob {
             host,
@@ -425,7 +426,7 @@ impl AgentRegistry for RegistryApi {
         }
         if self.ctl.mutual_tls {
             let hello = req.get_ref();
-            match hop3_agent::tls::peer_name(&req) {
+            match hop3_wire::tls::peer_name(&req) {
                 Some(name) if name == hello.host_id => {}
                 Some(name) => {
                     tracing::warn!(claimed = %hello.host_id, certificate = %name, "refused an agent registering as another host");

@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
-use hop3_agent::tls::{CONTROLLER_MARKER, CONTROLLER_NAME, is_reserved_name};
+use hop3_wire::tls::{CONTROLLER_MARKER, CONTROLLER_NAME, is_reserved_name};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SanType,
@@ -132,7 +132,7 @@ pub fn issue_agent(dir: &Path, out: &Path, name: &str) -> Result<(), CertsError>
     // let its holder pass for the controller to the CLI.
     let controller = std::fs::read(dir.join(format!("{CONTROLLER_NAME}.pem"))).unwrap_or_default();
     if is_reserved_name(name)
-        || hop3_agent::tls::pem_names(&controller).contains(&name.to_ascii_lowercase())
+        || hop3_wire::tls::pem_names(&controller).contains(&name.to_ascii_lowercase())
     {
         return Err(CertsError::Reserved(name.to_owned()));
     }

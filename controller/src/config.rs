@@ -83,7 +83,7 @@ pub struct Config {
         default_value_t,
         global = true
     )]
-    pub log_format: hop3_agent::logging::LogFormat,
+    pub log_format: hop3_wire::logging::LogFormat,
     #[command(flatten)]
     pub agent: AgentOptions,
     #[command(subcommand)]

@@ -5,12 +5,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use hop3_agent::events::EventSender;
 use hop3_proto::layout::Layout;
 use hop3_proto::manifest::{AppMetadata, FORMAT_1_1, Manifest, ServiceEntry};
 use hop3_proto::names::validate_artifact_path;
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
 use hop3_proto::{BackupId, HOP3_VERSION};
+use hop3_wire::events::EventSender;
 
 use crate::catalog::{BackupRow, BackupStatus};
 use crate::error::{ControllerError, Result};

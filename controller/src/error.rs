@@ -21,8 +21,14 @@ pub enum ControllerError {
     BackupNotFound(String),
     #[error("{0}")]
     InvalidArgument(String),
-    #[error("Another operation is in progress for app '{0}'; wait for it to finish")]
-    Busy(String),
+    #[error(
+        "Another operation is in progress for app '{app}' ({what}, started {secs}s ago); wait for it to finish"
+    )]
+    Busy {
+        app: String,
+        what: &'static str,
+        secs: u64,
+    },
     #[error("Backup {id} is {doing}; wait for it to finish")]
     BackupBusy { id: String, doing: &'static str },
     #[error("Checksum mismatch: {path} ({detail}). Do not use this backup; use a different one")]
@@ -111,6 +117,15 @@ impl From<StoreError> for ControllerError {
 }
 
 impl ControllerError {
+    /// `app` is locked by `holder`.
+    pub fn busy(app: &str, holder: crate::locks::AppHolder) -> Self {
+        Self::Busy {
+            app: app.to_owned(),
+            what: holder.what,
+            secs: holder.since.elapsed().as_secs(),
+        }
+    }
+
     /// The error an agent's status becomes.
     pub fn from_agent(host: &str, status: Status) -> Self {
         match status.code() {
@@ -148,7 +163,7 @@ impl ControllerError {
                 Code::NotFound
             }
             Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
-            Self::Busy(_)
+            Self::Busy { .. }
             | Self::BackupBusy { .. }
             | Self::ChecksumMismatch { .. }
             | Self::NotRestorable { .. }

@@ -2,26 +2,41 @@
 //! time on an app), and per backup (a backup being read, by a restore or a
 //! verification, is not deleted under its readers).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-/// The set of apps with an operation running.
+/// What holds an app's lock, to tell whoever must wait.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppHolder {
+    /// "a backup", "a restore", "an import".
+    pub what: &'static str,
+    /// When it took the lock.
+    pub since: Instant,
+}
+
+/// The apps with an operation running, and what runs.
 #[derive(Clone, Default)]
 pub struct AppLocks {
-    held: Arc<Mutex<HashSet<String>>>,
+    held: Arc<Mutex<HashMap<String, AppHolder>>>,
 }
 
 /// Held while an operation runs on an app; released on drop, whatever happens.
 pub struct AppLock {
-    held: Arc<Mutex<HashSet<String>>>,
+    held: Arc<Mutex<HashMap<String, AppHolder>>>,
     app: String,
 }
 
 impl AppLocks {
-    /// Takes the lock on `app`, or None if another operation holds it.
-    pub fn try_lock(&self, app: &str) -> Option<AppLock> {
+    /// Takes the lock on `app` for `what`, or says what holds it.
+    pub fn try_lock(&self, app: &str, what: &'static str) -> Result<AppLock, AppHolder> {
         let mut held = self.held.lock().expect("locks poisoned");
-        held.insert(app.to_owned()).then(|| AppLock {
+        if let Some(holder) = held.get(app) {
+            return Err(*holder);
+        }
+        let since = Instant::now();
+        held.insert(app.to_owned(), AppHolder { what, since });
+        Ok(AppLock {
             held: self.held.clone(),
             app: app.to_owned(),
         })
@@ -148,11 +163,14 @@ mod tests {
     #[test]
     fn one_holder_per_app() {
         let locks = AppLocks::default();
-        let a = locks.try_lock("a").unwrap();
-        assert!(locks.try_lock("a").is_none());
-        let _b = locks.try_lock("b").unwrap();
+        let a = locks.try_lock("a", "a backup").unwrap();
+        assert_eq!(
+            locks.try_lock("a", "a restore").err().map(|h| h.what),
+            Some("a backup")
+        );
+        let _b = locks.try_lock("b", "a restore").unwrap();
         drop(a);
-        assert!(locks.try_lock("a").is_some());
+        assert!(locks.try_lock("a", "a restore").is_ok());
     }
 
     #[test]

@@ -8,15 +8,15 @@ use hop3_controller::tokens::Tokens;
 use hop3_controller::{Config, auth, certs, recovery, server};
 
 fn main() -> anyhow::Result<()> {
-    hop3_agent::memory::block_on(run())?
+    hop3_wire::memory::block_on(run())?
 }
 
 async fn run() -> anyhow::Result<()> {
     let mut config: Config =
-        hop3_agent::config_file::parse_with_config(hop3_agent::config_file::CONTROLLER_CONFIG)?;
-    hop3_agent::logging::init(config.log_format);
+        hop3_wire::config_file::parse_with_config(hop3_wire::config_file::CONTROLLER_CONFIG)?;
+    hop3_wire::logging::init(config.log_format);
     match config.command.take() {
-        None => server::run(config, hop3_agent::server::shutdown_signal()).await,
+        None => server::run(config, hop3_wire::serving::shutdown_signal()).await,
         Some(Admin::Certs(cmd)) => run_certs(cmd),
         Some(Admin::Tokens(cmd)) => run_tokens(&config, cmd).await,
     }
@@ -46,7 +46,7 @@ fn run_certs(cmd: CertsCommand) -> anyhow::Result<()> {
             certs::reissue_controller(&dir, &controller_names(names))?;
             println!(
                 "Controller certificate written to {}; restart the controller to use it",
-                dir.join(format!("{}.pem", hop3_agent::tls::CONTROLLER_NAME))
+                dir.join(format!("{}.pem", hop3_wire::tls::CONTROLLER_NAME))
                     .display()
             );
         }

@@ -176,8 +176,8 @@ pub async fn import(ctl: &Controller, requested: &Path) -> Result<BackupRow> {
     let (app, id) = (manifest.app_name.clone(), manifest.backup_id.clone());
     let _lock = ctl
         .locks
-        .try_lock(&app)
-        .ok_or_else(|| ControllerError::Busy(app.clone()))?;
+        .try_lock(&app, "an import")
+        .map_err(|holder| ControllerError::busy(&app, holder))?;
     let _reading = ctl.use_backup(&id, crate::locks::BackupUse::Import)?;
     if ctl.catalog.get(&id).await?.is_some() {
         return Err(ControllerError::AlreadyExists(id));
@@ -208,7 +208,7 @@ async fn copy_in(
         for (path, expected) in &manifest.checksums {
             let mut file = src.file(path).await?;
             let mut w = partial.create(path).await?;
-            let mut buf = vec![0u8; hop3_proto::CHUNK_SIZE];
+            let mut buf = vec![0u8; hop3_proto::FRAME_SIZE];
             loop {
                 let n = file.read(&mut buf).await.map_err(|e| {
                     ControllerError::InvalidArgument(format!("cannot read {path}: {e}"))

@@ -13,7 +13,7 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
-use hop3_agent::tls::TlsFiles;
+use hop3_wire::tls::TlsFiles;
 
 use crate::error::{ControllerError, Result};
 

@@ -3,11 +3,11 @@
 
 use std::sync::{Arc, Mutex};
 
-use hop3_agent::chunks::next_chunk;
-use hop3_agent::events::{EventSender, StreamProgress};
-use hop3_agent::progress::Progress;
 use hop3_proto::manifest::Manifest;
 use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
+use hop3_wire::chunks::next_chunk;
+use hop3_wire::events::{EventSender, StreamProgress};
+use hop3_wire::progress::Progress;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -125,7 +125,7 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     }
     let total: u64 = checks.iter().map(|c| c.size).sum();
 
-    let (tx, rx) = mpsc::channel(hop3_agent::events::STREAM_DEPTH);
+    let (tx, rx) = mpsc::channel(hop3_wire::events::STREAM_DEPTH);
     let header = v1::RestoreHeader {
         app: job.target_app.clone(),
         manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
-use hop3_agent::tls::{CONTROLLER_NAME, TlsFiles};
+use hop3_wire::tls::{CONTROLLER_NAME, TlsFiles};
 
 use crate::api::{BackupApi, RegistryApi};
 use crate::auth::Auth;
@@ -61,7 +61,7 @@ pub async fn run(
             let root = store.root().to_owned();
             // File I/O: off the runtime's threads, as everything else.
             let token = tokio::task::spawn_blocking(move || {
-                hop3_agent::join_token::JoinToken::load_or_create(&root)
+                hop3_wire::join_token::JoinToken::load_or_create(&root)
             })
             .await?
             .context("cannot set up the agents' join token")?;
@@ -103,7 +103,8 @@ pub async fn run(
 
     if config.local_agent {
         let state = Arc::new(config.agent.state());
-        let (reporter, health) = hop3_agent::server::health().await;
+        let (reporter, health) =
+            hop3_wire::serving::health(&[hop3_agent::server::AGENT_SERVICE]).await;
         for name in ["", hop3_agent::server::AGENT_SERVICE] {
             reporter
                 .set_service_status(name, ServingStatus::Serving)
@@ -117,7 +118,7 @@ pub async fn run(
             if let Err(e) = hop3_agent::server::serve(
                 state,
                 None,
-                hop3_agent::callers::Callers::InProcess,
+                hop3_agent::Callers::InProcess,
                 incoming,
                 (reporter, health),
                 std::future::pending(),
@@ -136,7 +137,7 @@ pub async fn run(
             .set_service_status(name, ServingStatus::Serving)
             .await;
     }
-    let reflection = hop3_agent::server::reflection(&[BACKUP_SERVICE, REGISTRY_SERVICE]);
+    let reflection = hop3_wire::serving::reflection(&[BACKUP_SERVICE, REGISTRY_SERVICE]);
     let backup = BackupServiceServer::new(BackupApi::new(ctl.clone()))
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
@@ -164,7 +165,7 @@ pub async fn run(
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
         .max_decoding_message_size(1024 * 1024);
     tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store.display(), "hop3-controller serving");
-    hop3_agent::server::notify_ready();
+    hop3_wire::serving::notify_ready();
     let mut builder = Server::builder();
     if let Some(tls) = &tls {
         builder = builder.tls_config(tls.server(true))?;
@@ -180,7 +181,7 @@ pub async fn run(
         .add_service(registry)
         .add_service(reflection.0)
         .add_service(reflection.1)
-        .serve_with_incoming_shutdown(hop3_agent::server::incoming(listener), shutdown)
+        .serve_with_incoming_shutdown(hop3_wire::serving::incoming(listener), shutdown)
         .await?;
     let _ = stop_socket.send(());
     let _ = on_socket.await;

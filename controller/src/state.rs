@@ -23,7 +23,7 @@ pub struct Controller {
     /// Whether agents must prove their host with a certificate.
     pub mutual_tls: bool,
     /// Without TLS: what standalone agents must present to register.
-    pub join_token: Option<hop3_agent::join_token::JoinToken>,
+    pub join_token: Option<hop3_wire::join_token::JoinToken>,
     /// Where `backup:import` may read from.
     pub import_dir: std::path::PathBuf,
 }

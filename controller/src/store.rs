@@ -362,7 +362,7 @@ impl PartialBackup {
         set_mode(&full, 0o600).await?;
         Ok(ArtifactWriter {
             path: path.to_owned(),
-            file: BufWriter::with_capacity(hop3_proto::CHUNK_SIZE, file),
+            file: BufWriter::with_capacity(hop3_proto::FRAME_SIZE, file),
             hasher: Sha256::new(),
             size: 0,
         })

@@ -1,6 +1,6 @@
 //! The hop3-backup contract shared by the controller, the agents and the CLI:
-//! the gRPC services (package `hop3.backup.v1`) and the on-disk format 1.0
-//! (backup IDs, `metadata.json`, checksums, names).
+//! the gRPC services (package `hop3.backup.v1`) and the on-disk formats 1.0
+//! and 1.1 (backup IDs, `metadata.json`, checksums, names).
 
 pub mod backup_id;
 pub mod checksum;
@@ -25,9 +25,11 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("hop3
 /// The version written into every manifest as `hop3_version`.
 pub const HOP3_VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// Size of the data chunks streamed between controller and agents. Memory on
-/// both sides is bounded by this times the depth of the channels.
-pub const CHUNK_SIZE: usize = 256 * 1024;
+/// Size of the data frames (the `data` of one stream message) between
+/// controller and agents: a transport size, unrelated to how a format cuts
+/// content. Memory on both sides is bounded by this times the depth of the
+/// channels.
+pub const FRAME_SIZE: usize = 256 * 1024;
 
 /// Largest gRPC message either side accepts: one chunk plus framing.
 pub const MAX_MESSAGE_SIZE: usize = 4 * 1024 * 1024;

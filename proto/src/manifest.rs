@@ -1,4 +1,5 @@
-//! `metadata.json`: the manifest of one backup, format 1.0.
+//! `metadata.json`: the manifest of one backup, formats 1.0 and 1.1 (they
+//! differ in the archives' compression only).
 //!
 //! Backups written by Hop3's Python server use the same layout but say
 //! `addons` where this format says `services`, and write `created_at` with

@@ -8,7 +8,9 @@ mod unpack;
 pub mod walk;
 mod xattrs;
 
-pub use pack::{Member, Packed, pack};
+#[cfg(test)]
+pub use pack::Packed;
+pub use pack::{Member, pack};
 pub use unpack::{Ownership, Unpacked, unpack};
 
 use crate::error::{AgentError, Result};
@@ -52,7 +54,7 @@ impl Codec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::NoProgress;
+    use hop3_wire::progress::NoProgress;
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     use std::path::Path;
 

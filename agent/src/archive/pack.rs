@@ -23,7 +23,7 @@ use tar::{Builder, EntryType, GnuExtSparseHeader, Header};
 
 use super::{Codec, walk, xattrs};
 use crate::error::{AgentError, Result};
-use crate::progress::Progress;
+use hop3_wire::progress::Progress;
 
 /// gzip level for format 1.0 archives: fast, since most of the time of a
 /// backup is compression; `tar -xzf` reads any level.

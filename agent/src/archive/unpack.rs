@@ -116,7 +116,7 @@ pub fn unpack<R: Read>(
             .map_err(|e| AgentError::io("opening the staging directory", e))?;
         tops.insert(OsString::from(top), Arc::new(fd));
     }
-    let buffered = BufReader::with_capacity(hop3_proto::CHUNK_SIZE, input);
+    let buffered = BufReader::with_capacity(hop3_proto::FRAME_SIZE, input);
     let decoder: Box<dyn Read> =
         match codec {
             // Multi-member, as `tar -xzf` reads it.

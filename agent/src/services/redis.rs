@@ -364,7 +364,7 @@ async fn replay<R: AsyncRead + Unpin>(
         .query_async(&mut con)
         .await
         .map_err(|e| step.error(e.to_string()))?;
-    let mut reader = BufReader::with_capacity(hop3_proto::CHUNK_SIZE, input);
+    let mut reader = BufReader::with_capacity(hop3_proto::FRAME_SIZE, input);
     loop {
         let mut pipe = redis::pipe();
         let mut n = 0;

@@ -3,13 +3,13 @@
 
 use hop3_proto::v1::AgentInfo;
 
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::CliError;
 use crate::output::{Output, format_time, render_table};
 use crate::views::{AgentView, ForgottenView, agent_status};
 
 /// Lists the agents in the order the controller returns them.
-pub async fn run(controller: &mut Controller, out: Output) -> Result<(), CliError> {
+pub async fn run(controller: &mut ControllerClient, out: Output) -> Result<(), CliError> {
     let agents = controller.list_agents().await?;
     if out.is_json() {
         let views: Vec<AgentView> = agents.into_iter().map(AgentView::from).collect();
@@ -20,7 +20,7 @@ pub async fn run(controller: &mut Controller, out: Output) -> Result<(), CliErro
 }
 
 /// Forgets the offline agent of `host`.
-pub async fn forget(controller: &mut Controller, out: Output, host: &str) -> Result<(), CliError> {
+pub async fn forget(controller: &mut ControllerClient, out: Output, host: &str) -> Result<(), CliError> {
     controller.forget_agent(host).await?;
     if out.is_json() {
         out.json(&ForgottenView {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::CliError;
 use crate::output::{Output, parse_utc};
 use crate::views::BackupView;
@@ -27,7 +27,7 @@ struct AgeView {
 
 /// Checks the age of `app`'s newest COMPLETED backup against `max_age`.
 pub async fn run(
-    controller: &mut Controller,
+    controller: &mut ControllerClient,
     out: Output,
     app: &str,
     max_age: Duration,

@@ -4,7 +4,7 @@
 use hop3_proto::v1::BackupSummary;
 
 use crate::args::CreateOptions;
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::{CliError, InterruptedJob, Subject};
 use crate::output::{Output, format_size};
 use crate::progress;
@@ -17,7 +17,7 @@ const FAILED: &str = "FAILED";
 /// Backs `app` up, showing progress on stderr. Ctrl-C leaves the backup to
 /// run on the controller, or cancels it with `--cancel-on-interrupt`.
 pub async fn run(
-    controller: &mut Controller,
+    controller: &mut ControllerClient,
     out: Output,
     app: &str,
     options: &CreateOptions,

@@ -6,14 +6,14 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use hop3_proto::BackupId;
 use hop3_proto::v1::BackupSummary;
 
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::CliError;
 use crate::output::{Output, format_created, format_size};
 use crate::views::DeletedView;
 
 /// Deletes backup `id`, after confirmation unless `yes`.
 pub async fn run(
-    controller: &mut Controller,
+    controller: &mut ControllerClient,
     out: Output,
     id: &BackupId,
     yes: bool,

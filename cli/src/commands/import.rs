@@ -4,14 +4,14 @@
 
 use hop3_proto::v1::BackupSummary;
 
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::CliError;
 use crate::output::{Output, format_size};
 use crate::views::BackupView;
 
 /// Imports the backup directory at `path`, an absolute path on the
 /// controller's machine.
-pub async fn run(controller: &mut Controller, out: Output, path: &str) -> Result<(), CliError> {
+pub async fn run(controller: &mut ControllerClient, out: Output, path: &str) -> Result<(), CliError> {
     let summary = controller.import_backup(path).await?;
     if out.is_json() {
         out.json(&BackupView::from(summary))

@@ -7,14 +7,14 @@ use std::fmt::Write as _;
 use hop3_proto::BackupId;
 use hop3_proto::v1::{BackupDetails, FileCheck};
 
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::CliError;
 use crate::output::{Output, format_rfc3339, format_size, or_na};
 use crate::views::DetailsView;
 
 /// Shows a backup's details; fails with `IntegrityFailed` when the backup
 /// does not verify.
-pub async fn run(controller: &mut Controller, out: Output, id: &BackupId) -> Result<(), CliError> {
+pub async fn run(controller: &mut ControllerClient, out: Output, id: &BackupId) -> Result<(), CliError> {
     let details = controller.get_backup(id, false).await?;
     let bad = bad_files(&details);
     let valid = details.all_valid && bad.is_empty();

@@ -2,14 +2,14 @@
 
 use hop3_proto::v1::BackupSummary;
 
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::CliError;
 use crate::output::{Output, format_created, format_size, render_table};
 use crate::views::BackupView;
 
 /// Lists backups, newest first as the controller returns them.
 pub async fn run(
-    controller: &mut Controller,
+    controller: &mut ControllerClient,
     out: Output,
     app: Option<&str>,
     limit: u32,

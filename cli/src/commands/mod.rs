@@ -1,8 +1,8 @@
-//! One module per command. Each makes its calls through the [`Controller`],
+//! One module per command. Each makes its calls through the [`ControllerClient`],
 //! prints its result through [`Output`], and renders its human text with a
 //! pure function that the tests check line by line.
 //!
-//! [`Controller`]: crate::client::Controller
+//! [`ControllerClient`]: crate::client::ControllerClient
 //! [`Output`]: crate::output::Output
 
 pub mod agents;

@@ -5,7 +5,7 @@ use hop3_proto::BackupId;
 use hop3_proto::v1::{RestoreResult, RestoreStarted};
 
 use crate::args::RestoreTarget;
-use crate::client::Controller;
+use crate::client::ControllerClient;
 use crate::error::{CliError, InterruptedJob, Subject};
 use crate::output::{Output, or_na};
 use crate::progress;
@@ -16,7 +16,7 @@ use crate::views::RestoreView;
 /// showing progress on stderr. Ctrl-C leaves the restore to run on the
 /// controller, or cancels it with `--cancel-on-interrupt`.
 pub async fn run(
-    controller: &mut Controller,
+    controller: &mut ControllerClient,
     out: Output,
     id: &BackupId,
     target: &RestoreTarget,

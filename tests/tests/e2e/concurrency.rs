@@ -40,7 +40,8 @@ fn a_second_operation_on_a_busy_app_is_refused() -> Result<()> {
         first.is_running()?,
         "the first create finished before the second was refused: inconclusive, make the app bigger"
     );
-    second.failure(&["in progress"])?;
+    // It says what holds the app.
+    second.failure(&["in progress", "(a backup, started "])?;
 
     let out = first.wait(BIG_OPERATION)?.success()?;
     let created: BackupSummary = out.json()?;
@@ -73,7 +74,7 @@ fn a_second_operation_on_a_busy_app_is_refused() -> Result<()> {
         restore.is_running()?,
         "the restore finished before the create was refused: inconclusive, make the app bigger"
     );
-    during.failure(&["in progress"])?;
+    during.failure(&["in progress", "(a restore, started "])?;
     restore.wait(BIG_OPERATION)?.success()?;
     ensure!(sys.list(&["big"])?.len() == 1);
     Ok(())

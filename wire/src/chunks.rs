@@ -2,16 +2,16 @@
 //! and reading chunks back as a byte stream on a blocking thread.
 
 use bytes::Bytes;
-use hop3_proto::CHUNK_SIZE;
+use hop3_proto::FRAME_SIZE;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-/// Reads the next chunk: `CHUNK_SIZE` bytes, fewer only at the end of the
+/// Reads the next chunk: `FRAME_SIZE` bytes, fewer only at the end of the
 /// stream, `None` once it is exhausted. Full chunks keep the number of
 /// messages (and their per-message costs) low.
 pub async fn next_chunk<R: AsyncRead + Unpin>(reader: &mut R) -> std::io::Result<Option<Bytes>> {
-    let mut buf = vec![0u8; CHUNK_SIZE];
+    let mut buf = vec![0u8; FRAME_SIZE];
     let mut filled = 0;
-    while filled < CHUNK_SIZE {
+    while filled < FRAME_SIZE {
         let n = reader.read(&mut buf[filled..]).await?;
         if n == 0 {
             break;
@@ -63,12 +63,12 @@ mod tests {
 
     #[tokio::test]
     async fn full_chunks_then_the_rest() {
-        let data = vec![7u8; CHUNK_SIZE * 2 + 5];
+        let data = vec![7u8; FRAME_SIZE * 2 + 5];
         let mut r = &data[..];
         let mut sizes = Vec::new();
         while let Some(c) = next_chunk(&mut r).await.unwrap() {
             sizes.push(c.len());
         }
-        assert_eq!(sizes, [CHUNK_SIZE, CHUNK_SIZE, 5]);
+        assert_eq!(sizes, [FRAME_SIZE, FRAME_SIZE, 5]);
     }
 }

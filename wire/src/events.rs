@@ -1,5 +1,6 @@
-//! The agent's side of its streaming RPCs: a bounded channel of events, with
-//! progress that is dropped rather than allowed to slow the data.
+//! The serving side of a streaming RPC (the agent's to the controller, the
+//! controller's to the CLI): a bounded channel of events, with progress that
+//! is dropped rather than allowed to slow the data.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -8,13 +9,17 @@ use hop3_proto::v1;
 use tokio::sync::mpsc;
 use tonic::Status;
 
-use crate::error::{AgentError, Result};
 use crate::progress::Progress;
+
+/// The receiving end of an event stream has gone away (the peer hung up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the other end of the stream has gone away")]
+pub struct Closed;
 
 /// Depth of every outgoing stream: memory is bounded by this times the chunk size.
 pub const STREAM_DEPTH: usize = 8;
 
-/// Sends events of type `T` to the controller.
+/// Sends events of type `T` to the caller of a streaming RPC.
 pub struct EventSender<T> {
     tx: mpsc::Sender<Result<T, Status>>,
 }
@@ -34,23 +39,18 @@ impl<T: Send + 'static> EventSender<T> {
         (Self { tx }, rx)
     }
 
-    /// Sends one event, waiting for room; fails once the controller is gone.
-    pub async fn send(&self, event: T) -> Result<()> {
-        self.tx
-            .send(Ok(event))
-            .await
-            .map_err(|_| AgentError::Cancelled)
+    /// Sends one event, waiting for room; fails once the caller is gone.
+    pub async fn send(&self, event: T) -> Result<(), Closed> {
+        self.tx.send(Ok(event)).await.map_err(|_| Closed)
     }
 
     /// Sends one event from a blocking thread, waiting for room; fails once
-    /// the controller is gone. Never call it on a runtime thread.
-    pub fn blocking_send(&self, event: T) -> Result<()> {
-        self.tx
-            .blocking_send(Ok(event))
-            .map_err(|_| AgentError::Cancelled)
+    /// the caller is gone. Never call it on a runtime thread.
+    pub fn blocking_send(&self, event: T) -> Result<(), Closed> {
+        self.tx.blocking_send(Ok(event)).map_err(|_| Closed)
     }
 
-    /// Whether the controller has gone away.
+    /// Whether the caller has gone away.
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
     }
@@ -62,7 +62,7 @@ impl<T: Send + 'static> EventSender<T> {
 
     /// Ends the stream with an error status.
     pub async fn fail(&self, status: Status) {
-        // The controller may be gone already; then there is nobody to tell.
+        // The caller may be gone already; then there is nobody to tell.
         let _ = self.tx.send(Err(status)).await;
     }
 
