@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use hop3_proto::layout::{APP_FILES, Layout, Owner, TREES};
 use hop3_proto::v1::{self, backup_app_event::Event};
-use hop3_proto::{FRAME_SIZE, Checksum};
+use hop3_proto::{Checksum, FRAME_SIZE};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 

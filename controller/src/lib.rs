@@ -1,24 +1,30 @@
 //! hop3-controller: holds the backup catalog and the store, and orchestrates
 //! backups and restores through the hosts' agents.
+//!
+//! Public: what the `hop3-controller` binary's subcommands call (serving,
+//! certificates, tokens and what they read); everything else is private.
 
-pub mod api;
+mod api;
 pub mod auth;
 pub mod catalog;
 pub mod certs;
 pub mod config;
-pub mod create;
-pub mod error;
-pub mod import_source;
-pub mod in_process;
-pub mod locks;
+mod create;
+mod error;
+mod import_source;
+mod in_process;
+mod locks;
 pub mod recovery;
-pub mod registry;
-pub mod restore;
-pub mod seal;
+mod registry;
+mod restore;
+mod seal;
 pub mod server;
-pub mod socket;
-pub mod state;
+mod socket;
+mod state;
 pub mod store;
 pub mod tokens;
 
+/// The controller's settings (flags, environment, config file).
 pub use config::Config;
+/// What can go wrong in the controller.
+pub use error::ControllerError;

@@ -20,7 +20,11 @@ pub async fn run(controller: &mut ControllerClient, out: Output) -> Result<(), C
 }
 
 /// Forgets the offline agent of `host`.
-pub async fn forget(controller: &mut ControllerClient, out: Output, host: &str) -> Result<(), CliError> {
+pub async fn forget(
+    controller: &mut ControllerClient,
+    out: Output,
+    host: &str,
+) -> Result<(), CliError> {
     controller.forget_agent(host).await?;
     if out.is_json() {
         out.json(&ForgottenView {

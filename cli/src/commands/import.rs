@@ -11,7 +11,11 @@ use crate::views::BackupView;
 
 /// Imports the backup directory at `path`, an absolute path on the
 /// controller's machine.
-pub async fn run(controller: &mut ControllerClient, out: Output, path: &str) -> Result<(), CliError> {
+pub async fn run(
+    controller: &mut ControllerClient,
+    out: Output,
+    path: &str,
+) -> Result<(), CliError> {
     let summary = controller.import_backup(path).await?;
     if out.is_json() {
         out.json(&BackupView::from(summary))

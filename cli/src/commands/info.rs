@@ -14,7 +14,11 @@ use crate::views::DetailsView;
 
 /// Shows a backup's details; fails with `IntegrityFailed` when the backup
 /// does not verify.
-pub async fn run(controller: &mut ControllerClient, out: Output, id: &BackupId) -> Result<(), CliError> {
+pub async fn run(
+    controller: &mut ControllerClient,
+    out: Output,
+    id: &BackupId,
+) -> Result<(), CliError> {
     let details = controller.get_backup(id, false).await?;
     let bad = bad_files(&details);
     let valid = details.all_valid && bad.is_empty();
