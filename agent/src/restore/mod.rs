@@ -6,37 +6,38 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
 use hop3_proto::layout::{Layout, Owner, TREES};
 use hop3_proto::manifest::Manifest;
 use hop3_proto::names::validate_artifact_path;
+use hop3_proto::v1::restore_app_event::Event;
 use hop3_proto::v1::{self, restore_app_message::Msg};
-use hop3_proto::{Checksum, v1::restore_app_event::Event};
-use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tokio_util::io::StreamReader;
+
 use tonic::Streaming;
 
-use crate::apps::{self, APP_FILE, AppConfig, ENV_FILE, ServiceConfig, read_app_config};
+use crate::apps::{APP_FILE, AppConfig, ENV_FILE, ServiceConfig, read_app_config};
 use crate::archive;
 use crate::error::{AgentError, Result};
 use crate::services;
 use crate::state::AgentState;
 use crate::swap::{Journal, apply_owner};
 use crate::trees::{self, Place};
-use hop3_wire::chunks::ChannelReader;
 use hop3_wire::events::{EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
 
 /// Largest `env.json`, `ENV` or `app.json` accepted.
 const MAX_ENV_BYTES: usize = 16 * 1024 * 1024;
 
-/// Free space kept beyond what a restore writes.
-const SPACE_MARGIN: u64 = 16 * 1024 * 1024;
+mod config;
+mod live;
+mod receive;
+mod space;
+
+use receive::{
+    Received, Target, buffer, next, one_archive_per_tree, receive_artifact, spawn_load,
+    spawn_unpack,
+};
+use space::check_space;
 
 type Sender = EventSender<v1::RestoreAppEvent>;
 
@@ -307,18 +308,6 @@ async fn make_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| AgentError::io("creating the staging directory", e))
 }
 
-/// The next message, or `Cancelled` once the controller is gone or silent for `idle`.
-async fn next(inbound: &mut Streaming<v1::RestoreAppMessage>, idle: Duration) -> Result<Msg> {
-    let msg = tokio::time::timeout(idle, inbound.next())
-        .await
-        .map_err(|_| AgentError::Stalled(idle.as_secs()))?;
-    match msg {
-        Some(Ok(v1::RestoreAppMessage { msg: Some(m) })) => Ok(m),
-        Some(Ok(_)) => Err(AgentError::Protocol("empty restore message".into())),
-        Some(Err(_)) | None => Err(AgentError::Cancelled),
-    }
-}
-
 /// One restore in progress.
 struct Restoring<'a> {
     state: &'a AgentState,
@@ -349,16 +338,6 @@ struct Restoring<'a> {
     staged: Vec<services::Staged>,
     /// What the user should know about this restore.
     notes: Vec<String>,
-}
-
-/// What arrived for one artifact.
-enum Received {
-    Nothing,
-    Env(Vec<u8>),
-    EnvRaw(Vec<u8>),
-    AppConfig(Vec<u8>),
-    Unpacked(archive::Unpacked),
-    Service(Box<services::Staged>),
 }
 
 impl Restoring<'_> {
@@ -507,44 +486,27 @@ impl Restoring<'_> {
         }
     }
 
-    /// The hostname the restored app gets: the backup's for its own app;
-    /// for another app the one asked for, else the one it had, else none
-    /// (two apps must never claim one hostname).
+    /// The hostname the restored app gets ([`config::choose_hostname`]).
     fn hostname(&self) -> Option<String> {
-        if !self.header.hostname.is_empty() {
-            return Some(self.header.hostname.clone());
-        }
-        if self.own {
-            return self.manifest.app_metadata.hostname.clone();
-        }
-        self.live_cfg.as_ref().and_then(|c| c.hostname.clone())
+        config::choose_hostname(
+            &self.header.hostname,
+            self.own,
+            self.manifest.app_metadata.hostname.as_deref(),
+            self.live_cfg.as_ref().and_then(|c| c.hostname.as_deref()),
+        )
     }
 
     /// Writes ENV and app.json into the staging directory (with the modes
     /// and owners they had), pointing a clone's services and the variables
     /// that carried their URLs at its copies, and the links of linked trees.
     async fn write_config(&mut self) -> Result<()> {
-        let rewrites: Vec<(String, String)> = self
-            .targets
-            .iter()
-            .filter(|(s, t)| s.url != t.url)
-            .map(|(s, t)| (s.url.clone(), t.url.clone()))
-            .collect();
-        let env = match (&self.env_raw, &self.env) {
-            // The file as it was, byte for byte, but for a clone's own URLs.
-            (Some(raw), _) => Some(replace_all(raw, &rewrites)),
-            // Older backups hold only the parsed view.
-            (None, Some(env)) if self.manifest.layout.is_none() => {
-                let mut env = env.clone();
-                for value in env.values_mut() {
-                    *value = String::from_utf8_lossy(&replace_all(value.as_bytes(), &rewrites))
-                        .into_owned();
-                }
-                Some(apps::format_env(&env).into_bytes())
-            }
-            // The app had no ENV: none is made.
-            (None, _) => None,
-        };
+        let rewrites = config::url_rewrites(&self.targets);
+        let env = config::restored_env(
+            self.env_raw.as_deref(),
+            self.env.as_ref(),
+            self.manifest.layout.is_some(),
+            &rewrites,
+        );
         if let Some(env) = env {
             let owner = self.owner_of(ENV_FILE).await;
             write_owned(&self.staging.join(ENV_FILE), &env, owner).await?;
@@ -555,16 +517,7 @@ impl Restoring<'_> {
             .clone()
             .or_else(|| self.backup_cfg.clone())
             .unwrap_or_default();
-        for (_, target) in &self.targets {
-            match cfg
-                .services
-                .iter_mut()
-                .find(|s| s.kind == target.kind && s.name == target.name)
-            {
-                Some(s) => s.url = target.url.clone(),
-                None => cfg.services.push(target.clone()),
-            }
-        }
+        config::point_services(&mut cfg, &self.targets);
         let meta = &self.manifest.app_metadata;
         let hostname = self.hostname();
         if !self.own && meta.hostname.is_some() && hostname != meta.hostname {
@@ -630,372 +583,6 @@ impl Restoring<'_> {
             gid,
         }
     }
-
-    /// Stops the app, switches the databases, swaps the staged parts in and
-    /// starts the app again; rolls the files back if it will not start.
-    async fn swap_in(&mut self, journal: &mut Journal, is_app: bool) -> Result<()> {
-        let (state, app) = (self.state, self.app.clone());
-        let live = self.live.clone();
-        let existed = exists(&live).await;
-        if is_app {
-            state.hooks.stop(&app).await?;
-            journal.stopped().await?;
-        }
-        if let Err(e) = self.switch_services().await {
-            if is_app {
-                let _ = state.hooks.start(&app).await;
-            }
-            return Err(e);
-        }
-        let mut swaps = match self.linked_swaps().await {
-            Ok(swaps) => swaps,
-            Err(e) => {
-                self.undo_services().await;
-                if is_app {
-                    let _ = state.hooks.start(&app).await;
-                }
-                return Err(e);
-            }
-        };
-        if existed {
-            for part in TREES.iter().chain([ENV_FILE, APP_FILE].iter()) {
-                let staged = self.staging.join(part);
-                if exists(&staged).await {
-                    swaps.push((staged, live.join(part)));
-                }
-            }
-        } else {
-            // Older backups do not say: an app directory as `mkdir` makes one.
-            let owner = Some(self.owned(self.layout.app_dir.unwrap_or(Owner {
-                mode: 0o755,
-                uid: 0,
-                gid: 0,
-            })));
-            if let Some(owner) = owner {
-                let at = self.staging.clone();
-                tokio::task::spawn_blocking(move || apply_owner(&at, owner))
-                    .await
-                    .map_err(|e| AgentError::Bug(format!("setting the app's owner failed: {e}")))?
-                    .map_err(|e| AgentError::io("setting the app directory's owner", e))?;
-            }
-            swaps.push((self.staging.clone(), live.clone()));
-        }
-        let swapped = journal.swap_all(swaps).await;
-        let swapped = match (swapped, existed, self.layout.app_dir.map(|o| self.owned(o))) {
-            (Ok(()), true, Some(owner)) => journal.set_app_dir(&live, owner).await,
-            (result, _, _) => result,
-        };
-        if let Err(e) = swapped {
-            journal.revert().await;
-            self.undo_services().await;
-            if is_app {
-                let _ = state.hooks.start(&app).await;
-            }
-            return Err(e);
-        }
-        // A new app (a clone, a fresh host) is left for its operator to
-        // start, and so is one the operator asked to leave stopped.
-        if is_app
-            && !self.header.no_start
-            && let Err(e) = state.hooks.start(&app).await
-        {
-            tracing::warn!(
-                app,
-                "restored app does not start; rolling its files and databases back"
-            );
-            journal.revert().await;
-            self.undo_services().await;
-            if let Err(again) = state.hooks.start(&app).await {
-                tracing::warn!(app, error = %again, "the previous version does not start either");
-            }
-            return Err(e);
-        }
-        // Past this point the restore stands, even across a crash: the
-        // databases are made final to match the files.
-        if let Err(e) = journal.commit().await {
-            tracing::warn!(app, error = %e, "could not record the restore as done");
-        }
-        self.finish_services().await;
-        Ok(())
-    }
-
-    /// The swaps of the trees staged beside a link's target: the tree for
-    /// its target, or for a mount root (which cannot be renamed) each entry
-    /// for its namesake, the target's entries the backup lacks moved into
-    /// the staging directory. Each target must still be the directory that
-    /// was chosen when the restore began.
-    async fn linked_swaps(&self) -> Result<Vec<(PathBuf, PathBuf)>> {
-        use std::os::unix::fs::MetadataExt;
-        let mut swaps = Vec::new();
-        for (tree, placement) in &self.places {
-            let Place::Linked {
-                target,
-                inode,
-                mount_root,
-                ..
-            } = &placement.place
-            else {
-                continue;
-            };
-            let staged = self.roots[tree].join(tree);
-            if !exists(&staged).await {
-                continue;
-            }
-            let now = tokio::fs::symlink_metadata(target)
-                .await
-                .map(|m| (m.dev(), m.ino()))
-                .ok();
-            if now != Some(*inode) {
-                return Err(AgentError::LinkedTree {
-                    tree: (*tree).to_owned(),
-                    target: target.display().to_string(),
-                    reason: "it changed while the restore was staging".into(),
-                });
-            }
-            if !mount_root {
-                swaps.push((staged, target.clone()));
-                continue;
-            }
-            let new = entry_names(&staged).await?;
-            let mut old = entry_names(target).await?;
-            if let Some(stage) = self.roots[tree].file_name() {
-                old.remove(stage);
-            }
-            for name in &new {
-                swaps.push((staged.join(name), target.join(name)));
-            }
-            for name in old.difference(&new) {
-                // Moved into the staging directory, which then holds the old tree.
-                swaps.push((target.join(name), staged.join(name)));
-            }
-        }
-        Ok(swaps)
-    }
-
-    /// Switches every staged service in turn. On a failure the ones already
-    /// switched are undone, last first; all stay in `staged` for [`discard`](Self::discard).
-    async fn switch_services(&mut self) -> Result<()> {
-        let tools = &self.state.tools;
-        for i in 0..self.staged.len() {
-            if let Err(e) = services::switch(tools, &self.staged[i]).await {
-                for done in self.staged[..i].iter().rev() {
-                    undo_logged(tools, done).await;
-                }
-                return Err(e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Puts back what the switches replaced, last first (a later step failed).
-    async fn undo_services(&mut self) {
-        for staged in self.staged.iter().rev() {
-            undo_logged(&self.state.tools, staged).await;
-        }
-    }
-
-    /// Drops what the switches replaced: the restore succeeded.
-    async fn finish_services(&mut self) {
-        for staged in self.staged.drain(..) {
-            services::finish(&self.state.tools, &staged).await;
-        }
-    }
-
-    /// Removes what a failed restore staged; live data is untouched.
-    async fn discard(&mut self, journal: Journal) {
-        for staged in self.staged.drain(..) {
-            services::discard(&self.state.tools, &staged).await;
-        }
-        journal.end().await;
-    }
-}
-
-/// [`services::undo`], logged when it fails: the service stays on record
-/// for the agent's next start, which tries again.
-async fn undo_logged(tools: &services::Tools, staged: &services::Staged) {
-    if let Err(e) = services::undo(tools, staged).await {
-        tracing::error!(service = staged.label(), error = %e, "could not undo a database switch");
-    }
-}
-
-/// `bytes` with every `(from, to)` replaced.
-fn replace_all(bytes: &[u8], rewrites: &[(String, String)]) -> Vec<u8> {
-    // URLs are text: a file that is not (a binary value) is left as it is.
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return bytes.to_vec();
-    };
-    let mut text = text.to_owned();
-    for (from, to) in rewrites {
-        text = text.replace(from.as_str(), to);
-    }
-    text.into_bytes()
-}
-
-fn buffer(wrap: fn(Vec<u8>) -> Received) -> Target {
-    Target::Buffer(Vec::new(), wrap)
-}
-
-/// Where the bytes of one artifact go while they arrive.
-enum Target {
-    Archive {
-        tx: Option<mpsc::Sender<io::Result<Bytes>>>,
-        task: tokio::task::JoinHandle<Result<Received>>,
-    },
-    Buffer(Vec<u8>, fn(Vec<u8>) -> Received),
-    Ignored,
-}
-
-/// Refuses a manifest with two archives of one tree (`data.tar.gz` and
-/// `data.tar.zst`): both would unpack into the same directories, each
-/// checking only its own links, so one could lead the other out.
-fn one_archive_per_tree(manifest: &Manifest) -> Result<()> {
-    let mut stems = BTreeSet::new();
-    for path in manifest.checksums.keys() {
-        if let Some((_, stem)) = archive::Codec::of_file(path)
-            && !stems.insert(stem)
-        {
-            return Err(AgentError::Protocol(format!(
-                "the backup holds more than one {stem} archive"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Passes the chunks of one artifact to its target, hashing and counting
-/// them, until its end arrives.
-async fn feed(
-    state: &AgentState,
-    inbound: &mut Streaming<v1::RestoreAppMessage>,
-    path: &str,
-    target: &mut Target,
-    progress: &dyn Progress,
-) -> Result<(v1::ArtifactEnd, Checksum, u64)> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        match next(inbound, state.idle_timeout).await? {
-            Msg::Chunk(data) => {
-                hasher.update(&data);
-                size += data.len() as u64;
-                progress.advance(data.len() as u64);
-                match target {
-                    Target::Archive { tx, .. } => {
-                        // A failed consumer closes its end; keep hashing so a
-                        // damaged artifact is still reported as a mismatch.
-                        if let Some(sender) = tx
-                            && sender.send(Ok(data)).await.is_err()
-                        {
-                            *tx = None;
-                        }
-                    }
-                    Target::Buffer(buf, _) => {
-                        if buf.len() + data.len() > MAX_ENV_BYTES {
-                            return Err(AgentError::Protocol(format!("{path} is too large")));
-                        }
-                        buf.extend_from_slice(&data);
-                    }
-                    Target::Ignored => {}
-                }
-            }
-            Msg::End(end) => return Ok((end, Checksum::from_hasher(hasher), size)),
-            _ => {
-                return Err(AgentError::Protocol(format!(
-                    "{path}: expected data or its end"
-                )));
-            }
-        }
-    }
-}
-
-async fn receive_artifact(
-    state: &AgentState,
-    inbound: &mut Streaming<v1::RestoreAppMessage>,
-    path: &str,
-    expected: &Checksum,
-    mut target: Target,
-    progress: &dyn Progress,
-) -> Result<Received> {
-    let fed = feed(state, inbound, path, &mut target, progress).await;
-    let (end, actual, size) = match fed {
-        Ok(fed) => fed,
-        Err(e) => {
-            // The consumer must be done before the caller throws the staging
-            // directory away: left running, it could write into it, or
-            // create it again, afterwards.
-            if let Target::Archive { tx, task } = target {
-                if let Some(tx) = tx {
-                    // The consumer is still reading (or gone): this cannot wait long.
-                    let _ = tx.send(Err(io::Error::other("restore abandoned"))).await;
-                }
-                if let Ok(Ok(Received::Service(staged))) = task.await {
-                    services::discard(&state.tools, &staged).await;
-                }
-            }
-            return Err(e);
-        }
-    };
-    let intact = actual == *expected && end.sha256 == expected.to_string() && end.size == size;
-    let result = match target {
-        Target::Archive { tx, task } => {
-            if !intact {
-                // Cut the consumer's input short with an error: nothing damaged is kept.
-                if let Some(tx) = &tx {
-                    let _ = tx.send(Err(io::Error::other("checksum mismatch"))).await;
-                }
-            }
-            drop(tx);
-            task.await
-                .unwrap_or_else(|e| Err(AgentError::Bug(format!("restoring {path} failed: {e}"))))
-        }
-        Target::Buffer(buf, wrap) => Ok(wrap(buf)),
-        Target::Ignored => Ok(Received::Nothing),
-    };
-    if !intact {
-        if let Ok(Received::Service(staged)) = &result {
-            tracing::warn!(
-                service = staged.label(),
-                "dropping a scratch copy of a damaged dump"
-            );
-            services::discard(&state.tools, staged).await;
-        }
-        return Err(AgentError::ChecksumMismatch {
-            path: path.into(),
-            expected: expected.to_string(),
-            actual: actual.to_string(),
-        });
-    }
-    result
-}
-
-fn spawn_unpack(
-    path: &str,
-    codec: archive::Codec,
-    roots: Vec<(&'static str, PathBuf)>,
-    ownership: archive::Ownership,
-) -> Target {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let name = path.to_owned();
-    // Decompressing and writing files is blocking work from start to end:
-    // one blocking thread runs all of it, fed chunk by chunk.
-    let task = tokio::task::spawn_blocking(move || {
-        let roots: Vec<(&str, &Path)> = roots.iter().map(|(t, d)| (*t, d.as_path())).collect();
-        archive::unpack(&name, ChannelReader::new(rx), codec, &roots, ownership)
-            .map(Received::Unpacked)
-    });
-    Target::Archive { tx: Some(tx), task }
-}
-
-fn spawn_load(tools: services::Tools, target: ServiceConfig, tag: String) -> Target {
-    let (tx, rx) = mpsc::channel::<io::Result<Bytes>>(4);
-    let task = tokio::spawn(async move {
-        let mut reader = StreamReader::new(ReceiverStream::new(rx));
-        let spool = tools.spool_dir();
-        services::load(&tools, &target, &tag, &spool, &mut reader)
-            .await
-            .map(|s| Received::Service(Box::new(s)))
-    });
-    Target::Archive { tx: Some(tx), task }
 }
 
 async fn remove_tree(path: &Path) -> Result<()> {
@@ -1038,51 +625,6 @@ async fn write_owned(path: &Path, bytes: &[u8], owner: Option<Owner>) -> Result<
             .map_err(err)?;
     }
     Ok(())
-}
-
-/// Refuses a restore that cannot fit: on each file system a tree lands on,
-/// the disk space the backup says it takes (older backups: their stored
-/// size, on the app's) must be free.
-async fn check_space(
-    manifest: &Manifest,
-    places: &[(&'static str, trees::Placement)],
-    staging: &Path,
-    total_bytes: u64,
-) -> Result<()> {
-    let mut needs: Vec<(PathBuf, u64)> = Vec::new();
-    let apps_dir = staging.parent().expect("staging is in apps/").to_path_buf();
-    match manifest.layout.as_ref().filter(|l| !l.sizes.is_empty()) {
-        None => needs.push((apps_dir, total_bytes)),
-        Some(layout) => {
-            for (tree, placement) in places {
-                let dir = match placement.place.staging(&manifest.backup_id) {
-                    None => apps_dir.clone(),
-                    Some(stage) => stage.parent().map_or(stage.clone(), Path::to_path_buf),
-                };
-                needs.push((dir, layout.sizes.get(*tree).copied().unwrap_or(0)));
-            }
-        }
-    }
-    tokio::task::spawn_blocking(move || {
-        // Trees on one file system add up.
-        let mut by_fs: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-        for (dir, needed) in needs {
-            let stat = rustix::fs::statvfs(&dir)
-                .map_err(|e| AgentError::io("checking free space", e.into()))?;
-            let available = stat.f_bavail.saturating_mul(stat.f_frsize);
-            let entry = by_fs.entry(stat.f_fsid).or_insert((0, available));
-            entry.0 = entry.0.saturating_add(needed);
-        }
-        for (needed, available) in by_fs.into_values() {
-            let needed = needed.saturating_add(SPACE_MARGIN);
-            if available < needed {
-                return Err(AgentError::InsufficientSpace { needed, available });
-            }
-        }
-        Ok(())
-    })
-    .await
-    .map_err(|e| AgentError::Bug(format!("checking free space failed: {e}")))?
 }
 
 /// Removes staging and old trees left by a restore that was interrupted
