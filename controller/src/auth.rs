@@ -3,11 +3,17 @@
 //! the caller's kernel credentials); over TCP, holders of a bearer token, of
 //! which the store's tokens file keeps only a SHA-256 (see [`crate::tokens`]).
 
+use std::convert::Infallible;
 use std::path::PathBuf;
+use std::task::{Context, Poll};
 
+use futures::future::BoxFuture;
 use hop3_proto::Checksum;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
 use tonic::transport::server::UdsConnectInfo;
-use tonic::{Request, Status};
 
 use crate::tokens::Tokens;
 
@@ -92,10 +98,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    /// Checks a request by where it came from; the error never says whether
-    /// a token exists.
-    pub async fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
+    /// Checks a call by where it came from (its connection's credentials,
+    /// else its bearer token); the error never says whether a token exists.
+    async fn check(&self, caller: Caller) -> Result<(), Status> {
+        if let Some(info) = &caller.local {
             return self.local.check(info).await;
         }
         let denied = || {
@@ -104,11 +110,7 @@ impl Auth {
                 self.local.socket.display()
             ))
         };
-        let header = req
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(denied)?;
+        let header = caller.authorization.as_deref().ok_or_else(denied)?;
         let token = header
             .strip_prefix("Bearer ")
             .map(str::trim)
@@ -129,4 +131,77 @@ impl Auth {
             }
         }
     }
+}
+
+/// What a call says of who makes it, taken from the request before the
+/// check awaits (a request body cannot be shared across threads).
+struct Caller {
+    /// The kernel credentials of a caller on the Unix socket.
+    local: Option<UdsConnectInfo>,
+    /// The `authorization` header, if it is text.
+    authorization: Option<String>,
+}
+
+impl Caller {
+    fn of(req: &http::Request<Body>) -> Self {
+        Self {
+            local: req.extensions().get::<UdsConnectInfo>().cloned(),
+            authorization: req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        }
+    }
+}
+
+/// Wraps a gRPC service so that every call to it is checked by [`Auth`]
+/// before it reaches a handler: a new handler cannot forget the check.
+#[derive(Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    auth: Auth,
+}
+
+impl<S> Authorized<S> {
+    /// `inner`, behind `auth`.
+    pub fn new(inner: S, auth: Auth) -> Self {
+        Self { inner, auth }
+    }
+}
+
+impl<S> tower::Service<http::Request<Body>> for Authorized<S>
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        // The clone that was polled ready serves this call; the fresh one
+        // stays for the next (tower's usual swap).
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let auth = self.auth.clone();
+        let caller = Caller::of(&req);
+        Box::pin(async move {
+            match auth.check(caller).await {
+                Ok(()) => inner.call(req).await,
+                Err(status) => Ok(status.into_http()),
+            }
+        })
+    }
+}
+
+impl<S: NamedService> NamedService for Authorized<S> {
+    const NAME: &'static str = S::NAME;
 }

@@ -15,7 +15,7 @@ use tonic_health::ServingStatus;
 use hop3_wire::tls::{CONTROLLER_NAME, TlsFiles};
 
 use crate::api::{BackupApi, RegistryApi};
-use crate::auth::Auth;
+use crate::auth::{Auth, Authorized};
 use crate::config::{Config, DEFAULT_SOCKET_GROUP};
 use crate::locks::{AppLocks, BackupLocks};
 use crate::registry::Registry;
@@ -138,9 +138,13 @@ pub async fn run(
             .await;
     }
     let reflection = hop3_wire::serving::reflection(&[BACKUP_SERVICE, REGISTRY_SERVICE]);
-    let backup = BackupServiceServer::new(BackupApi::new(ctl.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    // Every call of the CLI's API is checked before any handler runs.
+    let backup = Authorized::new(
+        BackupServiceServer::new(BackupApi::new(ctl.clone()))
+            .max_decoding_message_size(MAX_MESSAGE_SIZE)
+            .max_encoding_message_size(MAX_MESSAGE_SIZE),
+        ctl.auth.clone(),
+    );
     let (stop_socket, socket_stopped) = tokio::sync::oneshot::channel::<()>();
     let on_socket = Server::builder()
         .max_concurrent_streams(Some(64))

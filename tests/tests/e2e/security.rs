@@ -316,11 +316,19 @@ fn only_a_live_token_opens_the_api_and_none_is_kept_in_clear() -> Result<()> {
     sys.admin(["tokens", "create", "alice"])
         .failure(&["already exists"])?;
 
-    // No token.
+    // No token: every call of the API is refused, before it is looked at
+    // (an ID that does not exist is "not authorized", not "not found").
     sys.set_token(None);
     not_authorized(sys.hop3(["backup:list"]))?;
     not_authorized(sys.hop3(["backup:create", "notes"]))?;
     not_authorized(sys.hop3(["agent:list"]))?;
+    let nobody = "20251108_143022_a8f3d9";
+    not_authorized(sys.hop3(["backup:info", nobody]))?;
+    not_authorized(sys.hop3(["backup:restore", nobody]))?;
+    not_authorized(sys.hop3(["backup:delete", nobody, "--yes"]))?;
+    not_authorized(sys.hop3(["backup:import", "/tmp"]))?;
+    not_authorized(sys.hop3(["backup:check-age", "notes", "--max-age", "1h"]))?;
+    not_authorized(sys.hop3(["agent:forget", "nobody"]))?;
     // A well-formed token the controller never made, and one digit off a
     // real one.
     let mut unknown = alice.clone();
