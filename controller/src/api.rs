@@ -1,11 +1,12 @@
 //! The gRPC services of the controller: the CLI's BackupService and the
-//! agents' AgentRegistry. Requests are checked here; jobs do the work.
+//! agents' AgentRegistry. Handlers check, call a job and convert; the jobs
+//! (create, restore, delete, import) do the work, callable without a
+//! request.
 
 use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::Stream;
-use hop3_proto::BackupId;
 use hop3_proto::names::validate_app_name;
 use hop3_proto::v1::{
     self, agent_registry_server::AgentRegistry, backup_service_server::BackupService,
@@ -14,8 +15,8 @@ use hop3_wire::events::EventSender;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::catalog::{BackupRow, BackupStatus};
-use crate::create::{self, CreateJob};
+use crate::catalog::BackupStatus;
+use crate::create;
 use crate::error::{ControllerError, Result};
 use crate::locks::BackupUse;
 use crate::registry::HEARTBEAT;
@@ -38,27 +39,6 @@ impl BackupApi {
     pub fn new(ctl: Arc<Controller>) -> Self {
         Self { ctl }
     }
-
-    async fn row(&self, id: &str) -> Result<BackupRow> {
-        let id: BackupId = id
-            .parse()
-            .map_err(|e: hop3_proto::backup_id::InvalidBackupId| {
-                ControllerError::InvalidArgument(e.to_string())
-            })?;
-        self.ctl
-            .catalog
-            .get(id.as_str())
-            .await?
-            .ok_or_else(|| ControllerError::BackupNotFound(id.to_string()))
-    }
-
-    /// Takes `app`'s lock for `what` ("a backup", "a restore").
-    fn lock(&self, app: &str, what: &'static str) -> Result<crate::locks::AppLock> {
-        self.ctl
-            .locks
-            .try_lock(app, what)
-            .map_err(|holder| ControllerError::busy(app, holder))
-    }
 }
 
 fn check_app(name: &str) -> Result<()> {
@@ -74,63 +54,17 @@ impl BackupService for BackupApi {
         req: Request<v1::CreateBackupRequest>,
     ) -> Result<Response<Self::CreateBackupStream>, Status> {
         let req = req.into_inner();
-        check_app(&req.app)?;
-        let format = match req.format.as_str() {
-            "" => hop3_proto::manifest::DEFAULT_FORMAT.to_owned(),
-            f if hop3_proto::manifest::READABLE_FORMATS.contains(&f) => f.to_owned(),
-            other => {
-                return Err(ControllerError::InvalidArgument(format!(
-                    "unknown backup format {:?}: use 1.0 (gzip) or 1.1 (zstd)",
-                    other.chars().take(20).collect::<String>()
-                ))
-                .into());
-            }
-        };
-        let host = (!req.host.is_empty()).then_some(req.host.as_str());
-        let (host, client) = self.ctl.registry.find_app(&req.app, host).await?;
-        let lock = self.lock(&req.app, "a backup")?;
-        let mut id = BackupId::generate();
-        while self
-            .ctl
-            .catalog
-            .get(id.as_str())
-            .await
-            .map_err(ControllerError::from)?
-            .is_some()
-        {
-            id = BackupId::generate();
-        }
-        // A delete of the STARTED row must wait for the files it would miss.
-        let writing = self.ctl.use_backup(id.as_str(), BackupUse::Create)?;
-        let job = CreateJob {
-            app: req.app,
-            host,
-            client,
-            id,
-            include_services: !req.no_services,
-            format,
-            lock,
-            writing,
-            cancel_on_disconnect: req.cancel_on_disconnect,
-        };
-        let started = create::started_row(&job);
-        self.ctl
-            .catalog
-            .insert(&started)
-            .await
-            .map_err(ControllerError::from)?;
-        tracing::info!(app = %job.app, backup_id = %job.id, host = %job.host, "backup started");
-        let (tx, rx) = EventSender::channel();
-        // The channel is new and has room: this cannot wait.
-        let _ = tx
-            .send(v1::CreateBackupEvent {
-                event: Some(v1::create_backup_event::Event::Started(
-                    self.ctl.summary(&started),
-                )),
-            })
-            .await;
-        // The job runs to its end even if the CLI goes away.
-        tokio::spawn(create::run(self.ctl.clone(), job, tx));
+        let rx = create::start(
+            &self.ctl,
+            create::CreateRequest {
+                app: req.app,
+                host: (!req.host.is_empty()).then_some(req.host),
+                include_services: !req.no_services,
+                format: (!req.format.is_empty()).then_some(req.format),
+                cancel_on_disconnect: req.cancel_on_disconnect,
+            },
+        )
+        .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -174,7 +108,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::GetBackupRequest>,
     ) -> Result<Response<v1::BackupDetails>, Status> {
-        let row = self.row(&req.get_ref().backup_id).await?;
+        let row = self.ctl.backup_row(&req.get_ref().backup_id).await?;
         let mut details = v1::BackupDetails {
             summary: Some(self.ctl.summary(&row)),
             ..Default::default()
@@ -240,7 +174,7 @@ impl BackupService for BackupApi {
         req: Request<v1::RestoreBackupRequest>,
     ) -> Result<Response<Self::RestoreBackupStream>, Status> {
         let req = req.into_inner();
-        let row = self.row(&req.backup_id).await?;
+        let row = self.ctl.backup_row(&req.backup_id).await?;
         let target_app = if req.target_app.is_empty() {
             row.app.clone()
         } else {
@@ -285,7 +219,7 @@ impl BackupService for BackupApi {
         }
         // The backup read, whatever app it goes into: the app lock is the target's.
         let reading = self.ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
-        let lock = self.lock(&target_app, "a restore")?;
+        let lock = self.ctl.lock_app(&target_app, "a restore")?;
         tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
         let job = RestoreJob {
             host,
@@ -319,22 +253,8 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::DeleteBackupRequest>,
     ) -> Result<Response<v1::DeleteBackupResponse>, Status> {
-        let row = self.row(&req.get_ref().backup_id).await?;
-        // A backup being written, restored or verified stays until that ends.
-        // Other operations on its app (a create of the next backup, a
-        // restore of another) do not touch its files, so they do not stop it.
-        let _deleting = self.ctl.use_backup(&row.backup_id, BackupUse::Delete)?;
-        self.ctl
-            .store
-            .delete(&row.app, &row.backup_id)
-            .await
-            .map_err(ControllerError::from)?;
-        self.ctl
-            .catalog
-            .delete(&row.backup_id)
-            .await
-            .map_err(ControllerError::from)?;
-        tracing::info!(backup_id = %row.backup_id, app = %row.app, "backup deleted");
+        let row = self.ctl.backup_row(&req.get_ref().backup_id).await?;
+        crate::delete::delete(&self.ctl, &row).await?;
         Ok(Response::new(v1::DeleteBackupResponse {}))
     }
 

@@ -7,14 +7,15 @@ use std::sync::Arc;
 
 use hop3_proto::layout::Layout;
 use hop3_proto::manifest::{AppMetadata, FORMAT_1_1, Manifest, ServiceEntry};
-use hop3_proto::names::validate_artifact_path;
+use hop3_proto::names::{validate_app_name, validate_artifact_path};
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
 use hop3_proto::{BackupId, HOP3_VERSION};
 use hop3_wire::events::EventSender;
+use tokio::sync::mpsc;
 
 use crate::catalog::{BackupRow, BackupStatus};
 use crate::error::{ControllerError, Result};
-use crate::locks::{AppLock, BackupLock};
+use crate::locks::{AppLock, BackupLock, BackupUse};
 use crate::registry::AgentClient;
 use crate::state::Controller;
 use crate::store::{ArtifactWriter, PartialBackup};
@@ -48,6 +49,71 @@ pub struct CreateJob {
 }
 
 type Out = EventSender<v1::CreateBackupEvent>;
+
+/// A backup asked for, by the CLI or by anything else that runs jobs.
+#[derive(Debug, Clone)]
+pub struct CreateRequest {
+    pub app: String,
+    /// The host whose copy of the app to back up; None: the only one.
+    pub host: Option<String>,
+    pub include_services: bool,
+    /// "1.0" or "1.1"; None: [`DEFAULT_FORMAT`](hop3_proto::manifest::DEFAULT_FORMAT).
+    pub format: Option<String>,
+    /// End the backup if whoever follows its events goes away.
+    pub cancel_on_disconnect: bool,
+}
+
+/// Starts a backup: checks the request, finds the app's host, takes the
+/// app's lock, records the backup STARTED and runs it in the background.
+/// Returns its events, the first one the STARTED row; the backup runs to
+/// its end whether or not they are read (unless `cancel_on_disconnect`).
+pub async fn start(
+    ctl: &Arc<Controller>,
+    req: CreateRequest,
+) -> Result<mpsc::Receiver<std::result::Result<v1::CreateBackupEvent, tonic::Status>>> {
+    validate_app_name(&req.app).map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
+    let format = match req.format.as_deref() {
+        None => hop3_proto::manifest::DEFAULT_FORMAT.to_owned(),
+        Some(f) if hop3_proto::manifest::READABLE_FORMATS.contains(&f) => f.to_owned(),
+        Some(other) => {
+            return Err(ControllerError::InvalidArgument(format!(
+                "unknown backup format {:?}: use 1.0 (gzip) or 1.1 (zstd)",
+                other.chars().take(20).collect::<String>()
+            )));
+        }
+    };
+    let (host, client) = ctl.registry.find_app(&req.app, req.host.as_deref()).await?;
+    let lock = ctl.lock_app(&req.app, "a backup")?;
+    let mut id = BackupId::generate();
+    while ctl.catalog.get(id.as_str()).await?.is_some() {
+        id = BackupId::generate();
+    }
+    // A delete of the STARTED row must wait for the files it would miss.
+    let writing = ctl.use_backup(id.as_str(), BackupUse::Create)?;
+    let job = CreateJob {
+        app: req.app,
+        host,
+        client,
+        id,
+        include_services: req.include_services,
+        format,
+        lock,
+        writing,
+        cancel_on_disconnect: req.cancel_on_disconnect,
+    };
+    let started = started_row(&job);
+    ctl.catalog.insert(&started).await?;
+    tracing::info!(app = %job.app, backup_id = %job.id, host = %job.host, "backup started");
+    let (tx, rx) = EventSender::channel();
+    // The channel is new and has room: this cannot wait.
+    let _ = tx
+        .send(v1::CreateBackupEvent {
+            event: Some(create_backup_event::Event::Started(ctl.summary(&started))),
+        })
+        .await;
+    tokio::spawn(run(ctl.clone(), job, tx));
+    Ok(rx)
+}
 
 /// Runs the job to its end, reporting on `out`.
 pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {

@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod certs;
 pub mod config;
 mod create;
+mod delete;
 mod error;
 mod import_source;
 mod in_process;

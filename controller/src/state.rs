@@ -3,9 +3,10 @@
 use crate::auth::Auth;
 use crate::catalog::{BackupRow, Catalog};
 use crate::error::{ControllerError, Result};
-use crate::locks::{AppLocks, BackupLock, BackupLocks, BackupUse};
+use crate::locks::{AppLock, AppLocks, BackupLock, BackupLocks, BackupUse};
 use crate::registry::Registry;
 use crate::store::Store;
+use hop3_proto::BackupId;
 use hop3_proto::v1;
 
 /// The controller's state.
@@ -29,6 +30,28 @@ pub struct Controller {
 }
 
 impl Controller {
+    /// The catalog row of backup `id`: InvalidArgument for a malformed ID,
+    /// BackupNotFound for one the catalog does not hold.
+    pub async fn backup_row(&self, id: &str) -> Result<BackupRow> {
+        let id: BackupId = id
+            .parse()
+            .map_err(|e: hop3_proto::backup_id::InvalidBackupId| {
+                ControllerError::InvalidArgument(e.to_string())
+            })?;
+        self.catalog
+            .get(id.as_str())
+            .await?
+            .ok_or_else(|| ControllerError::BackupNotFound(id.to_string()))
+    }
+
+    /// Takes `app`'s lock for `what` ("a backup", "a restore"), or says
+    /// what holds it.
+    pub fn lock_app(&self, app: &str, what: &'static str) -> Result<AppLock> {
+        self.locks
+            .try_lock(app, what)
+            .map_err(|holder| ControllerError::busy(app, holder))
+    }
+
     /// Takes backup `id` for `used_for`, or says what it is busy with.
     pub fn use_backup(&self, id: &str, used_for: BackupUse) -> Result<BackupLock> {
         self.backup_locks
