@@ -11,7 +11,6 @@ use hop3_proto::names::validate_app_name;
 use hop3_proto::v1::{
     self, agent_registry_server::AgentRegistry, backup_service_server::BackupService,
 };
-use hop3_wire::events::EventSender;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -20,7 +19,7 @@ use crate::create;
 use crate::error::{ControllerError, Result};
 use crate::locks::BackupUse;
 use crate::registry::HEARTBEAT;
-use crate::restore::{self, RestoreJob};
+use crate::restore;
 use crate::state::Controller;
 
 /// Default and largest page of `ListBackups`.
@@ -174,78 +173,21 @@ impl BackupService for BackupApi {
         req: Request<v1::RestoreBackupRequest>,
     ) -> Result<Response<Self::RestoreBackupStream>, Status> {
         let req = req.into_inner();
-        let row = self.ctl.backup_row(&req.backup_id).await?;
-        let target_app = if req.target_app.is_empty() {
-            row.app.clone()
-        } else {
-            req.target_app.clone()
-        };
-        check_app(&target_app)?;
-        if !req.hostname.is_empty() {
-            hop3_proto::names::validate_hostname(&req.hostname)
-                .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-        }
-        if row.status != BackupStatus::Completed {
-            return Err(ControllerError::NotRestorable {
-                id: row.backup_id,
-                status: row.status.as_str(),
-            }
-            .into());
-        }
-        let host = if !req.target_host.is_empty() {
-            hop3_proto::names::validate_host_id(&req.target_host)
-                .map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
-            req.target_host.clone()
-        } else if !row.host.is_empty() {
-            row.host.clone()
-        } else {
-            self.ctl
-                .registry
-                .only_online()
-                .ok_or(ControllerError::NoTargetHost)?
-        };
-        let client = self.ctl.registry.client_of(&host).ok_or_else(|| {
-            if req.target_host.is_empty() {
-                ControllerError::RestoreHostOffline(host.clone())
-            } else {
-                ControllerError::HostOffline(host.clone())
-            }
-        })?;
-        // A backup nobody vouched for may hold anything (a set-user-ID
-        // root shell, say): restored only when the operator says so.
-        let trusted = self.ctl.store.sealed(&row.app, &row.backup_id).await;
-        if !trusted && !req.trust_imported {
-            return Err(ControllerError::Untrusted(row.backup_id).into());
-        }
-        // The backup read, whatever app it goes into: the app lock is the target's.
-        let reading = self.ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
-        let lock = self.ctl.lock_app(&target_app, "a restore")?;
-        tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
-        let job = RestoreJob {
-            host,
-            row,
-            target_app,
-            replace: req.replace,
-            hostname: req.hostname,
-            trusted,
-            no_start: req.no_start,
-            cancel_on_disconnect: req.cancel_on_disconnect,
-            client,
-            lock,
-            reading,
-        };
-        let (tx, rx) = EventSender::channel();
-        let started = v1::RestoreStarted {
-            backup_id: job.row.backup_id.clone(),
-            app: job.target_app.clone(),
-            host: job.host.clone(),
-        };
-        let _ = tx
-            .send(v1::RestoreBackupEvent {
-                event: Some(v1::restore_backup_event::Event::Started(started)),
-            })
-            .await;
-        tokio::spawn(restore::run(self.ctl.clone(), job, tx));
+        let present = |s: String| (!s.is_empty()).then_some(s);
+        let rx = restore::start(
+            &self.ctl,
+            restore::RestoreRequest {
+                backup_id: req.backup_id,
+                target_app: present(req.target_app),
+                target_host: present(req.target_host),
+                replace: req.replace,
+                hostname: present(req.hostname),
+                trust_imported: req.trust_imported,
+                no_start: req.no_start,
+                cancel_on_disconnect: req.cancel_on_disconnect,
+            },
+        )
+        .await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

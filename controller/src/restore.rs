@@ -4,6 +4,7 @@
 use std::sync::{Arc, Mutex};
 
 use hop3_proto::manifest::Manifest;
+use hop3_proto::names::{validate_app_name, validate_host_id, validate_hostname};
 use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
 use hop3_wire::chunks::next_chunk;
 use hop3_wire::events::{EventSender, StreamProgress};
@@ -11,9 +12,9 @@ use hop3_wire::progress::Progress;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::catalog::BackupRow;
+use crate::catalog::{BackupRow, BackupStatus};
 use crate::error::{ControllerError, Result};
-use crate::locks::{AppLock, BackupLock};
+use crate::locks::{AppLock, BackupLock, BackupUse};
 use crate::registry::AgentClient;
 use crate::state::Controller;
 
@@ -39,6 +40,105 @@ pub struct RestoreJob {
 }
 
 type Out = EventSender<v1::RestoreBackupEvent>;
+
+/// A restore asked for, by the CLI or by anything else that runs jobs.
+#[derive(Debug, Clone)]
+pub struct RestoreRequest {
+    pub backup_id: String,
+    /// Another app to restore into (a clone); None: the backup's own.
+    pub target_app: Option<String>,
+    /// Another host to restore onto; None: the backup's own.
+    pub target_host: Option<String>,
+    /// Restore into `target_app` even though it exists and is another app.
+    pub replace: bool,
+    /// The hostname a clone gets.
+    pub hostname: Option<String>,
+    /// Restore a backup this controller did not seal.
+    pub trust_imported: bool,
+    /// Leave the app stopped after the swap.
+    pub no_start: bool,
+    /// End the restore, while the agent still receives, if whoever follows
+    /// its events goes away.
+    pub cancel_on_disconnect: bool,
+}
+
+/// Starts a restore: checks the request and the backup, picks the host,
+/// refuses a backup this controller did not seal unless trusted, takes the
+/// backup for reading and the target app's lock, and runs the job in the
+/// background. Returns its events, the first one where the restore goes.
+pub async fn start(
+    ctl: &Arc<Controller>,
+    req: RestoreRequest,
+) -> Result<mpsc::Receiver<std::result::Result<v1::RestoreBackupEvent, tonic::Status>>> {
+    let invalid = |e: &dyn std::fmt::Display| ControllerError::InvalidArgument(e.to_string());
+    let row = ctl.backup_row(&req.backup_id).await?;
+    let target_app = req.target_app.clone().unwrap_or_else(|| row.app.clone());
+    validate_app_name(&target_app).map_err(|e| invalid(&e))?;
+    if let Some(hostname) = &req.hostname {
+        validate_hostname(hostname).map_err(|e| invalid(&e))?;
+    }
+    if row.status != BackupStatus::Completed {
+        return Err(ControllerError::NotRestorable {
+            id: row.backup_id,
+            status: row.status.as_str(),
+        });
+    }
+    let host = match &req.target_host {
+        Some(host) => {
+            validate_host_id(host).map_err(|e| invalid(&e))?;
+            host.clone()
+        }
+        None if !row.host.is_empty() => row.host.clone(),
+        None => ctl
+            .registry
+            .only_online()
+            .ok_or(ControllerError::NoTargetHost)?,
+    };
+    let client = ctl.registry.client_of(&host).ok_or_else(|| {
+        if req.target_host.is_none() {
+            ControllerError::RestoreHostOffline(host.clone())
+        } else {
+            ControllerError::HostOffline(host.clone())
+        }
+    })?;
+    // A backup nobody vouched for may hold anything (a set-user-ID root
+    // shell, say): restored only when the operator says so.
+    let trusted = ctl.store.sealed(&row.app, &row.backup_id).await;
+    if !trusted && !req.trust_imported {
+        return Err(ControllerError::Untrusted(row.backup_id));
+    }
+    // The backup read, whatever app it goes into: the app lock is the target's.
+    let reading = ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
+    let lock = ctl.lock_app(&target_app, "a restore")?;
+    tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
+    let job = RestoreJob {
+        host,
+        row,
+        target_app,
+        replace: req.replace,
+        hostname: req.hostname.unwrap_or_default(),
+        trusted,
+        no_start: req.no_start,
+        cancel_on_disconnect: req.cancel_on_disconnect,
+        client,
+        lock,
+        reading,
+    };
+    let (tx, rx) = EventSender::channel();
+    let started = v1::RestoreStarted {
+        backup_id: job.row.backup_id.clone(),
+        app: job.target_app.clone(),
+        host: job.host.clone(),
+    };
+    // The channel is new and has room: this cannot wait.
+    let _ = tx
+        .send(v1::RestoreBackupEvent {
+            event: Some(restore_backup_event::Event::Started(started)),
+        })
+        .await;
+    tokio::spawn(run(ctl.clone(), job, tx));
+    Ok(rx)
+}
 
 /// Whether the commit went to the agent: a cancel must not race it (once
 /// the agent swaps, the restore ends either way).
