@@ -10,8 +10,7 @@ use hop3_proto::manifest::{AppMetadata, FORMAT_1_1, Manifest, ServiceEntry};
 use hop3_proto::names::{validate_app_name, validate_artifact_path};
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
 use hop3_proto::{BackupId, HOP3_VERSION};
-use hop3_wire::events::EventSender;
-use tokio::sync::mpsc;
+use hop3_wire::events::{EventReceiver, EventSender};
 
 use crate::catalog::{BackupRow, BackupStatus};
 use crate::error::{ControllerError, Result};
@@ -70,7 +69,7 @@ pub struct CreateRequest {
 pub async fn start(
     ctl: &Arc<Controller>,
     req: CreateRequest,
-) -> Result<mpsc::Receiver<std::result::Result<v1::CreateBackupEvent, tonic::Status>>> {
+) -> Result<EventReceiver<v1::CreateBackupEvent>> {
     validate_app_name(&req.app).map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
     let format = match req.format.as_deref() {
         None => hop3_proto::manifest::DEFAULT_FORMAT.to_owned(),
@@ -166,15 +165,11 @@ async fn execute(
     let mut partial = ctl.store.begin(&job.app, &id).await?;
     // Dropping the agent's stream ends the agent's side as a lost
     // controller would; the partial files go with `abort` below.
-    let receiving = async {
-        tokio::select! {
-            r = receive(ctl, job, stream, &mut partial, out) => r,
-            () = out.closed(), if job.cancel_on_disconnect => {
-                Err(ControllerError::Cancelled)
-            }
-        }
+    let receiving = tokio::select! {
+        r = receive(ctl, job, stream, &mut partial, out) => r,
+        () = out.closed(), if job.cancel_on_disconnect => Err(ControllerError::Cancelled),
     };
-    let received = match receiving.await {
+    let received = match receiving {
         Ok(r) => r,
         Err(e) => {
             partial.abort().await;

@@ -7,7 +7,7 @@ use hop3_proto::manifest::Manifest;
 use hop3_proto::names::{validate_app_name, validate_host_id, validate_hostname};
 use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
 use hop3_wire::chunks::next_chunk;
-use hop3_wire::events::{EventSender, StreamProgress};
+use hop3_wire::events::{EventReceiver, EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -69,7 +69,7 @@ pub struct RestoreRequest {
 pub async fn start(
     ctl: &Arc<Controller>,
     req: RestoreRequest,
-) -> Result<mpsc::Receiver<std::result::Result<v1::RestoreBackupEvent, tonic::Status>>> {
+) -> Result<EventReceiver<v1::RestoreBackupEvent>> {
     let invalid = |e: &dyn std::fmt::Display| ControllerError::InvalidArgument(e.to_string());
     let row = ctl.backup_row(&req.backup_id).await?;
     let target_app = req.target_app.clone().unwrap_or_else(|| row.app.clone());

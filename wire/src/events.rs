@@ -19,6 +19,9 @@ pub struct Closed;
 /// Depth of every outgoing stream: memory is bounded by this times the chunk size.
 pub const STREAM_DEPTH: usize = 8;
 
+/// The other end of an [`EventSender`]: what a streaming RPC returns.
+pub type EventReceiver<T> = mpsc::Receiver<Result<T, Status>>;
+
 /// Sends events of type `T` to the caller of a streaming RPC.
 pub struct EventSender<T> {
     tx: mpsc::Sender<Result<T, Status>>,
@@ -34,7 +37,7 @@ impl<T> Clone for EventSender<T> {
 
 impl<T: Send + 'static> EventSender<T> {
     /// A sender and the stream to return from the RPC.
-    pub fn channel() -> (Self, mpsc::Receiver<Result<T, Status>>) {
+    pub fn channel() -> (Self, EventReceiver<T>) {
         let (tx, rx) = mpsc::channel(STREAM_DEPTH);
         (Self { tx }, rx)
     }

@@ -283,16 +283,7 @@ impl Process {
             .stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
-        // memory of the parent. It makes the kernel kill the process if the
-        // test thread that started it dies without dropping it (e.g. the
-        // test binary is interrupted), so no server outlives the suite.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
-                    .map_err(io::Error::from)
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", self.program.display()))?;
@@ -525,6 +516,21 @@ impl Drop for Process {
 /// Sends `sig` to `child`. A process that has already exited but was not
 /// yet reaped is still a zombie with this pid, so the pid is never reused
 /// under us.
+/// Makes the kernel kill `cmd`'s process when the test thread that started
+/// it dies without dropping it (the test binary interrupted, say), so no
+/// server outlives the suite. Set after any change of user (std runs it
+/// after setuid/setgid), which would otherwise clear it.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
+    // memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
+                .map_err(io::Error::from)
+        });
+    }
+}
+
 /// Sends `sig` to `child`, if it is still there.
 pub fn signal(child: &Child, sig: Signal) {
     let pid = i32::try_from(child.id()).ok().and_then(Pid::from_raw);

@@ -8,13 +8,25 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use anyhow::{Context, Result};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
 
 use crate::cli::{self, Output};
 
-use super::probes::{Probe, TlsProbe, list_dir};
-use super::process::{Process, base_env, binary};
+use super::probes::{Probe, TlsProbe, du, list_dir};
+use super::process::{Process, base_env, binary, wait_until};
+
+/// The backup ID a `.partial` directory of the store is for.
+pub fn partial_id(partial: &Path) -> String {
+    partial
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_suffix(".partial"))
+        .expect("a .partial name")
+        .to_owned()
+}
 
 /// A standalone agent started by [`System::start_agent`].
 #[derive(Debug)]
@@ -690,6 +702,52 @@ impl System {
             }
         }
         Ok(found)
+    }
+
+    /// Waits until an in-flight backup's `.partial` directory holds at
+    /// least `bytes` (0: at least one entry), failing early if `create`
+    /// ends first; see [`partial_id`] for its backup's ID.
+    pub fn wait_partial(
+        &self,
+        create: &mut cli::Background,
+        bytes: u64,
+        deadline: Duration,
+    ) -> Result<PathBuf> {
+        wait_until(deadline, "the .partial directory to fill", || {
+            for p in self.partials()? {
+                let started = if bytes == 0 {
+                    !list_dir(&p)?.is_empty()
+                } else {
+                    du(&p) >= bytes
+                };
+                if started {
+                    return Ok(Some(p));
+                }
+            }
+            if !create.is_running()? {
+                bail!("the create ended before the .partial directory filled");
+            }
+            Ok(None)
+        })
+    }
+
+    /// The catalog row of backup `id` of `app`, once it has `status`.
+    pub fn wait_status(
+        &self,
+        app: &str,
+        id: &str,
+        status: &str,
+        deadline: Duration,
+    ) -> Result<cli::BackupSummary> {
+        let mut last = None;
+        wait_until(deadline, &format!("{id} to be {status}"), || {
+            last = self
+                .list(&[app, "--limit", "100"])?
+                .into_iter()
+                .find(|b| b.backup_id == id);
+            Ok(last.clone().filter(|b| b.status == status))
+        })
+        .with_context(|| format!("backup:list says {last:?}"))
     }
 
     /// The lines the hooks wrote, in order (`["stop app", "start app"]`).

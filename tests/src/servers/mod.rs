@@ -22,8 +22,6 @@ pub mod redis;
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
-use std::io;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -37,7 +35,7 @@ pub use postgres::Postgres;
 pub use redis::Redis;
 
 use crate::cli::describe;
-use crate::harness::{POLL_INTERVAL, free_port, signal, tail};
+use crate::harness::{POLL_INTERVAL, die_with_parent, free_port, signal, tail};
 
 /// How long a server may take to answer its client after it was started.
 /// Generous because parallel tests share two cores.
@@ -208,15 +206,7 @@ impl Daemon {
         cmd.stdin(Stdio::null())
             .stdout(file.try_clone()?)
             .stderr(file);
-        // SAFETY: prctl(PR_SET_PDEATHSIG) is async-signal-safe and touches no
-        // memory of the parent. std runs this after setuid/setgid, so the
-        // setting survives into the server.
-        unsafe {
-            cmd.pre_exec(|| {
-                rustix::process::set_parent_process_death_signal(Some(Signal::KILL))
-                    .map_err(io::Error::from)
-            });
-        }
+        die_with_parent(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {name}: {}", describe(&cmd)))?;

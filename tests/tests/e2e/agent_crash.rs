@@ -2,11 +2,11 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Result, ensure};
 use hop3_tests::System;
 use hop3_tests::cli::BackupSummary;
 use hop3_tests::fixtures::{App, MIB};
-use hop3_tests::harness::{du, wait_until};
+use hop3_tests::harness::{partial_id, wait_until};
 
 #[test]
 fn an_agent_killed_mid_backup_leaves_a_failed_record_and_no_files() -> Result<()> {
@@ -18,25 +18,7 @@ fn an_agent_killed_mid_backup_leaves_a_failed_record_and_no_files() -> Result<()
     sys.start_agent("host-a")?;
 
     let mut create = sys.hop3_spawn(["--json", "backup:create", "media"])?;
-    let partial = wait_until(
-        Duration::from_secs(300),
-        "a few MiB in the .partial directory",
-        || {
-            if let Some(p) = sys.partials()?.into_iter().find(|p| du(p) >= 4 * MIB) {
-                return Ok(Some(p));
-            }
-            if !create.is_running()? {
-                bail!("the create ended before 4 MiB reached the store");
-            }
-            Ok(None)
-        },
-    )?;
-    let id = partial
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".partial"))
-        .expect("a .partial name")
-        .to_owned();
+    let id = partial_id(&sys.wait_partial(&mut create, 4 * MIB, Duration::from_secs(300))?);
     sys.agent("host-a").process.kill();
     // The controller rightly reports the lost backup at ERROR.
     sys.controller().allow_errors();

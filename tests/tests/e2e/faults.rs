@@ -14,10 +14,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use anyhow::{Context, Result, bail, ensure};
-use hop3_tests::cli::BackupSummary;
+use anyhow::{Context, Result, ensure};
 use hop3_tests::fixtures::{App, MIB};
-use hop3_tests::harness::{Process, binary, du, list_dir, wait_for_entries, wait_until};
+use hop3_tests::harness::{
+    Process, binary, du, list_dir, partial_id, wait_for_entries, wait_until,
+};
 use hop3_tests::netns::Link;
 use hop3_tests::snapshot::Snapshot;
 use hop3_tests::tmpfs::Tmpfs;
@@ -37,16 +38,6 @@ const CLEANUP: Duration = Duration::from_secs(30);
 /// The CLI's exit code for RESOURCE_EXHAUSTED (disk space).
 const EXIT_NO_SPACE: i32 = 5;
 
-/// The backup ID of a `.partial` directory.
-fn partial_id(partial: &Path) -> String {
-    partial
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".partial"))
-        .expect("a .partial name")
-        .to_owned()
-}
-
 /// The `Error: ...` line of a failed human command (its first line when
 /// the message spans several).
 fn error_line(out: &Output) -> String {
@@ -65,41 +56,6 @@ fn exit_code(out: &Output, code: i32) -> Result<()> {
         out.report()
     );
     Ok(())
-}
-
-/// The catalog row of `id`, waiting until it has `status`.
-fn wait_status(sys: &System, app: &str, id: &str, status: &str) -> Result<BackupSummary> {
-    let mut last = None;
-    wait_until(CLEANUP, &format!("{id} to be {status}"), || {
-        last = sys.list(&[app])?.into_iter().find(|b| b.backup_id == id);
-        Ok(last.clone().filter(|b| b.status == status))
-    })
-    .with_context(|| format!("backup:list says {last:?}"))
-}
-
-/// Waits until the first `.partial` directory holds at least `bytes` (0:
-/// at least one file), failing early if `create` ends first.
-fn wait_partial(
-    sys: &System,
-    create: &mut hop3_tests::cli::Background,
-    bytes: u64,
-) -> Result<PathBuf> {
-    wait_until(OPERATION, "the .partial directory to fill", || {
-        for p in sys.partials()? {
-            let started = if bytes == 0 {
-                !list_dir(&p)?.is_empty()
-            } else {
-                du(&p) >= bytes
-            };
-            if started {
-                return Ok(Some(p));
-            }
-        }
-        if !create.is_running()? {
-            bail!("the create ended before the .partial directory filled");
-        }
-        Ok(None)
-    })
 }
 
 // ---------------------------------------------------------------------------
@@ -164,7 +120,7 @@ fn a_network_cut_mid_backup_fails_it_and_the_host_comes_back() -> Result<()> {
     )?;
 
     let mut create = sys.hop3_spawn(["--json", "backup:create", "media"])?;
-    let partial = wait_partial(&sys, &mut create, 8 * MIB)?;
+    let partial = sys.wait_partial(&mut create, 8 * MIB, OPERATION)?;
     let id = partial_id(&partial);
     link.cut()?;
     let cut = Instant::now();
@@ -196,7 +152,7 @@ fn a_network_cut_mid_backup_fails_it_and_the_host_comes_back() -> Result<()> {
     let out = create.wait(Duration::from_secs(10))?.failure(&[])?;
     eprintln!("network cut: create said {:?}", out.json_error());
 
-    let failed = wait_status(&sys, "media", &id, "FAILED")?;
+    let failed = sys.wait_status("media", &id, "FAILED", CLEANUP)?;
     ensure!(
         !failed.error().is_empty(),
         "FAILED without a reason: {failed:?}"
@@ -319,7 +275,7 @@ fn a_store_that_fills_up_mid_backup_fails_it_and_keeps_older_backups() -> Result
     app.big_data(64)?;
 
     let mut create = sys.hop3_spawn(["backup:create", "grow"])?;
-    let partial = wait_partial(&sys, &mut create, 0)?;
+    let partial = sys.wait_partial(&mut create, 0, OPERATION)?;
     let id = partial_id(&partial);
     let filler = store.fill(0)?;
     sys.controller().allow_errors();
@@ -328,7 +284,7 @@ fn a_store_that_fills_up_mid_backup_fails_it_and_keeps_older_backups() -> Result
     let out = out.failure(&["Insufficient disk space"])?;
     exit_code(&out, EXIT_NO_SPACE)?;
 
-    let failed = wait_status(&sys, "grow", &id, "FAILED")?;
+    let failed = sys.wait_status("grow", &id, "FAILED", CLEANUP)?;
     ensure!(
         failed.error().contains("Insufficient disk space"),
         "{failed:?}"

@@ -7,9 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use hop3_tests::cli::{self, Background, BackupSummary, Output};
+use hop3_tests::cli::{self, Background, Output};
 use hop3_tests::fixtures::MIB;
-use hop3_tests::harness::{du, wait_until};
+use hop3_tests::harness::{du, partial_id, wait_until};
 use hop3_tests::snapshot::Snapshot;
 use hop3_tests::{App, System};
 use rustix::process::Signal;
@@ -514,30 +514,12 @@ fn progress_is_json_lines_with_json_and_every_trace_ends_at_100_percent() -> Res
     Ok(())
 }
 
-/// Waits until `create`'s backup of `app` has a few MiB in the store, and
-/// returns its ID (from the `.partial` directory's name).
-fn partial_backup(sys: &System, create: &mut Background) -> Result<String> {
-    let partial = wait_until(Duration::from_secs(300), "a few MiB in .partial", || {
-        if let Some(p) = sys.partials()?.into_iter().find(|p| du(p) >= 4 * MIB) {
-            return Ok(Some(p));
-        }
-        ensure!(
-            create.is_running()?,
-            "the create ended before 4 MiB were stored"
-        );
-        Ok(None)
-    })?;
-    Ok(partial
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".partial"))
-        .context("a .partial name")?
-        .to_owned())
-}
+/// How long one operation on a few hundred MiB may take on a loaded machine.
+const OPERATION: Duration = Duration::from_secs(300);
 
 /// Waits until `restore` has a few MiB in `staging`.
 fn wait_staged(staging: &Path, restore: &mut Background) -> Result<()> {
-    wait_until(Duration::from_secs(300), "a few MiB staged", || {
+    wait_until(OPERATION, "a few MiB staged", || {
         ensure!(
             restore.is_running()?,
             "the restore ended before 4 MiB were staged"
@@ -552,16 +534,6 @@ fn interrupt_frozen(sys: &mut System, cli: Background) -> Result<Output> {
     sys.agent("host-a").process.signal(Signal::STOP);
     cli.signal(Signal::INT);
     cli.wait(Duration::from_secs(30))
-}
-
-/// The backup `id` once its status is `status`.
-fn wait_status(sys: &System, app: &str, id: &str, status: &str) -> Result<BackupSummary> {
-    wait_until(Duration::from_secs(120), status, || {
-        Ok(sys
-            .list(&[app, "--limit", "100"])?
-            .into_iter()
-            .find(|b| b.backup_id == id && b.status == status))
-    })
 }
 
 /// Ctrl-C in the middle: the CLI says what goes on, and the controller
@@ -579,7 +551,7 @@ fn ctrl_c_says_what_happens_next_and_the_controller_does_it() -> Result<()> {
 
     // Without the flag: the backup goes on, and completes.
     let mut create = sys.hop3_spawn(["backup:create", "media"])?;
-    let id = partial_backup(&sys, &mut create)?;
+    let id = partial_id(&sys.wait_partial(&mut create, 4 * MIB, OPERATION)?);
     let out = interrupt_frozen(&mut sys, create)?;
     let said = out.stderr.clone();
     ensure!(out.status.code() == Some(130), "{}", out.report());
@@ -590,14 +562,14 @@ fn ctrl_c_says_what_happens_next_and_the_controller_does_it() -> Result<()> {
         "{}",
         out.report()
     );
-    wait_status(&sys, "media", &id, "STARTED")?;
+    sys.wait_status("media", &id, "STARTED", OPERATION)?;
     sys.agent("host-a").process.signal(Signal::CONT);
-    wait_status(&sys, "media", &id, "COMPLETED")?;
+    sys.wait_status("media", &id, "COMPLETED", OPERATION)?;
     ensure!(sys.info(&id)?.all_valid);
 
     // With it: FAILED, its partial files gone, the app free for the next.
     let mut create = sys.hop3_spawn(["backup:create", "media", "--cancel-on-interrupt"])?;
-    let cancelled = partial_backup(&sys, &mut create)?;
+    let cancelled = partial_id(&sys.wait_partial(&mut create, 4 * MIB, OPERATION)?);
     let out = interrupt_frozen(&mut sys, create)?;
     ensure!(
         out.status.code() == Some(130)
@@ -607,7 +579,7 @@ fn ctrl_c_says_what_happens_next_and_the_controller_does_it() -> Result<()> {
         "{}",
         out.report()
     );
-    let failed = wait_status(&sys, "media", &cancelled, "FAILED")?;
+    let failed = sys.wait_status("media", &cancelled, "FAILED", OPERATION)?;
     ensure!(failed.error().contains("cancelled"), "{failed:?}");
     wait_until(Duration::from_secs(30), "the partial files to go", || {
         Ok(sys.partials()?.is_empty().then_some(()))

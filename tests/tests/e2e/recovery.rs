@@ -15,7 +15,7 @@ use hop3_proto::{BackupId, Manifest};
 use hop3_tests::System;
 use hop3_tests::cli::{self, BackupSummary};
 use hop3_tests::fixtures::{App, MIB, run};
-use hop3_tests::harness::{LOCAL_HOST_ID, du, list_dir, wait_for_entries, wait_until};
+use hop3_tests::harness::{LOCAL_HOST_ID, du, list_dir, partial_id, wait_for_entries, wait_until};
 use hop3_tests::servers::Postgres;
 use hop3_tests::snapshot::{self, Snapshot, sha256_file};
 use serde_json::{Value, json};
@@ -55,21 +55,8 @@ fn controller_killed_mid_backup(mut sys: System) -> Result<()> {
     big.big_data(200)?;
 
     let mut create = sys.hop3_spawn(["--json", "backup:create", "media"])?;
-    let partial = wait_until(BIG_OPERATION, "a few MiB in the .partial directory", || {
-        if let Some(p) = sys.partials()?.into_iter().find(|p| du(p) >= 4 * MIB) {
-            return Ok(Some(p));
-        }
-        if !create.is_running()? {
-            bail!("the create ended before 4 MiB reached the store");
-        }
-        Ok(None)
-    })?;
-    let id = partial
-        .file_name()
-        .and_then(|n| n.to_str())
-        .and_then(|n| n.strip_suffix(".partial"))
-        .expect("a .partial name")
-        .to_owned();
+    let partial = sys.wait_partial(&mut create, 4 * MIB, BIG_OPERATION)?;
+    let id = partial_id(&partial);
     let during = sys.list(&["media"])?;
     ensure!(
         during
