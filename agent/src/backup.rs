@@ -6,19 +6,19 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use hop3_proto::FRAME_SIZE;
+use hop3_proto::format::{APP_JSON, Archive, ENV_JSON, ENV_RAW, Format};
 use hop3_proto::layout::{APP_FILES, Layout, Owner, TREES};
 use hop3_proto::v1::{self, backup_app_event::Event};
-use hop3_proto::{Checksum, FRAME_SIZE};
-use sha2::{Digest, Sha256};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
-use crate::apps::{APP_FILE, ENV_FILE, parse_env, read_app_config, read_env_file};
+use crate::apps::{APP_FILE, parse_env, read_app_config, read_env_file};
 use crate::archive;
 use crate::error::{AgentError, Result};
 use crate::services;
 use crate::state::AgentState;
 use crate::trees;
-use hop3_wire::chunks::next_chunk;
+use hop3_wire::artifacts::{self, FrameWriter};
 use hop3_wire::events::{EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
 
@@ -66,35 +66,34 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     .await?;
     let mut layout = app_layout(&dir).await?;
 
-    let codec = archive::Codec::for_format(&req.format)?;
+    let format = Format::from_wire(&req.format).map_err(|e| AgentError::Protocol(e.to_string()))?;
     let progress = Arc::new(StreamProgress::new(out.clone(), estimated, |p| {
         event(Event::Progress(p))
     }));
     progress.step("archives", estimated);
     let env_json = serde_json::to_vec_pretty(&env).expect("a string map serialises");
-    artifact(out, file(0, "env.json"), |w| write_all(w, env_json)).await?;
+    artifact(out, file(0, ENV_JSON), |w| write_all(w, env_json)).await?;
     // app.json carries the service connections a restore on a fresh host needs.
     let app_json = tokio::fs::read(dir.join(APP_FILE))
         .await
         .map_err(|e| AgentError::io("reading app.json", e))?;
-    artifact(out, file(1, APP_FILE), |w| write_all(w, app_json)).await?;
+    artifact(out, file(1, APP_JSON), |w| write_all(w, app_json)).await?;
     // ENV as written (comments, quoting, order): env.json is its parsed view.
     if let Some(raw) = env_raw {
-        artifact(out, file(2, ENV_FILE), |w| write_all(w, raw)).await?;
+        artifact(out, file(2, ENV_RAW), |w| write_all(w, raw)).await?;
     }
 
     // The archives and the dumps are produced at the same time, each on a
     // task of its own so that compression runs on every core; their chunks
     // interleave on the stream, tied to their artifact by id.
     let mut jobs = tokio::task::JoinSet::new();
-    let archives: [(u32, &str, &[&'static str]); 2] =
-        [(3, "source", &["git", "src"]), (4, "data", &["data"])];
-    for (id, stem, trees) in archives {
+    for (id, archive) in (3..).zip(Archive::ALL) {
         let (out, progress, dir) = (out.clone(), progress.clone(), dir.clone());
+        let codec = format.compression();
         // Packing is file I/O and compression from start to end: one
         // blocking thread runs all of it, sending chunks as they fill.
         jobs.spawn_blocking(move || {
-            let opened = trees::open_for_backup(&dir, trees)?;
+            let opened = trees::open_for_backup(&dir, archive.trees())?;
             let links: Vec<_> = opened
                 .iter()
                 .filter_map(|o| o.link.clone().map(|l| (o.name.to_owned(), l)))
@@ -106,8 +105,8 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
                     dir: o.dir,
                 })
                 .collect();
-            out.blocking_send(event(Event::Start(file(id, &codec.file(stem)))))?;
-            let writer = ChunkWriter::new(id, out.clone());
+            let start = file(id, &format.archive_path(archive));
+            let writer = FrameWriter::start(out.clone(), start)?;
             match archive::pack(members, writer, codec, &*progress) {
                 Ok((writer, packed)) => {
                     writer.finish()?;
@@ -188,104 +187,20 @@ async fn app_layout(dir: &Path) -> Result<Layout> {
     .map_err(|e| AgentError::Bug(format!("reading the app's layout failed: {e}")))?
 }
 
-/// Sends one artifact: its start, the bytes `produce` writes, cut into
-/// chunks of `FRAME_SIZE`, and its end with digest and size.
+/// Sends one artifact: its start, the bytes `produce` writes, and its end
+/// with digest and size.
 async fn artifact<F, Fut>(out: &Sender, start: v1::ArtifactStart, produce: F) -> Result<()>
 where
     F: FnOnce(DuplexStream) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
-    let (id, path) = (start.id, start.path.clone());
-    let path = path.as_str();
-    out.send(event(Event::Start(start))).await?;
     let (writer, mut reader) = tokio::io::duplex(FRAME_SIZE);
     let pump = async {
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        while let Some(chunk) = next_chunk(&mut reader)
-            .await
-            .map_err(|e| AgentError::io(format!("producing {path}"), e))?
-        {
-            hasher.update(&chunk);
-            size += chunk.len() as u64;
-            out.send(event(Event::Data(v1::ArtifactData { id, data: chunk })))
-                .await?;
-        }
-        out.send(event(Event::End(v1::ArtifactEnd {
-            sha256: Checksum::from_hasher(hasher).to_string(),
-            size,
-            id,
-        })))
-        .await?;
+        artifacts::send(out, start, &mut reader).await?;
         Ok::<(), AgentError>(())
     };
     tokio::try_join!(produce(writer), pump)?;
     Ok(())
-}
-
-/// The `Write` end of one artifact for a producer on a blocking thread: cuts
-/// what is written into chunks, hashes them, and sends each once full,
-/// waiting for room on the stream.
-struct ChunkWriter {
-    id: u32,
-    buf: Vec<u8>,
-    hasher: Sha256,
-    size: u64,
-    out: Sender,
-}
-
-impl ChunkWriter {
-    fn new(id: u32, out: Sender) -> Self {
-        Self {
-            id,
-            buf: Vec::with_capacity(FRAME_SIZE),
-            hasher: Sha256::new(),
-            size: 0,
-            out,
-        }
-    }
-
-    fn send_chunk(&mut self) -> Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(FRAME_SIZE));
-        self.hasher.update(&chunk);
-        self.size += chunk.len() as u64;
-        self.out.blocking_send(event(Event::Data(v1::ArtifactData {
-            id: self.id,
-            data: chunk.into(),
-        })))?;
-        Ok(())
-    }
-
-    /// Sends the last chunk and the artifact's end: digest and size.
-    fn finish(mut self) -> Result<()> {
-        self.send_chunk()?;
-        self.out.blocking_send(event(Event::End(v1::ArtifactEnd {
-            sha256: Checksum::from_hasher(self.hasher).to_string(),
-            size: self.size,
-            id: self.id,
-        })))?;
-        Ok(())
-    }
-}
-
-impl std::io::Write for ChunkWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        let n = data.len().min(FRAME_SIZE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == FRAME_SIZE {
-            self.send_chunk().map_err(|_| {
-                std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the controller hung up")
-            })?;
-        }
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 fn file(id: u32, path: &str) -> v1::ArtifactStart {

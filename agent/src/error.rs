@@ -151,6 +151,17 @@ impl From<hop3_wire::events::Closed> for AgentError {
     }
 }
 
+impl From<hop3_wire::artifacts::SendError> for AgentError {
+    fn from(e: hop3_wire::artifacts::SendError) -> Self {
+        match e {
+            hop3_wire::artifacts::SendError::Read { path, source } => {
+                Self::io(format!("producing {path}"), source)
+            }
+            hop3_wire::artifacts::SendError::Closed(_) => Self::Cancelled,
+        }
+    }
+}
+
 impl From<AgentError> for Status {
     fn from(e: AgentError) -> Self {
         Status::new(e.code(), e.to_string())

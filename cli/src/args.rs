@@ -173,7 +173,7 @@ struct CreateArgs {
     /// On-disk format: 1.1 (zstd on every core; tar --zstd -xf) or 1.0
     /// (gzip, readable by every Hop3 and tar -xzf) [default: the
     /// controller's, 1.1].
-    #[arg(long, value_name = "VERSION", value_parser = ["1.0", "1.1"])]
+    #[arg(long, value_name = "VERSION", value_parser = parse_format)]
     format: Option<String>,
     /// On Ctrl-C, cancel the operation instead of leaving it to run on the
     /// controller (a backup is then recorded FAILED, its partial files
@@ -206,6 +206,13 @@ struct CheckAgeArgs {
     /// The oldest that backup may be, e.g. 26h, 2d, 90m.
     #[arg(long, value_name = "DURATION", value_parser = parse_age)]
     max_age: std::time::Duration,
+}
+
+/// A format version this build knows, as the controller spells it.
+fn parse_format(s: &str) -> Result<String, String> {
+    s.parse::<hop3_proto::Format>()
+        .map(|f| f.to_string())
+        .map_err(|e| e.to_string())
 }
 
 fn parse_age(s: &str) -> Result<std::time::Duration, String> {

@@ -2,14 +2,14 @@
 //! checking each digest, then commit it and mark it COMPLETED; on any
 //! failure remove what was written and mark it FAILED.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use hop3_proto::layout::Layout;
-use hop3_proto::manifest::{AppMetadata, FORMAT_1_1, Manifest, ServiceEntry};
+use hop3_proto::manifest::{AppMetadata, Manifest, ServiceEntry};
 use hop3_proto::names::{validate_app_name, validate_artifact_path};
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
-use hop3_proto::{BackupId, HOP3_VERSION};
+use hop3_proto::{BackupId, Format, HOP3_VERSION};
+use hop3_wire::artifacts::Decoder;
 use hop3_wire::events::{EventReceiver, EventSender};
 
 use crate::catalog::{BackupRow, BackupStatus};
@@ -22,15 +22,6 @@ use crate::store::{ArtifactWriter, PartialBackup};
 /// Free space kept beyond the agent's estimate.
 const SPACE_MARGIN: u64 = 64 * 1024 * 1024;
 
-/// The artifacts every backup of `format` has.
-fn required(format: &str) -> [&'static str; 4] {
-    if format == FORMAT_1_1 {
-        ["source.tar.zst", "data.tar.zst", "env.json", "app.json"]
-    } else {
-        ["source.tar.gz", "data.tar.gz", "env.json", "app.json"]
-    }
-}
-
 /// A create, ready to run: the app is found and locked, the row is STARTED.
 pub struct CreateJob {
     pub app: String,
@@ -38,8 +29,8 @@ pub struct CreateJob {
     pub client: AgentClient,
     pub id: BackupId,
     pub include_services: bool,
-    /// The on-disk format version to write ("1.0" or "1.1").
-    pub format: String,
+    /// The on-disk format version to write.
+    pub format: Format,
     pub lock: AppLock,
     /// Keeps the backup from being deleted (or read) while it is written.
     pub writing: BackupLock,
@@ -56,7 +47,7 @@ pub struct CreateRequest {
     /// The host whose copy of the app to back up; None: the only one.
     pub host: Option<String>,
     pub include_services: bool,
-    /// "1.0" or "1.1"; None: [`DEFAULT_FORMAT`](hop3_proto::manifest::DEFAULT_FORMAT).
+    /// A format version ("1.0", "1.1"); None: [`Format::DEFAULT`].
     pub format: Option<String>,
     /// End the backup if whoever follows its events goes away.
     pub cancel_on_disconnect: bool,
@@ -72,14 +63,10 @@ pub async fn start(
 ) -> Result<EventReceiver<v1::CreateBackupEvent>> {
     validate_app_name(&req.app).map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
     let format = match req.format.as_deref() {
-        None => hop3_proto::manifest::DEFAULT_FORMAT.to_owned(),
-        Some(f) if hop3_proto::manifest::READABLE_FORMATS.contains(&f) => f.to_owned(),
-        Some(other) => {
-            return Err(ControllerError::InvalidArgument(format!(
-                "unknown backup format {:?}: use 1.0 (gzip) or 1.1 (zstd)",
-                other.chars().take(20).collect::<String>()
-            )));
-        }
+        None => Format::DEFAULT,
+        Some(f) => f.parse().map_err(|e: hop3_proto::format::UnknownFormat| {
+            ControllerError::InvalidArgument(e.to_string())
+        })?,
     };
     let (host, client) = ctl.registry.find_app(&req.app, req.host.as_deref()).await?;
     let lock = ctl.lock_app(&req.app, "a backup")?;
@@ -157,7 +144,7 @@ async fn execute(
             app: job.app.clone(),
             include_services: job.include_services,
             backup_id: id.clone(),
-            format: job.format.clone(),
+            format: job.format.to_string(),
         })
         .await
         .map_err(|s| ControllerError::from_agent(&job.host, s))?
@@ -227,9 +214,8 @@ async fn receive(
         detail,
     };
     let mut plan = None;
-    // The artifacts being written, by the id their start gave them: the
-    // agent produces several at once and their chunks interleave.
-    let mut open: HashMap<u32, ArtifactWriter> = HashMap::new();
+    // The agent produces several artifacts at once: their frames interleave.
+    let mut decoder: Decoder<ArtifactWriter> = Decoder::default();
     let mut services = Vec::new();
     let mut layout = None;
     loop {
@@ -243,22 +229,22 @@ async fn receive(
         let Some(msg) = msg else { break };
         match msg.event {
             Some(Event::Plan(p)) => {
-                let available = ctl.store.free_space().await?;
                 let needed = p.estimated_bytes.saturating_add(SPACE_MARGIN);
-                if available < needed {
+                if let Some(available) = ctl.store.free_space().await?
+                    && available < needed
+                {
                     return Err(ControllerError::InsufficientSpace { needed, available });
                 }
                 plan = Some(p);
             }
             Some(Event::Start(s)) => {
-                if plan.is_none() || open.contains_key(&s.id) {
+                if plan.is_none() {
                     return Err(protocol(format!("unexpected start of {}", s.path)));
                 }
                 validate_artifact_path(&s.path).map_err(|e| protocol(e.to_string()))?;
-                let started_twice = open.values().any(|w| w.path() == s.path);
-                if started_twice || partial.files().contains_key(&s.path) {
-                    return Err(protocol(format!("{} sent twice", s.path)));
-                }
+                decoder
+                    .check_start(&s)
+                    .map_err(|e| protocol(e.to_string()))?;
                 if !s.service_type.is_empty() {
                     services.push(ServiceEntry {
                         kind: s.service_type.clone(),
@@ -267,33 +253,30 @@ async fn receive(
                         size_bytes: 0,
                     });
                 }
-                open.insert(s.id, partial.create(&s.path).await?);
+                let w = partial.create(&s.path).await?;
+                decoder.start(&s, w).map_err(|e| protocol(e.to_string()))?;
             }
-            Some(Event::Data(chunk)) => {
-                let w = open
-                    .get_mut(&chunk.id)
-                    .ok_or_else(|| protocol("data outside an artifact".into()))?;
-                w.write(&chunk.data).await?;
+            Some(Event::Data(data)) => {
+                let (_, w) = decoder.data(&data).map_err(|e| protocol(e.to_string()))?;
+                w.write(&data.data).await?;
             }
             Some(Event::End(end)) => {
-                let w = open
-                    .remove(&end.id)
-                    .ok_or_else(|| protocol("end outside an artifact".into()))?;
-                let path = w.path().to_owned();
-                let (sum, size) = w.finish().await?;
-                if end.sha256 != sum.to_string() || end.size != size {
+                let ended = decoder.end(end).map_err(|e| protocol(e.to_string()))?;
+                let intact = ended.intact();
+                ended.sink.finish().await?;
+                if !intact {
                     return Err(ControllerError::ChecksumMismatch {
-                        path,
                         detail: format!(
-                            "the agent sent {} bytes with {}, the store received {size} bytes with {sum}",
-                            end.size, end.sha256
+                            "the agent sent {} bytes with {}, the store received {} bytes with {}",
+                            ended.claimed.size, ended.claimed.sha256, ended.size, ended.checksum
                         ),
+                        path: ended.path,
                     });
                 }
-                partial.record(path, sum, size);
+                partial.record(ended.path, ended.checksum, ended.size);
             }
             Some(Event::Layout(l)) => {
-                if !open.is_empty() || layout.is_some() {
+                if !decoder.is_idle() || layout.is_some() {
                     return Err(protocol(
                         "the layout must come once, after every artifact".into(),
                     ));
@@ -313,13 +296,15 @@ async fn receive(
             None => return Err(protocol("empty event".into())),
         }
     }
-    if !open.is_empty() {
+    if !decoder.is_idle() {
         return Err(protocol("the stream ended inside an artifact".into()));
     }
     let plan = plan.ok_or_else(|| protocol("the stream ended before the plan".into()))?;
-    if let Some(missing) = required(&job.format)
-        .iter()
-        .find(|p| !partial.files().contains_key(**p))
+    if let Some(missing) = job
+        .format
+        .required()
+        .into_iter()
+        .find(|p| !partial.files().contains_key(p))
     {
         return Err(protocol(format!("the stream ended without {missing}")));
     }
@@ -349,13 +334,20 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Man
         backup_id: job.id.to_string(),
         app_name: job.app.clone(),
         created_at: Manifest::format_time(job.id.timestamp()),
-        format_version: job.format.clone(),
+        format_version: job.format.to_string(),
         hop3_version: HOP3_VERSION.into(),
         size_bytes: partial.files().values().map(|(_, s)| s).sum(),
         checksums: partial
             .files()
             .iter()
             .map(|(p, (c, _))| (p.clone(), *c))
+            .collect(),
+        // What the agent was asked for is what it wrote: the controller
+        // checked every artifact the version requires arrived.
+        encodings: partial
+            .files()
+            .keys()
+            .map(|p| (p.clone(), job.format.encoding_of(p)))
             .collect(),
         app_metadata: AppMetadata {
             hostname: non_empty(state.hostname),

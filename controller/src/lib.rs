@@ -12,6 +12,8 @@ pub mod config;
 mod create;
 mod delete;
 mod error;
+#[cfg(test)]
+mod fake_agent;
 mod import_source;
 mod in_process;
 mod locks;

@@ -4,13 +4,13 @@
 use std::path::Path;
 
 use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
-use tokio::io::AsyncReadExt;
 
 use crate::catalog::{self, BackupRow, BackupStatus, Catalog, TokenRow};
 use crate::error::{ControllerError, Result};
 use crate::import_source::ImportSource;
 use crate::seal::SEAL_FILE;
 use crate::state::Controller;
+use crate::store::CopyError;
 use crate::tokens::{TokenRecord, Tokens};
 
 /// The catalog row of a complete backup, from its manifest.
@@ -118,7 +118,7 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
         match s.manifest {
             Ok(m) => rows.push(completed_row(&m)),
             Err(why) => {
-                tracing::warn!(dir = %s.path.display(), reason = %why, "skipping an unusable backup directory")
+                tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
             }
         }
     }
@@ -182,8 +182,7 @@ pub async fn import(ctl: &Controller, requested: &Path) -> Result<BackupRow> {
     if ctl.catalog.get(&id).await?.is_some() {
         return Err(ControllerError::AlreadyExists(id));
     }
-    let dest = ctl.store.backup_dir(&app, &id);
-    if tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+    if ctl.store.exists(&app, &id).await? {
         return Err(ControllerError::AlreadyExists(id));
     }
     copy_in(ctl, &src, &manifest, sealed).await?;
@@ -207,25 +206,18 @@ async fn copy_in(
     let copied = async {
         for (path, expected) in &manifest.checksums {
             let mut file = src.file(path).await?;
-            let mut w = partial.create(path).await?;
-            let mut buf = vec![0u8; hop3_proto::FRAME_SIZE];
-            loop {
-                let n = file.read(&mut buf).await.map_err(|e| {
+            let (sum, _) = partial.copy(path, &mut file).await.map_err(|e| match e {
+                CopyError::Read(e) => {
                     ControllerError::InvalidArgument(format!("cannot read {path}: {e}"))
-                })?;
-                if n == 0 {
-                    break;
                 }
-                w.write(&buf[..n]).await?;
-            }
-            let (sum, size) = w.finish().await?;
+                CopyError::Store(e) => e.into(),
+            })?;
             if sum != *expected {
                 return Err(ControllerError::ChecksumMismatch {
                     path: path.clone(),
                     detail: format!("expected {expected}, found {sum}"),
                 });
             }
-            partial.record(path.clone(), sum, size);
         }
         Ok(())
     }

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex};
 use hop3_proto::manifest::Manifest;
 use hop3_proto::names::{validate_app_name, validate_host_id, validate_hostname};
 use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
-use hop3_wire::chunks::next_chunk;
+use hop3_wire::artifacts::{self, SendError};
 use hop3_wire::events::{EventReceiver, EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
-use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::StreamReader;
 
 use crate::catalog::{BackupRow, BackupStatus};
 use crate::error::{ControllerError, Result};
@@ -225,7 +226,7 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     }
     let total: u64 = checks.iter().map(|c| c.size).sum();
 
-    let (tx, rx) = mpsc::channel(hop3_wire::events::STREAM_DEPTH);
+    let (tx, rx) = EventSender::channel();
     let header = v1::RestoreHeader {
         app: job.target_app.clone(),
         manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),
@@ -247,7 +248,9 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     let mut client = job.client.clone();
     let result = async {
         let mut events = client
-            .restore_app(ReceiverStream::new(rx))
+            // The stream ends at the first error: the agent sees it end
+            // before the commit and discards what it staged.
+            .restore_app(ReceiverStream::new(rx).map_while(Result::ok))
             .await
             .map_err(|s| ControllerError::from_agent(&job.host, s))?
             .into_inner();
@@ -299,50 +302,34 @@ async fn send_backup(
     row: BackupRow,
     header: v1::RestoreHeader,
     manifest: Manifest,
-    tx: mpsc::Sender<v1::RestoreAppMessage>,
+    tx: EventSender<v1::RestoreAppMessage>,
     phase: SharedPhase,
 ) -> Result<()> {
     let msg = |m| v1::RestoreAppMessage { msg: Some(m) };
-    // A closed channel means the agent gave up; its status says why.
+    // A closed stream means the agent gave up; its status says why.
     if tx.send(msg(Msg::Header(header))).await.is_err() {
         return Ok(());
     }
-    for (path, checksum) in &manifest.checksums {
-        let mut file = ctl
+    for (id, path) in (0..).zip(manifest.checksums.keys()) {
+        let stream = ctl
             .store
             .open_artifact(&row.app, &row.backup_id, path)
             .await?;
-        if tx
-            .send(msg(Msg::Start(v1::ArtifactStart {
-                path: path.clone(),
-                ..Default::default()
-            })))
-            .await
-            .is_err()
-        {
-            return Ok(());
-        }
-        let mut size = 0u64;
-        while let Some(chunk) =
-            next_chunk(&mut file)
-                .await
-                .map_err(|e| crate::store::StoreError::Io {
-                    context: format!("reading {path}"),
-                    source: e,
-                })?
-        {
-            size += chunk.len() as u64;
-            if tx.send(msg(Msg::Chunk(chunk))).await.is_err() {
-                return Ok(());
-            }
-        }
-        let end = v1::ArtifactEnd {
-            sha256: checksum.to_string(),
-            size,
+        let start = v1::ArtifactStart {
+            path: path.clone(),
+            id,
             ..Default::default()
         };
-        if tx.send(msg(Msg::End(end))).await.is_err() {
-            return Ok(());
+        match artifacts::send(&tx, start, &mut StreamReader::new(stream)).await {
+            Ok(_) => {}
+            Err(SendError::Closed(_)) => return Ok(()),
+            Err(SendError::Read { path, source }) => {
+                return Err(crate::store::StoreError::Io {
+                    context: format!("reading {path}"),
+                    source,
+                }
+                .into());
+            }
         }
     }
     if advance(&phase, Phase::Committed) {

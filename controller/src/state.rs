@@ -72,11 +72,7 @@ impl Controller {
             created_at: row.created_at.clone(),
             total_size: row.total_size,
             services: row.services.clone(),
-            location: self
-                .store
-                .backup_dir(&row.app, &row.backup_id)
-                .display()
-                .to_string(),
+            location: self.store.location(&row.app, &row.backup_id),
             error: row.error.clone().unwrap_or_default(),
             skipped: Vec::new(),
         }

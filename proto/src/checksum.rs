@@ -27,6 +27,32 @@ impl Checksum {
     }
 }
 
+/// The digest and size of bytes as they pass: the one hash-and-count every
+/// stream of artifacts uses, sending, receiving, storing and verifying.
+#[derive(Clone, Default)]
+pub struct Tally {
+    hasher: Sha256,
+    size: u64,
+}
+
+impl Tally {
+    /// Counts `bytes` in.
+    pub fn add(&mut self, bytes: &[u8]) {
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+    }
+
+    /// Bytes counted so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The digest and size of everything counted.
+    pub fn finish(self) -> (Checksum, u64) {
+        (Checksum::from_hasher(self.hasher), self.size)
+    }
+}
+
 impl fmt::Display for Checksum {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "sha256:{}", hex::encode(self.0))

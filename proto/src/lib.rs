@@ -4,6 +4,7 @@
 
 pub mod backup_id;
 pub mod checksum;
+pub mod format;
 pub mod layout;
 pub mod manifest;
 pub mod names;
@@ -15,7 +16,8 @@ pub mod v1 {
 }
 
 pub use backup_id::BackupId;
-pub use checksum::Checksum;
+pub use checksum::{Checksum, Tally};
+pub use format::Format;
 pub use manifest::Manifest;
 
 /// The encoded descriptors of package `hop3.backup.v1`, for gRPC server

@@ -1,5 +1,5 @@
 //! `metadata.json`: the manifest of one backup, formats 1.0 and 1.1 (they
-//! differ in the archives' compression only).
+//! differ in the archives' compression only; see [`Format`]).
 //!
 //! Backups written by Hop3's Python server use the same layout but say
 //! `addons` where this format says `services`, and write `created_at` with
@@ -11,25 +11,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::format::{Archive, Compression, Encoding, Format};
 use crate::layout::Layout;
 use crate::names::{self, InvalidName};
 use crate::{BackupId, Checksum};
-
-/// Format 1.0: gzip archives (`source.tar.gz`, `data.tar.gz`), readable by
-/// every Hop3 and by `tar -xzf`.
-pub const FORMAT_1_0: &str = "1.0";
-
-/// Format 1.1: the same layout with zstd archives (`source.tar.zst`,
-/// `data.tar.zst`), readable with `tar --zstd -xf`. Readers that know only
-/// 1.0 refuse it by its version.
-pub const FORMAT_1_1: &str = "1.1";
-
-/// The format version this build writes unless asked otherwise: zstd
-/// compresses on every core, several times faster than gzip.
-pub const DEFAULT_FORMAT: &str = FORMAT_1_1;
-
-/// The format versions this build reads.
-pub const READABLE_FORMATS: [&str; 2] = [FORMAT_1_0, FORMAT_1_1];
 
 /// The name of the manifest inside a backup directory.
 pub const MANIFEST_FILE: &str = "metadata.json";
@@ -50,6 +35,10 @@ pub struct Manifest {
     pub size_bytes: u64,
     /// Every file of the backup but the manifest, by path relative to the backup directory.
     pub checksums: BTreeMap<String, Checksum>,
+    /// How each artifact is stored; absent in backups made before it was
+    /// recorded, whose version says ([`Format::encoding_of`]).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub encodings: BTreeMap<String, Encoding>,
     pub app_metadata: AppMetadata,
     #[serde(alias = "addons", default)]
     pub services: Vec<ServiceEntry>,
@@ -103,6 +92,10 @@ pub enum ManifestError {
     Json(#[from] serde_json::Error),
     #[error("metadata.json has unsupported format version {0:?} (this build reads 1.0 and 1.1)")]
     UnsupportedVersion(String),
+    #[error("metadata.json: the encoding of {0:?}, which it does not list")]
+    UnlistedEncoding(String),
+    #[error("the backup holds more than one {0} archive")]
+    TwoArchives(&'static str),
     #[error("metadata.json: {0}")]
     BadId(#[from] crate::backup_id::InvalidBackupId),
     #[error("metadata.json: {0}")]
@@ -131,9 +124,14 @@ impl Manifest {
 
     /// Checks the rules `from_json` enforces.
     pub fn validate(&self) -> Result<(), ManifestError> {
-        if !READABLE_FORMATS.contains(&self.format_version.as_str()) {
-            return Err(ManifestError::UnsupportedVersion(
-                self.format_version.chars().take(20).collect(),
+        self.format()?;
+        if let Some(path) = self
+            .encodings
+            .keys()
+            .find(|p| !self.checksums.contains_key(*p))
+        {
+            return Err(ManifestError::UnlistedEncoding(
+                path.chars().take(80).collect(),
             ));
         }
         self.backup_id.parse::<BackupId>()?;
@@ -160,6 +158,43 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The backup's format version.
+    pub fn format(&self) -> Result<Format, ManifestError> {
+        self.format_version.parse().map_err(|_| {
+            ManifestError::UnsupportedVersion(self.format_version.chars().take(20).collect())
+        })
+    }
+
+    /// How the artifact at `path` is stored: as recorded, else as its
+    /// version stores it.
+    pub fn encoding(&self, path: &str) -> Encoding {
+        match self.encodings.get(path) {
+            Some(e) => *e,
+            None => self
+                .format()
+                .map(|f| f.encoding_of(path))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// The tree archives the backup holds, each with its path and
+    /// compression. Two archives of one tree (`data.tar.gz` and
+    /// `data.tar.zst`) are refused: both would unpack into the same
+    /// directories, each checking only its own links, so one could lead
+    /// the other out.
+    pub fn archives(&self) -> Result<Vec<(String, Archive, Compression)>, ManifestError> {
+        let mut out: Vec<(String, Archive, Compression)> = Vec::new();
+        for path in self.checksums.keys() {
+            if let Some((archive, _)) = Archive::of_path(path) {
+                if out.iter().any(|(_, a, _)| *a == archive) {
+                    return Err(ManifestError::TwoArchives(archive.stem()));
+                }
+                out.push((path.clone(), archive, self.encoding(path).compression));
+            }
+        }
+        Ok(out)
     }
 
     /// When the backup was made.
@@ -192,10 +227,11 @@ mod tests {
             backup_id: "20251108_143022_a8f3d9".into(),
             app_name: "my-app".into(),
             created_at: "2025-11-08T14:30:22Z".into(),
-            format_version: FORMAT_1_0.into(),
+            format_version: Format::V1_0.to_string(),
             hop3_version: "0.1.0".into(),
             size_bytes: 4,
             checksums,
+            encodings: BTreeMap::new(),
             app_metadata: AppMetadata {
                 hostname: Some("myapp.example.com".into()),
                 port: Some(8000),

@@ -3,6 +3,7 @@
 //! and peer identities, the join token, config files, logging, and the
 //! wiring of a gRPC server (health, reflection, readiness, shutdown).
 
+pub mod artifacts;
 pub mod chunks;
 pub mod config_file;
 pub mod events;

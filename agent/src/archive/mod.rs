@@ -13,47 +13,13 @@ pub use pack::Packed;
 pub use pack::{Member, pack};
 pub use unpack::{Ownership, Unpacked, unpack};
 
-use crate::error::{AgentError, Result};
-
-/// How an archive is compressed: gzip (format 1.0) or zstd (format 1.1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Codec {
-    Gzip,
-    Zstd,
-}
-
-impl Codec {
-    /// The codec of a backup format version ("" is the default, 1.1).
-    pub fn for_format(format: &str) -> Result<Self> {
-        match format {
-            "1.0" => Ok(Self::Gzip),
-            "" | "1.1" => Ok(Self::Zstd),
-            other => Err(AgentError::Protocol(format!(
-                "unknown backup format {:?} (this agent writes 1.0 and 1.1)",
-                other.chars().take(20).collect::<String>()
-            ))),
-        }
-    }
-
-    /// The file name of archive `stem` ("source", "data").
-    pub fn file(self, stem: &str) -> String {
-        match self {
-            Self::Gzip => format!("{stem}.tar.gz"),
-            Self::Zstd => format!("{stem}.tar.zst"),
-        }
-    }
-
-    /// The codec and stem of an archive's file name.
-    pub fn of_file(name: &str) -> Option<(Self, &str)> {
-        name.strip_suffix(".tar.gz")
-            .map(|stem| (Self::Gzip, stem))
-            .or_else(|| name.strip_suffix(".tar.zst").map(|stem| (Self::Zstd, stem)))
-    }
-}
+/// How an archive is compressed: the manifest's record of it.
+pub use hop3_proto::format::Compression as Codec;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Result;
     use hop3_wire::progress::NoProgress;
     use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
     use std::path::Path;
@@ -73,7 +39,7 @@ mod tests {
     /// Unpacks a `data` archive into `out` (which must exist).
     fn unpack_into(buf: Vec<u8>, codec: Codec, out: &Path) -> Result<Unpacked> {
         unpack(
-            &codec.file("data"),
+            "data.tar",
             std::io::Cursor::new(buf),
             codec,
             &[("data", out)],

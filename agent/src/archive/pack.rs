@@ -66,6 +66,7 @@ pub fn pack<W: Write>(
 ) -> Result<(W, Packed)> {
     let write_err = |e| AgentError::io("writing the archive", e);
     match codec {
+        Codec::None => tar_into(members, out, progress),
         Codec::Gzip => {
             let encoder = flate2::write::GzEncoder::new(out, flate2::Compression::new(GZIP_LEVEL));
             let (encoder, packed) = tar_into(members, encoder, progress)?;

@@ -119,6 +119,7 @@ pub fn unpack<R: Read>(
     let buffered = BufReader::with_capacity(hop3_proto::FRAME_SIZE, input);
     let decoder: Box<dyn Read> =
         match codec {
+            Codec::None => Box::new(buffered),
             // Multi-member, as `tar -xzf` reads it.
             Codec::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
             Codec::Zstd => Box::new(zstd::Decoder::with_buffer(buffered).map_err(|e| {

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
 
+use hop3_proto::format::{APP_JSON, Archive, Compression, ENV_JSON, ENV_RAW};
 use hop3_proto::layout::{Layout, Owner, TREES};
 use hop3_proto::manifest::Manifest;
 use hop3_proto::names::validate_artifact_path;
@@ -22,6 +23,7 @@ use crate::services;
 use crate::state::AgentState;
 use crate::swap::{Journal, apply_owner};
 use crate::trees::{self, Place};
+use hop3_wire::artifacts::{DecodeError, Decoder};
 use hop3_wire::events::{EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
 
@@ -33,10 +35,7 @@ mod live;
 mod receive;
 mod space;
 
-use receive::{
-    Received, Target, buffer, next, one_archive_per_tree, receive_artifact, spawn_load,
-    spawn_unpack,
-};
+use receive::{Received, Target, buffer, finish, next, spawn_load, spawn_unpack};
 use space::check_space;
 
 type Sender = EventSender<v1::RestoreAppEvent>;
@@ -61,7 +60,7 @@ pub async fn restore(
         }
     };
     let manifest = Manifest::from_json(header.manifest_json.as_bytes())?;
-    one_archive_per_tree(&manifest)?;
+    let archives = manifest.archives()?;
     let app = header.app.clone();
     let live = state.root.app_dir(&app)?;
     let apps_dir = state.root.apps_dir();
@@ -123,6 +122,7 @@ pub async fn restore(
         staging: staging.clone(),
         roots,
         places,
+        archives,
         backup_cfg: None,
         env: None,
         env_raw: None,
@@ -328,6 +328,8 @@ struct Restoring<'a> {
     /// The directory each tree is unpacked into.
     roots: BTreeMap<&'static str, PathBuf>,
     places: Vec<(&'static str, trees::Placement)>,
+    /// The tree archives of the backup: path, which archive, its compression.
+    archives: Vec<(String, Archive, Compression)>,
     /// The app.json saved in the backup (absent in older backups).
     backup_cfg: Option<AppConfig>,
     env: Option<BTreeMap<String, String>>,
@@ -342,60 +344,62 @@ struct Restoring<'a> {
 
 impl Restoring<'_> {
     /// Receives every artifact into the staging directories and scratch
-    /// databases, then the commit.
+    /// databases (artifacts may interleave), then the commit.
     async fn receive(
         &mut self,
         inbound: &mut Streaming<v1::RestoreAppMessage>,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let mut received = BTreeSet::new();
+        let mut decoder = Decoder::default();
+        let received = self.receive_into(&mut decoder, inbound, progress).await;
+        if received.is_err() {
+            for (_, target) in decoder.drain() {
+                target.abandon(self.state).await;
+            }
+        }
+        received?;
+        if let Some(missing) = self.manifest.checksums.keys().find(|p| !decoder.started(p)) {
+            return Err(AgentError::Protocol(format!("{missing} was never sent")));
+        }
+        Ok(())
+    }
+
+    async fn receive_into(
+        &mut self,
+        decoder: &mut Decoder<Target>,
+        inbound: &mut Streaming<v1::RestoreAppMessage>,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        let protocol = |e: DecodeError| AgentError::Protocol(e.to_string());
         loop {
             match next(inbound, self.state.idle_timeout).await? {
                 Msg::Start(s) => {
                     validate_artifact_path(&s.path)?;
-                    let Some(expected) = self.manifest.checksums.get(&s.path) else {
+                    if !self.manifest.checksums.contains_key(&s.path) {
                         return Err(AgentError::Protocol(format!(
                             "{} is not in the backup's manifest",
                             s.path
                         )));
-                    };
-                    if !received.insert(s.path.clone()) {
-                        return Err(AgentError::Protocol(format!("{} sent twice", s.path)));
                     }
+                    decoder.check_start(&s).map_err(protocol)?;
                     progress.step(&s.path, 0);
                     let target = self.target_for(&s.path).await?;
-                    let bad = |reason: String| AgentError::BadArchive {
-                        archive: s.path.clone(),
-                        reason,
-                    };
-                    match receive_artifact(self.state, inbound, &s.path, expected, target, progress)
-                        .await?
-                    {
-                        Received::Nothing => {}
-                        Received::Env(bytes) => {
-                            self.env = Some(
-                                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
-                            )
-                        }
-                        Received::EnvRaw(bytes) => self.env_raw = Some(bytes),
-                        Received::AppConfig(bytes) => {
-                            self.backup_cfg = Some(
-                                serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?,
-                            )
-                        }
-                        Received::Unpacked(unpacked) => {
-                            if !unpacked.refused_xattrs.is_empty() {
-                                self.notes.push(format!(
-                                    "{} extended attribute(s) could not be set here: {}",
-                                    unpacked.refused_xattrs.len(),
-                                    unpacked.refused_xattrs.join("; ")
-                                ));
-                            }
-                        }
-                        Received::Service(staged) => self.staged.push(*staged),
-                    }
+                    decoder.start(&s, target).map_err(protocol)?;
                 }
-                Msg::Commit(_) => break,
+                Msg::Data(data) => {
+                    progress.advance(data.data.len() as u64);
+                    let (path, target) = decoder.data(&data).map_err(protocol)?;
+                    let path = path.to_owned();
+                    target.write(&path, data.data).await?;
+                }
+                Msg::End(end) => {
+                    let ended = decoder.end(end).map_err(protocol)?;
+                    let expected = self.manifest.checksums[&ended.path];
+                    let path = ended.path.clone();
+                    let received = finish(self.state, ended, &expected).await?;
+                    self.take(&path, received)?;
+                }
+                Msg::Commit(_) if decoder.is_idle() => return Ok(()),
                 _ => {
                     return Err(AgentError::Protocol(
                         "expected an artifact or the commit".into(),
@@ -403,13 +407,34 @@ impl Restoring<'_> {
                 }
             }
         }
-        if let Some(missing) = self
-            .manifest
-            .checksums
-            .keys()
-            .find(|p| !received.contains(*p))
-        {
-            return Err(AgentError::Protocol(format!("{missing} was never sent")));
+    }
+
+    /// Keeps what artifact `path` delivered.
+    fn take(&mut self, path: &str, received: Received) -> Result<()> {
+        let bad = |reason: String| AgentError::BadArchive {
+            archive: path.to_owned(),
+            reason,
+        };
+        match received {
+            Received::Nothing => {}
+            Received::Env(bytes) => {
+                self.env = Some(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?)
+            }
+            Received::EnvRaw(bytes) => self.env_raw = Some(bytes),
+            Received::AppConfig(bytes) => {
+                self.backup_cfg =
+                    Some(serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?)
+            }
+            Received::Unpacked(unpacked) => {
+                if !unpacked.refused_xattrs.is_empty() {
+                    self.notes.push(format!(
+                        "{} extended attribute(s) could not be set here: {}",
+                        unpacked.refused_xattrs.len(),
+                        unpacked.refused_xattrs.join("; ")
+                    ));
+                }
+            }
+            Received::Service(staged) => self.staged.push(*staged),
         }
         Ok(())
     }
@@ -419,16 +444,18 @@ impl Restoring<'_> {
         let roots = |tops: &[&'static str]| -> Vec<(&'static str, PathBuf)> {
             tops.iter().map(|t| (*t, self.roots[t].clone())).collect()
         };
-        Ok(match (path, archive::Codec::of_file(path)) {
-            (_, Some((codec, "source"))) => {
-                spawn_unpack(path, codec, roots(&["git", "src"]), self.ownership)
-            }
-            (_, Some((codec, "data"))) => {
-                spawn_unpack(path, codec, roots(&["data"]), self.ownership)
-            }
-            ("env.json", _) => buffer(Received::Env),
-            (ENV_FILE, _) => buffer(Received::EnvRaw),
-            (APP_FILE, _) => buffer(Received::AppConfig),
+        if let Some((_, archive, compression)) = self.archives.iter().find(|(p, ..)| p == path) {
+            return Ok(spawn_unpack(
+                path,
+                *compression,
+                roots(archive.trees()),
+                self.ownership,
+            ));
+        }
+        Ok(match path {
+            ENV_JSON => buffer(Received::Env),
+            ENV_RAW => buffer(Received::EnvRaw),
+            APP_JSON => buffer(Received::AppConfig),
             _ => match self
                 .manifest
                 .services

@@ -2,7 +2,6 @@
 //! (an archive unpacker, a scratch database, a buffer), hashed and counted
 //! on the way, and checked against the manifest.
 
-use std::collections::BTreeSet;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,9 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::StreamExt;
 use hop3_proto::Checksum;
-use hop3_proto::manifest::Manifest;
 use hop3_proto::v1::{self, restore_app_message::Msg};
-use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::StreamReader;
@@ -23,8 +20,8 @@ use crate::archive;
 use crate::error::{AgentError, Result};
 use crate::services;
 use crate::state::AgentState;
+use hop3_wire::artifacts::Ended;
 use hop3_wire::chunks::ChannelReader;
-use hop3_wire::progress::Progress;
 
 use super::MAX_ENV_BYTES;
 
@@ -67,98 +64,56 @@ pub(super) enum Target {
     Ignored,
 }
 
-/// Refuses a manifest with two archives of one tree (`data.tar.gz` and
-/// `data.tar.zst`): both would unpack into the same directories, each
-/// checking only its own links, so one could lead the other out.
-pub(super) fn one_archive_per_tree(manifest: &Manifest) -> Result<()> {
-    let mut stems = BTreeSet::new();
-    for path in manifest.checksums.keys() {
-        if let Some((_, stem)) = archive::Codec::of_file(path)
-            && !stems.insert(stem)
-        {
-            return Err(AgentError::Protocol(format!(
-                "the backup holds more than one {stem} archive"
-            )));
-        }
-    }
-    Ok(())
-}
-
-/// Passes the chunks of one artifact to its target, hashing and counting
-/// them, until its end arrives.
-async fn feed(
-    state: &AgentState,
-    inbound: &mut Streaming<v1::RestoreAppMessage>,
-    path: &str,
-    target: &mut Target,
-    progress: &dyn Progress,
-) -> Result<(v1::ArtifactEnd, Checksum, u64)> {
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    loop {
-        match next(inbound, state.idle_timeout).await? {
-            Msg::Chunk(data) => {
-                hasher.update(&data);
-                size += data.len() as u64;
-                progress.advance(data.len() as u64);
-                match target {
-                    Target::Archive { tx, .. } => {
-                        // A failed consumer closes its end; keep hashing so a
-                        // damaged artifact is still reported as a mismatch.
-                        if let Some(sender) = tx
-                            && sender.send(Ok(data)).await.is_err()
-                        {
-                            *tx = None;
-                        }
-                    }
-                    Target::Buffer(buf, _) => {
-                        if buf.len() + data.len() > MAX_ENV_BYTES {
-                            return Err(AgentError::Protocol(format!("{path} is too large")));
-                        }
-                        buf.extend_from_slice(&data);
-                    }
-                    Target::Ignored => {}
+impl Target {
+    /// Passes one frame of the artifact at `path` on.
+    pub(super) async fn write(&mut self, path: &str, data: Bytes) -> Result<()> {
+        match self {
+            Target::Archive { tx, .. } => {
+                // A failed consumer closes its end; keep hashing so a
+                // damaged artifact is still reported as a mismatch.
+                if let Some(sender) = tx
+                    && sender.send(Ok(data)).await.is_err()
+                {
+                    *tx = None;
                 }
             }
-            Msg::End(end) => return Ok((end, Checksum::from_hasher(hasher), size)),
-            _ => {
-                return Err(AgentError::Protocol(format!(
-                    "{path}: expected data or its end"
-                )));
+            Target::Buffer(buf, _) => {
+                if buf.len() + data.len() > MAX_ENV_BYTES {
+                    return Err(AgentError::Protocol(format!("{path} is too large")));
+                }
+                buf.extend_from_slice(&data);
+            }
+            Target::Ignored => {}
+        }
+        Ok(())
+    }
+
+    /// Ends a target whose artifact will not arrive whole. The consumer must
+    /// be done before the caller throws the staging directory away: left
+    /// running, it could write into it, or create it again, afterwards.
+    pub(super) async fn abandon(self, state: &AgentState) {
+        if let Target::Archive { tx, task } = self {
+            if let Some(tx) = tx {
+                // The consumer is still reading (or gone): this cannot wait long.
+                let _ = tx.send(Err(io::Error::other("restore abandoned"))).await;
+            }
+            if let Ok(Ok(Received::Service(staged))) = task.await {
+                services::discard(&state.tools, &staged).await;
             }
         }
     }
 }
 
-pub(super) async fn receive_artifact(
+/// Ends an artifact whose last frame has arrived: what its target made of
+/// it, if it is what the manifest lists; else nothing of it is kept.
+pub(super) async fn finish(
     state: &AgentState,
-    inbound: &mut Streaming<v1::RestoreAppMessage>,
-    path: &str,
+    ended: Ended<Target>,
     expected: &Checksum,
-    mut target: Target,
-    progress: &dyn Progress,
 ) -> Result<Received> {
-    let fed = feed(state, inbound, path, &mut target, progress).await;
-    let (end, actual, size) = match fed {
-        Ok(fed) => fed,
-        Err(e) => {
-            // The consumer must be done before the caller throws the staging
-            // directory away: left running, it could write into it, or
-            // create it again, afterwards.
-            if let Target::Archive { tx, task } = target {
-                if let Some(tx) = tx {
-                    // The consumer is still reading (or gone): this cannot wait long.
-                    let _ = tx.send(Err(io::Error::other("restore abandoned"))).await;
-                }
-                if let Ok(Ok(Received::Service(staged))) = task.await {
-                    services::discard(&state.tools, &staged).await;
-                }
-            }
-            return Err(e);
-        }
-    };
-    let intact = actual == *expected && end.sha256 == expected.to_string() && end.size == size;
-    let result = match target {
+    let intact = ended.intact() && ended.checksum == *expected;
+    let path = ended.path.as_str();
+    let result = match ended.sink {
         Target::Archive { tx, task } => {
             if !intact {
                 // Cut the consumer's input short with an error: nothing damaged is kept.
@@ -184,7 +139,7 @@ pub(super) async fn receive_artifact(
         return Err(AgentError::ChecksumMismatch {
             path: path.into(),
             expected: expected.to_string(),
-            actual: actual.to_string(),
+            actual: ended.checksum.to_string(),
         });
     }
     result

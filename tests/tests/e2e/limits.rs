@@ -160,6 +160,7 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
     let mut checksums = std::collections::BTreeMap::new();
     checksums.insert("data.tar.gz".to_owned(), Checksum::of(b"never sent"));
     let manifest = Manifest {
+        encodings: Default::default(),
         backup_id: id.to_string(),
         app_name: "quiet-app".into(),
         created_at: Manifest::format_time(id.timestamp()),

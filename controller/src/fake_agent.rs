@@ -1,0 +1,344 @@
+//! The middle test tier: the controller's jobs (create, restore, delete) in
+//! process, against a fake agent served over in-memory gRPC and a store in
+//! memory. What the real agent does is tested end to end; here, what the
+//! controller makes of what an agent sends, and what it sends an agent.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use hop3_proto::v1::agent_service_server::{AgentService, AgentServiceServer};
+use hop3_proto::v1::{self, backup_app_event::Event, restore_app_message::Msg};
+use hop3_proto::{Checksum, Format};
+use hop3_wire::artifacts::{Carrier, Decoder, Frame};
+use hop3_wire::events::{EventReceiver, EventSender};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::auth::{Auth, LocalCallers};
+use crate::catalog::{BackupStatus, Catalog};
+use crate::create::{self, CreateRequest};
+use crate::locks::{AppLocks, BackupLocks};
+use crate::registry::Registry;
+use crate::restore::{self, RestoreRequest};
+use crate::state::Controller;
+use crate::store::{Memory, Store};
+use crate::tokens::Tokens;
+
+const HOST: &str = "host-a";
+const APP: &str = "shop";
+
+/// What the fake agent does when asked for a backup.
+#[derive(Clone, Copy, Default)]
+struct Script {
+    /// Claim another digest for data.tar.zst than the bytes it sends.
+    lie_about_data: bool,
+}
+
+/// The artifacts the fake agent's app has, as a format 1.1 backup holds them.
+fn artifacts() -> Artifacts {
+    let big: Vec<u8> = (0..hop3_proto::FRAME_SIZE * 3 + 5)
+        .map(|i| (i % 249) as u8)
+        .collect();
+    BTreeMap::from([
+        ("source.tar.zst".to_owned(), b"source archive".to_vec()),
+        ("data.tar.zst".to_owned(), big),
+        ("env.json".to_owned(), br#"{"A":"1"}"#.to_vec()),
+        ("app.json".to_owned(), b"{}".to_vec()),
+    ])
+}
+
+#[derive(Clone, Default)]
+struct FakeAgent {
+    script: Script,
+    /// What the last restore delivered, by path, once committed.
+    restored: Arc<Mutex<Option<Artifacts>>>,
+}
+
+/// Artifacts' bytes by path.
+type Artifacts = BTreeMap<String, Vec<u8>>;
+
+#[tonic::async_trait]
+impl AgentService for FakeAgent {
+    async fn list_apps(
+        &self,
+        _: Request<v1::ListAppsRequest>,
+    ) -> Result<Response<v1::ListAppsResponse>, Status> {
+        Ok(Response::new(v1::ListAppsResponse {
+            apps: vec![APP.into()],
+        }))
+    }
+
+    type BackupAppStream = EventReceiverStream<v1::BackupAppEvent>;
+
+    async fn backup_app(
+        &self,
+        req: Request<v1::BackupAppRequest>,
+    ) -> Result<Response<Self::BackupAppStream>, Status> {
+        assert_eq!(req.get_ref().format, "1.1");
+        let (out, rx) = EventSender::channel();
+        let script = self.script;
+        tokio::spawn(async move {
+            let ev = |e| v1::BackupAppEvent { event: Some(e) };
+            out.send(ev(Event::Plan(v1::BackupPlan {
+                estimated_bytes: 1,
+                ..Default::default()
+            })))
+            .await
+            .unwrap();
+            // Every artifact open at once, their frames interleaved.
+            let all = artifacts();
+            for (id, path) in (0..).zip(all.keys()) {
+                let start = v1::ArtifactStart {
+                    path: path.clone(),
+                    id,
+                    ..Default::default()
+                };
+                out.send(Carrier::carry(Frame::Start(start))).await.unwrap();
+            }
+            let frames: Vec<Vec<&[u8]>> = all
+                .values()
+                .map(|b| b.chunks(hop3_proto::FRAME_SIZE).collect())
+                .collect();
+            for round in 0..frames.iter().map(Vec::len).max().unwrap() {
+                for (id, f) in (0..).zip(&frames) {
+                    if let Some(data) = f.get(round) {
+                        let data = v1::ArtifactData {
+                            id,
+                            data: data.to_vec().into(),
+                        };
+                        out.send(Carrier::carry(Frame::Data(data))).await.unwrap();
+                    }
+                }
+            }
+            for (id, (path, bytes)) in (0..).zip(&all) {
+                let claimed = if script.lie_about_data && path == "data.tar.zst" {
+                    Checksum::of(b"something else")
+                } else {
+                    Checksum::of(bytes)
+                };
+                let end = v1::ArtifactEnd {
+                    sha256: claimed.to_string(),
+                    size: bytes.len() as u64,
+                    id,
+                };
+                out.send(Carrier::carry(Frame::End(end))).await.unwrap();
+            }
+            let layout_json =
+                serde_json::to_string(&hop3_proto::layout::Layout::default()).unwrap();
+            let _ = out
+                .send(ev(Event::Layout(v1::BackupLayout { layout_json })))
+                .await;
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    type RestoreAppStream = EventReceiverStream<v1::RestoreAppEvent>;
+
+    async fn restore_app(
+        &self,
+        req: Request<Streaming<v1::RestoreAppMessage>>,
+    ) -> Result<Response<Self::RestoreAppStream>, Status> {
+        let mut inbound = req.into_inner();
+        let restored = self.restored.clone();
+        let (out, rx) = EventSender::channel();
+        tokio::spawn(async move {
+            let mut decoder: Decoder<Vec<u8>> = Decoder::default();
+            let mut got = BTreeMap::new();
+            let mut app = String::new();
+            while let Some(Ok(m)) = inbound.message().await.transpose() {
+                match m.msg.unwrap() {
+                    Msg::Header(h) => app = h.app,
+                    Msg::Start(s) => decoder.start(&s, Vec::new()).unwrap(),
+                    Msg::Data(d) => decoder.data(&d).unwrap().1.extend_from_slice(&d.data),
+                    Msg::End(e) => {
+                        let ended = decoder.end(e).unwrap();
+                        assert!(ended.intact(), "{}", ended.path);
+                        got.insert(ended.path, ended.sink);
+                    }
+                    Msg::Commit(_) => {
+                        *restored.lock().unwrap() = Some(got);
+                        let done = v1::RestoreDone {
+                            app,
+                            start: "unmanaged".into(),
+                            ..Default::default()
+                        };
+                        let _ = out
+                            .send(v1::RestoreAppEvent {
+                                event: Some(v1::restore_app_event::Event::Done(done)),
+                            })
+                            .await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+type EventReceiverStream<T> = ReceiverStream<Result<T, Status>>;
+
+/// A controller with a store in memory and `agent` as its only host.
+async fn controller(agent: FakeAgent, dir: &std::path::Path) -> (Arc<Controller>, Memory) {
+    let memory = Memory::new();
+    let store = Store::with_backend(Arc::new(memory.clone()), dir)
+        .await
+        .unwrap();
+    let catalog = Catalog::open(&format!("sqlite://{}", dir.join("catalog.db").display()))
+        .await
+        .unwrap();
+    let registry = Registry::new(None, true, None);
+    let (channel, incoming) = crate::in_process::channel();
+    registry.pin_local(HOST, channel);
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(AgentServiceServer::new(agent))
+            .serve_with_incoming(incoming),
+    );
+    let ctl = Controller {
+        catalog,
+        store,
+        registry,
+        locks: AppLocks::default(),
+        backup_locks: BackupLocks::default(),
+        auth: Auth {
+            tokens: Tokens::new(dir),
+            local: LocalCallers {
+                socket: dir.join("ctl.sock"),
+                uid: 0,
+                group: None,
+            },
+        },
+        idle_timeout: std::time::Duration::from_secs(10),
+        mutual_tls: false,
+        join_token: None,
+        import_dir: dir.join("import"),
+    };
+    (Arc::new(ctl), memory)
+}
+
+/// The last event of a job's stream: its result, or its error.
+async fn last<T>(mut rx: EventReceiver<T>) -> Result<T, Status> {
+    let mut last = None;
+    while let Some(ev) = rx.recv().await {
+        last = Some(ev);
+    }
+    last.expect("a job ends with an event")
+}
+
+fn create_request() -> CreateRequest {
+    CreateRequest {
+        app: APP.into(),
+        host: None,
+        include_services: true,
+        format: None,
+        cancel_on_disconnect: false,
+    }
+}
+
+#[tokio::test]
+async fn a_create_stores_interleaved_artifacts_and_commits_the_manifest_last() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctl, memory) = controller(FakeAgent::default(), tmp.path()).await;
+    let done = last(create::start(&ctl, create_request()).await.unwrap())
+        .await
+        .unwrap();
+    let Some(v1::create_backup_event::Event::Completed(summary)) = done.event else {
+        panic!("not completed: {done:?}");
+    };
+    let row = ctl.catalog.get(&summary.backup_id).await.unwrap().unwrap();
+    assert_eq!(row.status, BackupStatus::Completed);
+    assert_eq!(row.host, HOST);
+    let manifest = ctl.store.read_manifest(APP, &row.backup_id).await.unwrap();
+    let want = artifacts();
+    assert_eq!(
+        manifest.checksums,
+        want.iter()
+            .map(|(p, b)| (p.clone(), Checksum::of(b)))
+            .collect::<BTreeMap<_, _>>()
+    );
+    assert_eq!(manifest.format().unwrap(), Format::V1_1);
+    assert_eq!(
+        manifest.encodings["data.tar.zst"].compression,
+        hop3_proto::format::Compression::Zstd
+    );
+    assert!(ctl.store.sealed(APP, &row.backup_id).await);
+    let prefix = format!("apps/{APP}/{}/", row.backup_id);
+    let keys: Vec<String> = memory
+        .keys()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "app.json",
+            "data.tar.zst",
+            "env.json",
+            "metadata.json",
+            "metadata.seal",
+            "source.tar.zst"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_digest_that_does_not_match_fails_the_create_and_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = FakeAgent {
+        script: Script {
+            lie_about_data: true,
+        },
+        ..Default::default()
+    };
+    let (ctl, memory) = controller(agent, tmp.path()).await;
+    let err = last(create::start(&ctl, create_request()).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("Checksum mismatch") && err.message().contains("data.tar.zst"),
+        "{err:?}"
+    );
+    let rows = ctl.catalog.list(None, None, 10).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].status, BackupStatus::Failed);
+    assert!(memory.keys().is_empty(), "{:?}", memory.keys());
+}
+
+#[tokio::test]
+async fn a_restore_sends_every_stored_byte_and_a_delete_removes_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::default();
+    let restored = agent.restored.clone();
+    let (ctl, memory) = controller(agent, tmp.path()).await;
+    let done = last(create::start(&ctl, create_request()).await.unwrap())
+        .await
+        .unwrap();
+    let Some(v1::create_backup_event::Event::Completed(summary)) = done.event else {
+        panic!("not completed: {done:?}");
+    };
+    let id = summary.backup_id;
+    let req = RestoreRequest {
+        backup_id: id.clone(),
+        target_app: None,
+        target_host: None,
+        replace: false,
+        hostname: None,
+        trust_imported: false,
+        no_start: false,
+        cancel_on_disconnect: false,
+    };
+    let result = last(restore::start(&ctl, req).await.unwrap())
+        .await
+        .unwrap();
+    let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
+        panic!("not completed: {result:?}");
+    };
+    assert_eq!((r.app.as_str(), r.host.as_str()), (APP, HOST));
+    assert_eq!(restored.lock().unwrap().take().unwrap(), artifacts());
+
+    let row = ctl.backup_row(&id).await.unwrap();
+    crate::delete::delete(&ctl, &row).await.unwrap();
+    assert!(ctl.catalog.get(&id).await.unwrap().is_none());
+    assert!(memory.keys().is_empty(), "{:?}", memory.keys());
+}

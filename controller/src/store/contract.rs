@@ -1,0 +1,239 @@
+//! The contract every [`Backend`] passes: one suite, run against each
+//! implementation (a new backend adds itself to `contract_tests!`).
+
+use std::io;
+use std::sync::Arc;
+
+use futures::StreamExt;
+use hop3_proto::manifest::MANIFEST_FILE;
+
+use super::{Backend, BackupKey, LocalDir, Memory, Store};
+
+const APP: &str = "shop";
+const ID: &str = "20261201_120000_abcdef";
+
+fn key() -> BackupKey {
+    BackupKey::new(APP, ID)
+}
+
+/// More than one frame, not a multiple of it.
+fn big() -> Vec<u8> {
+    (0..hop3_proto::FRAME_SIZE * 2 + 17)
+        .map(|i| (i % 251) as u8)
+        .collect()
+}
+
+async fn read_all(b: &dyn Backend, path: &str) -> io::Result<Vec<u8>> {
+    let mut stream = b.open(&key(), path).await?;
+    let mut out = Vec::new();
+    while let Some(bytes) = stream.next().await {
+        out.extend_from_slice(&bytes?);
+    }
+    Ok(out)
+}
+
+/// Writes a backup of two artifacts and, when `commit`, its manifest.
+async fn write(b: &dyn Backend, commit: bool) {
+    let mut staging = b.begin(&key()).await.unwrap();
+    let mut sink = staging.create("data.tar.zst").await.unwrap();
+    for piece in big().chunks(100_000) {
+        sink.write(piece).await.unwrap();
+    }
+    sink.finish().await.unwrap();
+    let mut sink = staging.create("services/postgres_db.sql").await.unwrap();
+    sink.write(b"dump").await.unwrap();
+    sink.finish().await.unwrap();
+    if commit {
+        staging
+            .commit(
+                vec![("metadata.seal".into(), b"seal".to_vec())],
+                b"{}".to_vec(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+async fn artifacts_round_trip(b: &dyn Backend) {
+    write(b, true).await;
+    assert_eq!(read_all(b, "data.tar.zst").await.unwrap(), big());
+    assert_eq!(
+        read_all(b, "services/postgres_db.sql").await.unwrap(),
+        b"dump"
+    );
+    assert!(b.has(&key(), "data.tar.zst").await.unwrap());
+    assert!(!b.has(&key(), "source.tar.zst").await.unwrap());
+    assert!(b.exists(&key()).await.unwrap());
+    assert!(
+        !b.exists(&BackupKey::new(APP, "20261201_120000_000000"))
+            .await
+            .unwrap()
+    );
+    let missing = read_all(b, "source.tar.zst").await.unwrap_err();
+    assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+}
+
+async fn the_manifest_is_the_commit(b: &dyn Backend) {
+    write(b, false).await;
+    let scan = b.scan().await.unwrap();
+    assert!(scan.backups.is_empty(), "{:?}", scan.backups);
+    assert_eq!(scan.removed, 1);
+    assert!(!b.exists(&key()).await.unwrap(), "the leftover is gone");
+    write(b, true).await;
+    let scan = b.scan().await.unwrap();
+    assert_eq!(scan.backups, [(APP.to_owned(), ID.to_owned())]);
+    assert_eq!(scan.removed, 0);
+    assert_eq!(
+        b.read_small(&key(), MANIFEST_FILE, 1024).await.unwrap(),
+        b"{}"
+    );
+    assert_eq!(
+        b.read_small(&key(), "metadata.seal", 1024).await.unwrap(),
+        b"seal"
+    );
+}
+
+async fn an_artifact_is_written_once(b: &dyn Backend) {
+    let mut staging = b.begin(&key()).await.unwrap();
+    staging
+        .create("env.json")
+        .await
+        .unwrap()
+        .finish()
+        .await
+        .unwrap();
+    let again = staging.create("env.json").await.err().unwrap();
+    assert_eq!(again.kind(), io::ErrorKind::AlreadyExists);
+    staging.abort().await;
+    assert!(!b.exists(&key()).await.unwrap(), "abort leaves nothing");
+}
+
+async fn small_reads_are_bounded(b: &dyn Backend) {
+    write(b, true).await;
+    let err = b
+        .read_small(&key(), "data.tar.zst", 1024)
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+    let err = b.read_small(&key(), "nope", 1024).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    b.replace_small(&key(), "metadata.seal", b"new")
+        .await
+        .unwrap();
+    assert_eq!(
+        b.read_small(&key(), "metadata.seal", 1024).await.unwrap(),
+        b"new"
+    );
+}
+
+async fn delete_and_discard_leave_nothing(b: &dyn Backend) {
+    write(b, true).await;
+    b.delete(&key()).await.unwrap();
+    assert!(!b.exists(&key()).await.unwrap());
+    b.delete(&key()).await.unwrap();
+    assert!(b.scan().await.unwrap().backups.is_empty());
+    write(b, true).await;
+    b.discard(&key()).await;
+    assert!(!b.exists(&key()).await.unwrap());
+    write(b, false).await;
+    b.discard(&key()).await;
+    assert_eq!(
+        b.scan().await.unwrap().removed,
+        0,
+        "a discarded write is gone"
+    );
+}
+
+async fn marks_stay_set(b: &dyn Backend) {
+    assert!(!b.has_mark("sealed-once").await.unwrap());
+    b.set_mark("sealed-once").await.unwrap();
+    assert!(b.has_mark("sealed-once").await.unwrap());
+}
+
+/// Through the store above the backend: a sealed commit verifies, a
+/// manifest naming another place is not a usable backup.
+async fn the_store_seals_and_checks(b: Arc<dyn Backend>) {
+    let keys = tempfile::tempdir().unwrap();
+    let store = Store::with_backend(b, keys.path()).await.unwrap();
+    let mut partial = store.begin(APP, ID).await.unwrap();
+    partial.copy("env.json", &mut &b"{}"[..]).await.unwrap();
+    let (sum, size) = partial.files()["env.json"];
+    assert_eq!((sum, size), (hop3_proto::Checksum::of(b"{}"), 2));
+    let manifest = sample_manifest(&partial);
+    partial.commit(&manifest, true).await.unwrap();
+    assert!(store.sealed(APP, ID).await);
+    assert_eq!(store.read_manifest(APP, ID).await.unwrap(), manifest);
+    let checks = store.verify(APP, ID, &manifest, &|_| {}).await;
+    assert!(checks.iter().all(|c| c.valid()), "{checks:?}");
+    let (found, removed) = store.recover().await.unwrap();
+    assert_eq!((found.len(), removed), (1, 0));
+    assert_eq!(found[0].manifest.as_ref().unwrap(), &manifest);
+}
+
+fn sample_manifest(partial: &super::PartialBackup) -> hop3_proto::Manifest {
+    hop3_proto::Manifest {
+        backup_id: ID.into(),
+        app_name: APP.into(),
+        created_at: "2026-12-01T12:00:00Z".into(),
+        format_version: hop3_proto::Format::DEFAULT.to_string(),
+        hop3_version: hop3_proto::HOP3_VERSION.into(),
+        size_bytes: 2,
+        checksums: partial
+            .files()
+            .iter()
+            .map(|(p, (c, _))| (p.clone(), *c))
+            .collect(),
+        encodings: Default::default(),
+        app_metadata: Default::default(),
+        services: vec![],
+        env_vars_count: 0,
+        expires_after: 0,
+        services_included: true,
+        host: None,
+        layout: None,
+    }
+}
+
+macro_rules! contract_tests {
+    ($($case:ident),* $(,)?) => {
+        mod local_dir {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let tmp = tempfile::tempdir().unwrap();
+                    let b = super::LocalDir::open(tmp.path()).await.unwrap();
+                    super::$case(&b).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn the_store_seals_and_checks() {
+                let tmp = tempfile::tempdir().unwrap();
+                let b = super::LocalDir::open(tmp.path()).await.unwrap();
+                super::the_store_seals_and_checks(std::sync::Arc::new(b)).await;
+            }
+        }
+        mod memory {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    super::$case(&super::Memory::new()).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn the_store_seals_and_checks() {
+                super::the_store_seals_and_checks(std::sync::Arc::new(super::Memory::new())).await;
+            }
+        }
+    };
+}
+
+contract_tests!(
+    artifacts_round_trip,
+    the_manifest_is_the_commit,
+    an_artifact_is_written_once,
+    small_reads_are_bounded,
+    delete_and_discard_leave_nothing,
+    marks_stay_set,
+);

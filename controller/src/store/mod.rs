@@ -1,0 +1,452 @@
+//! The backup store: manifests, seals and digests over a [`Backend`] that
+//! keeps the bytes (the local directory, [`LocalDir`]; in tests, memory).
+//! Everything the controller does with stored backups goes through
+//! [`Store`]; a new place to keep backups is a new [`Backend`].
+
+mod backend;
+#[cfg(test)]
+mod contract;
+mod local;
+mod memory;
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::StreamExt;
+use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
+use hop3_proto::{Checksum, Tally};
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
+pub use local::LocalDir;
+pub use memory::Memory;
+
+use crate::seal::{SEAL_FILE, SealKey};
+
+/// Marks a store whose backups of before seals were sealed once.
+const SEALED_ONCE: &str = "sealed-once";
+
+/// What the store can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("metadata.json is larger than {MAX_MANIFEST_BYTES} bytes")]
+    ManifestTooLarge,
+}
+
+impl StoreError {
+    fn io(context: impl Into<String>) -> impl FnOnce(io::Error) -> Self {
+        let context = context.into();
+        move |source| Self::Io { context, source }
+    }
+
+    /// The I/O error kind, if this is an I/O error.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Self::Io { source, .. } => Some(source.kind()),
+            _ => None,
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The store: a backend, and the seal key of the controller that owns it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    backend: Arc<dyn Backend>,
+    /// Where the controller keeps its keys: the local store's root.
+    keys_dir: PathBuf,
+    seal: SealKey,
+    /// The seal key was made at this start: backups already in the store
+    /// predate it.
+    newly_keyed: bool,
+}
+
+/// A file of a stored backup, checked against the manifest.
+#[derive(Clone, Debug)]
+pub struct FileCheck {
+    pub path: String,
+    pub expected: Checksum,
+    /// None when the file is missing or unreadable.
+    pub actual: Option<Checksum>,
+    pub size: u64,
+}
+
+impl FileCheck {
+    /// Whether the file is there with the recorded digest.
+    pub fn valid(&self) -> bool {
+        self.actual == Some(self.expected)
+    }
+}
+
+/// One backup found by a scan.
+pub struct Scanned {
+    /// Where it lies, for the log.
+    pub location: String,
+    /// The manifest, or why the place is not a usable backup.
+    pub manifest: std::result::Result<Manifest, String>,
+}
+
+impl Store {
+    /// Opens the local store at `root`, creating it (0700) if needed; the
+    /// seal key lives there too.
+    pub async fn open(root: &Path) -> Result<Self> {
+        let local = LocalDir::open(root)
+            .await
+            .map_err(StoreError::io("opening the store"))?;
+        let keys_dir = local.root().to_owned();
+        Self::with_backend(Arc::new(local), &keys_dir).await
+    }
+
+    /// A store over `backend`, with the seal key in `keys_dir`.
+    pub async fn with_backend(backend: Arc<dyn Backend>, keys_dir: &Path) -> Result<Self> {
+        let (seal, newly_keyed) = SealKey::load_or_create(keys_dir)
+            .await
+            .map_err(StoreError::io("reading the seal key"))?;
+        Ok(Self {
+            backend,
+            keys_dir: keys_dir.to_owned(),
+            seal,
+            newly_keyed,
+        })
+    }
+
+    /// The directory the controller keeps its keys and tokens in (the
+    /// local store's root).
+    pub fn root(&self) -> &Path {
+        &self.keys_dir
+    }
+
+    /// Where backup `id` of `app` lies, for people.
+    pub fn location(&self, app: &str, id: &str) -> String {
+        self.backend.location(&BackupKey::new(app, id))
+    }
+
+    /// Whether the backups of an earlier version were sealed once already.
+    pub async fn sealed_once(&self) -> bool {
+        self.backend.has_mark(SEALED_ONCE).await.unwrap_or(false)
+    }
+
+    /// Records that the backups of an earlier version were sealed.
+    pub async fn mark_sealed_once(&self) -> Result<()> {
+        self.backend
+            .set_mark(SEALED_ONCE)
+            .await
+            .map_err(StoreError::io("marking the store sealed"))
+    }
+
+    /// Whether the seal key was made at this start.
+    pub fn newly_keyed(&self) -> bool {
+        self.newly_keyed
+    }
+
+    /// Whether `seal` is this controller's seal of the metadata.json `manifest`.
+    pub fn seal_verifies(&self, manifest: &[u8], seal: &[u8]) -> bool {
+        self.seal.verify(manifest, seal)
+    }
+
+    /// Whether stored backup `id` of `app` carries this controller's seal
+    /// over its metadata.json.
+    pub async fn sealed(&self, app: &str, id: &str) -> bool {
+        let key = BackupKey::new(app, id);
+        let (Ok(manifest), Ok(seal)) = (
+            self.backend
+                .read_small(&key, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+                .await,
+            self.backend.read_small(&key, SEAL_FILE, 1024).await,
+        ) else {
+            return false;
+        };
+        self.seal.verify(&manifest, &seal)
+    }
+
+    /// Seals stored backup `id` of `app` as it is (at the first start with
+    /// seals, for the backups this controller made before).
+    pub async fn seal_stored(&self, app: &str, id: &str) -> Result<()> {
+        let key = BackupKey::new(app, id);
+        let manifest = self
+            .backend
+            .read_small(&key, MANIFEST_FILE, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(StoreError::io("reading metadata.json"))?;
+        self.backend
+            .replace_small(&key, SEAL_FILE, self.seal.seal(&manifest).as_bytes())
+            .await
+            .map_err(StoreError::io("writing the seal"))
+    }
+
+    /// Starts writing backup `id` of `app`.
+    pub async fn begin(&self, app: &str, id: &str) -> Result<PartialBackup> {
+        let staging = self
+            .backend
+            .begin(&BackupKey::new(app, id))
+            .await
+            .map_err(StoreError::io("creating the backup directory"))?;
+        Ok(PartialBackup {
+            staging,
+            files: BTreeMap::new(),
+            seal: self.seal.clone(),
+        })
+    }
+
+    /// Bytes free for the store; None where the store has no such limit.
+    pub async fn free_space(&self) -> Result<Option<u64>> {
+        self.backend
+            .free_space()
+            .await
+            .map_err(StoreError::io("checking free space"))
+    }
+
+    /// Reads and validates a stored manifest.
+    pub async fn read_manifest(&self, app: &str, id: &str) -> Result<Manifest> {
+        let bytes = self
+            .backend
+            .read_small(&BackupKey::new(app, id), MANIFEST_FILE, MAX_MANIFEST_BYTES)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::FileTooLarge => StoreError::ManifestTooLarge,
+                _ => StoreError::io("reading metadata.json")(e),
+            })?;
+        Ok(Manifest::from_json(&bytes)?)
+    }
+
+    /// Hashes every file the manifest lists, calling `progress` with bytes read.
+    pub async fn verify(
+        &self,
+        app: &str,
+        id: &str,
+        manifest: &Manifest,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Vec<FileCheck> {
+        let key = BackupKey::new(app, id);
+        let mut out = Vec::new();
+        for (path, expected) in &manifest.checksums {
+            let (actual, size) = match self.hash(&key, path, progress).await {
+                Ok((c, s)) => (Some(c), s),
+                Err(_) => (None, 0),
+            };
+            out.push(FileCheck {
+                path: path.clone(),
+                expected: *expected,
+                actual,
+                size,
+            });
+        }
+        out
+    }
+
+    async fn hash(
+        &self,
+        key: &BackupKey,
+        path: &str,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> io::Result<(Checksum, u64)> {
+        let mut stream = self.backend.open(key, path).await?;
+        let mut tally = Tally::default();
+        while let Some(bytes) = stream.next().await {
+            let bytes = bytes?;
+            tally.add(&bytes);
+            progress(bytes.len() as u64);
+        }
+        Ok(tally.finish())
+    }
+
+    /// Opens a stored artifact for reading. `path` was validated with the manifest.
+    pub async fn open_artifact(&self, app: &str, id: &str, path: &str) -> Result<ByteStream> {
+        self.backend
+            .open(&BackupKey::new(app, id), path)
+            .await
+            .map_err(StoreError::io(format!("opening {path}")))
+    }
+
+    /// Whether anything of backup `id` of `app` is in the store.
+    pub async fn exists(&self, app: &str, id: &str) -> Result<bool> {
+        self.backend
+            .exists(&BackupKey::new(app, id))
+            .await
+            .map_err(StoreError::io("looking in the store"))
+    }
+
+    /// Deletes a backup; a missing one is not an error.
+    pub async fn delete(&self, app: &str, id: &str) -> Result<()> {
+        self.backend
+            .delete(&BackupKey::new(app, id))
+            .await
+            .map_err(StoreError::io("deleting the backup"))
+    }
+
+    /// Removes whatever exists of backup `id` of `app`, partial or complete,
+    /// after a failure that must leave nothing behind.
+    pub async fn discard(&self, app: &str, id: &str) {
+        self.backend.discard(&BackupKey::new(app, id)).await
+    }
+
+    /// One walk of the store at start-up, when nothing can still be writing:
+    /// removes what interrupted writes and deletes left, and returns every
+    /// complete backup with its manifest or why it cannot be used (a
+    /// manifest unreadable, invalid, naming another app or ID than its
+    /// place, or listing a missing file), and how many leftovers were removed.
+    pub async fn recover(&self) -> Result<(Vec<Scanned>, usize)> {
+        let scan = self
+            .backend
+            .scan()
+            .await
+            .map_err(StoreError::io("listing the store"))?;
+        let mut backups = Vec::with_capacity(scan.backups.len());
+        for (app, name) in scan.backups {
+            backups.push(Scanned {
+                location: self.location(&app, &name),
+                manifest: self.check_stored(&app, &name).await,
+            });
+        }
+        Ok((backups, scan.removed))
+    }
+
+    async fn check_stored(&self, app: &str, id: &str) -> std::result::Result<Manifest, String> {
+        if hop3_proto::names::validate_app_name(app).is_err()
+            || id.parse::<hop3_proto::BackupId>().is_err()
+        {
+            return Err("not a backup directory (bad app name or backup ID)".into());
+        }
+        let manifest = self
+            .read_manifest(app, id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if manifest.app_name != app || manifest.backup_id != id {
+            return Err(format!(
+                "metadata.json names {}/{}, not where it lies",
+                manifest.app_name, manifest.backup_id
+            ));
+        }
+        let key = BackupKey::new(app, id);
+        for path in manifest.checksums.keys() {
+            if !self.backend.has(&key, path).await.unwrap_or(false) {
+                return Err(format!("{path} is missing"));
+            }
+        }
+        Ok(manifest)
+    }
+}
+
+/// A backup being written.
+pub struct PartialBackup {
+    staging: Box<dyn Staging>,
+    files: BTreeMap<String, (Checksum, u64)>,
+    seal: SealKey,
+}
+
+impl PartialBackup {
+    /// Creates artifact `path` (validated by the caller).
+    pub async fn create(&mut self, path: &str) -> Result<ArtifactWriter> {
+        let sink = self
+            .staging
+            .create(path)
+            .await
+            .map_err(StoreError::io(format!("creating {path}")))?;
+        Ok(ArtifactWriter {
+            path: path.to_owned(),
+            sink,
+        })
+    }
+
+    /// Writes artifact `path` from `reader`; returns its digest and size,
+    /// and records it.
+    pub async fn copy<R: AsyncRead + Unpin>(
+        &mut self,
+        path: &str,
+        reader: &mut R,
+    ) -> std::result::Result<(Checksum, u64), CopyError> {
+        let mut w = self.create(path).await?;
+        let mut tally = Tally::default();
+        let mut buf = vec![0u8; hop3_proto::FRAME_SIZE];
+        loop {
+            let n = reader.read(&mut buf).await.map_err(CopyError::Read)?;
+            if n == 0 {
+                break;
+            }
+            tally.add(&buf[..n]);
+            w.write(&buf[..n]).await?;
+        }
+        w.finish().await?;
+        let (sum, size) = tally.finish();
+        self.record(path.to_owned(), sum, size);
+        Ok((sum, size))
+    }
+
+    /// Records a finished artifact with its digest and size.
+    pub fn record(&mut self, path: String, checksum: Checksum, size: u64) {
+        self.files.insert(path, (checksum, size));
+    }
+
+    /// The artifacts written so far with their digests and sizes.
+    pub fn files(&self) -> &BTreeMap<String, (Checksum, u64)> {
+        &self.files
+    }
+
+    /// Writes the controller's seal over the manifest (when `sealed`), then
+    /// the manifest, last: the backup exists from then on.
+    pub async fn commit(self, manifest: &Manifest, sealed: bool) -> Result<()> {
+        let bytes = manifest.to_json();
+        let extra = if sealed {
+            vec![(SEAL_FILE.to_owned(), self.seal.seal(&bytes).into_bytes())]
+        } else {
+            Vec::new()
+        };
+        self.staging
+            .commit(extra, bytes)
+            .await
+            .map_err(StoreError::io("completing the backup"))
+    }
+
+    /// Removes everything written.
+    pub async fn abort(self) {
+        self.staging.abort().await
+    }
+}
+
+/// Why [`PartialBackup::copy`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CopyError {
+    /// The source could not be read.
+    #[error("{0}")]
+    Read(io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Writes one artifact of a partial backup.
+pub struct ArtifactWriter {
+    path: String,
+    sink: Box<dyn ArtifactSink>,
+}
+
+impl ArtifactWriter {
+    /// The artifact's path in the backup.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Appends bytes.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.sink
+            .write(bytes)
+            .await
+            .map_err(StoreError::io(format!("writing {}", self.path)))
+    }
+
+    /// Makes what was written durable.
+    pub async fn finish(self) -> Result<()> {
+        let ctx = format!("writing {}", self.path);
+        self.sink.finish().await.map_err(StoreError::io(ctx))
+    }
+}
