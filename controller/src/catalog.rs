@@ -6,9 +6,13 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 use std::str::FromStr;
 
+use hop3_proto::Manifest;
+use hop3_proto::backup_id::{BackupId, InvalidBackupId};
 use sqlx::AnyPool;
 use sqlx::Row;
 use sqlx::any::AnyPoolOptions;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 /// What the catalog can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -101,12 +105,13 @@ impl FromStr for BackupStatus {
 /// One backup as the catalog knows it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BackupRow {
-    pub backup_id: String,
+    pub backup_id: BackupId,
     pub app: String,
     pub host: String,
     pub status: BackupStatus,
-    /// RFC 3339, UTC.
-    pub created_at: String,
+    /// When the backup was made (stored as RFC 3339 in UTC, whole seconds,
+    /// so that the text sorts as the time).
+    pub created_at: OffsetDateTime,
     pub total_size: u64,
     /// "type:name" of each service in the backup.
     pub services: Vec<String>,
@@ -510,11 +515,11 @@ fn insert_row(row: &BackupRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
         "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(&row.backup_id)
+    .bind(row.backup_id.to_string())
     .bind(&row.app)
     .bind(&row.host)
     .bind(row.status.as_str())
-    .bind(&row.created_at)
+    .bind(Manifest::format_time(row.created_at))
     .bind(row.total_size as i64)
     .bind(serde_json::to_string(&row.services).expect("strings serialise"))
     .bind(row.error.as_deref())
@@ -526,12 +531,16 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<BackupRow, CatalogError> {
     let status: String = r.try_get("status")?;
     let services: String = r.try_get("services")?;
     let total_size: i64 = r.try_get("total_size")?;
+    let created_at: String = r.try_get("created_at")?;
     Ok(BackupRow {
-        backup_id: id.clone(),
+        backup_id: id
+            .parse()
+            .map_err(|e: InvalidBackupId| bad(e.to_string()))?,
         app: r.try_get("app")?,
         host: r.try_get("host")?,
         status: status.parse().map_err(bad)?,
-        created_at: r.try_get("created_at")?,
+        created_at: OffsetDateTime::parse(&created_at, &Rfc3339)
+            .map_err(|e| bad(format!("created_at {created_at:?}: {e}")))?,
         total_size: total_size.max(0) as u64,
         services: serde_json::from_str(&services).map_err(|e| bad(e.to_string()))?,
         error: r.try_get("error")?,
@@ -588,20 +597,13 @@ mod tests {
     use super::*;
 
     fn row(id: &str, app: &str) -> BackupRow {
+        let backup_id: BackupId = id.parse().unwrap();
         BackupRow {
-            backup_id: id.into(),
+            created_at: backup_id.timestamp(),
+            backup_id,
             app: app.into(),
             host: "h".into(),
             status: BackupStatus::Started,
-            created_at: format!(
-                "{}-{}-{}T{}:{}:{}Z",
-                &id[..4],
-                &id[4..6],
-                &id[6..8],
-                &id[9..11],
-                &id[11..13],
-                &id[13..15]
-            ),
             total_size: 0,
             services: vec![],
             error: None,
@@ -637,12 +639,14 @@ mod tests {
             ]
         );
         assert_eq!(
-            c.list(Some("a"), None, 1).await.unwrap()[0].backup_id,
+            c.list(Some("a"), None, 1).await.unwrap()[0]
+                .backup_id
+                .as_str(),
             "20250103_000000_cccccc"
         );
         let failed = c.list(None, Some(BackupStatus::Failed), 20).await.unwrap();
         assert_eq!(failed.len(), 1);
-        assert_eq!(failed[0].backup_id, "20250102_000000_bbbbbb");
+        assert_eq!(failed[0].backup_id.as_str(), "20250102_000000_bbbbbb");
         let completed_a = c
             .list(Some("a"), Some(BackupStatus::Completed), 20)
             .await

@@ -366,11 +366,11 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Man
 /// The catalog row of a backup that is starting.
 pub fn started_row(job: &CreateJob) -> BackupRow {
     BackupRow {
-        backup_id: job.id.to_string(),
+        backup_id: job.id.clone(),
         app: job.app.clone(),
         host: job.host.clone(),
         status: BackupStatus::Started,
-        created_at: Manifest::format_time(job.id.timestamp()),
+        created_at: job.id.timestamp(),
         total_size: 0,
         services: Vec::new(),
         error: None,

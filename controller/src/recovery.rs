@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest};
+use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
 
 use crate::catalog::{self, BackupRow, BackupStatus, Catalog, TokenRow};
 use crate::error::{ControllerError, Result};
@@ -13,18 +13,15 @@ use crate::state::Controller;
 use crate::store::CopyError;
 use crate::tokens::{TokenRecord, Tokens};
 
-/// The catalog row of a complete backup, from its manifest.
-pub fn completed_row(m: &Manifest) -> BackupRow {
-    BackupRow {
-        backup_id: m.backup_id.clone(),
+/// The catalog row of a complete backup, from its (validated) manifest.
+pub fn completed_row(m: &Manifest) -> std::result::Result<BackupRow, ManifestError> {
+    Ok(BackupRow {
+        backup_id: m.backup_id.parse()?,
         app: m.app_name.clone(),
         host: m.host.clone().unwrap_or_default(),
         status: BackupStatus::Completed,
-        // One spelling of times (Python writes +00:00 and microseconds) keeps the order right.
-        created_at: m
-            .created_at()
-            .map(Manifest::format_time)
-            .unwrap_or_else(|_| m.created_at.clone()),
+        // Python writes +00:00 and microseconds: the catalog one spelling.
+        created_at: m.created_at()?,
         total_size: m.size_bytes,
         services: m
             .services
@@ -32,7 +29,7 @@ pub fn completed_row(m: &Manifest) -> BackupRow {
             .map(|s| format!("{}:{}", s.kind, s.name))
             .collect(),
         error: None,
-    }
+    })
 }
 
 /// Opens the catalog for a controller's start. A SQLite catalog found
@@ -116,7 +113,12 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
     let mut rows = Vec::with_capacity(scanned.len());
     for s in scanned {
         match s.manifest {
-            Ok(m) => rows.push(completed_row(&m)),
+            Ok(m) => match completed_row(&m) {
+                Ok(row) => rows.push(row),
+                Err(why) => {
+                    tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
+                }
+            },
             Err(why) => {
                 tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
             }
@@ -186,7 +188,8 @@ pub async fn import(ctl: &Controller, requested: &Path) -> Result<BackupRow> {
         return Err(ControllerError::AlreadyExists(id));
     }
     copy_in(ctl, &src, &manifest, sealed).await?;
-    let row = completed_row(&manifest);
+    let row =
+        completed_row(&manifest).map_err(|e| ControllerError::InvalidArgument(e.to_string()))?;
     ctl.catalog.insert(&row).await?;
     tracing::info!(app, backup_id = %id, sealed, "backup imported");
     Ok(row)
@@ -293,11 +296,11 @@ mod tests {
         let url = format!("sqlite://{}", db.display());
         let c = Catalog::open(&url).await.unwrap();
         c.insert(&BackupRow {
-            backup_id: "20250101_000000_aaaaaa".into(),
+            backup_id: "20250101_000000_aaaaaa".parse().unwrap(),
             app: "a".into(),
             host: "h".into(),
             status: BackupStatus::Completed,
-            created_at: "2025-01-01T00:00:00Z".into(),
+            created_at: time::macros::datetime!(2025-01-01 00:00:00 UTC),
             total_size: 1,
             services: vec![],
             error: None,

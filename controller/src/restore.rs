@@ -80,7 +80,7 @@ pub async fn start(
     }
     if row.status != BackupStatus::Completed {
         return Err(ControllerError::NotRestorable {
-            id: row.backup_id,
+            id: row.backup_id.to_string(),
             status: row.status.as_str(),
         });
     }
@@ -106,7 +106,7 @@ pub async fn start(
     // shell, say): restored only when the operator says so.
     let trusted = ctl.store.sealed(&row.app, &row.backup_id).await;
     if !trusted && !req.trust_imported {
-        return Err(ControllerError::Untrusted(row.backup_id));
+        return Err(ControllerError::Untrusted(row.backup_id.to_string()));
     }
     // The backup read, whatever app it goes into: the app lock is the target's.
     let reading = ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
@@ -127,7 +127,7 @@ pub async fn start(
     };
     let (tx, rx) = EventSender::channel();
     let started = v1::RestoreStarted {
-        backup_id: job.row.backup_id.clone(),
+        backup_id: job.row.backup_id.to_string(),
         app: job.target_app.clone(),
         host: job.host.clone(),
     };
@@ -170,7 +170,7 @@ pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
         Ok(done) => {
             tracing::info!(backup_id = %id, app = %job.target_app, host = %job.host, "restore completed");
             let result = v1::RestoreResult {
-                backup_id: id,
+                backup_id: id.to_string(),
                 app: done.app,
                 host: job.host.clone(),
                 app_state: done.app_state,

@@ -65,11 +65,11 @@ impl Controller {
     /// A catalog row as the CLI sees it.
     pub fn summary(&self, row: &BackupRow) -> v1::BackupSummary {
         v1::BackupSummary {
-            backup_id: row.backup_id.clone(),
+            backup_id: row.backup_id.to_string(),
             app: row.app.clone(),
             host: row.host.clone(),
             status: row.status.as_str().into(),
-            created_at: row.created_at.clone(),
+            created_at: hop3_proto::Manifest::format_time(row.created_at),
             total_size: row.total_size,
             services: row.services.clone(),
             location: self.store.location(&row.app, &row.backup_id),

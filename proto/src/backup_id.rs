@@ -76,6 +76,16 @@ impl FromStr for BackupId {
     }
 }
 
+/// A backup ID is a string that is known to be valid: it reads as one
+/// wherever a `&str` is taken (paths, SQL, messages).
+impl std::ops::Deref for BackupId {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for BackupId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
