@@ -296,7 +296,10 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     }
 }
 
-/// Streams the header, every artifact and the commit to the agent.
+/// Streams the header, every artifact and the commit to the agent. The
+/// small files go first, one after another (a service's load needs the
+/// backup's app.json); then the archives and dumps at the same time, their
+/// frames interleaved, so that the agent unpacks and loads them in parallel.
 async fn send_backup(
     ctl: Arc<Controller>,
     row: BackupRow,
@@ -310,30 +313,56 @@ async fn send_backup(
     if tx.send(msg(Msg::Header(header))).await.is_err() {
         return Ok(());
     }
-    for (id, path) in (0..).zip(manifest.checksums.keys()) {
-        let stream = ctl
-            .store
-            .open_artifact(&row.app, &row.backup_id, path)
-            .await?;
-        let start = v1::ArtifactStart {
-            path: path.clone(),
-            id,
-            ..Default::default()
-        };
-        match artifacts::send(&tx, start, &mut StreamReader::new(stream)).await {
-            Ok(_) => {}
-            Err(SendError::Closed(_)) => return Ok(()),
-            Err(SendError::Read { path, source }) => {
-                return Err(crate::store::StoreError::Io {
-                    context: format!("reading {path}"),
-                    source,
-                }
-                .into());
-            }
+    let bulky = |path: &str| {
+        hop3_proto::format::Archive::of_path(path).is_some()
+            || manifest.services.iter().any(|s| s.backup_file == path)
+    };
+    let (bulk, small): (Vec<_>, Vec<_>) = (0..)
+        .zip(manifest.checksums.keys())
+        .partition(|(_, path)| bulky(path));
+    for (id, path) in small {
+        if !send_one(&ctl, &row, &tx, id, path).await? {
+            return Ok(());
         }
+    }
+    let sent = futures::future::try_join_all(
+        bulk.into_iter()
+            .map(|(id, path)| send_one(&ctl, &row, &tx, id, path)),
+    )
+    .await?;
+    if sent.contains(&false) {
+        return Ok(());
     }
     if advance(&phase, Phase::Committed) {
         let _ = tx.send(msg(Msg::Commit(v1::RestoreCommit {}))).await;
     }
     Ok(())
+}
+
+/// Sends artifact `path` of the backup under `id`; false if the agent hung up.
+async fn send_one(
+    ctl: &Controller,
+    row: &BackupRow,
+    tx: &EventSender<v1::RestoreAppMessage>,
+    id: u32,
+    path: &str,
+) -> Result<bool> {
+    let stream = ctl
+        .store
+        .open_artifact(&row.app, &row.backup_id, path)
+        .await?;
+    let start = v1::ArtifactStart {
+        path: path.to_owned(),
+        id,
+        ..Default::default()
+    };
+    match artifacts::send(tx, start, &mut StreamReader::new(stream)).await {
+        Ok(_) => Ok(true),
+        Err(SendError::Closed(_)) => Ok(false),
+        Err(SendError::Read { path, source }) => Err(crate::store::StoreError::Io {
+            context: format!("reading {path}"),
+            source,
+        }
+        .into()),
+    }
 }
