@@ -213,30 +213,39 @@ impl BackupService for BackupApi {
         &self,
         _req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let mut agents = Vec::new();
-        for a in self.ctl.registry.list() {
-            // Ask online agents for their apps now: heartbeats may be seconds old,
-            // and the in-process agent never sends one.
-            let mut apps = a.apps.clone();
-            if a.online
-                && let Some(mut client) = self.ctl.registry.client_of(&a.host_id)
-                && let Ok(Ok(resp)) = tokio::time::timeout(
-                    std::time::Duration::from_secs(2),
-                    client.list_apps(v1::ListAppsRequest {}),
-                )
-                .await
-            {
-                apps = resp.into_inner().apps;
-            }
-            agents.push(v1::AgentInfo {
+        let listed = self.ctl.registry.list();
+        // Ask online agents for their apps now, all at once: heartbeats may
+        // be seconds old, and the in-process agent never sends one. One that
+        // does not answer in time shows its last heartbeat's list.
+        let online: Vec<_> = listed
+            .iter()
+            .filter(|a| a.online)
+            .filter_map(|a| {
+                self.ctl
+                    .registry
+                    .client_of(&a.host_id)
+                    .map(|c| (a.host_id.clone(), c))
+            })
+            .collect();
+        let mut answers: std::collections::HashMap<String, Vec<String>> = self
+            .ctl
+            .registry
+            .ask_apps(online)
+            .await
+            .into_iter()
+            .filter_map(|(host, _, apps)| apps.map(|apps| (host, apps)))
+            .collect();
+        let agents = listed
+            .into_iter()
+            .map(|a| v1::AgentInfo {
+                apps: answers.remove(&a.host_id).unwrap_or(a.apps),
                 host: a.host_id,
                 address: a.address,
                 version: a.version,
                 online: a.online,
                 last_seen: hop3_proto::manifest::Manifest::format_time(a.last_seen.into()),
-                apps,
-            });
-        }
+            })
+            .collect();
         Ok(Response::new(v1::ListAgentsResponse { agents }))
     }
 

@@ -33,6 +33,9 @@ pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// id from another process is refused.
 const LIVENESS_PROBE: Duration = Duration::from_secs(2);
 
+/// Longest wait for the answers of several agents asked at once.
+pub const FAN_OUT_DEADLINE: Duration = Duration::from_secs(2);
+
 /// Adds the controller's join token to every call to a plain-mode agent
 /// (over TLS the certificate speaks for the controller).
 #[derive(Clone, Default)]
@@ -377,10 +380,45 @@ impl Registry {
             .collect()
     }
 
-    /// The host that serves `app`, asking each online agent now (its list may
-    /// have changed since its last heartbeat).
+    /// The apps each of `hosts` serves, asked of them all at once with one
+    /// deadline for the whole fan-out, so that a hung host delays nobody
+    /// more than [`FAN_OUT_DEADLINE`]: each host's answer, or None.
+    pub async fn ask_apps(
+        &self,
+        hosts: Vec<(String, AgentClient)>,
+    ) -> Vec<(String, AgentClient, Option<Vec<String>>)> {
+        let asks = hosts.into_iter().map(|(host, client)| async move {
+            let asked = tokio::time::timeout(
+                FAN_OUT_DEADLINE,
+                client.clone().list_apps(ListAppsRequest {}),
+            )
+            .await;
+            let apps = match asked {
+                Ok(Ok(resp)) => Some(resp.into_inner().apps),
+                Ok(Err(status)) => {
+                    tracing::warn!(host, error = %status.message(), "agent did not list its apps");
+                    None
+                }
+                Err(_) => {
+                    tracing::warn!(host, "agent did not list its apps in time");
+                    None
+                }
+            };
+            (host, client, apps)
+        });
+        futures::future::join_all(asks).await
+    }
+
+    /// The apps `host` reported with its last heartbeat.
+    pub fn reported_apps(&self, host: &str) -> Vec<String> {
+        let agents = self.agents.read().expect("registry poisoned");
+        agents.get(host).map(|e| e.apps.clone()).unwrap_or_default()
+    }
+
+    /// The host that serves `app`, asking every online agent now, all at
+    /// once (a list may have changed since the last heartbeat); a host that
+    /// does not answer in time is judged by its last heartbeat's list.
     pub async fn find_app(&self, app: &str, host: Option<&str>) -> Result<(String, AgentClient)> {
-        let mut found = Vec::new();
         let candidates = match host {
             Some(h) => vec![(
                 h.to_owned(),
@@ -389,21 +427,11 @@ impl Registry {
             )],
             None => self.online(),
         };
-        for (host, mut client) in candidates {
-            let asked = tokio::time::timeout(
-                Duration::from_secs(10),
-                client.list_apps(ListAppsRequest {}),
-            )
-            .await;
-            match asked {
-                Ok(Ok(resp)) if resp.get_ref().apps.iter().any(|a| a == app) => {
-                    found.push((host, client))
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(status)) => {
-                    tracing::warn!(host, error = %status.message(), "agent did not list its apps")
-                }
-                Err(_) => tracing::warn!(host, "agent did not list its apps in time"),
+        let mut found = Vec::new();
+        for (host, client, apps) in self.ask_apps(candidates).await {
+            let apps = apps.unwrap_or_else(|| self.reported_apps(&host));
+            if apps.iter().any(|a| a == app) {
+                found.push((host, client));
             }
         }
         match found.len() {
