@@ -216,7 +216,7 @@ pub struct AgentView {
     pub host: String,
     pub address: String,
     pub version: String,
-    /// `online` or `offline`.
+    /// `online`, `degraded` (online, but not answering in time) or `offline`.
     pub status: &'static str,
     /// RFC 3339, as the controller gives it.
     pub last_seen: String,
@@ -226,10 +226,10 @@ pub struct AgentView {
 impl From<AgentInfo> for AgentView {
     fn from(a: AgentInfo) -> Self {
         Self {
+            status: agent_status(&a),
             host: a.host,
             address: a.address,
             version: a.version,
-            status: agent_status(a.online),
             last_seen: a.last_seen,
             apps: a.apps,
         }
@@ -237,8 +237,12 @@ impl From<AgentInfo> for AgentView {
 }
 
 /// An agent's status as `agent:list` shows it, in both outputs.
-pub fn agent_status(online: bool) -> &'static str {
-    if online { "online" } else { "offline" }
+pub fn agent_status(a: &AgentInfo) -> &'static str {
+    match (a.online, a.degraded) {
+        (false, _) => "offline",
+        (true, true) => "degraded",
+        (true, false) => "online",
+    }
 }
 
 /// `backup:delete`.
@@ -346,6 +350,7 @@ mod tests {
             online: false,
             last_seen: "2025-11-08T14:30:22Z".into(),
             apps: vec!["blog".into(), "shop".into()],
+            degraded: false,
         };
         let value = serde_json::to_value(AgentView::from(agent)).unwrap();
         assert_eq!(
@@ -356,6 +361,15 @@ mod tests {
                 "apps": ["blog", "shop"]
             })
         );
-        assert_eq!(agent_status(true), "online");
+        let status = |online, degraded| {
+            agent_status(&AgentInfo {
+                online,
+                degraded,
+                ..Default::default()
+            })
+        };
+        assert_eq!(status(true, false), "online");
+        assert_eq!(status(true, true), "degraded");
+        assert_eq!(status(false, true), "offline");
     }
 }

@@ -235,9 +235,14 @@ impl BackupService for BackupApi {
             .into_iter()
             .filter_map(|(host, _, apps)| apps.map(|apps| (host, apps)))
             .collect();
-        let agents = listed
+        // Listed again: the fan-out just updated who is degraded.
+        let agents = self
+            .ctl
+            .registry
+            .list()
             .into_iter()
             .map(|a| v1::AgentInfo {
+                degraded: a.degraded,
                 apps: answers.remove(&a.host_id).unwrap_or(a.apps),
                 host: a.host_id,
                 address: a.address,

@@ -32,6 +32,8 @@ const APP: &str = "shop";
 struct Script {
     /// Claim another digest for data.tar.zst than the bytes it sends.
     lie_about_data: bool,
+    /// Answer ListApps after the controller's fan-out deadline.
+    slow_listing: bool,
 }
 
 /// The artifacts the fake agent's app has, as a format 1.1 backup holds them.
@@ -63,6 +65,9 @@ impl AgentService for FakeAgent {
         &self,
         _: Request<v1::ListAppsRequest>,
     ) -> Result<Response<v1::ListAppsResponse>, Status> {
+        if self.script.slow_listing {
+            tokio::time::sleep(crate::registry::FAN_OUT_DEADLINE * 2).await;
+        }
         Ok(Response::new(v1::ListAppsResponse {
             apps: vec![APP.into()],
         }))
@@ -288,6 +293,7 @@ async fn a_digest_that_does_not_match_fails_the_create_and_leaves_nothing() {
     let agent = FakeAgent {
         script: Script {
             lie_about_data: true,
+            ..Default::default()
         },
         ..Default::default()
     };
@@ -341,4 +347,29 @@ async fn a_restore_sends_every_stored_byte_and_a_delete_removes_them() {
     crate::delete::delete(&ctl, &row).await.unwrap();
     assert!(ctl.catalog.get(&id).await.unwrap().is_none());
     assert!(memory.keys().is_empty(), "{:?}", memory.keys());
+}
+
+#[tokio::test]
+async fn an_agent_that_keeps_missing_the_deadline_is_shown_degraded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = FakeAgent {
+        script: Script {
+            slow_listing: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (ctl, _) = controller(agent, tmp.path()).await;
+    let view = |ctl: &Controller| ctl.registry.list().remove(0);
+    for _ in 0..2 {
+        assert!(!view(&ctl).degraded);
+        // Judged by its heartbeats' list instead (the in-process agent's is empty).
+        let err = create::start(&ctl, create_request()).await.err().unwrap();
+        assert!(
+            matches!(err, crate::error::ControllerError::AppNotFound(_)),
+            "{err}"
+        );
+    }
+    let v = view(&ctl);
+    assert!(v.online && v.degraded, "{v:?}");
 }

@@ -33,6 +33,9 @@ pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(7 * 24 * 3600);
 /// id from another process is refused.
 const LIVENESS_PROBE: Duration = Duration::from_secs(2);
 
+/// Fan-outs in a row an agent must miss to be shown degraded.
+const DEGRADED_AFTER: u32 = 2;
+
 /// Longest wait for the answers of several agents asked at once.
 pub const FAN_OUT_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -74,6 +77,8 @@ struct Entry {
     last_seen: Instant,
     last_seen_at: SystemTime,
     apps: Vec<String>,
+    /// Fan-outs in a row this agent did not answer in time.
+    misses: u32,
     channel: Channel,
     client: AgentClient,
 }
@@ -87,6 +92,8 @@ pub struct AgentView {
     pub online: bool,
     pub last_seen: SystemTime,
     pub apps: Vec<String>,
+    /// Online, but it missed the deadline of the last fan-outs.
+    pub degraded: bool,
 }
 
 /// Registered agents by host id.
@@ -202,6 +209,7 @@ impl Registry {
                 last_seen: Instant::now(),
                 last_seen_at: SystemTime::now(),
                 apps: Vec::new(),
+                misses: 0,
                 client: AgentServiceClient::with_interceptor(
                     channel.clone(),
                     Credential::default(),
@@ -323,6 +331,7 @@ impl Registry {
                 last_seen: now,
                 last_seen_at: SystemTime::now(),
                 apps: hello.apps.clone(),
+                misses: 0,
                 client: self.client(
                     channel.clone(),
                     self.call_token(host_id, &hello.instance).as_deref(),
@@ -360,6 +369,7 @@ impl Registry {
                     e.last_seen_at
                 },
                 apps: e.apps.clone(),
+                degraded: e.online() && e.misses >= DEGRADED_AFTER,
             })
             .collect()
     }
@@ -406,7 +416,14 @@ impl Registry {
             };
             (host, client, apps)
         });
-        futures::future::join_all(asks).await
+        let answers = futures::future::join_all(asks).await;
+        let mut agents = self.agents.write().expect("registry poisoned");
+        for (host, _, apps) in &answers {
+            if let Some(e) = agents.get_mut(host) {
+                e.misses = if apps.is_some() { 0 } else { e.misses + 1 };
+            }
+        }
+        answers
     }
 
     /// The apps `host` reported with its last heartbeat.

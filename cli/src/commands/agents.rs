@@ -53,7 +53,7 @@ pub fn render(agents: &[AgentInfo]) -> String {
             vec![
                 a.host.clone(),
                 a.address.clone(),
-                agent_status(a.online).to_owned(),
+                agent_status(a).to_owned(),
                 format_time(&a.last_seen),
                 app_names(&a.apps),
             ]
@@ -83,6 +83,7 @@ mod tests {
             online,
             last_seen: last_seen.into(),
             apps: apps.iter().map(|s| (*s).to_owned()).collect(),
+            degraded: false,
         }
     }
 

@@ -56,6 +56,7 @@ pub fn agents() -> Vec<AgentInfo> {
             online: true,
             last_seen: "2025-11-08T14:30:22Z".into(),
             apps: vec!["blog".into(), "my-app".into()],
+            degraded: false,
         },
         AgentInfo {
             host: "db-server-2".into(),
@@ -64,6 +65,7 @@ pub fn agents() -> Vec<AgentInfo> {
             online: false,
             last_seen: "2025-11-07T10:30:15.123456+01:00".into(),
             apps: Vec::new(),
+            degraded: false,
         },
     ]
 }
