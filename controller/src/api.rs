@@ -213,20 +213,10 @@ impl BackupService for BackupApi {
         &self,
         _req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        let listed = self.ctl.registry.list();
         // Ask online agents for their apps now, all at once: heartbeats may
         // be seconds old, and the in-process agent never sends one. One that
         // does not answer in time shows its last heartbeat's list.
-        let online: Vec<_> = listed
-            .iter()
-            .filter(|a| a.online)
-            .filter_map(|a| {
-                self.ctl
-                    .registry
-                    .client_of(&a.host_id)
-                    .map(|c| (a.host_id.clone(), c))
-            })
-            .collect();
+        let online = self.ctl.registry.online();
         let mut answers: std::collections::HashMap<String, Vec<String>> = self
             .ctl
             .registry
@@ -235,7 +225,7 @@ impl BackupService for BackupApi {
             .into_iter()
             .filter_map(|(host, _, apps)| apps.map(|apps| (host, apps)))
             .collect();
-        // Listed again: the fan-out just updated who is degraded.
+        // Listed after the fan-out, which updates who is degraded.
         let agents = self
             .ctl
             .registry

@@ -164,6 +164,18 @@ async fn execute(
         }
     };
     let manifest = manifest(job, received, &partial);
+    // What every reader checks, checked before the backup can be COMPLETED:
+    // a backup a restore would refuse must fail now.
+    if let Err(e) = manifest
+        .validate()
+        .and_then(|()| manifest.archives().map(drop))
+    {
+        partial.abort().await;
+        return Err(ControllerError::Protocol {
+            host: job.host.clone(),
+            detail: e.to_string(),
+        });
+    }
     let size = manifest.size_bytes;
     if let Err(e) = partial.commit(&manifest, true).await {
         ctl.store.discard(&job.app, &id).await;

@@ -34,6 +34,8 @@ struct Script {
     lie_about_data: bool,
     /// Answer ListApps after the controller's fan-out deadline.
     slow_listing: bool,
+    /// Send a gzip data archive beside the zstd one.
+    two_data_archives: bool,
 }
 
 /// The artifacts the fake agent's app has, as a format 1.1 backup holds them.
@@ -91,7 +93,10 @@ impl AgentService for FakeAgent {
             .await
             .unwrap();
             // Every artifact open at once, their frames interleaved.
-            let all = artifacts();
+            let mut all = artifacts();
+            if script.two_data_archives {
+                all.insert("data.tar.gz".into(), b"another data archive".to_vec());
+            }
             for (id, path) in (0..).zip(all.keys()) {
                 let start = v1::ArtifactStart {
                     path: path.clone(),
@@ -372,4 +377,27 @@ async fn an_agent_that_keeps_missing_the_deadline_is_shown_degraded() {
     }
     let v = view(&ctl);
     assert!(v.online && v.degraded, "{v:?}");
+}
+
+#[tokio::test]
+async fn a_backup_a_restore_would_refuse_is_never_completed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = FakeAgent {
+        script: Script {
+            two_data_archives: true,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let (ctl, memory) = controller(agent, tmp.path()).await;
+    let err = last(create::start(&ctl, create_request()).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("more than one data archive"),
+        "{err:?}"
+    );
+    let rows = ctl.catalog.list(None, None, 10).await.unwrap();
+    assert_eq!(rows[0].status, BackupStatus::Failed);
+    assert!(memory.keys().is_empty(), "{:?}", memory.keys());
 }

@@ -381,7 +381,8 @@ impl Registry {
         (online.len() == 1).then(|| online[0].0.clone())
     }
 
-    fn online(&self) -> Vec<(String, AgentClient)> {
+    /// Every online agent with its client.
+    pub fn online(&self) -> Vec<(String, AgentClient)> {
         let agents = self.agents.read().expect("registry poisoned");
         agents
             .iter()

@@ -267,11 +267,6 @@ impl<S> Decoder<S> {
         })
     }
 
-    /// Whether an artifact is still open.
-    pub fn is_open(&self, path: &str) -> bool {
-        self.open.values().any(|o| o.path == path)
-    }
-
     /// Whether no artifact is open.
     pub fn is_idle(&self) -> bool {
         self.open.is_empty()

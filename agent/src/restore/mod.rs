@@ -389,8 +389,7 @@ impl Restoring<'_> {
                 Msg::Data(data) => {
                     progress.advance(data.data.len() as u64);
                     let (path, target) = decoder.data(&data).map_err(protocol)?;
-                    let path = path.to_owned();
-                    target.write(&path, data.data).await?;
+                    target.write(path, data.data).await?;
                 }
                 Msg::End(end) => {
                     let ended = decoder.end(end).map_err(protocol)?;

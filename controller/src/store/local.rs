@@ -208,7 +208,7 @@ impl Staging for LocalStaging {
         set_mode(&path, 0o600).await?;
         f.write_all(&manifest).await?;
         f.sync_all().await?;
-        if self.dir.join("services").exists() {
+        if fs::try_exists(self.dir.join("services")).await? {
             sync_dir(&self.dir.join("services")).await?;
         }
         sync_dir(&self.dir).await?;

@@ -431,11 +431,6 @@ pub struct ArtifactWriter {
 }
 
 impl ArtifactWriter {
-    /// The artifact's path in the backup.
-    pub fn path(&self) -> &str {
-        &self.path
-    }
-
     /// Appends bytes.
     pub async fn write(&mut self, bytes: &[u8]) -> Result<()> {
         self.sink
