@@ -292,28 +292,36 @@ async fn a_create_stores_interleaved_artifacts_and_commits_the_manifest_last() {
     );
 }
 
-#[tokio::test]
-async fn a_digest_that_does_not_match_fails_the_create_and_leaves_nothing() {
+/// Runs a create against an agent following `script`, which must fail:
+/// the row FAILED and nothing left in the store. Returns the error.
+async fn failed_create(script: Script) -> Status {
     let tmp = tempfile::tempdir().unwrap();
     let agent = FakeAgent {
-        script: Script {
-            lie_about_data: true,
-            ..Default::default()
-        },
+        script,
         ..Default::default()
     };
     let (ctl, memory) = controller(agent, tmp.path()).await;
     let err = last(create::start(&ctl, create_request()).await.unwrap())
         .await
         .unwrap_err();
-    assert!(
-        err.message().contains("Checksum mismatch") && err.message().contains("data.tar.zst"),
-        "{err:?}"
-    );
     let rows = ctl.catalog.list(None, None, 10).await.unwrap();
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0].status, BackupStatus::Failed);
     assert!(memory.keys().is_empty(), "{:?}", memory.keys());
+    err
+}
+
+#[tokio::test]
+async fn a_digest_that_does_not_match_fails_the_create_and_leaves_nothing() {
+    let err = failed_create(Script {
+        lie_about_data: true,
+        ..Default::default()
+    })
+    .await;
+    assert!(
+        err.message().contains("Checksum mismatch") && err.message().contains("data.tar.zst"),
+        "{err:?}"
+    );
 }
 
 #[tokio::test]
@@ -381,23 +389,13 @@ async fn an_agent_that_keeps_missing_the_deadline_is_shown_degraded() {
 
 #[tokio::test]
 async fn a_backup_a_restore_would_refuse_is_never_completed() {
-    let tmp = tempfile::tempdir().unwrap();
-    let agent = FakeAgent {
-        script: Script {
-            two_data_archives: true,
-            ..Default::default()
-        },
+    let err = failed_create(Script {
+        two_data_archives: true,
         ..Default::default()
-    };
-    let (ctl, memory) = controller(agent, tmp.path()).await;
-    let err = last(create::start(&ctl, create_request()).await.unwrap())
-        .await
-        .unwrap_err();
+    })
+    .await;
     assert!(
         err.message().contains("more than one data archive"),
         "{err:?}"
     );
-    let rows = ctl.catalog.list(None, None, 10).await.unwrap();
-    assert_eq!(rows[0].status, BackupStatus::Failed);
-    assert!(memory.keys().is_empty(), "{:?}", memory.keys());
 }
