@@ -3,6 +3,7 @@
 //! hashed artifacts, and restores a streamed backup by staging it beside the
 //! app and swapping it in.
 
+mod app_watch;
 mod apps;
 mod archive;
 mod backup;
@@ -21,6 +22,8 @@ mod state;
 mod swap;
 mod trees;
 
+/// The host's app list, kept current (what heartbeats report).
+pub use app_watch::{AppsSeen, watch as watch_apps};
 /// A host's Hop3 root (`apps/` and the agent's state directory).
 pub use apps::HostRoot;
 /// Who may call the agent: the controller by TLS name, by call token, or in-process.

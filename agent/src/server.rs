@@ -116,22 +116,32 @@ pub async fn register_loop(
     let mut registered = false;
     // Tells this process's registrations from another's under the same host id.
     let instance = hex::encode(rand::random::<[u8; 16]>());
+    let mut apps = crate::app_watch::watch(state.root.clone()).await;
+    // The digest of the list the controller last took whole: until it
+    // changes, heartbeats carry only the digest.
+    let mut sent: Option<String> = None;
     loop {
-        let apps = state.root.list_apps().await.unwrap_or_default();
+        let seen = apps.borrow_and_update().clone();
+        let digest = hop3_proto::app_list::digest(&seen.apps);
+        let whole = sent.as_deref() != Some(digest.as_str());
         let mut req = tonic::Request::new(RegisterRequest {
             host_id: state.host_id.clone(),
             address: advertise.clone(),
             version: hop3_proto::HOP3_VERSION.into(),
-            apps,
+            apps: if whole { seen.apps } else { Vec::new() },
             instance: instance.clone(),
+            apps_digest: digest.clone(),
+            apps_included: whole,
+            apps_stale: seen.stale,
         });
         if let Some((join, _)) = &join {
             req.metadata_mut().insert("authorization", join.header());
         }
         let wait = match client.register(req).await {
             Ok(resp) => {
+                let resp = resp.into_inner();
                 if let Some((_, calls)) = &join {
-                    calls.set(&resp.get_ref().call_token);
+                    calls.set(&resp.call_token);
                 }
                 if !registered {
                     tracing::info!(controller, host_id = %state.host_id, "registered with the controller");
@@ -142,13 +152,24 @@ pub async fn register_loop(
                     }
                     registered = true;
                 }
-                Duration::from_secs(resp.into_inner().heartbeat_seconds.clamp(1, 300) as u64)
+                if resp.send_apps && !whole {
+                    // The controller lost the list (it restarted): at once.
+                    sent = None;
+                    continue;
+                }
+                sent = Some(digest);
+                Duration::from_secs(resp.heartbeat_seconds.clamp(1, 300) as u64)
             }
             Err(status) => {
                 tracing::warn!(controller, error = %status.message(), "cannot register with the controller; retrying");
+                sent = None;
                 REGISTER_RETRY
             }
         };
-        tokio::time::sleep(wait).await;
+        // A changed list goes up at once, not at the next heartbeat.
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            changed = apps.changed() => if changed.is_err() { return },
+        }
     }
 }

@@ -213,19 +213,8 @@ impl BackupService for BackupApi {
         &self,
         _req: Request<v1::ListAgentsRequest>,
     ) -> Result<Response<v1::ListAgentsResponse>, Status> {
-        // Ask online agents for their apps now, all at once: heartbeats may
-        // be seconds old, and the in-process agent never sends one. One that
-        // does not answer in time shows its last heartbeat's list.
-        let online = self.ctl.registry.online();
-        let mut answers: std::collections::HashMap<String, Vec<String>> = self
-            .ctl
-            .registry
-            .ask_apps(online)
-            .await
-            .into_iter()
-            .filter_map(|(host, _, apps)| apps.map(|apps| (host, apps)))
-            .collect();
-        // Listed after the fan-out, which updates who is degraded.
+        // The index the agents keep current: no agent is asked, so a hung
+        // one delays nothing.
         let agents = self
             .ctl
             .registry
@@ -233,7 +222,7 @@ impl BackupService for BackupApi {
             .into_iter()
             .map(|a| v1::AgentInfo {
                 degraded: a.degraded,
-                apps: answers.remove(&a.host_id).unwrap_or(a.apps),
+                apps: a.apps,
                 host: a.host_id,
                 address: a.address,
                 version: a.version,
@@ -310,11 +299,15 @@ impl AgentRegistry for RegistryApi {
             version: req.version,
             apps: req.apps,
             instance: req.instance,
+            apps_digest: (!req.apps_digest.is_empty()).then_some(req.apps_digest),
+            apps_included: req.apps_included,
+            apps_stale: req.apps_stale,
         };
-        let call_token = self.ctl.registry.register(&hello).await?;
+        let welcome = self.ctl.registry.register(&hello).await?;
         Ok(Response::new(v1::RegisterResponse {
             heartbeat_seconds: HEARTBEAT.as_secs() as u32,
-            call_token,
+            call_token: welcome.call_token,
+            send_apps: welcome.send_apps,
         }))
     }
 }

@@ -1,5 +1,7 @@
 //! The agents the controller knows: who they are, where they listen, when
-//! they were last heard from.
+//! they were last heard from, and which apps each serves (the index the
+//! controller finds an app's host by, kept current by the agents'
+//! heartbeats, so that no request waits on asking them).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -36,6 +38,12 @@ const LIVENESS_PROBE: Duration = Duration::from_secs(2);
 /// Fan-outs in a row an agent must miss to be shown degraded.
 const DEGRADED_AFTER: u32 = 2;
 
+/// How long missed fan-out deadlines keep an agent shown degraded.
+const MISSES_COUNT_FOR: Duration = Duration::from_secs(60);
+
+/// A heartbeat older than this is late: two were missed.
+const HEARTBEAT_LATE: Duration = Duration::from_secs(2 * HEARTBEAT.as_secs() + 1);
+
 /// Longest wait for the answers of several agents asked at once.
 pub const FAN_OUT_DEADLINE: Duration = Duration::from_secs(2);
 
@@ -62,9 +70,27 @@ pub struct Hello {
     pub host_id: String,
     pub address: String,
     pub version: String,
+    /// The agent's apps, when it sent them whole (see `apps_digest`).
     pub apps: Vec<String>,
     /// Random per agent process.
     pub instance: String,
+    /// The digest of the agent's current app list; None from an agent that
+    /// sends its whole list with every heartbeat.
+    pub apps_digest: Option<String>,
+    /// Whether `apps` is the whole list.
+    pub apps_included: bool,
+    /// The agent cannot read its apps directory now.
+    pub apps_stale: bool,
+}
+
+/// What the controller answers a registration.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Welcome {
+    /// The token the agent is to ask of the controller's calls (plain mode;
+    /// empty over TLS).
+    pub call_token: String,
+    /// The registry does not hold the app list the agent's digest names.
+    pub send_apps: bool,
 }
 
 #[derive(Clone)]
@@ -77,8 +103,14 @@ struct Entry {
     last_seen: Instant,
     last_seen_at: SystemTime,
     apps: Vec<String>,
+    /// `hop3_proto::app_list::digest` of `apps`.
+    apps_digest: String,
+    /// The agent said it cannot read its apps directory now.
+    apps_stale: bool,
     /// Fan-outs in a row this agent did not answer in time.
     misses: u32,
+    /// When it last did not.
+    missed_at: Option<Instant>,
     channel: Channel,
     client: AgentClient,
 }
@@ -92,7 +124,8 @@ pub struct AgentView {
     pub online: bool,
     pub last_seen: SystemTime,
     pub apps: Vec<String>,
-    /// Online, but it missed the deadline of the last fan-outs.
+    /// Online, but late with its heartbeats, unable to list its apps, or
+    /// it missed the deadline of the last fan-outs.
     pub degraded: bool,
 }
 
@@ -209,7 +242,10 @@ impl Registry {
                 last_seen: Instant::now(),
                 last_seen_at: SystemTime::now(),
                 apps: Vec::new(),
+                apps_digest: hop3_proto::app_list::digest(&[]),
+                apps_stale: false,
                 misses: 0,
+                missed_at: None,
                 client: AgentServiceClient::with_interceptor(
                     channel.clone(),
                     Credential::default(),
@@ -267,35 +303,45 @@ impl Registry {
     /// always): one that is down, or restarted and not yet registered, is
     /// taken over.
     ///
-    /// Returns the token the agent is to ask of the controller's calls
-    /// (plain mode; empty over TLS).
-    pub async fn register(&self, hello: &Hello) -> Result<String> {
-        let token = self
+    /// Returns the agent's call token, and whether it is to send its app
+    /// list whole.
+    pub async fn register(&self, hello: &Hello) -> Result<Welcome> {
+        let call_token = self
             .call_token(&hello.host_id, &hello.instance)
             .unwrap_or_default();
-        if let Some(holder) = self.record(hello, false)? {
-            if still_serving(holder).await {
-                let address = self
-                    .agents
-                    .read()
-                    .expect("registry poisoned")
-                    .get(&hello.host_id)
-                    .map(|e| e.address.clone())
-                    .unwrap_or_default();
-                tracing::warn!(host_id = %hello.host_id, claimed_by = %hello.address, held_by = %address, "refused a registration under the host id of a live agent");
-                return Err(ControllerError::HostTaken {
-                    host: hello.host_id.clone(),
-                    address,
-                });
+        let recorded = self.record(hello, false)?;
+        let send_apps = match recorded {
+            Recorded::Held(holder) => {
+                if still_serving(holder).await {
+                    let address = self
+                        .agents
+                        .read()
+                        .expect("registry poisoned")
+                        .get(&hello.host_id)
+                        .map(|e| e.address.clone())
+                        .unwrap_or_default();
+                    tracing::warn!(host_id = %hello.host_id, claimed_by = %hello.address, held_by = %address, "refused a registration under the host id of a live agent");
+                    return Err(ControllerError::HostTaken {
+                        host: hello.host_id.clone(),
+                        address,
+                    });
+                }
+                match self.record(hello, true)? {
+                    Recorded::Done { send_apps } => send_apps,
+                    Recorded::Held(_) => unreachable!("a take-over records"),
+                }
             }
-            self.record(hello, true)?;
-        }
-        Ok(token)
+            Recorded::Done { send_apps } => send_apps,
+        };
+        Ok(Welcome {
+            call_token,
+            send_apps,
+        })
     }
 
     /// Records `hello`, or gives back the channel of the live agent of
     /// another process that holds its host id (unless `take_over`).
-    fn record(&self, hello: &Hello, take_over: bool) -> Result<Option<Channel>> {
+    fn record(&self, hello: &Hello, take_over: bool) -> Result<Recorded> {
         let mut agents = self.agents.write().expect("registry poisoned");
         // An agent forgotten for its silence that calls in again is new.
         self.expire(&mut agents);
@@ -313,33 +359,56 @@ impl Registry {
                 e.last_seen = now;
                 e.last_seen_at = SystemTime::now();
                 e.version.clone_from(&hello.version);
-                e.apps.clone_from(&hello.apps);
-                return Ok(None);
+                let send_apps = e.take_apps(host_id, hello);
+                return Ok(Recorded::Done { send_apps });
             }
-            Some(e) if e.online() && !take_over => return Ok(Some(e.channel.clone())),
+            Some(e) if e.online() && !take_over => {
+                return Ok(Recorded::Held(e.channel.clone()));
+            }
             _ => {}
         }
         tracing::info!(host_id, address = %hello.address, version = %hello.version, "agent registered");
         let channel = agent_channel(&hello.address, host_id, self.tls.as_ref())?;
-        agents.insert(
-            host_id.to_owned(),
-            Entry {
-                address: hello.address.clone(),
-                version: hello.version.clone(),
-                pinned: false,
-                instance: hello.instance.clone(),
-                last_seen: now,
-                last_seen_at: SystemTime::now(),
-                apps: hello.apps.clone(),
-                misses: 0,
-                client: self.client(
-                    channel.clone(),
-                    self.call_token(host_id, &hello.instance).as_deref(),
-                ),
-                channel,
-            },
-        );
-        Ok(None)
+        let mut entry = Entry {
+            address: hello.address.clone(),
+            version: hello.version.clone(),
+            pinned: false,
+            instance: hello.instance.clone(),
+            last_seen: now,
+            last_seen_at: SystemTime::now(),
+            apps: Vec::new(),
+            apps_digest: String::new(),
+            apps_stale: false,
+            misses: 0,
+            missed_at: None,
+            client: self.client(
+                channel.clone(),
+                self.call_token(host_id, &hello.instance).as_deref(),
+            ),
+            channel,
+        };
+        let send_apps = entry.take_apps(host_id, hello);
+        agents.insert(host_id.to_owned(), entry);
+        Ok(Recorded::Done { send_apps })
+    }
+
+    /// Records the app list of the in-process agent, which has no
+    /// heartbeat to bring it.
+    pub fn report_local_apps(&self, host_id: &str, apps: Vec<String>, stale: bool) {
+        let mut agents = self.agents.write().expect("registry poisoned");
+        if let Some(e) = agents.get_mut(host_id).filter(|e| e.pinned) {
+            let hello = Hello {
+                host_id: host_id.to_owned(),
+                address: e.address.clone(),
+                version: e.version.clone(),
+                apps_digest: None,
+                apps,
+                instance: String::new(),
+                apps_included: true,
+                apps_stale: stale,
+            };
+            e.take_apps(host_id, &hello);
+        }
     }
 
     /// The client of an online agent.
@@ -369,7 +438,7 @@ impl Registry {
                     e.last_seen_at
                 },
                 apps: e.apps.clone(),
-                degraded: e.online() && e.misses >= DEGRADED_AFTER,
+                degraded: e.degraded(),
             })
             .collect()
     }
@@ -421,21 +490,35 @@ impl Registry {
         let mut agents = self.agents.write().expect("registry poisoned");
         for (host, _, apps) in &answers {
             if let Some(e) = agents.get_mut(host) {
-                e.misses = if apps.is_some() { 0 } else { e.misses + 1 };
+                if apps.is_some() {
+                    e.misses = 0;
+                } else {
+                    e.misses += 1;
+                    e.missed_at = Some(Instant::now());
+                }
             }
         }
         answers
     }
 
-    /// The apps `host` reported with its last heartbeat.
-    pub fn reported_apps(&self, host: &str) -> Vec<String> {
+    /// The online hosts among `hosts` whose reported apps include `app`.
+    fn claimants(&self, app: &str, hosts: &[(String, AgentClient)]) -> Vec<(String, AgentClient)> {
         let agents = self.agents.read().expect("registry poisoned");
-        agents.get(host).map(|e| e.apps.clone()).unwrap_or_default()
+        hosts
+            .iter()
+            .filter(|(h, _)| {
+                agents
+                    .get(h)
+                    .is_some_and(|e| e.apps.iter().any(|a| a == app))
+            })
+            .cloned()
+            .collect()
     }
 
-    /// The host that serves `app`, asking every online agent now, all at
-    /// once (a list may have changed since the last heartbeat); a host that
-    /// does not answer in time is judged by its last heartbeat's list.
+    /// The host that serves `app` (on `host` when named), by the apps the
+    /// agents reported: no agent is asked. Only when none reported it
+    /// (an app made in the last second) are the candidates asked, all at
+    /// once, within [`FAN_OUT_DEADLINE`].
     pub async fn find_app(&self, app: &str, host: Option<&str>) -> Result<(String, AgentClient)> {
         let candidates = match host {
             Some(h) => vec![(
@@ -445,11 +528,12 @@ impl Registry {
             )],
             None => self.online(),
         };
-        let mut found = Vec::new();
-        for (host, client, apps) in self.ask_apps(candidates).await {
-            let apps = apps.unwrap_or_else(|| self.reported_apps(&host));
-            if apps.iter().any(|a| a == app) {
-                found.push((host, client));
+        let mut found = self.claimants(app, &candidates);
+        if found.is_empty() {
+            for (host, client, apps) in self.ask_apps(candidates).await {
+                if apps.is_some_and(|apps| apps.iter().any(|a| a == app)) {
+                    found.push((host, client));
+                }
             }
         }
         match found.len() {
@@ -467,9 +551,50 @@ impl Registry {
     }
 }
 
+/// What recording a registration did.
+enum Recorded {
+    /// Recorded; whether the agent is to send its app list whole.
+    Done { send_apps: bool },
+    /// Not recorded: a live agent of another process holds the host id.
+    Held(Channel),
+}
+
 impl Entry {
     fn online(&self) -> bool {
         self.pinned || self.last_seen.elapsed() < OFFLINE_AFTER
+    }
+
+    /// Online but not to be relied on: heartbeats late (a frozen or
+    /// overloaded host), its apps unreadable, or its answers too slow.
+    fn degraded(&self) -> bool {
+        let late = !self.pinned && self.last_seen.elapsed() > HEARTBEAT_LATE;
+        // Nothing may ask again soon (the index answers most questions):
+        // missed deadlines count for a while, not for ever.
+        let missing = self.misses >= DEGRADED_AFTER
+            && self
+                .missed_at
+                .is_some_and(|t| t.elapsed() < MISSES_COUNT_FOR);
+        self.online() && (late || self.apps_stale || missing)
+    }
+
+    /// Takes the app list `hello` brings, whole or as a digest; true when
+    /// the digest names a list the registry does not hold.
+    fn take_apps(&mut self, host_id: &str, hello: &Hello) -> bool {
+        self.apps_stale = hello.apps_stale;
+        let digest = match &hello.apps_digest {
+            Some(d) if !hello.apps_included => {
+                return *d != self.apps_digest;
+            }
+            _ => hop3_proto::app_list::digest(&hello.apps),
+        };
+        if digest != self.apps_digest {
+            tracing::debug!(host_id, apps = hello.apps.len(), "agent's app list changed");
+            let mut apps = hello.apps.clone();
+            apps.sort();
+            self.apps = apps;
+            self.apps_digest = digest;
+        }
+        false
     }
 
     /// Whether an agent silent for `after` is to be forgotten: never the
@@ -496,8 +621,11 @@ mod tests {
             host_id: host_id.into(),
             address: "http://127.0.0.1:2".into(),
             version: "v".into(),
+            apps_digest: Some(hop3_proto::app_list::digest(&apps)),
             apps,
             instance: "one".into(),
+            apps_included: true,
+            apps_stale: false,
         }
     }
 
@@ -578,7 +706,7 @@ mod tests {
             apps: vec!["new".into()],
             ..hello("web-1", vec![])
         };
-        let token = r.register(&next).await.unwrap();
+        let token = r.register(&next).await.unwrap().call_token;
         let web = r.list().into_iter().find(|v| v.host_id == "web-1").unwrap();
         assert_eq!(web.apps, ["new"]);
         // Each agent process has a call token of its own.
@@ -588,7 +716,113 @@ mod tests {
             r.register(&hello("web-1", vec![]))
                 .await
                 .unwrap_or_default()
+                .call_token
         );
         assert_ne!(token, r.call_token("web-2", "two").unwrap());
+    }
+
+    /// A heartbeat that carries only the digest of `apps`.
+    fn beat(host_id: &str, apps: &[&str]) -> Hello {
+        let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
+        Hello {
+            apps_included: false,
+            apps_digest: Some(hop3_proto::app_list::digest(&apps)),
+            apps: Vec::new(),
+            ..hello(host_id, Vec::new())
+        }
+    }
+
+    fn apps_of(r: &Registry, host_id: &str) -> Vec<String> {
+        r.list()
+            .into_iter()
+            .find(|v| v.host_id == host_id)
+            .unwrap()
+            .apps
+    }
+
+    #[tokio::test]
+    async fn heartbeats_keep_the_app_index_with_digests() {
+        let r = Registry::new(None, true, None);
+        let welcome = r
+            .register(&hello("web-1", vec!["b".into(), "a".into()]))
+            .await
+            .unwrap();
+        assert!(!welcome.send_apps);
+        assert_eq!(apps_of(&r, "web-1"), ["a", "b"]);
+        // The same list by its digest: nothing to send.
+        assert!(
+            !r.register(&beat("web-1", &["a", "b"]))
+                .await
+                .unwrap()
+                .send_apps
+        );
+        assert_eq!(apps_of(&r, "web-1"), ["a", "b"]);
+        // A digest of a list the registry lacks: the agent is asked for it
+        // and the old list stands meanwhile.
+        assert!(r.register(&beat("web-1", &["a"])).await.unwrap().send_apps);
+        assert_eq!(apps_of(&r, "web-1"), ["a", "b"]);
+        r.register(&hello("web-1", vec!["a".into()])).await.unwrap();
+        assert_eq!(apps_of(&r, "web-1"), ["a"]);
+        // A controller that restarted knows no list: a digest alone asks for it.
+        let fresh = Registry::new(None, true, None);
+        assert!(fresh.register(&beat("web-1", &[])).await.unwrap().send_apps);
+        // An agent without digests sends its whole list every time.
+        let old = Hello {
+            apps_digest: None,
+            apps_included: false,
+            ..hello("web-2", vec!["c".into()])
+        };
+        assert!(!r.register(&old).await.unwrap().send_apps);
+        assert_eq!(apps_of(&r, "web-2"), ["c"]);
+    }
+
+    #[tokio::test]
+    async fn apps_are_found_by_the_index_without_asking() {
+        // Nothing listens at the agents' address: any ask would fail.
+        let r = Registry::new(None, true, None);
+        r.register(&hello("web-1", vec!["shop".into(), "blog".into()]))
+            .await
+            .unwrap();
+        r.register(&hello("web-2", vec!["blog".into()]))
+            .await
+            .unwrap();
+        assert_eq!(r.find_app("shop", None).await.unwrap().0, "web-1");
+        assert!(matches!(
+            r.find_app("blog", None).await,
+            Err(ControllerError::Ambiguous { hosts, .. }) if hosts == "web-1, web-2"
+        ));
+        assert_eq!(r.find_app("blog", Some("web-2")).await.unwrap().0, "web-2");
+        assert!(matches!(
+            r.find_app("nope", None).await,
+            Err(ControllerError::AppNotFound(_))
+        ));
+        assert!(matches!(
+            r.find_app("shop", Some("web-3")).await,
+            Err(ControllerError::HostOffline(_))
+        ));
+        // An offline host's apps are not found there.
+        silence(&r, "web-2", OFFLINE_AFTER + Duration::from_secs(1));
+        assert_eq!(r.find_app("blog", None).await.unwrap().0, "web-1");
+    }
+
+    #[tokio::test]
+    async fn late_heartbeats_and_unreadable_apps_show_degraded() {
+        let r = Registry::new(None, true, None);
+        r.register(&hello("web-1", vec![])).await.unwrap();
+        let degraded = |r: &Registry| r.list()[0].degraded;
+        assert!(!degraded(&r));
+        silence(&r, "web-1", HEARTBEAT_LATE + Duration::from_secs(1));
+        assert!(degraded(&r));
+        r.register(&hello("web-1", vec![])).await.unwrap();
+        assert!(!degraded(&r));
+        let stale = Hello {
+            apps_stale: true,
+            ..beat("web-1", &[])
+        };
+        r.register(&stale).await.unwrap();
+        assert!(degraded(&r));
+        // Offline is offline, not degraded.
+        silence(&r, "web-1", OFFLINE_AFTER + Duration::from_secs(1));
+        assert!(!degraded(&r) && !r.list()[0].online);
     }
 }

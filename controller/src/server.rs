@@ -113,6 +113,21 @@ pub async fn run(
         // No port: only this process holds the other end of its connections.
         let (channel, incoming) = crate::in_process::channel();
         ctl.registry.pin_local(&state.host_id, channel);
+        // The in-process agent has no heartbeat: its app list is fed to
+        // the index as it changes.
+        let mut apps = hop3_agent::watch_apps(state.root.clone()).await;
+        let (index, host_id) = (ctl.clone(), state.host_id.clone());
+        tokio::spawn(async move {
+            loop {
+                let seen = apps.borrow_and_update().clone();
+                index
+                    .registry
+                    .report_local_apps(&host_id, seen.apps, seen.stale);
+                if apps.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
         tracing::info!(root = %config.agent.root.display(), host_id = %state.host_id, "local agent serving in-process");
         tokio::spawn(async move {
             if let Err(e) = hop3_agent::server::serve(

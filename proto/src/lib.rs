@@ -2,6 +2,7 @@
 //! the gRPC services (package `hop3.backup.v1`) and the on-disk formats 1.0
 //! and 1.1 (backup IDs, `metadata.json`, checksums, names).
 
+pub mod app_list;
 pub mod backup_id;
 pub mod checksum;
 pub mod format;

@@ -59,7 +59,26 @@ pub fn render(agents: &[AgentInfo]) -> String {
             ]
         })
         .collect();
-    render_table(&["HOST", "ADDRESS", "STATUS", "LAST SEEN", "APPS"], &rows)
+    let mut text = render_table(&["HOST", "ADDRESS", "STATUS", "LAST SEEN", "APPS"], &rows);
+    for (app, hosts) in shared_apps(agents) {
+        text.push_str(&format!(
+            "! App {app} is on {}: name the host with --host for backup:create\n",
+            hosts.join(", ")
+        ));
+    }
+    text
+}
+
+/// The app names more than one online host claims, with those hosts: an
+/// app found by name alone is ambiguous then.
+fn shared_apps(agents: &[AgentInfo]) -> Vec<(&str, Vec<&str>)> {
+    let mut hosts_of: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for a in agents.iter().filter(|a| a.online) {
+        for app in &a.apps {
+            hosts_of.entry(app).or_default().push(&a.host);
+        }
+    }
+    hosts_of.into_iter().filter(|(_, h)| h.len() > 1).collect()
 }
 
 /// The apps an agent serves, comma-joined, or `-`.
@@ -114,6 +133,21 @@ db-server-2  http://db-server-2:7411  offline  2025-11-07 09:30:15  -
         assert_eq!(
             text.lines().nth(1),
             Some("h     http://h:7411  offline  -          a")
+        );
+    }
+
+    #[test]
+    fn an_app_on_two_online_hosts_is_pointed_out() {
+        let agents = [
+            agent("web-1", true, "", &["blog", "shop"]),
+            agent("web-2", true, "", &["shop"]),
+            agent("old", false, "", &["blog"]),
+        ];
+        let text = render(&agents);
+        let notes: Vec<&str> = text.lines().filter(|l| l.starts_with('!')).collect();
+        assert_eq!(
+            notes,
+            ["! App shop is on web-1, web-2: name the host with --host for backup:create"]
         );
     }
 

@@ -383,6 +383,7 @@ fn register(url: &str, host_id: &str, address: &str, token: Option<&str>) -> Res
                 version: hop3_proto::HOP3_VERSION.to_owned(),
                 apps: vec!["evil-app".to_owned()],
                 instance: "impostor".to_owned(),
+                ..Default::default()
             },
             token,
         )?;

@@ -14,6 +14,7 @@ use hop3_tests::harness::{LOCAL_HOST_ID, du, list_dir, wait_until};
 use hop3_tests::servers::{self, Postgres, diff_lines};
 use hop3_tests::snapshot::{self, Snapshot};
 use hop3_tests::{Output, System};
+use rustix::process::Signal;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -247,6 +248,16 @@ fn the_same_app_on_two_hosts_needs_a_host_named() -> Result<()> {
     let listed = sys.list(&[])?;
     ensure!(listed.is_empty(), "a refused create left {listed:?}");
     ensure!(sys.partials()?.is_empty());
+    // agent:list points the clash out.
+    let agents = sys.hop3(["agent:list"]).success()?;
+    ensure!(
+        agents
+            .stdout
+            .lines()
+            .any(|l| l.contains("shop") && l.contains("host-a, host-b") && l.contains("--host")),
+        "agent:list does not point out shop on two hosts\n{}",
+        agents.report()
+    );
 
     let from_b = sys.create_on("shop", "host-b")?;
     let from_a = sys.create_on("shop", "host-a")?;
@@ -542,5 +553,118 @@ fn agents_silent_for_longer_than_the_expiry_are_forgotten() -> Result<()> {
         "{}",
         out.report()
     );
+    Ok(())
+}
+
+/// Hosts in the large fleet, and how many of them freeze.
+const FLEET: usize = 100;
+const FROZEN: usize = 10;
+
+fn fleet_host(i: usize) -> String {
+    format!("fleet-{i:03}")
+}
+
+/// A hundred agents on one controller, ten of them frozen (SIGSTOP: their
+/// connections stay open, nothing answers). Finding an app's host, a
+/// backup and a restore on a healthy host, and `agent:list` go on as if
+/// nothing were frozen, because the controller's app index needs no
+/// agent's answer; done before the frozen hosts' heartbeats lapse (15 s),
+/// which this checks, so they were done while the frozen hosts counted as
+/// online. The figures are `tests/bench/fleet.sh`'s.
+#[test]
+fn a_hundred_hosts_with_ten_frozen_stall_nothing() -> Result<()> {
+    let mut sys = System::builder().local_agent(false).start()?;
+    let app = App::build(
+        &sys.agent_root(&fleet_host(0))?,
+        "shop",
+        211,
+        &sys.scratch("fixtures")?,
+    )?;
+    let original = Snapshot::of(&app.dir)?;
+    // Every other host serves a small app of its own (an app is a directory
+    // with its app.json), so that the index is a hundred hosts' worth.
+    for i in 1..FLEET {
+        let dir = sys.agent_root(&fleet_host(i))?.join(format!("apps/app{i}"));
+        fs::create_dir_all(&dir)?;
+        fs::write(dir.join("app.json"), "{}")?;
+    }
+    for i in 0..FLEET {
+        sys.start_agent(&fleet_host(i))?;
+    }
+    let all_online = |sys: &System| -> Result<Option<Vec<AgentRow>>> {
+        let agents = sys.agents()?;
+        Ok(
+            (agents.len() == FLEET && agents.iter().all(|a| a.status == "online"))
+                .then_some(agents),
+        )
+    };
+    let agents = wait_until(HEARTBEAT_DEADLINE, "all agents online", || all_online(&sys))?;
+    let frozen_app = format!("app{}", FLEET - 1);
+    ensure!(
+        agents
+            .iter()
+            .find(|a| a.host == fleet_host(FLEET - 1))
+            .is_some_and(|a| a.apps == [frozen_app.clone()]),
+        "{agents:?}"
+    );
+
+    let frozen: Vec<String> = (FLEET - FROZEN..FLEET).map(fleet_host).collect();
+    for host in &frozen {
+        sys.agent(host).process.signal(Signal::STOP);
+    }
+    let frozen_at = std::time::Instant::now();
+
+    let created = sys.create("shop")?;
+    ensure!(created.host == fleet_host(0), "{created:?}");
+    app.mutate(&sys.scratch("mutation")?)?;
+    let restored = sys.restore(&created.backup_id, None)?;
+    ensure!(restored.host == fleet_host(0), "{restored:?}");
+    original.assert_same(&Snapshot::of(&app.dir)?, "shop after its restore")?;
+    let agents = sys.agents()?;
+    ensure!(agents.len() == FLEET, "{agents:?}");
+    // An app no host has is asked of the online hosts, all at once, and
+    // said to be missing, the frozen hosts' answers not awaited.
+    sys.hop3(["backup:create", "nowhere"])
+        .failure(&["nowhere", "not found"])?;
+    // Still within the frozen hosts' heartbeat grace: all of this ran while
+    // the controller took them for online.
+    let took = frozen_at.elapsed();
+    let rows = sys.agents()?;
+    let still_counted: Vec<&AgentRow> = rows
+        .iter()
+        .filter(|a| frozen.contains(&a.host) && a.status != "offline")
+        .collect();
+    ensure!(
+        still_counted.len() == FROZEN,
+        "the operations on a healthy host took {took:?}, long enough for the frozen hosts to go offline: {rows:?}"
+    );
+
+    // Frozen hosts are shown degraded once their heartbeats are late, and
+    // offline once they lapse; a thawed one comes back online.
+    let mut degraded = false;
+    wait_until(OFFLINE_DEADLINE, "the frozen hosts offline", || {
+        let rows = sys.agents()?;
+        let states: Vec<&str> = rows
+            .iter()
+            .filter(|a| frozen.contains(&a.host))
+            .map(|a| a.status.as_str())
+            .collect();
+        degraded |= states.contains(&"degraded");
+        Ok(states.iter().all(|s| *s == "offline").then_some(()))
+    })?;
+    ensure!(degraded, "no frozen host was ever shown degraded");
+    ensure!(
+        sys.agents()?
+            .iter()
+            .filter(|a| !frozen.contains(&a.host))
+            .all(|a| a.status == "online"),
+        "a healthy host is not online"
+    );
+    for host in &frozen {
+        sys.agent(host).process.signal(Signal::CONT);
+    }
+    wait_until(HEARTBEAT_DEADLINE, "the thawed hosts online", || {
+        all_online(&sys)
+    })?;
     Ok(())
 }

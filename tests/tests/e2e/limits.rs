@@ -62,6 +62,7 @@ fn oversized_messages_are_refused_and_the_server_keeps_serving() -> Result<()> {
                 version: "x".into(),
                 apps: vec![huge; 1],
                 instance: String::new(),
+                ..Default::default()
             })
             .await
             .expect_err("an 8 MiB registration was accepted");

@@ -158,6 +158,7 @@ fn register_without_certificate(url: &str, ca: &Path, host_id: &str) -> Result<t
                 address: "https://127.0.0.1:9".to_owned(),
                 version: hop3_proto::HOP3_VERSION.to_owned(),
                 apps: Vec::new(),
+                ..Default::default()
             })
             .await;
         match answer {
