@@ -69,7 +69,7 @@ pub async fn start(
         })?,
     };
     let (host, client) = ctl.registry.find_app(&req.app, req.host.as_deref()).await?;
-    let lock = ctl.lock_app(&req.app, "a backup")?;
+    let lock = ctl.lock_app(&host, &req.app, "a backup")?;
     let mut id = BackupId::generate();
     while ctl.catalog.get(id.as_str()).await?.is_some() {
         id = BackupId::generate();

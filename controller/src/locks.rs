@@ -1,5 +1,6 @@
 //! Locks held while operations run: per app (one create or restore at a
-//! time on an app), and per backup (a backup being read, by a restore or a
+//! time on an app; an app is a name on a host, so the same name on two
+//! hosts is two apps that never wait for each other), and per backup (a backup being read, by a restore or a
 //! verification, is not deleted under its readers).
 
 use std::collections::HashMap;
@@ -18,27 +19,36 @@ pub struct AppHolder {
 /// The apps with an operation running, and what runs.
 #[derive(Clone, Default)]
 pub struct AppLocks {
-    held: Arc<Mutex<HashMap<String, AppHolder>>>,
+    held: Arc<Mutex<HashMap<AppKey, AppHolder>>>,
 }
+
+/// An app: its host and its name.
+type AppKey = (String, String);
 
 /// Held while an operation runs on an app; released on drop, whatever happens.
 pub struct AppLock {
-    held: Arc<Mutex<HashMap<String, AppHolder>>>,
-    app: String,
+    held: Arc<Mutex<HashMap<AppKey, AppHolder>>>,
+    app: AppKey,
 }
 
 impl AppLocks {
-    /// Takes the lock on `app` for `what`, or says what holds it.
-    pub fn try_lock(&self, app: &str, what: &'static str) -> Result<AppLock, AppHolder> {
+    /// Takes the lock on `app` of `host` for `what`, or says what holds it.
+    pub fn try_lock(
+        &self,
+        host: &str,
+        app: &str,
+        what: &'static str,
+    ) -> Result<AppLock, AppHolder> {
+        let key = (host.to_owned(), app.to_owned());
         let mut held = self.held.lock().expect("locks poisoned");
-        if let Some(holder) = held.get(app) {
+        if let Some(holder) = held.get(&key) {
             return Err(*holder);
         }
         let since = Instant::now();
-        held.insert(app.to_owned(), AppHolder { what, since });
+        held.insert(key.clone(), AppHolder { what, since });
         Ok(AppLock {
             held: self.held.clone(),
-            app: app.to_owned(),
+            app: key,
         })
     }
 }
@@ -163,14 +173,16 @@ mod tests {
     #[test]
     fn one_holder_per_app() {
         let locks = AppLocks::default();
-        let a = locks.try_lock("a", "a backup").unwrap();
+        let a = locks.try_lock("h", "a", "a backup").unwrap();
         assert_eq!(
-            locks.try_lock("a", "a restore").err().map(|h| h.what),
+            locks.try_lock("h", "a", "a restore").err().map(|h| h.what),
             Some("a backup")
         );
-        let _b = locks.try_lock("b", "a restore").unwrap();
+        let _b = locks.try_lock("h", "b", "a restore").unwrap();
+        // The same name on another host is another app.
+        let _other = locks.try_lock("h2", "a", "a restore").unwrap();
         drop(a);
-        assert!(locks.try_lock("a", "a restore").is_ok());
+        assert!(locks.try_lock("h", "a", "a restore").is_ok());
     }
 
     #[test]

@@ -176,10 +176,8 @@ pub async fn import(ctl: &Controller, requested: &Path) -> Result<BackupRow> {
         Err(_) => false,
     };
     let (app, id) = (manifest.app_name.clone(), manifest.backup_id.clone());
-    let _lock = ctl
-        .locks
-        .try_lock(&app, "an import")
-        .map_err(|holder| ControllerError::busy(&app, holder))?;
+    let host = manifest.host.clone().unwrap_or_default();
+    let _lock = ctl.lock_app(&host, &app, "an import")?;
     let _reading = ctl.use_backup(&id, crate::locks::BackupUse::Import)?;
     if ctl.catalog.get(&id).await?.is_some() {
         return Err(ControllerError::AlreadyExists(id));

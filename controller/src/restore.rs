@@ -110,7 +110,7 @@ pub async fn start(
     }
     // The backup read, whatever app it goes into: the app lock is the target's.
     let reading = ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
-    let lock = ctl.lock_app(&target_app, "a restore")?;
+    let lock = ctl.lock_app(&host, &target_app, "a restore")?;
     tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
     let job = RestoreJob {
         host,

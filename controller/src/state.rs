@@ -44,11 +44,11 @@ impl Controller {
             .ok_or_else(|| ControllerError::BackupNotFound(id.to_string()))
     }
 
-    /// Takes `app`'s lock for `what` ("a backup", "a restore"), or says
-    /// what holds it.
-    pub fn lock_app(&self, app: &str, what: &'static str) -> Result<AppLock> {
+    /// Takes the lock of `app` on `host` for `what` ("a backup", "a
+    /// restore"), or says what holds it.
+    pub fn lock_app(&self, host: &str, app: &str, what: &'static str) -> Result<AppLock> {
         self.locks
-            .try_lock(app, what)
+            .try_lock(host, app, what)
             .map_err(|holder| ControllerError::busy(app, holder))
     }
 
