@@ -14,6 +14,11 @@ use crate::tokens::TokenError;
 pub enum ControllerError {
     #[error("Application not found: {0}")]
     AppNotFound(String),
+    /// Not found on the hosts that answered; the others may have it.
+    #[error(
+        "Application not found: {app} (no host reported it, and {silent} did not answer when asked: retry, or name its host with --host)"
+    )]
+    AppNotFoundUnanswered { app: String, silent: String },
     /// The client went away and asked for its job to end with it.
     #[error("cancelled: the CLI that started it went away (--cancel-on-interrupt)")]
     Cancelled,
@@ -159,9 +164,10 @@ impl ControllerError {
 
     fn code(&self) -> Code {
         match self {
-            Self::AppNotFound(_) | Self::BackupNotFound(_) | Self::HostNotFound(_) => {
-                Code::NotFound
-            }
+            Self::AppNotFound(_)
+            | Self::AppNotFoundUnanswered { .. }
+            | Self::BackupNotFound(_)
+            | Self::HostNotFound(_) => Code::NotFound,
             Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
             Self::Busy { .. }
             | Self::BackupBusy { .. }

@@ -376,10 +376,11 @@ async fn an_agent_that_keeps_missing_the_deadline_is_shown_degraded() {
     let view = |ctl: &Controller| ctl.registry.list().remove(0);
     for _ in 0..2 {
         assert!(!view(&ctl).degraded);
-        // Judged by its heartbeats' list instead (the in-process agent's is empty).
+        // Not in the index (the pinned fake reports nothing), so asked, and
+        // named as the host that did not answer.
         let err = create::start(&ctl, create_request()).await.err().unwrap();
         assert!(
-            matches!(err, crate::error::ControllerError::AppNotFound(_)),
+            matches!(&err, crate::error::ControllerError::AppNotFoundUnanswered { silent, .. } if silent == HOST),
             "{err}"
         );
     }

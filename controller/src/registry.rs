@@ -529,15 +529,22 @@ impl Registry {
             None => self.online(),
         };
         let mut found = self.claimants(app, &candidates);
+        let mut silent = Vec::new();
         if found.is_empty() {
             for (host, client, apps) in self.ask_apps(candidates).await {
-                if apps.is_some_and(|apps| apps.iter().any(|a| a == app)) {
-                    found.push((host, client));
+                match apps {
+                    Some(apps) if apps.iter().any(|a| a == app) => found.push((host, client)),
+                    Some(_) => {}
+                    None => silent.push(host),
                 }
             }
         }
         match found.len() {
-            0 => Err(ControllerError::AppNotFound(app.to_owned())),
+            0 if silent.is_empty() => Err(ControllerError::AppNotFound(app.to_owned())),
+            0 => Err(ControllerError::AppNotFoundUnanswered {
+                app: app.to_owned(),
+                silent: silent.join(", "),
+            }),
             1 => Ok(found.remove(0)),
             _ => Err(ControllerError::Ambiguous {
                 app: app.to_owned(),
@@ -792,9 +799,10 @@ mod tests {
             Err(ControllerError::Ambiguous { hosts, .. }) if hosts == "web-1, web-2"
         ));
         assert_eq!(r.find_app("blog", Some("web-2")).await.unwrap().0, "web-2");
+        // Not in the index: asked, and nobody answers (nothing listens).
         assert!(matches!(
             r.find_app("nope", None).await,
-            Err(ControllerError::AppNotFound(_))
+            Err(ControllerError::AppNotFoundUnanswered { silent, .. }) if silent == "web-1, web-2"
         ));
         assert!(matches!(
             r.find_app("shop", Some("web-3")).await,
