@@ -20,6 +20,7 @@ mod locks;
 pub mod recovery;
 mod registry;
 mod restore;
+pub mod retention;
 mod seal;
 pub mod server;
 mod socket;
