@@ -27,53 +27,62 @@ pub struct AppsSeen {
 }
 
 /// Reads `root`'s apps now and then every [`POLL`], for as long as a
-/// receiver lives; the first list is in the receiver when this returns.
+/// receiver lives. The first list is in the receiver when this returns,
+/// unless reading it takes longer than [`STALE_AFTER`]: then the receiver
+/// starts empty and stale, so that a hung mount never keeps the agent from
+/// registering.
 pub async fn watch(root: HostRoot) -> watch::Receiver<AppsSeen> {
-    let first = AppsSeen {
-        apps: root.list_apps().await.unwrap_or_default(),
-        stale: false,
-    };
-    let (tx, rx) = watch::channel(first);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(POLL) => {}
-                () = tx.closed() => return,
-            }
-            let listing = root.list_apps();
-            tokio::pin!(listing);
-            let listed = loop {
-                match tokio::time::timeout(STALE_AFTER, &mut listing).await {
-                    Ok(listed) => break listed,
-                    Err(_) => {
-                        if !tx.borrow().stale {
-                            tracing::warn!(
-                                waited_s = STALE_AFTER.as_secs(),
-                                "listing the apps directory hangs; the controller is told this host's app list is stale"
-                            );
-                            tx.send_modify(|seen| seen.stale = true);
-                        }
-                    }
-                }
-            };
-            match listed {
-                Ok(apps) => {
-                    tx.send_if_modified(|seen| {
-                        let changed = seen.apps != apps || seen.stale;
-                        *seen = AppsSeen { apps, stale: false };
-                        changed
-                    });
-                }
-                Err(e) => {
-                    if !tx.borrow().stale {
-                        tracing::warn!(error = %e, "cannot list the apps directory; the controller is told this host's app list is stale");
+    let (tx, mut rx) = watch::channel(AppsSeen {
+        apps: Vec::new(),
+        stale: true,
+    });
+    tokio::spawn(poll(root, tx));
+    let _ = tokio::time::timeout(STALE_AFTER, rx.changed()).await;
+    rx
+}
+
+/// Lists the apps into `tx` until no receiver is left.
+async fn poll(root: HostRoot, tx: watch::Sender<AppsSeen>) {
+    let mut first = true;
+    loop {
+        let listing = root.list_apps();
+        tokio::pin!(listing);
+        let listed = loop {
+            match tokio::time::timeout(STALE_AFTER, &mut listing).await {
+                Ok(listed) => break listed,
+                Err(_) => {
+                    if first || !tx.borrow().stale {
+                        tracing::warn!(
+                            waited_s = STALE_AFTER.as_secs(),
+                            "listing the apps directory hangs; the controller is told this host's app list is stale"
+                        );
                         tx.send_modify(|seen| seen.stale = true);
+                        first = false;
                     }
+                }
+            }
+        };
+        match listed {
+            Ok(apps) => {
+                tx.send_if_modified(|seen| {
+                    let changed = seen.apps != apps || seen.stale;
+                    *seen = AppsSeen { apps, stale: false };
+                    changed
+                });
+            }
+            Err(e) => {
+                if first || !tx.borrow().stale {
+                    tracing::warn!(error = %e, "cannot list the apps directory; the controller is told this host's app list is stale");
+                    tx.send_modify(|seen| seen.stale = true);
                 }
             }
         }
-    });
-    rx
+        first = false;
+        tokio::select! {
+            () = tokio::time::sleep(POLL) => {}
+            () = tx.closed() => return,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -109,6 +118,18 @@ mod tests {
             *rx.borrow(),
             AppsSeen {
                 apps: vec!["shop".into()],
+                stale: true
+            }
+        );
+
+        // Unreadable from the start: the watcher says so at once.
+        let started = std::time::Instant::now();
+        let rx = watch(root.clone()).await;
+        assert!(started.elapsed() < STALE_AFTER, "{:?}", started.elapsed());
+        assert_eq!(
+            *rx.borrow(),
+            AppsSeen {
+                apps: Vec::new(),
                 stale: true
             }
         );

@@ -297,10 +297,12 @@ impl AgentRegistry for RegistryApi {
             host_id: req.host_id,
             address: req.address,
             version: req.version,
-            apps: req.apps,
+            apps: crate::registry::AppsReport::from_wire(
+                req.apps,
+                req.apps_digest,
+                req.apps_included,
+            ),
             instance: req.instance,
-            apps_digest: (!req.apps_digest.is_empty()).then_some(req.apps_digest),
-            apps_included: req.apps_included,
             apps_stale: req.apps_stale,
         };
         let welcome = self.ctl.registry.register(&hello).await?;

@@ -70,17 +70,33 @@ pub struct Hello {
     pub host_id: String,
     pub address: String,
     pub version: String,
-    /// The agent's apps, when it sent them whole (see `apps_digest`).
-    pub apps: Vec<String>,
+    pub apps: AppsReport,
     /// Random per agent process.
     pub instance: String,
-    /// The digest of the agent's current app list; None from an agent that
-    /// sends its whole list with every heartbeat.
-    pub apps_digest: Option<String>,
-    /// Whether `apps` is the whole list.
-    pub apps_included: bool,
     /// The agent cannot read its apps directory now.
     pub apps_stale: bool,
+}
+
+/// How a heartbeat reports the agent's apps.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppsReport {
+    /// The whole list (at registration, after a change, and always from
+    /// agents that send no digest).
+    Whole(Vec<String>),
+    /// Only `hop3_proto::app_list::digest` of the list.
+    Digest(String),
+}
+
+impl AppsReport {
+    /// The report of a `RegisterRequest`: an agent that sends no digest
+    /// (an older one) sends its whole list every time.
+    pub fn from_wire(apps: Vec<String>, digest: String, included: bool) -> Self {
+        if included || digest.is_empty() {
+            Self::Whole(apps)
+        } else {
+            Self::Digest(digest)
+        }
+    }
 }
 
 /// What the controller answers a registration.
@@ -102,9 +118,8 @@ struct Entry {
     instance: String,
     last_seen: Instant,
     last_seen_at: SystemTime,
+    /// Sorted.
     apps: Vec<String>,
-    /// `hop3_proto::app_list::digest` of `apps`.
-    apps_digest: String,
     /// The agent said it cannot read its apps directory now.
     apps_stale: bool,
     /// Fan-outs in a row this agent did not answer in time.
@@ -242,7 +257,6 @@ impl Registry {
                 last_seen: Instant::now(),
                 last_seen_at: SystemTime::now(),
                 apps: Vec::new(),
-                apps_digest: hop3_proto::app_list::digest(&[]),
                 apps_stale: false,
                 misses: 0,
                 missed_at: None,
@@ -377,7 +391,6 @@ impl Registry {
             last_seen: now,
             last_seen_at: SystemTime::now(),
             apps: Vec::new(),
-            apps_digest: String::new(),
             apps_stale: false,
             misses: 0,
             missed_at: None,
@@ -397,17 +410,7 @@ impl Registry {
     pub fn report_local_apps(&self, host_id: &str, apps: Vec<String>, stale: bool) {
         let mut agents = self.agents.write().expect("registry poisoned");
         if let Some(e) = agents.get_mut(host_id).filter(|e| e.pinned) {
-            let hello = Hello {
-                host_id: host_id.to_owned(),
-                address: e.address.clone(),
-                version: e.version.clone(),
-                apps_digest: None,
-                apps,
-                instance: String::new(),
-                apps_included: true,
-                apps_stale: stale,
-            };
-            e.take_apps(host_id, &hello);
+            e.set_apps(host_id, apps, stale);
         }
     }
 
@@ -584,24 +587,28 @@ impl Entry {
         self.online() && (late || self.apps_stale || missing)
     }
 
-    /// Takes the app list `hello` brings, whole or as a digest; true when
-    /// the digest names a list the registry does not hold.
+    /// Takes the app list `hello` brings; true when it brings only a
+    /// digest of a list other than the one held.
     fn take_apps(&mut self, host_id: &str, hello: &Hello) -> bool {
-        self.apps_stale = hello.apps_stale;
-        let digest = match &hello.apps_digest {
-            Some(d) if !hello.apps_included => {
-                return *d != self.apps_digest;
+        match &hello.apps {
+            AppsReport::Whole(apps) => {
+                self.set_apps(host_id, apps.clone(), hello.apps_stale);
+                false
             }
-            _ => hop3_proto::app_list::digest(&hello.apps),
-        };
-        if digest != self.apps_digest {
-            tracing::debug!(host_id, apps = hello.apps.len(), "agent's app list changed");
-            let mut apps = hello.apps.clone();
-            apps.sort();
-            self.apps = apps;
-            self.apps_digest = digest;
+            AppsReport::Digest(d) => {
+                self.apps_stale = hello.apps_stale;
+                *d != hop3_proto::app_list::digest(&self.apps)
+            }
         }
-        false
+    }
+
+    fn set_apps(&mut self, host_id: &str, mut apps: Vec<String>, stale: bool) {
+        apps.sort();
+        if apps != self.apps {
+            tracing::debug!(host_id, apps = apps.len(), "agent's app list changed");
+            self.apps = apps;
+        }
+        self.apps_stale = stale;
     }
 
     /// Whether an agent silent for `after` is to be forgotten: never the
@@ -628,10 +635,8 @@ mod tests {
             host_id: host_id.into(),
             address: "http://127.0.0.1:2".into(),
             version: "v".into(),
-            apps_digest: Some(hop3_proto::app_list::digest(&apps)),
-            apps,
+            apps: AppsReport::Whole(apps),
             instance: "one".into(),
-            apps_included: true,
             apps_stale: false,
         }
     }
@@ -710,8 +715,7 @@ mod tests {
         // answers nothing at its address (nothing listens on port 2): taken over.
         let next = Hello {
             instance: "two".into(),
-            apps: vec!["new".into()],
-            ..hello("web-1", vec![])
+            ..hello("web-1", vec!["new".into()])
         };
         let token = r.register(&next).await.unwrap().call_token;
         let web = r.list().into_iter().find(|v| v.host_id == "web-1").unwrap();
@@ -732,9 +736,7 @@ mod tests {
     fn beat(host_id: &str, apps: &[&str]) -> Hello {
         let apps: Vec<String> = apps.iter().map(|a| a.to_string()).collect();
         Hello {
-            apps_included: false,
-            apps_digest: Some(hop3_proto::app_list::digest(&apps)),
-            apps: Vec::new(),
+            apps: AppsReport::Digest(hop3_proto::app_list::digest(&apps)),
             ..hello(host_id, Vec::new())
         }
     }
@@ -770,14 +772,21 @@ mod tests {
         assert_eq!(apps_of(&r, "web-1"), ["a", "b"]);
         r.register(&hello("web-1", vec!["a".into()])).await.unwrap();
         assert_eq!(apps_of(&r, "web-1"), ["a"]);
-        // A controller that restarted knows no list: a digest alone asks for it.
+        // A controller that restarted knows no list: a digest alone asks for
+        // it (but for an empty list, which it then holds).
         let fresh = Registry::new(None, true, None);
-        assert!(fresh.register(&beat("web-1", &[])).await.unwrap().send_apps);
+        assert!(
+            fresh
+                .register(&beat("web-1", &["a"]))
+                .await
+                .unwrap()
+                .send_apps
+        );
+        assert!(!fresh.register(&beat("web-2", &[])).await.unwrap().send_apps);
         // An agent without digests sends its whole list every time.
         let old = Hello {
-            apps_digest: None,
-            apps_included: false,
-            ..hello("web-2", vec!["c".into()])
+            apps: AppsReport::from_wire(vec!["c".into()], String::new(), false),
+            ..hello("web-2", Vec::new())
         };
         assert!(!r.register(&old).await.unwrap().send_apps);
         assert_eq!(apps_of(&r, "web-2"), ["c"]);
