@@ -41,8 +41,8 @@ Exit codes:
      --yes needed
   3  not found: no such application, backup, host or directory
   4  failed precondition: checksum mismatch, another operation in progress,
-     backup being restored (delete), backup already imported, agent still
-     online (agent:forget)
+     backup being restored (delete), backup pinned (delete), backup already
+     imported, agent still online (agent:forget)
   5  resource exhausted: not enough disk space
   6  permission denied or unauthenticated
   7  the controller cannot be reached
@@ -104,6 +104,16 @@ enum TopCommand {
     /// Register a backup directory found on the controller's machine.
     #[command(name = "backup:import")]
     Import(ImportArgs),
+    /// Apply a retention policy: say, for every backup, keep or remove and
+    /// why; remove unless --dry-run.
+    #[command(name = "backup:prune")]
+    Prune(PruneArgs),
+    /// Pin a backup: no retention policy and no backup:delete removes it.
+    #[command(name = "backup:pin")]
+    Pin(IdArgs),
+    /// Unpin a backup.
+    #[command(name = "backup:unpin")]
+    Unpin(IdArgs),
     /// List the agents the controller knows, online or not.
     #[command(name = "agent:list")]
     AgentList,
@@ -142,6 +152,12 @@ enum BackupCommand {
     Delete(DeleteArgs),
     /// Register a backup directory found on the controller's machine.
     Import(ImportArgs),
+    /// Apply a retention policy (remove unless --dry-run).
+    Prune(PruneArgs),
+    /// Pin a backup: no retention policy and no delete removes it.
+    Pin(IdArgs),
+    /// Unpin a backup.
+    Unpin(IdArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,7 +211,7 @@ struct ListArgs {
     limit: u32,
     /// Only backups in this status.
     #[arg(long, value_name = "STATUS", ignore_case = true,
-          value_parser = ["STARTED", "COMPLETED", "FAILED"])]
+          value_parser = ["STARTED", "COMPLETED", "FAILED", "DELETE_PENDING"])]
     status: Option<String>,
 }
 
@@ -268,6 +284,111 @@ struct DeleteArgs {
 }
 
 #[derive(Debug, Args)]
+struct PruneArgs {
+    /// Only this application's backups [default: every app, each judged on
+    /// its own].
+    app: Option<String>,
+    #[command(flatten)]
+    policy: RetentionFlags,
+    /// Only say what would be removed, and why.
+    #[arg(long, short = 'n')]
+    dry_run: bool,
+}
+
+/// A retention policy: restic's `forget` rules. A count is of hours, days,
+/// ... *that have backups*; the flags combine (a backup kept by any rule
+/// stays). No flag at all keeps everything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Args)]
+pub struct RetentionFlags {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N newest hours that have one.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub keep_hourly: Option<u32>,
+    /// Keep the newest backup of each of the N newest days that have one.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the N newest ISO weeks (Monday
+    /// first) that have one.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the N newest months that have one.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub keep_monthly: Option<u32>,
+    /// Keep the newest backup of each of the N newest years that have one.
+    #[arg(long, value_name = "N", value_parser = count)]
+    pub keep_yearly: Option<u32>,
+    /// Keep every backup made within DURATION before the app's newest
+    /// successful one (not before now), e.g. 7d, 36h, 2weeks, 1y.
+    #[arg(long, value_name = "DURATION", value_parser = parse_within)]
+    pub keep_within: Option<std::time::Duration>,
+    /// After the rules, remove the oldest kept backups while the app's
+    /// backups total more than SIZE (e.g. 50GiB, 500MB), never its newest
+    /// successful one or a pinned one.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_total_size: Option<u64>,
+    /// The time zone hours, days, weeks, months and years are counted in
+    /// (an IANA name, e.g. Europe/Paris) [default: UTC].
+    #[arg(long, value_name = "ZONE")]
+    pub tz: Option<String>,
+}
+
+impl RetentionFlags {
+    /// The policy as the controller takes it.
+    pub fn to_wire(&self) -> hop3_proto::v1::RetentionPolicy {
+        hop3_proto::v1::RetentionPolicy {
+            keep_last: self.keep_last,
+            keep_hourly: self.keep_hourly,
+            keep_daily: self.keep_daily,
+            keep_weekly: self.keep_weekly,
+            keep_monthly: self.keep_monthly,
+            keep_yearly: self.keep_yearly,
+            keep_within_seconds: self.keep_within.map(|d| d.as_secs().max(1)),
+            max_total_size: self.max_total_size,
+            time_zone: self.tz.clone().unwrap_or_default(),
+        }
+    }
+}
+
+fn count(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(0) => Err("0 would keep nothing: give at least 1, or leave the flag out".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// A duration as humantime reads it, except a bare `m`: restic reads it
+/// as months and humantime as minutes, so it is refused rather than
+/// guessed.
+fn parse_within(s: &str) -> Result<std::time::Duration, String> {
+    let bytes = s.as_bytes();
+    let bare_m = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b'm'
+            && i > 0
+            && (bytes[i - 1].is_ascii_digit() || bytes[i - 1] == b' ')
+            && !bytes.get(i + 1).is_some_and(u8::is_ascii_alphabetic)
+    });
+    if bare_m {
+        return Err(format!(
+            "{s:?}: is `m` minutes or months? write `min` or `months` (e.g. 90min, 6months)"
+        ));
+    }
+    match humantime::parse_duration(s) {
+        Ok(d) if d.is_zero() => Err("0 would keep nothing: give a duration such as 7d".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{e} (e.g. 7d, 36h, 2weeks, 6months, 1y)")),
+    }
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<bytesize::ByteSize>()
+        .map(|b| b.as_u64())
+        .map_err(|e| format!("{e} (e.g. 50GiB, 500MB, 1TiB)"))
+}
+
+#[derive(Debug, Args)]
 struct ImportArgs {
     /// The backup directory, as a path on the controller's machine (a
     /// relative path is taken from the current directory).
@@ -304,6 +425,14 @@ pub enum Command {
     Delete { id: BackupId, yes: bool },
     /// `backup:import DIR`, with DIR made absolute.
     Import { path: String },
+    /// `backup:prune [APP] [policy flags] [--dry-run]`
+    Prune {
+        app: Option<String>,
+        policy: RetentionFlags,
+        dry_run: bool,
+    },
+    /// `backup:pin ID` / `backup:unpin ID`
+    Pin { id: BackupId, pinned: bool },
     /// `agent:list`
     AgentList,
     /// `agent:forget HOST`
@@ -394,6 +523,19 @@ impl Cli {
             },
             T::Import(a) | T::Backup(B::Import(a)) => Command::Import {
                 path: absolute_path(&a.dir)?,
+            },
+            T::Prune(a) | T::Backup(B::Prune(a)) => Command::Prune {
+                app: a.app.as_deref().map(app_name).transpose()?,
+                policy: a.policy.clone(),
+                dry_run: a.dry_run,
+            },
+            T::Pin(a) | T::Backup(B::Pin(a)) => Command::Pin {
+                id: backup_id(&a.id)?,
+                pinned: true,
+            },
+            T::Unpin(a) | T::Backup(B::Unpin(a)) => Command::Pin {
+                id: backup_id(&a.id)?,
+                pinned: false,
             },
             T::AgentList | T::Agent(AgentCommand::List) => Command::AgentList,
             T::AgentForget(a) | T::Agent(AgentCommand::Forget(a)) => Command::AgentForget {

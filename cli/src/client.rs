@@ -11,7 +11,8 @@ use hop3_proto::v1::backup_service_client::BackupServiceClient;
 use hop3_proto::v1::{
     AgentInfo, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
     DeleteBackupRequest, ForgetAgentRequest, GetBackupRequest, ImportBackupRequest,
-    ListAgentsRequest, ListBackupsRequest, RestoreBackupEvent, RestoreBackupRequest,
+    ListAgentsRequest, ListBackupsRequest, PinBackupRequest, PruneBackupsRequest, PruneDecision,
+    RestoreBackupEvent, RestoreBackupRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -249,6 +250,42 @@ impl ControllerClient {
         };
         match self.client.delete_backup(request).await {
             Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status, Subject::Backup)),
+        }
+    }
+
+    /// `PruneBackups`: every decision, in the controller's order (app by
+    /// app, newest first), once the prune has ended.
+    pub async fn prune_backups(
+        &mut self,
+        request: PruneBackupsRequest,
+    ) -> Result<Vec<PruneDecision>, CliError> {
+        let mut stream = match self.client.prune_backups(request).await {
+            Ok(response) => response.into_inner(),
+            Err(status) => return Err(self.error(status, Subject::App)),
+        };
+        let mut decisions = Vec::new();
+        loop {
+            match stream.message().await {
+                Ok(Some(d)) => decisions.push(d),
+                Ok(None) => return Ok(decisions),
+                Err(status) => return Err(self.error(status, Subject::App)),
+            }
+        }
+    }
+
+    /// `PinBackup`: pins or unpins backup `id`.
+    pub async fn pin_backup(
+        &mut self,
+        id: &BackupId,
+        pinned: bool,
+    ) -> Result<BackupSummary, CliError> {
+        let request = PinBackupRequest {
+            backup_id: id.to_string(),
+            pinned,
+        };
+        match self.client.pin_backup(request).await {
+            Ok(response) => Ok(response.into_inner()),
             Err(status) => Err(self.error(status, Subject::Backup)),
         }
     }

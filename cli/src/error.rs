@@ -262,6 +262,12 @@ pub enum CliError {
     #[error("{0}")]
     CheckFailed(String),
 
+    /// `backup:prune` could not remove some backups.
+    #[error(
+        "{failed} backup(s) could not be removed (see above); they stay DELETE_PENDING or kept, and the next prune retries them"
+    )]
+    PruneIncomplete { failed: usize },
+
     /// Reading the answer to the confirmation prompt failed.
     #[error("Cannot read the confirmation: {0}")]
     Prompt(#[source] io::Error),
@@ -298,7 +304,7 @@ impl CliError {
             Self::SocketDenied { .. } => exit::PERMISSION_DENIED,
             Self::Status { code, .. } => status_exit_code(*code),
             Self::IntegrityFailed { .. } => exit::FAILED_PRECONDITION,
-            Self::CheckFailed(_) => exit::FAILURE,
+            Self::CheckFailed(_) | Self::PruneIncomplete { .. } => exit::FAILURE,
             Self::Interrupted(_) => exit::INTERRUPTED,
             Self::Incomplete { .. }
             | Self::BackupFailed { .. }
@@ -329,6 +335,7 @@ impl CliError {
             Self::Status { code, .. } => grpc_code_name(*code),
             Self::IntegrityFailed { .. } => "FAILED_PRECONDITION",
             Self::CheckFailed(_) => "FAILED_PRECONDITION",
+            Self::PruneIncomplete { .. } => "INTERNAL",
             Self::NotConfirmed { .. } | Self::Interrupted(_) => "CANCELLED",
             Self::Incomplete { .. }
             | Self::BackupFailed { .. }

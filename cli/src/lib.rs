@@ -72,6 +72,12 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Restore { id, target } => commands::restore::run(c, out, id, target).await,
         Command::Delete { id, yes } => commands::delete::run(c, out, id, *yes).await,
         Command::Import { path } => commands::import::run(c, out, path).await,
+        Command::Prune {
+            app,
+            policy,
+            dry_run,
+        } => commands::prune::run(c, out, app.as_deref(), policy, *dry_run).await,
+        Command::Pin { id, pinned } => commands::pin::run(c, out, id, *pinned).await,
         Command::AgentList => commands::agents::run(c, out).await,
         Command::AgentForget { host } => commands::agents::forget(c, out, host).await,
         Command::Completions { .. } | Command::Man => Ok(()),

@@ -34,6 +34,8 @@ pub struct BackupView {
     /// Entries the backup could not hold (sockets, device nodes), and why;
     /// null in listings, which do not read the backups' manifests.
     pub skipped: Option<Vec<SkippedView>>,
+    /// No retention policy and no delete removes it (`backup:pin`).
+    pub pinned: bool,
 }
 
 /// An entry left out of a backup.
@@ -76,6 +78,7 @@ impl From<BackupSummary> for BackupView {
             location: s.location,
             error: present(s.error),
             skipped: Some(s.skipped.into_iter().map(SkippedView::from).collect()),
+            pinned: s.pinned,
         }
     }
 }
@@ -288,6 +291,7 @@ mod tests {
             location: "/store".into(),
             error: String::new(),
             skipped: Vec::new(),
+            pinned: true,
         };
         let details = BackupDetails {
             summary: Some(summary.clone()),
@@ -323,7 +327,7 @@ mod tests {
                 "backup_id": "20251108_143022_a8f3d9", "app": "my-app", "host": "h1",
                 "status": "COMPLETED", "created_at": "2025-11-08T14:30:22Z", "total_size": 10,
                 "services": ["postgres:db"], "location": "/store", "error": null,
-                "skipped": [],
+                "skipped": [], "pinned": true,
                 "format_version": "1.0", "hop3_version": "0.8.0",
                 "env_vars_count": 2, "services_included": true,
                 "service_dumps": [{"type": "postgres", "name": "db",

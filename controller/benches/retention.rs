@@ -5,7 +5,6 @@
 //!
 //!   cargo bench -p hop3-controller --bench retention
 
-use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use hop3_controller::catalog::{BackupRow, BackupStatus};
@@ -37,6 +36,7 @@ fn rows(n: usize, apps: usize) -> Vec<BackupRow> {
                 total_size: 1 << 20,
                 services: Vec::new(),
                 error: None,
+                pinned: false,
             }
         })
         .collect()
@@ -68,7 +68,6 @@ fn main() {
         ..Default::default()
     };
     let tz: chrono_tz::Tz = "Europe/Paris".parse().expect("a known zone");
-    let pinned = HashSet::new();
     let mut sort_runs = Vec::new();
     let mut plan_runs = Vec::new();
     let mut removed = 0;
@@ -78,7 +77,7 @@ fn main() {
         copy.sort_by(|a, b| (&a.app, a.created_at).cmp(&(&b.app, b.created_at)));
         sort_runs.push(t.elapsed());
         let t = Instant::now();
-        let decisions = plan(&policy, tz, &rows, &pinned);
+        let decisions = plan(&policy, tz, &rows);
         plan_runs.push(t.elapsed());
         removed = decisions.iter().filter(|d| !d.keep).count();
     }

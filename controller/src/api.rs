@@ -87,7 +87,7 @@ impl BackupService for BackupApi {
                     .parse::<BackupStatus>()
                     .map_err(|_| {
                         ControllerError::InvalidArgument(format!(
-                            "unknown status {s:?}: use STARTED, COMPLETED or FAILED"
+                            "unknown status {s:?}: use STARTED, COMPLETED, FAILED or DELETE_PENDING"
                         ))
                     })?,
             ),
@@ -198,6 +198,26 @@ impl BackupService for BackupApi {
         let row = self.ctl.backup_row(&req.get_ref().backup_id).await?;
         crate::delete::delete(&self.ctl, &row).await?;
         Ok(Response::new(v1::DeleteBackupResponse {}))
+    }
+
+    type PruneBackupsStream = EventStream<v1::PruneDecision>;
+
+    async fn prune_backups(
+        &self,
+        req: Request<v1::PruneBackupsRequest>,
+    ) -> Result<Response<Self::PruneBackupsStream>, Status> {
+        let req = crate::prune::PruneRequest::from_wire(req.into_inner())?;
+        let rx = crate::prune::start(&self.ctl, req).await?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn pin_backup(
+        &self,
+        req: Request<v1::PinBackupRequest>,
+    ) -> Result<Response<v1::BackupSummary>, Status> {
+        let req = req.into_inner();
+        let row = crate::pin::set_pinned(&self.ctl, &req.backup_id, req.pinned).await?;
+        Ok(Response::new(self.ctl.summary(&row)))
     }
 
     async fn import_backup(

@@ -2,7 +2,7 @@
 //! fleet), through sqlx's `Any` driver: the same SQL serves both (`$n`
 //! placeholders, portable types). All SQL of the controller lives here.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -77,6 +77,10 @@ pub enum BackupStatus {
     Started,
     Completed,
     Failed,
+    /// Being removed: its store copy could not be deleted yet (or the
+    /// controller stopped before it was); a retry deletes it, and until
+    /// then it is listed, never restored.
+    DeletePending,
 }
 
 impl BackupStatus {
@@ -86,6 +90,7 @@ impl BackupStatus {
             Self::Started => "STARTED",
             Self::Completed => "COMPLETED",
             Self::Failed => "FAILED",
+            Self::DeletePending => "DELETE_PENDING",
         }
     }
 }
@@ -97,6 +102,7 @@ impl FromStr for BackupStatus {
             "STARTED" => Ok(Self::Started),
             "COMPLETED" => Ok(Self::Completed),
             "FAILED" => Ok(Self::Failed),
+            "DELETE_PENDING" => Ok(Self::DeletePending),
             other => Err(format!("unknown status {other:?}")),
         }
     }
@@ -116,6 +122,8 @@ pub struct BackupRow {
     /// "type:name" of each service in the backup.
     pub services: Vec<String>,
     pub error: Option<String>,
+    /// Never removed by a retention policy (`backup:pin`).
+    pub pinned: bool,
 }
 
 /// The catalog of backups.
@@ -129,7 +137,7 @@ pub struct Catalog {
 macro_rules! select_rows {
     ($rest:literal) => {
         concat!(
-            "SELECT backup_id, app, host, status, created_at, total_size, services, error FROM backups ",
+            "SELECT backup_id, app, host, status, created_at, total_size, services, error, pinned FROM backups ",
             $rest
         )
     };
@@ -344,18 +352,78 @@ impl Catalog {
         rows.iter().map(from_row).collect()
     }
 
-    /// Makes the catalog agree with the store: `found` are the COMPLETED
-    /// backups the store holds. Missing ones are added, COMPLETED rows whose
-    /// directory is gone are dropped. Returns (added, dropped).
-    pub async fn reconcile(&self, found: &[BackupRow]) -> Result<(usize, usize), CatalogError> {
-        let known: Vec<(String, String)> = sqlx::query("SELECT backup_id, status FROM backups")
+    /// Every backup of `app` (or of every app), in no particular order: what
+    /// a retention policy judges.
+    pub async fn history(&self, app: Option<&str>) -> Result<Vec<BackupRow>, CatalogError> {
+        let rows = sqlx::query(select_rows!("WHERE ($1 = '' OR app = $1)"))
+            .bind(app.unwrap_or_default())
             .fetch_all(&self.pool)
-            .await?
+            .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Marks a backup DELETE_PENDING before its store copy is deleted, so
+    /// that a failure or a crash in between never leaves it COMPLETED
+    /// with its files gone.
+    pub async fn mark_delete_pending(&self, id: &str) -> Result<(), CatalogError> {
+        self.on_row(
+            "UPDATE backups SET status = 'DELETE_PENDING' WHERE backup_id = $1",
+            id,
+        )
+        .await
+    }
+
+    /// Runs `sql`, a statement on the row whose ID is `$1`.
+    async fn on_row(&self, sql: &'static str, id: &str) -> Result<(), CatalogError> {
+        sqlx::query(sql).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Records why the last attempt to delete a DELETE_PENDING backup failed.
+    pub async fn delete_failed(&self, id: &str, reason: &str) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE backups SET error = $1 WHERE backup_id = $2 AND status = 'DELETE_PENDING'",
+        )
+        .bind(reason)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Pins or unpins a backup.
+    pub async fn set_pinned(&self, id: &str, pinned: bool) -> Result<(), CatalogError> {
+        sqlx::query("UPDATE backups SET pinned = $1 WHERE backup_id = $2")
+            .bind(i64::from(pinned))
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Makes the catalog agree with the store: `found` are the COMPLETED
+    /// backups the store holds, with their pins. Missing ones are added,
+    /// COMPLETED and DELETE_PENDING rows whose directory is gone are dropped,
+    /// and pins follow the store's. Returns (added, dropped).
+    pub async fn reconcile(&self, found: &[BackupRow]) -> Result<(usize, usize), CatalogError> {
+        let known: Vec<(String, String, i64)> =
+            sqlx::query("SELECT backup_id, status, pinned FROM backups")
+                .fetch_all(&self.pool)
+                .await?
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get("backup_id")?,
+                        r.try_get("status")?,
+                        r.try_get("pinned")?,
+                    ))
+                })
+                .collect::<Result<_, sqlx::Error>>()?;
+        let in_store: HashMap<&str, bool> = found
             .iter()
-            .map(|r| Ok((r.try_get("backup_id")?, r.try_get("status")?)))
-            .collect::<Result<_, sqlx::Error>>()?;
-        let in_store: HashSet<&str> = found.iter().map(|r| r.backup_id.as_str()).collect();
-        let in_catalog: HashSet<&str> = known.iter().map(|(id, _)| id.as_str()).collect();
+            .map(|r| (r.backup_id.as_str(), r.pinned))
+            .collect();
+        let in_catalog: HashSet<&str> = known.iter().map(|(id, _, _)| id.as_str()).collect();
         let mut tx = self.pool.begin().await?;
         let mut added = 0;
         for row in found
@@ -366,15 +434,24 @@ impl Catalog {
             added += 1;
         }
         let mut dropped = 0;
-        for (id, _) in known
-            .iter()
-            .filter(|(id, status)| status == "COMPLETED" && !in_store.contains(id.as_str()))
-        {
-            sqlx::query("DELETE FROM backups WHERE backup_id = $1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-            dropped += 1;
+        for (id, status, pinned) in &known {
+            match in_store.get(id.as_str()) {
+                None if status == "COMPLETED" || status == "DELETE_PENDING" => {
+                    sqlx::query("DELETE FROM backups WHERE backup_id = $1")
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    dropped += 1;
+                }
+                Some(&in_store) if in_store != (*pinned != 0) => {
+                    sqlx::query("UPDATE backups SET pinned = $1 WHERE backup_id = $2")
+                        .bind(i64::from(in_store))
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                _ => {}
+            }
         }
         tx.commit().await?;
         Ok((added, dropped))
@@ -382,11 +459,8 @@ impl Catalog {
 
     /// Forgets a backup.
     pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
-        sqlx::query("DELETE FROM backups WHERE backup_id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        self.on_row("DELETE FROM backups WHERE backup_id = $1", id)
+            .await
     }
 }
 
@@ -512,8 +586,8 @@ fn create_private(url: &str) -> Result<(), CatalogError> {
 
 fn insert_row(row: &BackupRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
     sqlx::query(
-        "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error, pinned)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(row.backup_id.to_string())
     .bind(&row.app)
@@ -523,6 +597,7 @@ fn insert_row(row: &BackupRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::A
     .bind(row.total_size as i64)
     .bind(serde_json::to_string(&row.services).expect("strings serialise"))
     .bind(row.error.as_deref())
+    .bind(i64::from(row.pinned))
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<BackupRow, CatalogError> {
@@ -532,6 +607,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<BackupRow, CatalogError> {
     let services: String = r.try_get("services")?;
     let total_size: i64 = r.try_get("total_size")?;
     let created_at: String = r.try_get("created_at")?;
+    let pinned: i64 = r.try_get("pinned")?;
     Ok(BackupRow {
         backup_id: id
             .parse()
@@ -544,6 +620,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> Result<BackupRow, CatalogError> {
         total_size: total_size.max(0) as u64,
         services: serde_json::from_str(&services).map_err(|e| bad(e.to_string()))?,
         error: r.try_get("error")?,
+        pinned: pinned != 0,
     })
 }
 
@@ -607,6 +684,7 @@ mod tests {
             total_size: 0,
             services: vec![],
             error: None,
+            pinned: false,
         }
     }
 
@@ -671,6 +749,87 @@ mod tests {
         // Reopening keeps the data and does not re-run migrations.
         let c = Catalog::open(&url).await.unwrap();
         assert_eq!(c.list(None, None, 20).await.unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_older_catalog_gains_pins_and_delete_pending_with_its_rows() {
+        let tmp = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", tmp.path().join("c.db").display());
+        // The catalog as the version before retention left it.
+        let old = Catalog::connect(&url).await.unwrap();
+        let mut before = sqlx::migrate!("./migrations");
+        before.migrations = std::borrow::Cow::Owned(before.migrations[..2].to_vec());
+        before.run(&old.pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error)
+             VALUES ('20250101_000000_aaaaaa', 'a', 'h', 'COMPLETED', '2025-01-01T00:00:00Z', 42, '[\"postgres:db\"]', NULL),
+                    ('20250102_000000_bbbbbb', 'a', 'h', 'FAILED', '2025-01-02T00:00:00Z', 0, '[]', 'boom')",
+        )
+        .execute(&old.pool)
+        .await
+        .unwrap();
+        old.close().await;
+
+        let c = Catalog::open(&url).await.unwrap();
+        let done = c.get("20250101_000000_aaaaaa").await.unwrap().unwrap();
+        assert_eq!(
+            (done.status, done.total_size, done.pinned),
+            (BackupStatus::Completed, 42, false)
+        );
+        assert_eq!(done.services, ["postgres:db"]);
+        let failed = c.get("20250102_000000_bbbbbb").await.unwrap().unwrap();
+        assert_eq!(failed.error.as_deref(), Some("boom"));
+        assert_eq!(c.history(Some("a")).await.unwrap().len(), 2);
+        assert!(c.history(Some("b")).await.unwrap().is_empty());
+
+        c.set_pinned("20250101_000000_aaaaaa", true).await.unwrap();
+        assert!(
+            c.get("20250101_000000_aaaaaa")
+                .await
+                .unwrap()
+                .unwrap()
+                .pinned
+        );
+        c.mark_delete_pending("20250102_000000_bbbbbb")
+            .await
+            .unwrap();
+        c.delete_failed("20250102_000000_bbbbbb", "deletion failed: EIO")
+            .await
+            .unwrap();
+        let pending = c
+            .list(None, Some(BackupStatus::DeletePending), 10)
+            .await
+            .unwrap();
+        assert_eq!(pending.len(), 1);
+        assert_eq!(pending[0].error.as_deref(), Some("deletion failed: EIO"));
+
+        // The store says: the pinned one is there, unpinned; the pending
+        // one is gone. The pin follows the store, the pending row goes.
+        let in_store = BackupRow {
+            pinned: false,
+            ..done.clone()
+        };
+        assert_eq!(c.reconcile(&[in_store]).await.unwrap(), (0, 1));
+        assert!(
+            !c.get("20250101_000000_aaaaaa")
+                .await
+                .unwrap()
+                .unwrap()
+                .pinned
+        );
+        assert!(c.get("20250102_000000_bbbbbb").await.unwrap().is_none());
+        let pinned_in_store = BackupRow {
+            pinned: true,
+            ..done
+        };
+        assert_eq!(c.reconcile(&[pinned_in_store]).await.unwrap(), (0, 0));
+        assert!(
+            c.get("20250101_000000_aaaaaa")
+                .await
+                .unwrap()
+                .unwrap()
+                .pinned
+        );
     }
 
     async fn filled(dir: &std::path::Path) -> (String, Catalog) {

@@ -386,5 +386,6 @@ pub fn started_row(job: &CreateJob) -> BackupRow {
         total_size: 0,
         services: Vec::new(),
         error: None,
+        pinned: false,
     }
 }

@@ -22,6 +22,8 @@ pub enum ControllerError {
     /// The client went away and asked for its job to end with it.
     #[error("cancelled: the CLI that started it went away (--cancel-on-interrupt)")]
     Cancelled,
+    #[error("No backups of app {0} in the catalog")]
+    NoBackups(String),
     #[error("Backup not found: {0}")]
     BackupNotFound(String),
     #[error("{0}")]
@@ -38,6 +40,10 @@ pub enum ControllerError {
     BackupBusy { id: String, doing: &'static str },
     #[error("Checksum mismatch: {path} ({detail}). Do not use this backup; use a different one")]
     ChecksumMismatch { path: String, detail: String },
+    #[error("Backup {0} is pinned: unpin it first (hop3 backup:unpin {0})")]
+    Pinned(String),
+    #[error("Backup {id} is {status}: only a COMPLETED backup can be pinned")]
+    NotPinnable { id: String, status: &'static str },
     #[error("Backup {id} is {status} and cannot be restored")]
     NotRestorable { id: String, status: &'static str },
     #[error(
@@ -167,12 +173,15 @@ impl ControllerError {
             Self::AppNotFound(_)
             | Self::AppNotFoundUnanswered { .. }
             | Self::BackupNotFound(_)
+            | Self::NoBackups(_)
             | Self::HostNotFound(_) => Code::NotFound,
             Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
             Self::Busy { .. }
             | Self::BackupBusy { .. }
             | Self::ChecksumMismatch { .. }
             | Self::NotRestorable { .. }
+            | Self::Pinned(_)
+            | Self::NotPinnable { .. }
             | Self::HostOnline { .. }
             | Self::Untrusted(_)
             | Self::LocalAgent(_) => Code::FailedPrecondition,

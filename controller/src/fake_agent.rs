@@ -17,9 +17,12 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::auth::{Auth, LocalCallers};
 use crate::catalog::{BackupStatus, Catalog};
 use crate::create::{self, CreateRequest};
+use crate::error::ControllerError;
 use crate::locks::{AppLocks, BackupLocks};
+use crate::prune::PruneRequest;
 use crate::registry::Registry;
 use crate::restore::{self, RestoreRequest};
+use crate::retention::Policy;
 use crate::state::Controller;
 use crate::store::{Memory, Store};
 use crate::tokens::Tokens;
@@ -236,6 +239,20 @@ async fn last<T>(mut rx: EventReceiver<T>) -> Result<T, Status> {
     last.expect("a job ends with an event")
 }
 
+/// A restore of backup `id` into its own app and host.
+fn restore_request(id: &str) -> RestoreRequest {
+    RestoreRequest {
+        backup_id: id.to_owned(),
+        target_app: None,
+        target_host: None,
+        replace: false,
+        hostname: None,
+        trust_imported: false,
+        no_start: false,
+        cancel_on_disconnect: false,
+    }
+}
+
 fn create_request() -> CreateRequest {
     CreateRequest {
         app: APP.into(),
@@ -337,17 +354,7 @@ async fn a_restore_sends_every_stored_byte_and_a_delete_removes_them() {
         panic!("not completed: {done:?}");
     };
     let id = summary.backup_id;
-    let req = RestoreRequest {
-        backup_id: id.clone(),
-        target_app: None,
-        target_host: None,
-        replace: false,
-        hostname: None,
-        trust_imported: false,
-        no_start: false,
-        cancel_on_disconnect: false,
-    };
-    let result = last(restore::start(&ctl, req).await.unwrap())
+    let result = last(restore::start(&ctl, restore_request(&id)).await.unwrap())
         .await
         .unwrap();
     let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
@@ -399,4 +406,124 @@ async fn a_backup_a_restore_would_refuse_is_never_completed() {
         err.message().contains("more than one data archive"),
         "{err:?}"
     );
+}
+
+/// Backs the fake app up `n` times; the IDs, newest first.
+async fn backups(ctl: &Arc<Controller>, n: usize) -> Vec<String> {
+    for _ in 0..n {
+        last(create::start(ctl, create_request()).await.unwrap())
+            .await
+            .unwrap();
+    }
+    ctl.catalog
+        .list(Some(APP), None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.backup_id.to_string())
+        .collect()
+}
+
+async fn prune(ctl: &Arc<Controller>, policy: Policy) -> Vec<v1::PruneDecision> {
+    let req = PruneRequest {
+        app: Some(APP.into()),
+        policy,
+        tz: chrono_tz::Tz::UTC,
+        dry_run: false,
+    };
+    let mut rx = crate::prune::start(ctl, req).await.unwrap();
+    let mut out = Vec::new();
+    while let Some(d) = rx.recv().await {
+        out.push(d.unwrap());
+    }
+    out
+}
+
+fn stored(memory: &Memory, id: &str) -> Vec<String> {
+    let prefix = format!("apps/{APP}/{id}/");
+    memory
+        .keys()
+        .into_iter()
+        .filter_map(|k| k.strip_prefix(&prefix).map(str::to_owned))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_prune_removes_store_first_and_a_refused_delete_stays_pending_until_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ctl, memory) = controller(FakeAgent::default(), tmp.path()).await;
+    let ids = backups(&ctl, 3).await;
+    let (newest, middle, oldest) = (&ids[0], &ids[1], &ids[2]);
+
+    // A pin lives in the store too, and a catalog rebuilt from it keeps it.
+    crate::pin::set_pinned(&ctl, oldest, true).await.unwrap();
+    assert!(stored(&memory, oldest).contains(&"pin.json".to_owned()));
+    ctl.catalog.delete(oldest).await.unwrap();
+    crate::recovery::rebuild_catalog(&ctl).await.unwrap();
+    let row = ctl.backup_row(oldest).await.unwrap();
+    assert!(row.pinned, "{row:?}");
+    let err = crate::delete::delete(&ctl, &row).await.unwrap_err();
+    assert!(matches!(err, ControllerError::Pinned(_)), "{err}");
+
+    memory.fail_deletes(true);
+    let policy = Policy {
+        keep_last: Some(1),
+        ..Default::default()
+    };
+    let decisions = prune(&ctl, policy.clone()).await;
+    let by_id = |id: &str| {
+        decisions
+            .iter()
+            .find(|d| d.backup.as_ref().unwrap().backup_id == id)
+            .unwrap()
+            .clone()
+    };
+    assert!(by_id(newest).keep);
+    assert_eq!(
+        by_id(newest).reasons,
+        ["last backup", "newest successful backup"]
+    );
+    assert_eq!(
+        (by_id(oldest).keep, by_id(oldest).reasons[0].as_str()),
+        (true, "pinned")
+    );
+    let failed = by_id(middle);
+    assert!(!failed.keep && !failed.removed, "{failed:?}");
+    assert!(failed.error.contains("Permission denied"), "{failed:?}");
+    // Listed as being removed, with why; its files untouched; never restored.
+    let row = ctl.backup_row(middle).await.unwrap();
+    assert_eq!(row.status, BackupStatus::DeletePending);
+    assert!(
+        row.error
+            .as_deref()
+            .unwrap()
+            .starts_with("deletion failed: "),
+        "{row:?}"
+    );
+    assert!(stored(&memory, middle).contains(&"metadata.json".to_owned()));
+    let err = restore::start(&ctl, restore_request(middle))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("DELETE_PENDING"), "{err}");
+
+    // The store works again: even an empty policy finishes the removal.
+    memory.fail_deletes(false);
+    let decisions = prune(&ctl, Policy::default()).await;
+    let retried = decisions
+        .iter()
+        .find(|d| d.backup.as_ref().unwrap().backup_id == *middle)
+        .unwrap();
+    assert!(retried.removed, "{retried:?}");
+    assert_eq!(retried.reasons, ["an earlier deletion did not finish"]);
+    assert!(ctl.catalog.get(middle).await.unwrap().is_none());
+    assert!(stored(&memory, middle).is_empty());
+    assert!(decisions.iter().filter(|d| d.keep).count() == 2);
+
+    // Unpinned, the oldest goes like any other.
+    crate::pin::set_pinned(&ctl, oldest, false).await.unwrap();
+    let decisions = prune(&ctl, policy).await;
+    assert!(decisions.iter().any(|d| d.removed), "{decisions:?}");
+    assert!(stored(&memory, oldest).is_empty());
+    assert_eq!(backups(&ctl, 0).await, std::slice::from_ref(newest));
 }

@@ -17,6 +17,8 @@ mod fake_agent;
 mod import_source;
 mod in_process;
 mod locks;
+mod pin;
+mod prune;
 pub mod recovery;
 mod registry;
 mod restore;

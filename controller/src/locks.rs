@@ -68,6 +68,8 @@ pub enum BackupUse {
     Verify,
     /// An import reads or copies its files (shared).
     Import,
+    /// A pin or unpin marks it (shared: only a delete must wait).
+    Pin,
     /// A create writes it (exclusive).
     Create,
     /// A delete removes it (exclusive).
@@ -81,6 +83,7 @@ impl BackupUse {
             Self::Restore => "being restored",
             Self::Verify => "being verified (backup:info)",
             Self::Import => "being imported",
+            Self::Pin => "being pinned or unpinned",
             Self::Create => "being written",
             Self::Delete => "being deleted",
         }

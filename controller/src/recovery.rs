@@ -29,6 +29,7 @@ pub fn completed_row(m: &Manifest) -> std::result::Result<BackupRow, ManifestErr
             .map(|s| format!("{}:{}", s.kind, s.name))
             .collect(),
         error: None,
+        pinned: false,
     })
 }
 
@@ -114,7 +115,10 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
     for s in scanned {
         match s.manifest {
             Ok(m) => match completed_row(&m) {
-                Ok(row) => rows.push(row),
+                Ok(mut row) => {
+                    row.pinned = ctl.store.pinned(&row.app, &row.backup_id).await;
+                    rows.push(row);
+                }
                 Err(why) => {
                     tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
                 }
@@ -133,6 +137,13 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
         ms = started.elapsed().as_millis() as u64,
         "catalog checked against the store"
     );
+    let pending = crate::delete::retry_pending(ctl, None).await?;
+    if pending > 0 {
+        tracing::warn!(
+            pending,
+            "backups whose deletion failed are still DELETE_PENDING: the next prune or backup:delete retries them"
+        );
+    }
     Ok(())
 }
 
@@ -302,6 +313,7 @@ mod tests {
             total_size: 1,
             services: vec![],
             error: None,
+            pinned: false,
         })
         .await
         .unwrap();

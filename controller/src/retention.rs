@@ -8,7 +8,7 @@
 //! Planning is pure: it reads catalog rows and decides; removing is the
 //! caller's (store first, then the row).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -68,6 +68,8 @@ pub enum Reason {
     NoRule,
     /// Removed: the kept total was over `max_total_size`.
     OverSizeCap(u64),
+    /// Removed: an earlier removal did not finish (DELETE_PENDING).
+    DeletePending,
 }
 
 /// A counting rule.
@@ -108,6 +110,7 @@ impl fmt::Display for Reason {
             Self::FailedBeforeSuccess => f.write_str("failed, a later backup succeeded"),
             Self::NoRule => f.write_str("no rule keeps it"),
             Self::OverSizeCap(cap) => write!(f, "over the size cap of {cap} bytes"),
+            Self::DeletePending => f.write_str("an earlier deletion did not finish"),
         }
     }
 }
@@ -138,23 +141,15 @@ impl Decision {
 
 /// The policy's decision for each of `rows`, in their order, grouped by
 /// app (each app's history is judged on its own), with calendar periods
-/// in `tz` and `pinned` backups kept whatever the rules say.
-pub fn plan(
-    policy: &Policy,
-    tz: Tz,
-    rows: &[BackupRow],
-    pinned: &HashSet<String>,
-) -> Vec<Decision> {
+/// in `tz` and pinned backups kept whatever the rules say.
+pub fn plan(policy: &Policy, tz: Tz, rows: &[BackupRow]) -> Vec<Decision> {
     let mut by_app: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, row) in rows.iter().enumerate() {
         by_app.entry(&row.app).or_default().push(i);
     }
     let mut decisions = vec![Decision::keep(Reason::EmptyPolicy); rows.len()];
     for indices in by_app.values() {
-        for (i, d) in indices
-            .iter()
-            .zip(plan_app(policy, tz, rows, indices, pinned))
-        {
+        for (i, d) in indices.iter().zip(plan_app(policy, tz, rows, indices)) {
             decisions[*i] = d;
         }
     }
@@ -162,15 +157,19 @@ pub fn plan(
 }
 
 /// [`plan`] for the rows of one app, at `indices`.
-fn plan_app(
-    policy: &Policy,
-    tz: Tz,
-    rows: &[BackupRow],
-    indices: &[usize],
-    pinned: &HashSet<String>,
-) -> Vec<Decision> {
+fn plan_app(policy: &Policy, tz: Tz, rows: &[BackupRow], indices: &[usize]) -> Vec<Decision> {
     if policy.is_empty() {
-        return vec![Decision::keep(Reason::EmptyPolicy); indices.len()];
+        // Even an empty policy finishes what an earlier removal started:
+        // those files are half gone, and no rule could keep them.
+        return indices
+            .iter()
+            .map(|&i| match rows[i].status {
+                BackupStatus::DeletePending if !rows[i].pinned => {
+                    Decision::remove(Reason::DeletePending)
+                }
+                _ => Decision::keep(Reason::EmptyPolicy),
+            })
+            .collect();
     }
     // Newest first; equal times by ID, so that a plan never depends on
     // the order the catalog returned.
@@ -197,7 +196,7 @@ fn plan_app(
     for (nr, &k) in successes.iter().enumerate() {
         let row = &rows[indices[k]];
         let mut reasons = Vec::new();
-        if pinned.contains(row.backup_id.as_str()) {
+        if row.pinned {
             reasons.push(Reason::Pinned);
         }
         if let (Some(within), Some(newest)) = (policy.keep_within, newest)
@@ -238,9 +237,12 @@ fn plan_app(
         out[k].get_or_insert_with(|| match row.status {
             BackupStatus::Completed => unreachable!("every success was judged"),
             BackupStatus::Started => Decision::keep(Reason::InProgress),
-            BackupStatus::Failed if pinned.contains(row.backup_id.as_str()) => {
+            // Pinned before a removal was started: the pin wins, as ever
+            // (backup:delete refuses a pinned backup anyway).
+            BackupStatus::DeletePending | BackupStatus::Failed if row.pinned => {
                 Decision::keep(Reason::Pinned)
             }
+            BackupStatus::DeletePending => Decision::remove(Reason::DeletePending),
             BackupStatus::Failed => match newest {
                 Some(t) if row.created_at < t => Decision::remove(Reason::FailedBeforeSuccess),
                 _ => Decision::keep(Reason::FailedSinceSuccess),

@@ -75,6 +75,7 @@ impl Controller {
             location: self.store.location(&row.app, &row.backup_id),
             error: row.error.clone().unwrap_or_default(),
             skipped: Vec::new(),
+            pinned: row.pinned,
         }
     }
 }

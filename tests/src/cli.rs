@@ -282,6 +282,9 @@ pub struct BackupSummary {
     /// Entries the backup could not hold, and why (null in listings).
     #[serde(default, deserialize_with = "null_as_default")]
     pub skipped: Vec<Skipped>,
+    /// No retention policy and no delete removes it.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
 /// An entry a backup left out.
@@ -415,6 +418,7 @@ pub const BACKUP_KEYS: &[&str] = &[
     "location",
     "error",
     "skipped",
+    "pinned",
 ];
 
 /// Fails unless the JSON object `value` has every key of `keys`: the typed

@@ -26,6 +26,8 @@ mod newcomer;
 mod real_apps;
 #[path = "e2e/recovery.rs"]
 mod recovery;
+#[path = "e2e/retention.rs"]
+mod retention;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
 #[path = "e2e/security.rs"]

@@ -12,4 +12,6 @@ pub mod delete;
 pub mod import;
 pub mod info;
 pub mod list;
+pub mod pin;
+pub mod prune;
 pub mod restore;

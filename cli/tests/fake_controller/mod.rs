@@ -272,6 +272,7 @@ pub fn summary(id: &str, app: &str) -> BackupSummary {
         location: format!("/var/hop3/backups/apps/{app}/{id}"),
         error: String::new(),
         skipped: Vec::new(),
+        pinned: false,
     }
 }
 
@@ -293,6 +294,26 @@ fn file(path: &str, actual: &str, valid: bool) -> FileCheck {
 impl BackupService for Fake {
     type CreateBackupStream = EventStream<CreateBackupEvent>;
     type RestoreBackupStream = EventStream<RestoreBackupEvent>;
+    type PruneBackupsStream = EventStream<hop3_proto::v1::PruneDecision>;
+
+    async fn prune_backups(
+        &self,
+        _request: Request<hop3_proto::v1::PruneBackupsRequest>,
+    ) -> Result<Response<Self::PruneBackupsStream>, Status> {
+        // backup:prune is tested end to end, against a real controller.
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn pin_backup(
+        &self,
+        request: Request<hop3_proto::v1::PinBackupRequest>,
+    ) -> Result<Response<BackupSummary>, Status> {
+        let request = request.into_inner();
+        Ok(Response::new(BackupSummary {
+            pinned: request.pinned,
+            ..summary(&request.backup_id, "my-app")
+        }))
+    }
 
     async fn create_backup(
         &self,

@@ -16,6 +16,7 @@ fn row(app: &str, at: OffsetDateTime, status: BackupStatus, n: u32) -> BackupRow
         total_size: 100,
         services: Vec::new(),
         error: None,
+        pinned: false,
     }
 }
 
@@ -30,7 +31,7 @@ fn history(app: &str, times: &[OffsetDateTime]) -> Vec<BackupRow> {
 
 /// The times of the kept rows, in the rows' order.
 fn kept(policy: &Policy, tz: Tz, rows: &[BackupRow]) -> Vec<OffsetDateTime> {
-    plan(policy, tz, rows, &HashSet::new())
+    plan(policy, tz, rows)
         .iter()
         .zip(rows)
         .filter(|(d, _)| d.keep)
@@ -40,7 +41,7 @@ fn kept(policy: &Policy, tz: Tz, rows: &[BackupRow]) -> Vec<OffsetDateTime> {
 
 /// Fails unless the first of `rows` is kept only as the oldest daily backup.
 fn kept_as_oldest_daily(policy: &Policy, tz: Tz, rows: &[BackupRow]) {
-    let plan = plan(policy, tz, rows, &HashSet::new());
+    let plan = plan(policy, tz, rows);
     let oldest = Reason::Rule {
         rule: Rule::Daily,
         oldest: true,
@@ -61,7 +62,7 @@ fn an_empty_policy_keeps_everything() {
         BackupStatus::Failed,
         9,
     ));
-    let plan = plan(&Policy::default(), Tz::UTC, &rows, &HashSet::new());
+    let plan = plan(&Policy::default(), Tz::UTC, &rows);
     assert!(
         plan.iter()
             .all(|d| d.keep && d.reasons == [Reason::EmptyPolicy])
@@ -79,7 +80,7 @@ fn keep_last_keeps_the_newest_whatever_the_order_given() {
     let mut k = kept(&policy, Tz::UTC, &rows);
     k.sort();
     assert_eq!(k, daily(datetime!(2025-01-08 3:00 UTC), 3));
-    let plan = plan(&policy, Tz::UTC, &rows, &HashSet::new());
+    let plan = plan(&policy, Tz::UTC, &rows);
     assert_eq!(
         plan[0].reasons,
         [
@@ -168,7 +169,7 @@ fn keep_within_counts_from_the_newest_success_not_from_now() {
         ..Default::default()
     };
     assert_eq!(kept(&policy, Tz::UTC, &rows), times[23..]);
-    let plan = plan(&policy, Tz::UTC, &rows, &HashSet::new());
+    let plan = plan(&policy, Tz::UTC, &rows);
     assert_eq!(plan[23].reasons, [Reason::Within(7 * DAY)]);
     assert_eq!(plan[23].reasons[0].to_string(), "within 7days");
 }
@@ -251,8 +252,9 @@ fn rails_newest_success_pinned_in_progress_and_failures() {
         keep_last: Some(0),
         ..Default::default()
     };
-    let pinned: HashSet<String> = [rows[0].backup_id.to_string()].into();
-    let plan = plan(&policy, Tz::UTC, &rows, &pinned);
+    let mut rows = rows;
+    rows[0].pinned = true;
+    let plan = plan(&policy, Tz::UTC, &rows);
     let reasons: Vec<(bool, &Reason)> = plan.iter().map(|d| (d.keep, &d.reasons[0])).collect();
     assert_eq!(
         reasons,
@@ -272,7 +274,31 @@ fn rails_newest_success_pinned_in_progress_and_failures() {
         BackupStatus::Failed,
         1,
     )];
-    assert!(super::plan(&policy, Tz::UTC, &failed, &HashSet::new())[0].keep);
+    assert!(super::plan(&policy, Tz::UTC, &failed)[0].keep);
+    // A removal that did not finish is finished, even by an empty policy.
+    let pending = vec![
+        row(
+            "c",
+            datetime!(2025-01-01 0:00 UTC),
+            BackupStatus::DeletePending,
+            1,
+        ),
+        row(
+            "c",
+            datetime!(2025-01-02 0:00 UTC),
+            BackupStatus::Completed,
+            2,
+        ),
+    ];
+    for policy in [Policy::default(), policy] {
+        let plan = super::plan(&policy, Tz::UTC, &pending);
+        assert_eq!(
+            plan[0],
+            Decision::remove(Reason::DeletePending),
+            "{policy:?}"
+        );
+        assert!(plan[1].keep);
+    }
 }
 
 #[test]
@@ -291,7 +317,7 @@ fn the_size_cap_removes_the_oldest_first_but_never_the_newest() {
         kept(&policy(0), Tz::UTC, &rows),
         [datetime!(2025-01-05 3:00 UTC)]
     );
-    let plan = plan(&policy(250), Tz::UTC, &rows, &HashSet::new());
+    let plan = plan(&policy(250), Tz::UTC, &rows);
     assert_eq!(plan[0].reasons, [Reason::OverSizeCap(250)]);
 }
 
@@ -341,6 +367,7 @@ fn any_history() -> impl Strategy<Value = Vec<BackupRow>> {
                     let status = match status {
                         0 => BackupStatus::Failed,
                         1 => BackupStatus::Started,
+                        2 => BackupStatus::DeletePending,
                         _ => BackupStatus::Completed,
                     };
                     let at = datetime!(2024-01-01 0:00 UTC) + time::Duration::seconds(secs);
@@ -363,12 +390,11 @@ proptest! {
         zone in prop::sample::select(vec!["UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"]),
     ) {
         let tz: Tz = zone.parse().unwrap();
-        let pinned: HashSet<String> = rows
-            .iter()
-            .step_by(pin_every)
-            .map(|r| r.backup_id.to_string())
-            .collect();
-        let first = plan(&policy, tz, &rows, &pinned);
+        let mut rows = rows;
+        for r in rows.iter_mut().step_by(pin_every) {
+            r.pinned = true;
+        }
+        let first = plan(&policy, tz, &rows);
         for app in ["a", "b"] {
             let newest = rows
                 .iter()
@@ -381,7 +407,7 @@ proptest! {
         }
         for (r, d) in rows.iter().zip(&first) {
             prop_assert_eq!(d.reasons.is_empty(), false);
-            if pinned.contains(r.backup_id.as_str()) || r.status == BackupStatus::Started {
+            if r.pinned || r.status == BackupStatus::Started {
                 prop_assert!(d.keep, "{:?} removed: {:?}", r, d);
             }
         }
@@ -391,7 +417,7 @@ proptest! {
             .filter(|(_, d)| d.keep)
             .map(|(r, _)| r.clone())
             .collect();
-        let second = plan(&policy, tz, &kept, &pinned);
+        let second = plan(&policy, tz, &kept);
         for (r, d) in kept.iter().zip(&second) {
             prop_assert!(d.keep, "kept once, removed by a second pass: {:?} {:?}", r, d);
         }

@@ -24,6 +24,8 @@ struct Objects {
 #[derive(Debug, Clone, Default)]
 pub struct Memory {
     inner: Arc<Mutex<Objects>>,
+    /// Deletes fail (as a read-only bucket or a lost connection would).
+    failing_deletes: Arc<std::sync::atomic::AtomicBool>,
 }
 
 fn prefix(key: &BackupKey) -> String {
@@ -67,6 +69,12 @@ impl Memory {
             o.objects.remove(k);
         }
         doomed.len()
+    }
+
+    /// Makes every delete fail from now on (or work again).
+    pub fn fail_deletes(&self, fail: bool) {
+        self.failing_deletes
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Every key stored, for tests that look at what a backend holds.
@@ -130,6 +138,15 @@ impl Backend for Memory {
     }
 
     async fn delete(&self, key: &BackupKey) -> io::Result<()> {
+        if self
+            .failing_deletes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "deletes refused by the test",
+            ));
+        }
         // The manifest first: from then on, what is left is no backup.
         let p = prefix(key);
         self.objects()

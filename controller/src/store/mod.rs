@@ -25,6 +25,9 @@ pub use memory::Memory;
 
 use crate::seal::{SEAL_FILE, SealKey};
 
+/// The file that pins a backup, beside its metadata.json.
+pub const PIN_FILE: &str = "pin.json";
+
 /// Marks a store whose backups of before seals were sealed once.
 const SEALED_ONCE: &str = "sealed-once";
 
@@ -183,6 +186,33 @@ impl Store {
             .replace_small(&key, SEAL_FILE, self.seal.seal(&manifest).as_bytes())
             .await
             .map_err(StoreError::io("writing the seal"))
+    }
+
+    /// Pins or unpins stored backup `id` of `app`: a small file beside its
+    /// manifest, outside the seal (a pin changes no byte of the backup),
+    /// so that a catalog rebuilt from the store keeps its pins.
+    pub async fn set_pinned(&self, app: &str, id: &str, pinned: bool) -> Result<()> {
+        let body = serde_json::json!({ "pinned": pinned }).to_string();
+        self.backend
+            .replace_small(&BackupKey::new(app, id), PIN_FILE, body.as_bytes())
+            .await
+            .map_err(StoreError::io("writing the pin"))
+    }
+
+    /// Whether stored backup `id` of `app` is pinned; a missing or
+    /// unreadable pin file is no pin.
+    pub async fn pinned(&self, app: &str, id: &str) -> bool {
+        let Ok(bytes) = self
+            .backend
+            .read_small(&BackupKey::new(app, id), PIN_FILE, 1024)
+            .await
+        else {
+            return false;
+        };
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("pinned")?.as_bool())
+            .unwrap_or(false)
     }
 
     /// Starts writing backup `id` of `app`.

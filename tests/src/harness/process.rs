@@ -69,6 +69,18 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Waits until the clock has left the second of `created_at` (RFC 3339),
+/// so that the next backup is strictly newer and "newest first" has one
+/// right answer.
+pub fn next_second(created_at: &str) -> Result<()> {
+    use time::format_description::well_known::Rfc3339;
+    let t = time::OffsetDateTime::parse(created_at, &Rfc3339)
+        .with_context(|| format!("created_at {created_at:?} is not RFC 3339"))?;
+    wait_until(Duration::from_secs(5), "the next second", || {
+        Ok((time::OffsetDateTime::now_utc() >= t + time::Duration::seconds(1)).then_some(()))
+    })
+}
+
 /// Polls `check` every [`POLL_INTERVAL`] until it returns `Some`, for at most
 /// `deadline`. An error from `check` ends the wait at once.
 pub fn wait_until<T>(

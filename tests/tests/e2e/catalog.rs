@@ -1,28 +1,15 @@
 //! Scenario 4: listing, inspecting and deleting backups.
 
 use std::fs;
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use hop3_proto::{BackupId, Manifest};
 use hop3_tests::System;
 use hop3_tests::cli::{self, BackupSummary, Deleted};
 use hop3_tests::fixtures::App;
-use hop3_tests::harness::wait_until;
+use hop3_tests::harness::next_second;
 use hop3_tests::servers::Postgres;
 use hop3_tests::snapshot::sha256_file;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-
-/// Waits until the clock has left the second of `created_at`, so that the
-/// next backup is strictly newer and "newest first" has one right answer.
-fn next_second(created_at: &str) -> Result<()> {
-    let t = OffsetDateTime::parse(created_at, &Rfc3339)
-        .with_context(|| format!("created_at {created_at:?} is not RFC 3339"))?;
-    wait_until(Duration::from_secs(5), "the next second", || {
-        Ok((OffsetDateTime::now_utc() >= t + time::Duration::seconds(1)).then_some(()))
-    })
-}
 
 fn ids(list: &[BackupSummary]) -> Vec<&str> {
     list.iter().map(|b| b.backup_id.as_str()).collect()
