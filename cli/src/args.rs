@@ -114,6 +114,16 @@ enum TopCommand {
     /// Unpin a backup.
     #[command(name = "backup:unpin")]
     Unpin(IdArgs),
+    /// Back an app up on a schedule (cron), with a retention policy applied
+    /// after each success; prints the next 5 runs.
+    #[command(name = "backup:schedule")]
+    Schedule(ScheduleArgs),
+    /// List every schedule: next run, last run, last success, state.
+    #[command(name = "backup:schedules")]
+    Schedules(SchedulesArgs),
+    /// Remove a schedule of an app.
+    #[command(name = "backup:unschedule")]
+    Unschedule(UnscheduleArgs),
     /// List the agents the controller knows, online or not.
     #[command(name = "agent:list")]
     AgentList,
@@ -158,6 +168,12 @@ enum BackupCommand {
     Pin(IdArgs),
     /// Unpin a backup.
     Unpin(IdArgs),
+    /// Back an app up on a schedule (cron).
+    Schedule(ScheduleArgs),
+    /// List every schedule.
+    Schedules(SchedulesArgs),
+    /// Remove a schedule of an app.
+    Unschedule(UnscheduleArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -290,9 +306,53 @@ struct PruneArgs {
     app: Option<String>,
     #[command(flatten)]
     policy: RetentionFlags,
+    /// Apply the policy of this schedule of APP (backup:schedules lists
+    /// them) instead of policy flags.
+    #[arg(long, value_name = "NAME", requires = "app",
+          conflicts_with_all = ["keep_last", "keep_hourly", "keep_daily", "keep_weekly",
+                                "keep_monthly", "keep_yearly", "keep_within", "max_total_size", "tz"])]
+    schedule: Option<String>,
     /// Only say what would be removed, and why.
     #[arg(long, short = 'n')]
     dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+struct ScheduleArgs {
+    /// The application to back up.
+    app: String,
+    /// When: 5 cron fields (minute hour day month weekday), 6 with seconds
+    /// first, or @hourly, @daily, @weekly, @monthly, @yearly. Read in --tz.
+    #[arg(long, value_name = "EXPR")]
+    cron: String,
+    /// The schedule's name: an app may have several (say hourly kept 2
+    /// days, daily kept 30); setting a name again replaces it.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    name: String,
+    /// Leave attached services (databases) out of the backups.
+    #[arg(long)]
+    no_services: bool,
+    /// Back up this host's copy of the app (needed when several serve it).
+    #[arg(long, value_name = "HOST")]
+    host: Option<String>,
+    /// Applied after each successful run; --tz is also the cron's zone.
+    #[command(flatten)]
+    policy: RetentionFlags,
+}
+
+#[derive(Debug, Args)]
+struct SchedulesArgs {
+    /// Only this application's schedules.
+    app: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct UnscheduleArgs {
+    /// The application.
+    app: String,
+    /// Which of its schedules.
+    #[arg(long, value_name = "NAME", default_value = "default")]
+    name: String,
 }
 
 /// A retention policy: restic's `forget` rules. A count is of hours, days,
@@ -347,6 +407,23 @@ impl RetentionFlags {
             keep_within_seconds: self.keep_within.map(|d| d.as_secs().max(1)),
             max_total_size: self.max_total_size,
             time_zone: self.tz.clone().unwrap_or_default(),
+        }
+    }
+}
+
+impl RetentionFlags {
+    /// The flags that would give `wire`.
+    pub fn from_wire(wire: &hop3_proto::v1::RetentionPolicy) -> Self {
+        Self {
+            keep_last: wire.keep_last,
+            keep_hourly: wire.keep_hourly,
+            keep_daily: wire.keep_daily,
+            keep_weekly: wire.keep_weekly,
+            keep_monthly: wire.keep_monthly,
+            keep_yearly: wire.keep_yearly,
+            keep_within: wire.keep_within_seconds.map(std::time::Duration::from_secs),
+            max_total_size: wire.max_total_size,
+            tz: (!wire.time_zone.is_empty()).then(|| wire.time_zone.clone()),
         }
     }
 }
@@ -425,18 +502,52 @@ pub enum Command {
     Delete { id: BackupId, yes: bool },
     /// `backup:import DIR`, with DIR made absolute.
     Import { path: String },
-    /// `backup:prune [APP] [policy flags] [--dry-run]`
+    /// `backup:prune [APP] [policy flags | --schedule NAME] [--dry-run]`
     Prune {
         app: Option<String>,
         policy: RetentionFlags,
+        schedule: Option<String>,
         dry_run: bool,
     },
+    /// `backup:schedule APP --cron EXPR [--name NAME] [--no-services] [--host HOST] [policy flags]`
+    Schedule(ScheduleSpec),
+    /// `backup:schedules [APP]`
+    Schedules { app: Option<String> },
+    /// `backup:unschedule APP [--name NAME]`
+    Unschedule { app: String, name: String },
     /// `backup:pin ID` / `backup:unpin ID`
     Pin { id: BackupId, pinned: bool },
     /// `agent:list`
     AgentList,
     /// `agent:forget HOST`
     AgentForget { host: String },
+}
+
+/// A schedule, as `backup:schedule` sets it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScheduleSpec {
+    pub app: String,
+    pub name: String,
+    pub cron: String,
+    pub no_services: bool,
+    pub host: Option<String>,
+    pub policy: RetentionFlags,
+}
+
+impl ScheduleSpec {
+    /// The schedule as the controller takes it.
+    pub fn to_wire(&self) -> hop3_proto::v1::Schedule {
+        let retention = self.policy.to_wire();
+        hop3_proto::v1::Schedule {
+            app: self.app.clone(),
+            name: self.name.clone(),
+            cron: self.cron.clone(),
+            time_zone: retention.time_zone.clone(),
+            no_services: self.no_services,
+            host: self.host.clone().unwrap_or_default(),
+            retention: Some(retention),
+        }
+    }
 }
 
 /// How `backup:create` backs up.
@@ -527,7 +638,23 @@ impl Cli {
             T::Prune(a) | T::Backup(B::Prune(a)) => Command::Prune {
                 app: a.app.as_deref().map(app_name).transpose()?,
                 policy: a.policy.clone(),
+                schedule: a.schedule.clone(),
                 dry_run: a.dry_run,
+            },
+            T::Schedule(a) | T::Backup(B::Schedule(a)) => Command::Schedule(ScheduleSpec {
+                app: app_name(&a.app)?,
+                name: a.name.clone(),
+                cron: a.cron.clone(),
+                no_services: a.no_services,
+                host: a.host.as_deref().map(host_id).transpose()?,
+                policy: a.policy.clone(),
+            }),
+            T::Schedules(a) | T::Backup(B::Schedules(a)) => Command::Schedules {
+                app: a.app.as_deref().map(app_name).transpose()?,
+            },
+            T::Unschedule(a) | T::Backup(B::Unschedule(a)) => Command::Unschedule {
+                app: app_name(&a.app)?,
+                name: a.name.clone(),
             },
             T::Pin(a) | T::Backup(B::Pin(a)) => Command::Pin {
                 id: backup_id(&a.id)?,

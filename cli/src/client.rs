@@ -10,9 +10,10 @@ use hop3_proto::BackupId;
 use hop3_proto::v1::backup_service_client::BackupServiceClient;
 use hop3_proto::v1::{
     AgentInfo, BackupDetails, BackupSummary, CreateBackupEvent, CreateBackupRequest,
-    DeleteBackupRequest, ForgetAgentRequest, GetBackupRequest, ImportBackupRequest,
-    ListAgentsRequest, ListBackupsRequest, PinBackupRequest, PruneBackupsRequest, PruneDecision,
-    RestoreBackupEvent, RestoreBackupRequest,
+    DeleteBackupRequest, DeleteScheduleRequest, ForgetAgentRequest, GetBackupRequest,
+    ImportBackupRequest, ListAgentsRequest, ListBackupsRequest, ListSchedulesRequest,
+    PinBackupRequest, PruneBackupsRequest, PruneDecision, RestoreBackupEvent, RestoreBackupRequest,
+    ScheduleInfo, SetScheduleRequest,
 };
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
@@ -271,6 +272,46 @@ impl ControllerClient {
                 Ok(None) => return Ok(decisions),
                 Err(status) => return Err(self.error(status, Subject::App)),
             }
+        }
+    }
+
+    /// `SetSchedule`: sets (or replaces) a schedule; answers with its next runs.
+    pub async fn set_schedule(
+        &mut self,
+        schedule: hop3_proto::v1::Schedule,
+    ) -> Result<ScheduleInfo, CliError> {
+        let request = SetScheduleRequest {
+            schedule: Some(schedule),
+        };
+        match self.client.set_schedule(request).await {
+            Ok(response) => Ok(response.into_inner()),
+            Err(status) => Err(self.error(status, Subject::App)),
+        }
+    }
+
+    /// `ListSchedules`, of `app` or of every app.
+    pub async fn list_schedules(
+        &mut self,
+        app: Option<&str>,
+    ) -> Result<Vec<ScheduleInfo>, CliError> {
+        let request = ListSchedulesRequest {
+            app: app.unwrap_or_default().to_owned(),
+        };
+        match self.client.list_schedules(request).await {
+            Ok(response) => Ok(response.into_inner().schedules),
+            Err(status) => Err(self.error(status, Subject::App)),
+        }
+    }
+
+    /// `DeleteSchedule`: removes schedule `name` of `app`.
+    pub async fn delete_schedule(&mut self, app: &str, name: &str) -> Result<(), CliError> {
+        let request = DeleteScheduleRequest {
+            app: app.to_owned(),
+            name: name.to_owned(),
+        };
+        match self.client.delete_schedule(request).await {
+            Ok(_) => Ok(()),
+            Err(status) => Err(self.error(status, Subject::App)),
         }
     }
 

@@ -75,8 +75,18 @@ pub async fn run(cli: &Cli) -> Result<(), CliError> {
         Command::Prune {
             app,
             policy,
+            schedule,
             dry_run,
-        } => commands::prune::run(c, out, app.as_deref(), policy, *dry_run).await,
+        } => {
+            let how = match schedule {
+                Some(name) => commands::prune::Policy::Schedule(name),
+                None => commands::prune::Policy::Flags(policy),
+            };
+            commands::prune::run(c, out, app.as_deref(), how, *dry_run).await
+        }
+        Command::Schedule(spec) => commands::schedule::set(c, out, spec).await,
+        Command::Schedules { app } => commands::schedule::list(c, out, app.as_deref()).await,
+        Command::Unschedule { app, name } => commands::schedule::delete(c, out, app, name).await,
         Command::Pin { id, pinned } => commands::pin::run(c, out, id, *pinned).await,
         Command::AgentList => commands::agents::run(c, out).await,
         Command::AgentForget { host } => commands::agents::forget(c, out, host).await,

@@ -206,7 +206,7 @@ impl BackupService for BackupApi {
         &self,
         req: Request<v1::PruneBackupsRequest>,
     ) -> Result<Response<Self::PruneBackupsStream>, Status> {
-        let req = crate::prune::PruneRequest::from_wire(req.into_inner())?;
+        let req = crate::prune::PruneRequest::from_wire(&self.ctl, req.into_inner()).await?;
         let rx = crate::prune::start(&self.ctl, req).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -218,6 +218,39 @@ impl BackupService for BackupApi {
         let req = req.into_inner();
         let row = crate::pin::set_pinned(&self.ctl, &req.backup_id, req.pinned).await?;
         Ok(Response::new(self.ctl.summary(&row)))
+    }
+
+    async fn set_schedule(
+        &self,
+        req: Request<v1::SetScheduleRequest>,
+    ) -> Result<Response<v1::ScheduleInfo>, Status> {
+        let schedule = req.into_inner().schedule.unwrap_or_default();
+        Ok(Response::new(
+            crate::schedules::set(&self.ctl, schedule).await?,
+        ))
+    }
+
+    async fn list_schedules(
+        &self,
+        req: Request<v1::ListSchedulesRequest>,
+    ) -> Result<Response<v1::ListSchedulesResponse>, Status> {
+        let app = req.into_inner().app;
+        let app = (!app.is_empty()).then_some(app.as_str());
+        if let Some(app) = app {
+            check_app(app)?;
+        }
+        let schedules = crate::schedules::list(&self.ctl, app).await?;
+        Ok(Response::new(v1::ListSchedulesResponse { schedules }))
+    }
+
+    async fn delete_schedule(
+        &self,
+        req: Request<v1::DeleteScheduleRequest>,
+    ) -> Result<Response<v1::DeleteScheduleResponse>, Status> {
+        let req = req.into_inner();
+        check_app(&req.app)?;
+        crate::schedules::delete(&self.ctl, &req.app, &req.name).await?;
+        Ok(Response::new(v1::DeleteScheduleResponse {}))
     }
 
     async fn import_backup(

@@ -14,6 +14,10 @@ use sqlx::any::AnyPoolOptions;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+mod schedules;
+
+pub use schedules::{RunRow, RunState};
+
 /// What the catalog can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {

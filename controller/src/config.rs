@@ -67,6 +67,38 @@ pub struct Config {
         value_parser = parse_expiry
     )]
     pub forget_agents_after: Expiry,
+    /// Scheduled backups start a fixed delay (a hash of the app and
+    /// schedule names) under this after their slot, and under a quarter of
+    /// the schedule's period, so that many apps on `@daily` do not all
+    /// start at midnight; 0s turns it off.
+    #[arg(long, env = "HOP3_SCHEDULE_SPREAD", value_name = "DURATION", default_value = "5m",
+          value_parser = humantime::parse_duration)]
+    pub schedule_spread: Duration,
+    /// A slot missed (the controller was down) by more than this is
+    /// recorded as skipped instead of run late [default: the schedule's
+    /// period].
+    #[arg(long, env = "HOP3_SCHEDULE_LATENESS", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub schedule_lateness: Option<Duration>,
+    /// Attempts per scheduled slot: a failed backup is retried, with a
+    /// backoff doubled each time, while the next slot is not due.
+    #[arg(long, env = "HOP3_SCHEDULE_ATTEMPTS", value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub schedule_attempts: u32,
+    /// The wait before the first retry of a failed scheduled backup.
+    #[arg(long, env = "HOP3_SCHEDULE_RETRY_BACKOFF", value_name = "DURATION", default_value = "1m",
+          value_parser = humantime::parse_duration)]
+    pub schedule_retry_backoff: Duration,
+    /// How long a scheduled backup waits for a backup or restore of its app
+    /// to end before its slot is recorded as skipped.
+    #[arg(long, env = "HOP3_SCHEDULE_BUSY_WAIT", value_name = "DURATION", default_value = "10m",
+          value_parser = humantime::parse_duration)]
+    pub schedule_busy_wait: Duration,
+    /// A schedule is overdue when no success came within its interval plus
+    /// this [default: half the interval, at least 1m].
+    #[arg(long, env = "HOP3_OVERDUE_GRACE", value_name = "DURATION",
+          value_parser = humantime::parse_duration)]
+    pub overdue_grace: Option<Duration>,
     /// Allow plain gRPC (tokens and the join token sent in clear) on a
     /// non-loopback address.
     #[arg(long, env = "HOP3_INSECURE")]
@@ -176,6 +208,18 @@ impl Config {
         self.catalog
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.store.join("catalog.db").display()))
+    }
+
+    /// How the scheduler runs schedules.
+    pub fn scheduler(&self) -> crate::scheduler::SchedulerConfig {
+        crate::scheduler::SchedulerConfig {
+            spread_window: self.schedule_spread,
+            lateness: self.schedule_lateness,
+            max_attempts: self.schedule_attempts,
+            retry_backoff: self.schedule_retry_backoff,
+            busy_wait: self.schedule_busy_wait,
+            overdue_grace: self.overdue_grace,
+        }
     }
 
     /// The directory `backup:import` reads from.

@@ -24,6 +24,8 @@ pub enum ControllerError {
     Cancelled,
     #[error("No backups of app {0} in the catalog")]
     NoBackups(String),
+    #[error("Schedule not found: {name} of app {app} (hop3 backup:schedules lists them)")]
+    ScheduleNotFound { app: String, name: String },
     #[error("Backup not found: {0}")]
     BackupNotFound(String),
     #[error("{0}")]
@@ -174,6 +176,7 @@ impl ControllerError {
             | Self::AppNotFoundUnanswered { .. }
             | Self::BackupNotFound(_)
             | Self::NoBackups(_)
+            | Self::ScheduleNotFound { .. }
             | Self::HostNotFound(_) => Code::NotFound,
             Self::InvalidArgument(_) | Self::Ambiguous { .. } => Code::InvalidArgument,
             Self::Busy { .. }

@@ -226,6 +226,7 @@ async fn controller(agent: FakeAgent, dir: &std::path::Path) -> (Arc<Controller>
         mutual_tls: false,
         join_token: None,
         import_dir: dir.join("import"),
+        scheduler: Default::default(),
     };
     (Arc::new(ctl), memory)
 }

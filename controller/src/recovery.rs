@@ -137,6 +137,7 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
         ms = started.elapsed().as_millis() as u64,
         "catalog checked against the store"
     );
+    rebuild_schedules(ctl).await?;
     let pending = crate::delete::retry_pending(ctl, None).await?;
     if pending > 0 {
         tracing::warn!(
@@ -144,6 +145,22 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
             "backups whose deletion failed are still DELETE_PENDING: the next prune or backup:delete retries them"
         );
     }
+    Ok(())
+}
+
+/// At start-up: the catalog's schedules become the store's (their source
+/// of truth), and slots a stopped controller left RUNNING are FAILED.
+async fn rebuild_schedules(ctl: &Controller) -> Result<()> {
+    let schedules = ctl.store.all_schedules().await?;
+    ctl.catalog.replace_all_schedules(&schedules).await?;
+    let interrupted = ctl.catalog.fail_interrupted_runs().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "scheduled runs cut short by the last stop are recorded FAILED"
+        );
+    }
+    tracing::info!(schedules = schedules.len(), "schedules read from the store");
     Ok(())
 }
 

@@ -19,21 +19,53 @@ use time::OffsetDateTime;
 use crate::catalog::{BackupRow, BackupStatus};
 
 /// A retention policy. Counts are of periods *that have backups* (as in
-/// restic), not calendar periods; None turns a rule off.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// restic), not calendar periods; None turns a rule off. Stored with a
+/// schedule as JSON, absent rules left out, the window in seconds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Policy {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_last: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_hourly: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_daily: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_weekly: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_monthly: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub keep_yearly: Option<u32>,
     /// Keep every backup this much younger than the newest success (not
     /// than now: an app that stopped backing up keeps its history).
+    #[serde(
+        rename = "keep_within_seconds",
+        with = "seconds",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub keep_within: Option<Duration>,
     /// After the rules: remove the oldest kept backups while the app's
     /// kept total exceeds this many bytes (the rails still hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_total_size: Option<u64>,
+}
+
+/// A window as whole seconds in the stored form.
+mod seconds {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_u64(d.as_secs()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_secs))
+    }
 }
 
 impl Policy {

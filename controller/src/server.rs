@@ -91,6 +91,7 @@ pub async fn run(
         mutual_tls: tls.is_some(),
         join_token,
         import_dir: config.import_dir(),
+        scheduler: config.scheduler(),
     });
     crate::recovery::rebuild_catalog(&ctl)
         .await
@@ -184,6 +185,7 @@ pub async fn run(
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
         .max_decoding_message_size(1024 * 1024);
     tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store.display(), "hop3-controller serving");
+    crate::scheduler::spawn(ctl.clone());
     hop3_wire::serving::notify_ready();
     let mut builder = Server::builder();
     if let Some(tls) = &tls {

@@ -27,6 +27,8 @@ pub struct Controller {
     pub join_token: Option<hop3_wire::join_token::JoinToken>,
     /// Where `backup:import` may read from.
     pub import_dir: std::path::PathBuf,
+    /// How schedules run.
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 impl Controller {

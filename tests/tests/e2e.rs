@@ -30,6 +30,8 @@ mod recovery;
 mod retention;
 #[path = "e2e/roundtrip.rs"]
 mod roundtrip;
+#[path = "e2e/schedules.rs"]
+mod schedules;
 #[path = "e2e/security.rs"]
 mod security;
 #[path = "e2e/services.rs"]

@@ -15,3 +15,4 @@ pub mod list;
 pub mod pin;
 pub mod prune;
 pub mod restore;
+pub mod schedule;

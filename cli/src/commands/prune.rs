@@ -35,21 +35,37 @@ struct DecisionView {
     error: Option<String>,
 }
 
+/// Which policy a prune applies.
+pub enum Policy<'a> {
+    Flags(&'a RetentionFlags),
+    /// The policy of this schedule of the app.
+    Schedule(&'a str),
+}
+
 /// Applies `policy` to `app`'s backups (every app's when None).
 pub async fn run(
     controller: &mut ControllerClient,
     out: Output,
     app: Option<&str>,
-    policy: &RetentionFlags,
+    policy: Policy<'_>,
     dry_run: bool,
 ) -> Result<(), CliError> {
+    let (wire, schedule) = match policy {
+        Policy::Flags(flags) => (Some(flags.to_wire()), String::new()),
+        Policy::Schedule(name) => (None, name.to_owned()),
+    };
     let decisions = controller
         .prune_backups(PruneBackupsRequest {
             app: app.unwrap_or_default().to_owned(),
-            policy: Some(policy.to_wire()),
+            policy: wire,
             dry_run,
+            schedule: schedule.clone(),
         })
         .await?;
+    let described = match policy {
+        Policy::Flags(flags) => describe(flags),
+        Policy::Schedule(_) => format!("that of schedule {schedule}"),
+    };
     let failed = decisions
         .iter()
         .filter(|d| !d.keep && !d.error.is_empty())
@@ -64,7 +80,7 @@ pub async fn run(
             decisions: decisions.into_iter().map(view).collect(),
         })?;
     } else {
-        out.text(&render(&decisions, policy, dry_run))?;
+        out.text(&render(&decisions, &described, dry_run))?;
     }
     if failed > 0 {
         return Err(CliError::PruneIncomplete { failed });
@@ -83,7 +99,7 @@ fn view(d: PruneDecision) -> DecisionView {
 }
 
 /// The policy in words, as the first line says it.
-fn describe(policy: &RetentionFlags) -> String {
+pub fn describe(policy: &RetentionFlags) -> String {
     let counts = [
         (policy.keep_last, "last"),
         (policy.keep_hourly, "hourly"),
@@ -110,8 +126,8 @@ fn describe(policy: &RetentionFlags) -> String {
 }
 
 /// One table per app, then what was (or would be) removed.
-pub fn render(decisions: &[PruneDecision], policy: &RetentionFlags, dry_run: bool) -> String {
-    let mut text = format!("Policy: {}\n", describe(policy));
+pub fn render(decisions: &[PruneDecision], policy: &str, dry_run: bool) -> String {
+    let mut text = format!("Policy: {policy}\n");
     if decisions.is_empty() {
         text.push_str("No backups found.\n");
         return text;
@@ -245,7 +261,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            render(&decisions, &policy, true),
+            render(&decisions, &describe(&policy), true),
             "\
 Policy: keep 1 daily, all within 1day 12h (periods in UTC)
 
@@ -282,7 +298,7 @@ Dry run: 1 backup(s) (976.6 KB) would be removed; nothing was.
                 "Backup 20251106_020000_cccccc is being restored; wait for it to finish",
             ),
         ];
-        let text = render(&decisions, &RetentionFlags::default(), false);
+        let text = render(&decisions, &describe(&RetentionFlags::default()), false);
         assert!(text.contains("FAILED   20251106_020000_cccccc"), "{text}");
         assert!(text.contains("not removed: Backup 20251106_020000_cccccc is being restored"));
         assert!(

@@ -304,6 +304,28 @@ impl BackupService for Fake {
         Err(Status::unimplemented("not faked"))
     }
 
+    async fn set_schedule(
+        &self,
+        _request: Request<hop3_proto::v1::SetScheduleRequest>,
+    ) -> Result<Response<hop3_proto::v1::ScheduleInfo>, Status> {
+        // Schedules are tested end to end, against a real controller.
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn list_schedules(
+        &self,
+        _request: Request<hop3_proto::v1::ListSchedulesRequest>,
+    ) -> Result<Response<hop3_proto::v1::ListSchedulesResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
+    async fn delete_schedule(
+        &self,
+        _request: Request<hop3_proto::v1::DeleteScheduleRequest>,
+    ) -> Result<Response<hop3_proto::v1::DeleteScheduleResponse>, Status> {
+        Err(Status::unimplemented("not faked"))
+    }
+
     async fn pin_backup(
         &self,
         request: Request<hop3_proto::v1::PinBackupRequest>,

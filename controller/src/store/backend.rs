@@ -97,6 +97,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
 
     /// Sets the store-wide mark `name`.
     async fn set_mark(&self, name: &str) -> io::Result<()>;
+
+    /// Reads the store-wide document `dir/name` (a small JSON file, such as
+    /// `schedules/blog.json`), refusing more than `limit` bytes; None when
+    /// it does not exist.
+    async fn read_doc(&self, dir: &str, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>>;
+
+    /// Writes the document `dir/name` whole, in place of any there.
+    async fn write_doc(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<()>;
+
+    /// Removes the document `dir/name`; a missing one is not an error.
+    async fn remove_doc(&self, dir: &str, name: &str) -> io::Result<()>;
+
+    /// The names of the documents in `dir`, sorted.
+    async fn list_docs(&self, dir: &str) -> io::Result<Vec<String>>;
 }
 
 /// A backup being written.

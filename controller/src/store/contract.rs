@@ -152,6 +152,35 @@ async fn marks_stay_set(b: &dyn Backend) {
 
 /// Through the store above the backend: a sealed commit verifies, a
 /// manifest naming another place is not a usable backup.
+async fn documents_round_trip(b: &dyn Backend) {
+    assert_eq!(
+        b.list_docs("schedules").await.unwrap(),
+        Vec::<String>::new()
+    );
+    assert_eq!(b.read_doc("schedules", "a.json", 100).await.unwrap(), None);
+    b.write_doc("schedules", "b.json", b"{}").await.unwrap();
+    b.write_doc("schedules", "a.json", b"[1]").await.unwrap();
+    b.write_doc("schedules", "a.json", b"[2]").await.unwrap();
+    assert_eq!(
+        b.list_docs("schedules").await.unwrap(),
+        ["a.json", "b.json"]
+    );
+    assert_eq!(
+        b.read_doc("schedules", "a.json", 100)
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"[2]"[..])
+    );
+    let err = b.read_doc("schedules", "a.json", 2).await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::FileTooLarge);
+    b.remove_doc("schedules", "a.json").await.unwrap();
+    b.remove_doc("schedules", "a.json").await.unwrap();
+    assert_eq!(b.list_docs("schedules").await.unwrap(), ["b.json"]);
+    // Documents are no backups.
+    assert!(b.scan().await.unwrap().backups.is_empty());
+}
+
 async fn the_store_seals_and_checks(b: Arc<dyn Backend>) {
     let keys = tempfile::tempdir().unwrap();
     let store = Store::with_backend(b, keys.path()).await.unwrap();
@@ -236,4 +265,5 @@ contract_tests!(
     small_reads_are_bounded,
     delete_and_discard_leave_nothing,
     marks_stay_set,
+    documents_round_trip,
 );

@@ -156,6 +156,46 @@ impl Backend for LocalDir {
     async fn set_mark(&self, name: &str) -> io::Result<()> {
         fs::write(self.root.join(mark_file(name)), b"").await
     }
+
+    async fn read_doc(&self, dir: &str, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        match read_private(&self.root.join(dir).join(name), limit).await {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn write_doc(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let dir = self.root.join(dir);
+        make_dir(&dir).await?;
+        replace_file(&dir, name, bytes).await?;
+        sync_dir(&dir).await
+    }
+
+    async fn remove_doc(&self, dir: &str, name: &str) -> io::Result<()> {
+        match fs::remove_file(self.root.join(dir).join(name)).await {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    async fn list_docs(&self, dir: &str) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        let mut entries = match fs::read_dir(self.root.join(dir)).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(names),
+            Err(e) => return Err(e),
+        };
+        while let Some(e) = entries.next_entry().await? {
+            let name = e.file_name().to_string_lossy().into_owned();
+            // A write cut short leaves its temporary file: not a document.
+            if !name.ends_with(".tmp") {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
 }
 
 /// A mark's file in the store's root: hidden, as `.sealed-once` always was.

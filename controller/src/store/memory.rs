@@ -196,6 +196,44 @@ impl Backend for Memory {
         self.objects().marks.insert(name.to_owned());
         Ok(())
     }
+
+    async fn read_doc(&self, dir: &str, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        let Some(bytes) = self
+            .objects()
+            .objects
+            .get(&format!("{dir}/{name}"))
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        if bytes.len() as u64 > limit {
+            return Err(io::Error::new(io::ErrorKind::FileTooLarge, "too large"));
+        }
+        Ok(Some(bytes.to_vec()))
+    }
+
+    async fn write_doc(&self, dir: &str, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.objects()
+            .objects
+            .insert(format!("{dir}/{name}"), Bytes::copy_from_slice(bytes));
+        Ok(())
+    }
+
+    async fn remove_doc(&self, dir: &str, name: &str) -> io::Result<()> {
+        self.objects().objects.remove(&format!("{dir}/{name}"));
+        Ok(())
+    }
+
+    async fn list_docs(&self, dir: &str) -> io::Result<Vec<String>> {
+        let prefix = format!("{dir}/");
+        Ok(self
+            .objects()
+            .objects
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(k, _)| k[prefix.len()..].to_owned())
+            .collect())
+    }
 }
 
 struct MemoryStaging {

@@ -23,7 +23,11 @@ pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
 pub use local::LocalDir;
 pub use memory::Memory;
 
+use crate::schedule::Schedule;
 use crate::seal::{SEAL_FILE, SealKey};
+
+/// Where the store keeps each app's schedules, as `<app>.json`.
+const SCHEDULES_DIR: &str = "schedules";
 
 /// The file that pins a backup, beside its metadata.json.
 pub const PIN_FILE: &str = "pin.json";
@@ -213,6 +217,48 @@ impl Store {
             .ok()
             .and_then(|v| v.get("pinned")?.as_bool())
             .unwrap_or(false)
+    }
+
+    /// Writes `app`'s schedules to `schedules/<app>.json` (removing it when
+    /// there are none): the store is what a rebuilt catalog reads them from.
+    pub async fn save_schedules(&self, app: &str, schedules: &[Schedule]) -> Result<()> {
+        let name = format!("{app}.json");
+        let done = if schedules.is_empty() {
+            self.backend.remove_doc(SCHEDULES_DIR, &name).await
+        } else {
+            let body = serde_json::to_vec_pretty(schedules).expect("schedules serialise");
+            self.backend.write_doc(SCHEDULES_DIR, &name, &body).await
+        };
+        done.map_err(StoreError::io("writing the schedules"))
+    }
+
+    /// Every schedule the store holds; a document that cannot be read is
+    /// logged and skipped (its app's schedules are then lost to the
+    /// catalog, and the log says so).
+    pub async fn all_schedules(&self) -> Result<Vec<Schedule>> {
+        let names = self
+            .backend
+            .list_docs(SCHEDULES_DIR)
+            .await
+            .map_err(StoreError::io("listing the schedules"))?;
+        let mut all = Vec::new();
+        for name in names.iter().filter(|n| n.ends_with(".json")) {
+            let read = self
+                .backend
+                .read_doc(SCHEDULES_DIR, name, MAX_MANIFEST_BYTES)
+                .await;
+            match read.map(|b| b.map(|b| serde_json::from_slice::<Vec<Schedule>>(&b))) {
+                Ok(Some(Ok(schedules))) => all.extend(schedules),
+                Ok(None) => {}
+                Ok(Some(Err(e))) => {
+                    tracing::warn!(file = %name, error = %e, "skipping an unreadable schedules file")
+                }
+                Err(e) => {
+                    tracing::warn!(file = %name, error = %e, "skipping an unreadable schedules file")
+                }
+            }
+        }
+        Ok(all)
     }
 
     /// Starts writing backup `id` of `app`.
