@@ -335,6 +335,10 @@ struct ScheduleArgs {
     /// Back up this host's copy of the app (needed when several serve it).
     #[arg(long, value_name = "HOST")]
     host: Option<String>,
+    /// Ping this URL as healthchecks.io defines (URL/start, URL, URL/fail)
+    /// at each run, so that an outside check notices missed backups too.
+    #[arg(long, value_name = "URL")]
+    ping_url: Option<String>,
     /// Applied after each successful run; --tz is also the cron's zone.
     #[command(flatten)]
     policy: RetentionFlags,
@@ -531,6 +535,7 @@ pub struct ScheduleSpec {
     pub cron: String,
     pub no_services: bool,
     pub host: Option<String>,
+    pub ping_url: Option<String>,
     pub policy: RetentionFlags,
 }
 
@@ -546,6 +551,7 @@ impl ScheduleSpec {
             no_services: self.no_services,
             host: self.host.clone().unwrap_or_default(),
             retention: Some(retention),
+            ping_url: self.ping_url.clone().unwrap_or_default(),
         }
     }
 }
@@ -647,6 +653,7 @@ impl Cli {
                 cron: a.cron.clone(),
                 no_services: a.no_services,
                 host: a.host.as_deref().map(host_id).transpose()?,
+                ping_url: a.ping_url.clone(),
                 policy: a.policy.clone(),
             }),
             T::Schedules(a) | T::Backup(B::Schedules(a)) => Command::Schedules {

@@ -99,6 +99,25 @@ pub struct Config {
     #[arg(long, env = "HOP3_OVERDUE_GRACE", value_name = "DURATION",
           value_parser = humantime::parse_duration)]
     pub overdue_grace: Option<Duration>,
+    /// POST a JSON alert here for every failed or skipped scheduled run,
+    /// retention failure, recovery and overdue schedule (repeatable; in the
+    /// config file, a list). Signed with the key of --alert-secret-file or
+    /// HOP3_ALERT_SECRET (`X-Hop3-Signature: sha256=...`).
+    #[arg(
+        long,
+        env = "HOP3_ALERT_WEBHOOK",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub alert_webhook: Vec<String>,
+    /// A file holding the alerts' HMAC key (its first line); the key may
+    /// also come in HOP3_ALERT_SECRET, never on the command line, where
+    /// process lists show it.
+    #[arg(long, env = "HOP3_ALERT_SECRET_FILE", value_name = "FILE")]
+    pub alert_secret_file: Option<PathBuf>,
+    /// Serve Prometheus metrics on ADDR (any path, e.g. /metrics).
+    #[arg(long, env = "HOP3_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// Allow plain gRPC (tokens and the join token sent in clear) on a
     /// non-loopback address.
     #[arg(long, env = "HOP3_INSECURE")]
@@ -208,6 +227,40 @@ impl Config {
         self.catalog
             .clone()
             .unwrap_or_else(|| format!("sqlite://{}", self.store.join("catalog.db").display()))
+    }
+
+    /// Where alerts go, with the key read from `--alert-secret-file` or
+    /// `HOP3_ALERT_SECRET`.
+    pub async fn alerts(&self) -> anyhow::Result<crate::alerts::AlertConfig> {
+        use anyhow::Context;
+        for url in &self.alert_webhook {
+            let parsed = url::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"));
+            anyhow::ensure!(
+                parsed.is_some(),
+                "--alert-webhook {}: not an http:// or https:// URL",
+                crate::alerts::redact(url)
+            );
+        }
+        let secret = match &self.alert_secret_file {
+            Some(path) => {
+                let text = tokio::fs::read_to_string(path)
+                    .await
+                    .with_context(|| format!("cannot read the alert secret {}", path.display()))?;
+                Some(text.lines().next().unwrap_or_default().trim().to_owned())
+            }
+            None => std::env::var("HOP3_ALERT_SECRET").ok(),
+        };
+        if let Some(s) = &secret {
+            anyhow::ensure!(!s.is_empty(), "the alert secret is empty");
+        }
+        Ok(crate::alerts::AlertConfig {
+            webhooks: self.alert_webhook.clone(),
+            secret: secret.map(String::into_bytes),
+            attempts: 5,
+            backoff: Duration::from_secs(1),
+        })
     }
 
     /// How the scheduler runs schedules.

@@ -104,7 +104,11 @@ pub async fn start(
 /// Runs the job to its end, reporting on `out`.
 pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     let id = job.id.to_string();
-    match execute(&ctl, &job, &out).await {
+    let started = std::time::Instant::now();
+    let result = execute(&ctl, &job, &out).await;
+    let size = result.as_ref().map_or(0, |(row, _)| row.total_size);
+    crate::telemetry::backup_ended(&job.app, result.is_ok(), started.elapsed(), size);
+    match result {
         Ok((row, skipped)) => {
             tracing::info!(app = %job.app, backup_id = %id, size = row.total_size, "backup completed");
             let mut summary = ctl.summary(&row);

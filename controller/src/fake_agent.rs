@@ -227,6 +227,7 @@ async fn controller(agent: FakeAgent, dir: &std::path::Path) -> (Arc<Controller>
         join_token: None,
         import_dir: dir.join("import"),
         scheduler: Default::default(),
+        alerts: crate::alerts::Alerter::new(Default::default()),
     };
     (Arc::new(ctl), memory)
 }

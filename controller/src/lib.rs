@@ -4,6 +4,7 @@
 //! Public: what the `hop3-controller` binary's subcommands call (serving,
 //! certificates, tokens and what they read); everything else is private.
 
+pub mod alerts;
 mod api;
 pub mod auth;
 pub mod catalog;
@@ -31,6 +32,7 @@ pub mod server;
 mod socket;
 mod state;
 pub mod store;
+mod telemetry;
 pub mod tokens;
 
 /// The controller's settings (flags, environment, config file).

@@ -192,11 +192,11 @@ async fn carry_out(ctl: &Controller, row: BackupRow, decision: Decision, dry_run
     let removal = if decision.keep || dry_run {
         None
     } else {
-        Some(
-            crate::delete::delete(ctl, &row)
-                .await
-                .map_err(|e| e.to_string()),
-        )
+        let removed = crate::delete::delete(ctl, &row).await;
+        if removed.is_ok() {
+            crate::telemetry::retention_removed(&row.app, 1);
+        }
+        Some(removed.map_err(|e| e.to_string()))
     };
     Judged {
         row,

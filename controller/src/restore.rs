@@ -166,7 +166,9 @@ fn advance(phase: &SharedPhase, to: Phase) -> bool {
 /// Runs the job to its end, reporting on `out`.
 pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
     let id = job.row.backup_id.clone();
-    match execute(&ctl, &job, &out).await {
+    let result = execute(&ctl, &job, &out).await;
+    crate::telemetry::restore_ended(&job.target_app, result.is_ok());
+    match result {
         Ok(done) => {
             tracing::info!(backup_id = %id, app = %job.target_app, host = %job.host, "restore completed");
             let result = v1::RestoreResult {

@@ -33,6 +33,9 @@ pub struct Schedule {
     /// Applied to the app after each successful run.
     #[serde(default)]
     pub retention: Policy,
+    /// Pinged as healthchecks.io defines at each run's start and end.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ping_url: Option<String>,
     /// RFC 3339, UTC: slots before it were never due.
     pub created_at: String,
 }
@@ -284,6 +287,7 @@ mod tests {
                 keep_within: Some(Duration::from_secs(3600)),
                 ..Default::default()
             },
+            ping_url: None,
             created_at: "2026-12-03T10:00:00Z".into(),
         };
         let text = serde_json::to_string(&s).unwrap();

@@ -3,13 +3,14 @@
 //! the catalog, backs the app up, retries a failure with backoff until the
 //! next slot, and applies the schedule's retention policy after a success.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use hop3_proto::v1::{self, create_backup_event};
 
+use crate::alerts::{Alert, Event, Ping};
 use crate::catalog::{RunRow, RunState};
 use crate::create::{self, CreateRequest};
 use crate::error::ControllerError;
@@ -54,6 +55,8 @@ impl Default for SchedulerConfig {
 
 /// How often the loop looks at the clock: slots have whole seconds.
 const TICK: Duration = Duration::from_millis(500);
+/// Every how many ticks overdue schedules are looked for.
+const OVERDUE_EVERY: u64 = 4;
 /// How often a run whose app is busy tries again.
 const BUSY_POLL: Duration = Duration::from_secs(2);
 /// The most missed slots recorded one by one at start (older ones are
@@ -65,6 +68,38 @@ struct Followed {
     schedule: Schedule,
     timing: Timing,
     slot: DateTime<Utc>,
+}
+
+/// Raises an `overdue` alert once for each schedule that became overdue:
+/// no success within its interval and grace, whatever the reason (runs
+/// failing, an agent gone, slots skipped). It may be raised again once a
+/// success has ended the spell.
+async fn watch_overdue(
+    ctl: &Controller,
+    followed: &HashMap<(String, String), Followed>,
+    overdue: &mut HashSet<(String, String)>,
+) {
+    let now = Utc::now();
+    for (key, f) in followed {
+        let Ok(success) = ctl.catalog.last_success(&key.0, &key.1).await else {
+            continue;
+        };
+        if !crate::schedules::is_overdue(ctl, &f.schedule, &f.timing, success.as_ref(), now) {
+            overdue.remove(key);
+            continue;
+        }
+        if overdue.insert(key.clone()) {
+            tracing::warn!(app = %key.0, schedule = %key.1, "schedule overdue: no success within its interval");
+            let mut alert = Alert::new(Event::Overdue, &key.0, &key.1);
+            alert.slot = success.as_ref().map(|r| r.slot.clone());
+            alert.reason = Some(match &success {
+                Some(r) => format!("no successful backup since the slot of {}", r.slot),
+                None => "no successful backup yet".to_owned(),
+            });
+            ctl.alerts.send(alert);
+        }
+    }
+    overdue.retain(|k| followed.contains_key(k));
 }
 
 /// When schedule `s` runs next after `slot` (its start, spread included).
@@ -85,9 +120,13 @@ pub fn spawn(ctl: Arc<Controller>) -> tokio::task::JoinHandle<()> {
         // a heartbeat: a slot caught up before that would fail for nothing.
         tokio::time::sleep(crate::registry::HEARTBEAT + Duration::from_secs(1)).await;
         let mut followed: HashMap<(String, String), Followed> = HashMap::new();
-        loop {
+        let mut overdue = HashSet::new();
+        for n in 0u64.. {
             if let Err(e) = tick(&ctl, &mut followed).await {
                 tracing::warn!(error = %e, "the scheduler could not read its schedules");
+            }
+            if n % OVERDUE_EVERY == 0 {
+                watch_overdue(&ctl, &followed, &mut overdue).await;
             }
             tokio::time::sleep(TICK).await;
         }
@@ -168,6 +207,15 @@ async fn catch_up(
     let Some((&newest, older)) = missed.split_last() else {
         return Ok(timing.next_after(now));
     };
+    if !older.is_empty() {
+        let mut alert = Alert::new(Event::BackupSkipped, &s.app, &s.name);
+        alert.slot = older.last().map(|t| slot_text(*t));
+        alert.reason = Some(format!(
+            "{} slot(s) missed while the controller was not running",
+            older.len() as u64 + uncounted
+        ));
+        ctl.alerts.send(alert);
+    }
     for slot in older {
         ctl.catalog
             .skip_slot(
@@ -194,6 +242,10 @@ async fn catch_up(
         .skip_slot(&s.app, &s.name, &slot_text(newest), &reason)
         .await?;
     tracing::warn!(app = %s.app, schedule = %s.name, slot = %slot_text(newest), %reason, "slot skipped");
+    let mut alert = Alert::new(Event::BackupSkipped, &s.app, &s.name);
+    alert.slot = Some(slot_text(newest));
+    alert.reason = Some(reason);
+    ctl.alerts.send(alert);
     Ok(timing.next_after(now))
 }
 
@@ -218,6 +270,13 @@ async fn run_slot(
 ) {
     let cfg = ctl.scheduler.clone();
     let slot_s = slot_text(slot);
+    let before = ctl
+        .catalog
+        .last_run(&s.app, &s.name)
+        .await
+        .ok()
+        .flatten()
+        .map(|r| r.state);
     match ctl.catalog.claim_slot(&s.app, &s.name, &slot_s).await {
         Ok(true) => {}
         Ok(false) => return,
@@ -227,6 +286,10 @@ async fn run_slot(
         }
     }
     tracing::info!(app = %s.app, schedule = %s.name, slot = %slot_s, "scheduled backup due");
+    let rid = run_id(&s, &slot_s);
+    if let Some(url) = &s.ping_url {
+        ctl.alerts.ping(url, Ping::Start, &rid, String::new());
+    }
     let mut run = RunRow {
         app: s.app.clone(),
         name: s.name.clone(),
@@ -247,7 +310,14 @@ async fn run_slot(
             Attempt::Done(id) => {
                 run.backup_ids.push(id.clone());
                 run.state = RunState::Succeeded;
-                run.reason = retention(&ctl, &s).await;
+                let (said, failed) = retention(&ctl, &s).await;
+                if failed {
+                    let mut alert = Alert::new(Event::RetentionFailed, &s.app, &s.name);
+                    alert.slot = Some(slot_s.clone());
+                    alert.reason = said.clone();
+                    ctl.alerts.send(alert);
+                }
+                run.reason = said;
                 tracing::info!(app = %s.app, schedule = %s.name, slot = %slot_s, backup_id = %id, "scheduled backup completed");
                 break;
             }
@@ -284,6 +354,59 @@ async fn run_slot(
     if let Err(e) = ctl.catalog.record_attempt(&run).await {
         tracing::warn!(app = %s.app, schedule = %s.name, slot = %slot_s, error = %e, "could not record a run");
     }
+    tell(&ctl, &s, &run, before, &rid);
+}
+
+/// The alert and the ping an ended run calls for: a failure or a skip, or
+/// a success after either.
+fn tell(ctl: &Controller, s: &Schedule, run: &RunRow, before: Option<RunState>, rid: &str) {
+    let event = match run.state {
+        RunState::Succeeded => {
+            matches!(before, Some(RunState::Failed | RunState::Skipped)).then_some(Event::Recovered)
+        }
+        RunState::Failed => Some(Event::BackupFailed),
+        RunState::Skipped => Some(Event::BackupSkipped),
+        RunState::Running => None,
+    };
+    if let Some(event) = event {
+        let mut alert = Alert::new(event, &s.app, &s.name);
+        alert.slot = Some(run.slot.clone());
+        alert.attempts = Some(run.attempts);
+        alert.backup_ids = run.backup_ids.clone();
+        alert.reason = run.reason.clone();
+        ctl.alerts.send(alert);
+    }
+    if let Some(url) = &s.ping_url {
+        let ping = if run.state == RunState::Succeeded {
+            Ping::Success
+        } else {
+            Ping::Fail
+        };
+        ctl.alerts
+            .ping(url, ping, rid, run.reason.clone().unwrap_or_default());
+    }
+}
+
+/// A UUID that pairs a run's start ping with its end ping: the same for
+/// the same slot of the same schedule.
+fn run_id(s: &Schedule, slot: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::new()
+        .chain_update(s.app.as_bytes())
+        .chain_update([0])
+        .chain_update(s.name.as_bytes())
+        .chain_update([0])
+        .chain_update(slot.as_bytes())
+        .finalize();
+    let h = hex::encode(&d[..16]);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// One backup of the schedule's app.
@@ -332,11 +455,12 @@ async fn attempt(ctl: &Arc<Controller>, s: &Schedule) -> Attempt {
 }
 
 /// Applies the schedule's policy to its app after a success; says what it
-/// did, for the run's record (None when the policy is empty).
-async fn retention(ctl: &Controller, s: &Schedule) -> Option<String> {
+/// did, for the run's record (None when the policy is empty), and whether
+/// it failed.
+async fn retention(ctl: &Controller, s: &Schedule) -> (Option<String>, bool) {
     let policy = s.retention.clone();
     if policy.is_empty() {
-        return None;
+        return (None, false);
     }
     let tz = Timing::parse(&s.cron, &s.time_zone).map_or(chrono_tz::Tz::UTC, |t| t.tz());
     let req = PruneRequest {
@@ -345,17 +469,23 @@ async fn retention(ctl: &Controller, s: &Schedule) -> Option<String> {
         tz,
         dry_run: false,
     };
-    Some(match prune::apply(ctl, &req).await {
-        Ok((removed, 0)) => format!("retention removed {removed} backup(s)"),
+    match prune::apply(ctl, &req).await {
+        Ok((removed, 0)) => (
+            Some(format!("retention removed {removed} backup(s)")),
+            false,
+        ),
         Ok((removed, failed)) => {
             tracing::warn!(app = %s.app, schedule = %s.name, failed, "retention could not remove every backup");
-            format!(
-                "retention removed {removed} backup(s); {failed} could not be removed (left DELETE_PENDING)"
+            (
+                Some(format!(
+                    "retention removed {removed} backup(s); {failed} could not be removed (left DELETE_PENDING)"
+                )),
+                true,
             )
         }
         Err(e) => {
             tracing::warn!(app = %s.app, schedule = %s.name, error = %e, "retention failed");
-            format!("retention failed: {e}")
+            (Some(format!("retention failed: {e}")), true)
         }
-    })
+    }
 }

@@ -48,6 +48,7 @@ pub async fn set(ctl: &Controller, wire: v1::Schedule) -> Result<v1::ScheduleInf
         no_services: wire.no_services,
         host,
         retention: policy,
+        ping_url: check_ping_url(wire.ping_url)?,
         created_at: slot_text(Utc::now()),
     };
     let mut all: Vec<Schedule> = of_app(ctl, &schedule.app).await?;
@@ -100,6 +101,20 @@ pub async fn find(ctl: &Controller, app: &str, name: &str) -> Result<Schedule> {
         })
 }
 
+/// A ping URL, when given: http(s) only.
+fn check_ping_url(url: String) -> Result<Option<String>> {
+    if url.is_empty() {
+        return Ok(None);
+    }
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(Some(url)),
+        _ => Err(ControllerError::InvalidArgument(format!(
+            "--ping-url {}: not an http:// or https:// URL",
+            crate::alerts::redact(&url)
+        ))),
+    }
+}
+
 async fn of_app(ctl: &Controller, app: &str) -> Result<Vec<Schedule>> {
     Ok(ctl
         .catalog
@@ -125,6 +140,26 @@ pub fn grace(ctl: &Controller, interval: Duration) -> Duration {
         .unwrap_or_else(|| (interval / 2).max(Duration::from_secs(60)))
 }
 
+/// Whether schedule `s` is overdue at `now`: no success (`last_success`)
+/// within its interval plus the grace after the last one (or after its
+/// creation).
+pub fn is_overdue(
+    ctl: &Controller,
+    s: &Schedule,
+    timing: &Timing,
+    last_success: Option<&crate::catalog::RunRow>,
+    now: chrono::DateTime<Utc>,
+) -> bool {
+    let since = last_success.map_or(s.created_at.as_str(), |r| r.slot.as_str());
+    let Some(since) = parse_slot(since) else {
+        return false;
+    };
+    let interval = timing.period_at(since);
+    let due = start_of(s, timing, since, &ctl.scheduler)
+        + chrono::Duration::from_std(interval + grace(ctl, interval)).unwrap_or_default();
+    now > due
+}
+
 /// Where schedule `s` stands.
 pub async fn info(ctl: &Controller, s: &Schedule) -> Result<v1::ScheduleInfo> {
     let timing = Timing::parse(&s.cron, &s.time_zone)
@@ -138,14 +173,7 @@ pub async fn info(ctl: &Controller, s: &Schedule) -> Result<v1::ScheduleInfo> {
     let in_zone = |t: chrono::DateTime<Utc>| t.with_timezone(&timing.tz()).to_rfc3339();
     let last = ctl.catalog.last_run(&s.app, &s.name).await?;
     let success = ctl.catalog.last_success(&s.app, &s.name).await?;
-    let since = success
-        .as_ref()
-        .map_or(s.created_at.as_str(), |r| r.slot.as_str());
-    let overdue = parse_slot(since).is_some_and(|t| {
-        let due = start_of(s, &timing, t, cfg)
-            + chrono::Duration::from_std(interval + grace(ctl, interval)).unwrap_or_default();
-        now > due
-    });
+    let overdue = is_overdue(ctl, s, &timing, success.as_ref(), now);
     let last_state = last.as_ref().map(|r| r.state);
     use crate::catalog::RunState as R;
     let state = match last_state {
@@ -208,5 +236,11 @@ fn to_wire(s: &Schedule) -> v1::Schedule {
         no_services: s.no_services,
         host: s.host.clone().unwrap_or_default(),
         retention: Some(policy_to_wire(&s.retention, &s.time_zone)),
+        // Its path is as good as a password: shown cut to its host.
+        ping_url: s
+            .ping_url
+            .as_deref()
+            .map(crate::alerts::redact)
+            .unwrap_or_default(),
     }
 }

@@ -92,6 +92,7 @@ pub async fn run(
         join_token,
         import_dir: config.import_dir(),
         scheduler: config.scheduler(),
+        alerts: crate::alerts::Alerter::new(config.alerts().await?),
     });
     crate::recovery::rebuild_catalog(&ctl)
         .await
@@ -185,6 +186,10 @@ pub async fn run(
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
         .max_decoding_message_size(1024 * 1024);
     tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store.display(), "hop3-controller serving");
+    if let Some(addr) = config.metrics_listen {
+        crate::telemetry::serve(ctl.clone(), addr)
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+    }
     crate::scheduler::spawn(ctl.clone());
     hop3_wire::serving::notify_ready();
     let mut builder = Server::builder();

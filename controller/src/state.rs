@@ -29,6 +29,8 @@ pub struct Controller {
     pub import_dir: std::path::PathBuf,
     /// How schedules run.
     pub scheduler: crate::scheduler::SchedulerConfig,
+    /// Where alerts and pings go.
+    pub alerts: crate::alerts::Alerter,
 }
 
 impl Controller {

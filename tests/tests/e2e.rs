@@ -6,6 +6,8 @@
 
 #[path = "e2e/agent_crash.rs"]
 mod agent_crash;
+#[path = "e2e/alerts.rs"]
+mod alerts;
 #[path = "e2e/attacks.rs"]
 mod attacks;
 #[path = "e2e/catalog.rs"]

@@ -135,6 +135,12 @@ pub fn with_config(
             toml::Value::Boolean(false) => {}
             toml::Value::String(s) => args.push(format!("{flag}={s}").into()),
             toml::Value::Integer(n) => args.push(format!("{flag}={n}").into()),
+            // A repeatable flag: `alert-webhook = ["https://a", "https://b"]`.
+            toml::Value::Array(items) if items.iter().all(toml::Value::is_str) => {
+                for item in items.iter().filter_map(toml::Value::as_str) {
+                    args.push(format!("{flag}={item}").into());
+                }
+            }
             _ => {
                 return Err(ConfigFileError::BadValue {
                     path: path.clone(),
@@ -160,6 +166,8 @@ mod tests {
         local_agent: bool,
         #[arg(long, default_value_t = 2)]
         max_jobs: u32,
+        #[arg(long)]
+        hook: Vec<String>,
     }
 
     fn parse(file: &str, extra: &[&str]) -> Result<Demo, ConfigFileError> {
@@ -180,6 +188,8 @@ mod tests {
         assert_eq!(d.max_jobs, 4);
         let d = parse("listen = \"b\"\n", &["--listen", "c"]).unwrap();
         assert_eq!(d.listen, "c");
+        let d = parse("hook = [\"x\", \"y\"]\n", &[]).unwrap();
+        assert_eq!(d.hook, ["x", "y"]);
     }
 
     #[test]

@@ -18,6 +18,8 @@ struct ScheduleView {
     time_zone: String,
     no_services: bool,
     host: Option<String>,
+    /// Cut to its host.
+    ping_url: Option<String>,
     retention: RetentionView,
     /// The next 5 starts, RFC 3339 in the schedule's zone.
     next_runs: Vec<String>,
@@ -86,6 +88,7 @@ fn view(info: ScheduleInfo) -> ScheduleView {
         time_zone: s.time_zone,
         no_services: s.no_services,
         host: present(s.host),
+        ping_url: present(s.ping_url),
         retention: RetentionView {
             keep_last: r.keep_last,
             keep_hourly: r.keep_hourly,
@@ -279,6 +282,7 @@ mod tests {
                 time_zone: "Europe/Paris".into(),
                 no_services: false,
                 host: String::new(),
+                ping_url: String::new(),
                 retention: Some(RetentionPolicy {
                     keep_daily: Some(7),
                     time_zone: "Europe/Paris".into(),

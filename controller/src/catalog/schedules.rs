@@ -282,6 +282,7 @@ mod tests {
             no_services: false,
             host: None,
             retention: Default::default(),
+            ping_url: None,
             created_at: "2026-12-01T00:00:00Z".into(),
         }
     }
