@@ -19,6 +19,8 @@ use serde_json::Value;
 /// One request the webhook server received.
 #[derive(Clone, Debug)]
 struct Hook {
+    /// The request's path and query.
+    target: String,
     headers: BTreeMap<String, String>,
     body: Vec<u8>,
 }
@@ -45,6 +47,16 @@ impl Receiver {
         Ok(Self { url, got })
     }
 
+    /// The paths and queries of every request so far.
+    fn targets(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|h| h.target.clone())
+            .collect()
+    }
+
     /// The alerts received so far, as (headers, parsed body).
     fn alerts(&self) -> Vec<(Hook, Value)> {
         self.got
@@ -61,6 +73,7 @@ fn read_request(stream: TcpStream) -> Result<Hook> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
     reader.read_line(&mut line)?;
+    let target = line.split(' ').nth(1).unwrap_or_default().to_owned();
     let mut headers = BTreeMap::new();
     loop {
         let mut h = String::new();
@@ -81,7 +94,11 @@ fn read_request(stream: TcpStream) -> Result<Hook> {
     reader.read_exact(&mut body)?;
     let mut stream = stream;
     stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
-    Ok(Hook { headers, body })
+    Ok(Hook {
+        target,
+        headers,
+        body,
+    })
 }
 
 /// `GET /metrics`, parsed: `name{labels}` to value.
@@ -147,12 +164,14 @@ fn failures_overdue_schedules_and_recoveries_alert_and_metrics_tell() -> Result<
     let url = format!("postgresql://app:s3cr3t-pw@127.0.0.1:{}/db", free_port());
     broken.set_services(&[("postgres", "db", &url)])?;
     sys.start_agent("web-1")?;
+    let base = hook.url.rsplit_once('/').map_or("", |(b, _)| b).to_owned();
     for (app, cron) in [("shop", "*/2 * * * * *"), ("broken", "*/5 * * * * *")] {
+        let ping = format!("{base}/ping/{app}");
         wait_until(
             Duration::from_secs(20),
             "the agent to report the app",
             || {
-                let out = sys.hop3(["backup:schedule", app, "--cron", cron]);
+                let out = sys.hop3(["backup:schedule", app, "--cron", cron, "--ping-url", &ping]);
                 Ok(out.status.success().then_some(()))
             },
         )?;
@@ -184,6 +203,34 @@ fn failures_overdue_schedules_and_recoveries_alert_and_metrics_tell() -> Result<
     ensure!(
         !text.contains("s3cr3t-pw"),
         "the password is in the alert: {text}"
+    );
+
+    // Pings as healthchecks.io defines them, start and end paired by rid.
+    let pings = wait_until(Duration::from_secs(30), "the pings", || {
+        let t = hook.targets();
+        let ok = t.iter().any(|p| p.starts_with("/hooks/ping/shop?rid="))
+            && t.iter()
+                .any(|p| p.starts_with("/hooks/ping/broken/fail?rid="));
+        Ok(ok.then_some(t))
+    })?;
+    let ended = pings
+        .iter()
+        .find_map(|p| p.strip_prefix("/hooks/ping/shop?rid="))
+        .context("no rid")?;
+    ensure!(
+        pings.contains(&format!("/hooks/ping/shop/start?rid={ended}")),
+        "no start ping for rid {ended}: {pings:?}"
+    );
+    ensure!(ended.len() == 36, "not a UUID: {ended}");
+    // The list shows the ping URL cut to its host.
+    let listed: Vec<Value> = sys
+        .hop3(["--json", "backup:schedules", "shop"])
+        .success()?
+        .json()?;
+    ensure!(
+        listed[0]["ping_url"] == "http://127.0.0.1/...",
+        "{:#}",
+        listed[0]
     );
 
     // shop succeeds meanwhile, and the metrics say so.
