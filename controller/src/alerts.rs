@@ -242,6 +242,84 @@ fn describe(e: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server answering its requests with `statuses` in turn (then 200);
+    /// the count of requests it got.
+    async fn server(statuses: Vec<u16>) -> (String, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let count = Arc::new(AtomicUsize::new(0));
+        let seen = count.clone();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let code = statuses
+                    .get(seen.fetch_add(1, SeqCst))
+                    .copied()
+                    .unwrap_or(200);
+                // The whole request first: closing on an unread body resets it.
+                let mut got = Vec::new();
+                let mut buf = [0; 4096];
+                while let Ok(n @ 1..) = s.read(&mut buf).await {
+                    got.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&got);
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().to_owned())
+                            })
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            break;
+                        }
+                    }
+                }
+                let answer =
+                    format!("HTTP/1.1 {code} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        (url, count)
+    }
+
+    fn alerter(url: &str, attempts: u32) -> Alerter {
+        Alerter::new(AlertConfig {
+            webhooks: vec![url.to_owned()],
+            secret: Some(b"k".to_vec()),
+            attempts,
+            backoff: Duration::from_millis(10),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_refused_delivery_is_retried_and_then_given_up() {
+        // Two refusals, then a 200: three requests, delivered.
+        let (url, count) = server(vec![500, 503]).await;
+        let a = alerter(&url, 5);
+        a.deliver(&url, || a.inner.client.post(&url).body("{}"), "alert")
+            .await;
+        assert_eq!(count.load(SeqCst), 3);
+        // Refused every time: as many requests as attempts, then it stops.
+        let (url, count) = server(vec![500; 10]).await;
+        let a = alerter(&url, 2);
+        a.deliver(&url, || a.inner.client.post(&url).body("{}"), "alert")
+            .await;
+        assert_eq!(count.load(SeqCst), 2);
+        // Nobody listening: it gives up as well, without hanging.
+        let dead = format!("http://127.0.0.1:{}/hook", {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        });
+        let a = alerter(&dead, 2);
+        a.deliver(&dead, || a.inner.client.post(&dead).body("{}"), "alert")
+            .await;
+    }
+
     #[test]
     fn the_signature_is_hmac_sha256_of_the_body() {
         // RFC 4231 test case 2.

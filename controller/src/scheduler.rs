@@ -142,11 +142,13 @@ async fn tick(
     let cfg = &ctl.scheduler;
     let schedules = ctl.catalog.schedules().await?;
     let now = Utc::now();
-    followed.retain(|key, f| {
-        schedules
-            .iter()
-            .any(|s| (&s.app, &s.name) == (&key.0, &key.1) && *s == f.schedule)
-    });
+    // Dropped or changed schedules are followed anew (one lookup each:
+    // this runs every tick, over every schedule).
+    let current: HashMap<(&str, &str), &Schedule> = schedules
+        .iter()
+        .map(|s| ((s.app.as_str(), s.name.as_str()), s))
+        .collect();
+    followed.retain(|key, f| current.get(&(key.0.as_str(), key.1.as_str())) == Some(&&f.schedule));
     for s in schedules {
         let key = (s.app.clone(), s.name.clone());
         if followed.contains_key(&key) {
@@ -462,7 +464,7 @@ async fn retention(ctl: &Controller, s: &Schedule) -> (Option<String>, bool) {
     if policy.is_empty() {
         return (None, false);
     }
-    let tz = Timing::parse(&s.cron, &s.time_zone).map_or(chrono_tz::Tz::UTC, |t| t.tz());
+    let tz = prune::zone(&s.time_zone).unwrap_or(chrono_tz::Tz::UTC);
     let req = PruneRequest {
         app: Some(s.app.clone()),
         policy,

@@ -171,7 +171,12 @@ pub async fn info(ctl: &Controller, s: &Schedule) -> Result<v1::ScheduleInfo> {
         .first()
         .map_or(Duration::from_secs(24 * 3600), |&n| timing.period_at(n));
     let in_zone = |t: chrono::DateTime<Utc>| t.with_timezone(&timing.tz()).to_rfc3339();
-    let last = ctl.catalog.last_run(&s.app, &s.name).await?;
+    // The newest recorded slot is the first of the recent ones.
+    let recent = ctl
+        .catalog
+        .recent_runs(&s.app, &s.name, RECENT_RUNS)
+        .await?;
+    let last = recent.first().cloned();
     let success = ctl.catalog.last_success(&s.app, &s.name).await?;
     let overdue = is_overdue(ctl, s, &timing, success.as_ref(), now);
     let last_state = last.as_ref().map(|r| r.state);
@@ -211,10 +216,7 @@ pub async fn info(ctl: &Controller, s: &Schedule) -> Result<v1::ScheduleInfo> {
             .unwrap_or_default(),
         state: state.to_owned(),
         expected_interval_seconds: interval.as_secs(),
-        recent_runs: ctl
-            .catalog
-            .recent_runs(&s.app, &s.name, RECENT_RUNS)
-            .await?
+        recent_runs: recent
             .into_iter()
             .map(|r| v1::ScheduleRun {
                 slot: parse_slot(&r.slot).map(in_zone).unwrap_or(r.slot),
