@@ -68,6 +68,7 @@ enum Tool {
 }
 
 fn main() -> anyhow::Result<()> {
+    hop3_wire::tls::use_ring_provider();
     hop3_wire::memory::block_on(run())?
 }
 

@@ -8,6 +8,9 @@ use hop3_cli::args::Cli;
 use hop3_cli::error::exit;
 
 fn main() -> ExitCode {
+    // rustls refuses to pick between ring and the aws-lc-rs that the
+    // controller's S3 client brings into a workspace build.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     // clap prints its own usage errors and exits with 2.
     let cli = Cli::parse();
     // One command, one connection: a single-threaded runtime is enough; the

@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use hop3_agent::AgentOptions;
 
+use crate::store::{S3Options, StoreUrl};
+
 /// Where the controller serves its Unix socket, and `hop3` looks for it.
 pub const DEFAULT_SOCKET: &str = "/run/hop3-backup/controller.sock";
 
@@ -20,15 +22,30 @@ pub struct Config {
     /// Address to serve the gRPC API (CLI and agents) on.
     #[arg(long, env = "HOP3_LISTEN", default_value = "127.0.0.1:7410")]
     pub listen: SocketAddr,
-    /// The backup store: backups live in STORE/apps/<app>/<id>/.
+    /// The backup store, where backups must land before they are COMPLETED:
+    /// a directory (backups in STORE/apps/<app>/<id>/) or s3://BUCKET/PREFIX
+    /// (S3 or an S3-compatible service; see the --aws-* settings).
     #[arg(
         long,
         env = "HOP3_STORE",
         default_value = "/var/hop3/backups",
         global = true
     )]
-    pub store: PathBuf,
-    /// The catalog database: sqlite://PATH or postgres://USER:PW@HOST/DB [default: sqlite://STORE/catalog.db].
+    pub store: StoreUrl,
+    /// Where the controller keeps its own files: the seal key, the tokens,
+    /// the join token and the default SQLite catalog [default: the store,
+    /// when it is a directory; else /var/lib/hop3-backup].
+    #[arg(long, env = "HOP3_STATE_DIR", value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub s3: S3Flags,
+    /// How often the store is swept of what failed writes and deletes
+    /// left (abandoned multipart uploads, objects of no backup); the
+    /// backups being written are spared.
+    #[arg(long, env = "HOP3_STORE_SWEEP_INTERVAL", value_name = "DURATION", default_value = "1h",
+          value_parser = humantime::parse_duration)]
+    pub store_sweep_interval: Duration,
+    /// The catalog database: sqlite://PATH or postgres://USER:PW@HOST/DB [default: sqlite://STATE_DIR/catalog.db].
     #[arg(long, env = "HOP3_CATALOG", global = true)]
     pub catalog: Option<String>,
     /// The CLI's Unix socket: root, the controller's user and the members of
@@ -150,6 +167,21 @@ pub enum Admin {
     /// API tokens of the CLI (HOP3_TOKEN); only their hashes are kept, in STORE/tokens.json.
     #[command(subcommand)]
     Tokens(TokensCommand),
+    /// Check a store before backups go there.
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+/// `hop3-controller store ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum StoreCommand {
+    /// Try what backups need of an s3:// store (a write, a ranged read, a
+    /// 2-part multipart upload, a conditional create that must conflict, a
+    /// listing, deletes) on canary objects it removes, and print what works.
+    Check {
+        /// The store, s3://BUCKET/PREFIX, reached with the --aws-* settings.
+        url: StoreUrl,
+    },
 }
 
 /// `hop3-controller certs ...`
@@ -199,6 +231,80 @@ pub enum TokensCommand {
     List,
 }
 
+/// How the controller reaches S3: the standard AWS variables, or the same
+/// names in the config file (`aws_access_key_id = ...`). Keys never belong
+/// on a command line, where process lists show them.
+#[derive(Clone, clap::Args)]
+pub struct S3Flags {
+    /// The access key id [env: AWS_ACCESS_KEY_ID].
+    #[arg(
+        long,
+        env = "AWS_ACCESS_KEY_ID",
+        hide_env_values = true,
+        global = true,
+        value_name = "ID"
+    )]
+    pub aws_access_key_id: Option<String>,
+    /// The secret key: from the environment or the config file only
+    /// [env: AWS_SECRET_ACCESS_KEY].
+    #[arg(
+        long,
+        env = "AWS_SECRET_ACCESS_KEY",
+        hide_env_values = true,
+        global = true,
+        value_name = "KEY"
+    )]
+    pub aws_secret_access_key: Option<String>,
+    /// A session token of temporary credentials [env: AWS_SESSION_TOKEN].
+    #[arg(
+        long,
+        env = "AWS_SESSION_TOKEN",
+        hide_env_values = true,
+        global = true,
+        value_name = "TOKEN"
+    )]
+    pub aws_session_token: Option<String>,
+    /// The bucket's region [env: AWS_REGION; default: us-east-1].
+    #[arg(long, env = "AWS_REGION", global = true, value_name = "REGION")]
+    pub aws_region: Option<String>,
+    /// The service's endpoint, for services other than AWS (R2, B2, MinIO,
+    /// Garage, ...) [env: AWS_ENDPOINT_URL].
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true, value_name = "URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// Allow a plain http:// endpoint (a test server) [env: AWS_ALLOW_HTTP].
+    #[arg(long, env = "AWS_ALLOW_HTTP", global = true)]
+    pub aws_allow_http: bool,
+    /// How long a failed request to the service is retried before the
+    /// backup or restore fails.
+    #[arg(long, env = "HOP3_STORE_RETRY_TIMEOUT", value_name = "DURATION", default_value = "3m",
+          value_parser = humantime::parse_duration, global = true)]
+    pub store_retry_timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Flags")
+            .field("aws_region", &self.aws_region)
+            .field("aws_endpoint_url", &self.aws_endpoint_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Flags {
+    /// The options of the S3 client.
+    pub fn options(&self) -> S3Options {
+        S3Options {
+            access_key_id: self.aws_access_key_id.clone(),
+            secret_access_key: self.aws_secret_access_key.clone(),
+            session_token: self.aws_session_token.clone(),
+            region: self.aws_region.clone(),
+            endpoint: self.aws_endpoint_url.clone(),
+            allow_http: self.aws_allow_http,
+            retry_timeout: Some(self.store_retry_timeout),
+        }
+    }
+}
+
 /// How long a silent agent stays registered; None: until forgotten by hand.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Expiry(pub Option<Duration>);
@@ -222,11 +328,28 @@ fn parse_expiry(s: &str) -> Result<Expiry, String> {
 }
 
 impl Config {
-    /// The catalog URL, defaulting to a SQLite file in the store.
+    /// The catalog URL, defaulting to a SQLite file in the state directory.
     pub fn catalog_url(&self) -> String {
-        self.catalog
-            .clone()
-            .unwrap_or_else(|| format!("sqlite://{}", self.store.join("catalog.db").display()))
+        self.catalog.clone().unwrap_or_else(|| {
+            format!("sqlite://{}", self.state_dir().join("catalog.db").display())
+        })
+    }
+
+    /// Where the controller keeps its own files.
+    pub fn state_dir(&self) -> PathBuf {
+        match (&self.state_dir, self.store.local()) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(root)) => root.to_owned(),
+            (None, None) => PathBuf::from("/var/lib/hop3-backup"),
+        }
+    }
+
+    /// Opens the store, with the seal key in the state directory.
+    pub async fn open_store(&self) -> anyhow::Result<crate::store::Store> {
+        use anyhow::Context;
+        crate::store::Store::open_url(&self.store, &self.state_dir(), &self.s3.options())
+            .await
+            .with_context(|| format!("cannot open the store at {}", self.store))
     }
 
     /// Where alerts go, with the key read from `--alert-secret-file` or
@@ -279,7 +402,7 @@ impl Config {
     pub fn import_dir(&self) -> PathBuf {
         self.import_dir
             .clone()
-            .unwrap_or_else(|| self.store.join("import"))
+            .unwrap_or_else(|| self.state_dir().join("import"))
     }
 }
 

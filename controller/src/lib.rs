@@ -32,6 +32,7 @@ pub mod server;
 mod socket;
 mod state;
 pub mod store;
+mod sweep;
 mod telemetry;
 pub mod tokens;
 

@@ -2,12 +2,13 @@
 
 use anyhow::Context;
 use hop3_controller::catalog::Catalog;
-use hop3_controller::config::{Admin, CertsCommand, TokensCommand};
-use hop3_controller::store::Store;
+use hop3_controller::config::{Admin, CertsCommand, StoreCommand, TokensCommand};
+use hop3_controller::store::{S3Bucket, StoreUrl};
 use hop3_controller::tokens::Tokens;
 use hop3_controller::{Config, auth, certs, recovery, server};
 
 fn main() -> anyhow::Result<()> {
+    hop3_wire::tls::use_ring_provider();
     hop3_wire::memory::block_on(run())?
 }
 
@@ -19,7 +20,31 @@ async fn run() -> anyhow::Result<()> {
         None => server::run(config, hop3_wire::serving::shutdown_signal()).await,
         Some(Admin::Certs(cmd)) => run_certs(cmd),
         Some(Admin::Tokens(cmd)) => run_tokens(&config, cmd).await,
+        Some(Admin::Store(StoreCommand::Check { url })) => check_store(&config, &url).await,
     }
+}
+
+/// `store check URL`: each step with ok or why not; exit 1 when one failed.
+async fn check_store(config: &Config, url: &StoreUrl) -> anyhow::Result<()> {
+    let StoreUrl::S3 { bucket, prefix } = url else {
+        anyhow::bail!(
+            "store check is for s3:// stores; a directory is checked by the controller at start"
+        );
+    };
+    let bucket = S3Bucket::open(bucket, prefix, &config.s3.options())?;
+    println!("Checking {url}");
+    let steps = bucket.check().await;
+    for s in &steps {
+        match &s.outcome {
+            Ok(()) => println!("  ok    {}", s.what),
+            Err(why) => println!("  FAIL  {}: {why}", s.what),
+        }
+    }
+    if steps.len() < 6 || steps.iter().any(|s| s.outcome.is_err()) {
+        anyhow::bail!("{url} cannot keep backups as it is: see the failed step");
+    }
+    println!("{url} can keep backups.");
+    Ok(())
 }
 
 /// The names the controller's certificate is valid for: as given, or the
@@ -77,9 +102,7 @@ async fn catalog_exists(url: &str) -> bool {
 }
 
 async fn run_tokens(config: &Config, cmd: TokensCommand) -> anyhow::Result<()> {
-    let store = Store::open(&config.store)
-        .await
-        .with_context(|| format!("cannot open the store at {}", config.store.display()))?;
+    let store = config.open_store().await?;
     let tokens = Tokens::new(store.root());
     if !tokens.exists().await? && catalog_exists(&config.catalog_url()).await {
         // A catalog from before the tokens file may hold tokens: they move

@@ -20,7 +20,6 @@ use crate::config::{Config, DEFAULT_SOCKET_GROUP};
 use crate::locks::{AppLocks, BackupLocks};
 use crate::registry::Registry;
 use crate::state::Controller;
-use crate::store::Store;
 use crate::tokens::Tokens;
 
 /// The controller's services, as health and reflection name them.
@@ -32,9 +31,8 @@ pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> anyhow::Result<()> {
-    let store = Store::open(&config.store)
-        .await
-        .with_context(|| format!("cannot open the store at {}", config.store.display()))?;
+    hop3_wire::tls::use_ring_provider();
+    let store = config.open_store().await?;
     let tokens = Tokens::new(store.root());
     let catalog = crate::recovery::open_catalog(&config.catalog_url(), &tokens)
         .await
@@ -185,12 +183,13 @@ pub async fn run(
     // Registrations are small: a large one is refused before it is buffered.
     let registry = AgentRegistryServer::new(RegistryApi::new(ctl.clone()))
         .max_decoding_message_size(1024 * 1024);
-    tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store.display(), "hop3-controller serving");
+    tracing::info!(listen = %local, socket = %socket_path.display(), store = %config.store, "hop3-controller serving");
     if let Some(addr) = config.metrics_listen {
         crate::telemetry::serve(ctl.clone(), addr)
             .with_context(|| format!("cannot serve metrics on {addr}"))?;
     }
     crate::scheduler::spawn(ctl.clone());
+    crate::sweep::spawn(ctl.clone(), config.store_sweep_interval);
     hop3_wire::serving::notify_ready();
     let mut builder = Server::builder();
     if let Some(tls) = &tls {

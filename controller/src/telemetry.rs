@@ -145,15 +145,17 @@ async fn refresh(ctl: &Controller) {
         {
             gauge!("hop3_backup_last_successful_timestamp", &labels).set(at.timestamp() as f64);
         }
-        let status = match ctl.catalog.last_run(&s.app, &s.name).await {
-            Ok(Some(run)) => match run.state {
-                RunState::Succeeded => 1.0,
-                // A run in progress says nothing new: the one before stands.
-                RunState::Running => continue,
-                RunState::Failed | RunState::Skipped => 0.0,
-            },
-            Ok(None) => -1.0,
-            Err(_) => continue,
+        // A run in progress says nothing new: the last one that ended
+        // stands. Taking the newest row instead would, for a schedule whose
+        // period matches the refresh, miss every ended run.
+        let Ok(runs) = ctl.catalog.recent_runs(&s.app, &s.name, 4).await else {
+            continue;
+        };
+        let status = match runs.iter().find(|r| r.state != RunState::Running) {
+            Some(run) if run.state == RunState::Succeeded => 1.0,
+            Some(_) => 0.0,
+            None if runs.is_empty() => -1.0,
+            None => continue,
         };
         gauge!("hop3_backup_last_status", &labels).set(status);
     }

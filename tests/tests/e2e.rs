@@ -24,6 +24,8 @@ mod fleet;
 mod limits;
 #[path = "e2e/newcomer.rs"]
 mod newcomer;
+#[path = "e2e/object_store.rs"]
+mod object_store;
 #[path = "e2e/real_apps.rs"]
 mod real_apps;
 #[path = "e2e/recovery.rs"]

@@ -7,6 +7,15 @@ use std::path::Path;
 
 use tonic::transport::{Certificate, ClientTlsConfig, Identity, ServerTlsConfig};
 
+/// Names ring, the provider tonic is built with, as the process's TLS
+/// provider. The controller's S3 client links aws-lc-rs too, and in one
+/// workspace build every binary gets both, when rustls refuses to guess
+/// (a panic at the first TLS config). Call first thing in `main`; a second
+/// call is harmless.
+pub fn use_ring_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The common name of the controller's certificate.
 pub const CONTROLLER_NAME: &str = "hop3-controller";
 
@@ -47,6 +56,8 @@ pub struct TlsFiles {
 impl TlsFiles {
     /// Loads `ca.pem` and the party `name`'s certificate and key from `dir`.
     pub fn load(dir: &Path, name: &str) -> Result<Self, TlsFileError> {
+        // Whoever loads TLS files uses them next: in tests, that is not a main.
+        use_ring_provider();
         Ok(Self {
             ca: Certificate::from_pem(read(dir, "ca.pem")?),
             identity: Identity::from_pem(

@@ -12,6 +12,7 @@
 //! - deleting a backup removes its manifest first, so that a backup half
 //!   deleted is no backup.
 
+use std::collections::HashSet;
 use std::io;
 
 use bytes::Bytes;
@@ -54,6 +55,9 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// Where backup `key` lies, for people: a directory, a URL.
     fn location(&self, key: &BackupKey) -> String;
 
+    /// Where the whole store is, for people: a directory, `s3://...`.
+    fn describe(&self) -> String;
+
     /// Starts writing backup `key`. Nothing of it is a backup until
     /// [`Staging::commit`].
     async fn begin(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>>;
@@ -87,6 +91,16 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// writing: removes the leftovers of interrupted writes and deletes,
     /// and lists every place that may hold a complete backup.
     async fn scan(&self) -> io::Result<Scan>;
+
+    /// While the controller runs: removes the leftovers of writes and
+    /// deletes that failed and could not clean up (the service was
+    /// unreachable), except the backups in `busy`, being written;
+    /// returns how many places were cleaned. A backend whose failures leave
+    /// nothing (renames on a local disk) has nothing to sweep.
+    async fn sweep(&self, busy: &HashSet<BackupKey>) -> io::Result<usize> {
+        let _ = busy;
+        Ok(0)
+    }
 
     /// Bytes free for new backups; None where there is no such limit to
     /// know (object storage, memory).

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use futures::StreamExt;
 use hop3_proto::manifest::MANIFEST_FILE;
 
-use super::{Backend, BackupKey, LocalDir, Memory, Store};
+use super::{Backend, BackupKey, LocalDir, Memory, S3Bucket, S3Options, Store};
+use hop3_tests::servers::Moto;
 
 const APP: &str = "shop";
 const ID: &str = "20261201_120000_abcdef";
@@ -223,6 +224,77 @@ fn sample_manifest(partial: &super::PartialBackup) -> hop3_proto::Manifest {
     }
 }
 
+/// A bucket of its own on a throwaway S3 server, which lives as long as
+/// the returned handle.
+async fn s3_bucket() -> (Moto, S3Bucket) {
+    let moto = tokio::task::spawn_blocking(|| {
+        let moto = Moto::start()?;
+        moto.create_bucket("hop3-contract")?;
+        anyhow::Ok(moto)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let opts = S3Options {
+        access_key_id: Some(hop3_tests::servers::moto::ACCESS_KEY.into()),
+        secret_access_key: Some(hop3_tests::servers::moto::SECRET_KEY.into()),
+        region: Some("us-east-1".into()),
+        endpoint: Some(moto.endpoint()),
+        allow_http: true,
+        ..S3Options::default()
+    };
+    let bucket = S3Bucket::open("hop3-contract", "prod/hop3", &opts).unwrap();
+    (moto, bucket)
+}
+
+/// Bytes of more than two parts, the last one short.
+fn parts() -> Vec<u8> {
+    (0..super::PART_SIZE * 2 + 12_345)
+        .map(|i| (i % 253) as u8)
+        .collect()
+}
+
+#[tokio::test]
+async fn s3_large_artifacts_go_up_in_parts_and_come_back_whole() {
+    let (_moto, b) = s3_bucket().await;
+    let mut staging = b.begin(&key()).await.unwrap();
+    let mut sink = staging.create("data.tar.zst").await.unwrap();
+    for piece in parts().chunks(1 << 20) {
+        sink.write(piece).await.unwrap();
+    }
+    sink.finish().await.unwrap();
+    staging.commit(vec![], b"{}".to_vec()).await.unwrap();
+    assert_eq!(read_all(&b, "data.tar.zst").await.unwrap(), parts());
+    assert_eq!(b.scan().await.unwrap().backups.len(), 1);
+}
+
+#[tokio::test]
+async fn s3_an_interrupted_upload_is_aborted_and_its_objects_swept() {
+    let (moto, b) = s3_bucket().await;
+    let mut staging = b.begin(&key()).await.unwrap();
+    let mut sink = staging.create("env.json").await.unwrap();
+    sink.write(b"{}").await.unwrap();
+    sink.finish().await.unwrap();
+    let mut sink = staging.create("data.tar.zst").await.unwrap();
+    sink.write(&parts()[..super::PART_SIZE + 1]).await.unwrap();
+    // The controller dies here: nothing is finished, aborted or committed.
+    drop(sink);
+    drop(staging);
+    let open = |m: &Moto| m.open_uploads("hop3-contract").unwrap();
+    assert_eq!(
+        open(&moto),
+        ["prod/hop3/apps/shop/20261201_120000_abcdef/data.tar.zst"]
+    );
+    // Being written: a sweep leaves it alone.
+    let busy = [key()].into_iter().collect();
+    assert_eq!(b.sweep(&busy).await.unwrap(), 0);
+    assert!(b.exists(&key()).await.unwrap());
+    let scan = b.scan().await.unwrap();
+    assert_eq!((scan.backups.len(), scan.removed), (0, 1));
+    assert!(!b.exists(&key()).await.unwrap());
+    assert_eq!(open(&moto), Vec::<String>::new(), "the upload was aborted");
+}
+
 macro_rules! contract_tests {
     ($($case:ident),* $(,)?) => {
         mod local_dir {
@@ -239,6 +311,21 @@ macro_rules! contract_tests {
             async fn the_store_seals_and_checks() {
                 let tmp = tempfile::tempdir().unwrap();
                 let b = super::LocalDir::open(tmp.path()).await.unwrap();
+                super::the_store_seals_and_checks(std::sync::Arc::new(b)).await;
+            }
+        }
+        mod s3 {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let (_moto, b) = super::s3_bucket().await;
+                    super::$case(&b).await;
+                }
+            )*
+
+            #[tokio::test]
+            async fn the_store_seals_and_checks() {
+                let (_moto, b) = super::s3_bucket().await;
                 super::the_store_seals_and_checks(std::sync::Arc::new(b)).await;
             }
         }

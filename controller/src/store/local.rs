@@ -74,6 +74,10 @@ impl Backend for LocalDir {
         self.dir(key).display().to_string()
     }
 
+    fn describe(&self) -> String {
+        self.root.display().to_string()
+    }
+
     async fn begin(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>> {
         let app_dir = self.root.join("apps").join(&key.app);
         make_dir(&app_dir).await?;

@@ -89,6 +89,10 @@ impl Backend for Memory {
         format!("memory:{}", prefix(key).trim_end_matches('/'))
     }
 
+    fn describe(&self) -> String {
+        "memory:".into()
+    }
+
     async fn begin(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>> {
         Ok(Box::new(MemoryStaging {
             store: self.clone(),

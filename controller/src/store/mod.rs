@@ -8,6 +8,8 @@ mod backend;
 mod contract;
 mod local;
 mod memory;
+mod s3;
+mod url;
 
 use std::collections::BTreeMap;
 use std::io;
@@ -22,6 +24,8 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
 pub use local::LocalDir;
 pub use memory::Memory;
+pub use s3::{CheckStep, PART_SIZE, PARTS_IN_FLIGHT, S3Bucket, S3Options};
+pub use url::StoreUrl;
 
 use crate::schedule::Schedule;
 use crate::seal::{SEAL_FILE, SealKey};
@@ -113,6 +117,53 @@ impl Store {
             .map_err(StoreError::io("opening the store"))?;
         let keys_dir = local.root().to_owned();
         Self::with_backend(Arc::new(local), &keys_dir).await
+    }
+
+    /// Opens the store at `url`; the seal key lives in `keys_dir`, on the
+    /// controller's own disk (for a local store, its root).
+    pub async fn open_url(url: &StoreUrl, keys_dir: &Path, s3: &S3Options) -> Result<Self> {
+        match url {
+            StoreUrl::Local(root) if root == keys_dir => Self::open(root).await,
+            StoreUrl::Local(root) => {
+                let local = LocalDir::open(root)
+                    .await
+                    .map_err(StoreError::io("opening the store"))?;
+                Self::with_backend(Arc::new(local), &Self::keys_dir(keys_dir).await?).await
+            }
+            StoreUrl::S3 { bucket, prefix } => {
+                let bucket = S3Bucket::open(bucket, prefix, s3)
+                    .map_err(StoreError::io(format!("opening {url}")))?;
+                Self::with_backend(Arc::new(bucket), &Self::keys_dir(keys_dir).await?).await
+            }
+        }
+    }
+
+    async fn keys_dir(dir: &Path) -> Result<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::create_dir_all(dir)
+            .await
+            .map_err(StoreError::io(format!("creating {}", dir.display())))?;
+        tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(StoreError::io(format!("securing {}", dir.display())))?;
+        tokio::fs::canonicalize(dir)
+            .await
+            .map_err(StoreError::io(format!("opening {}", dir.display())))
+    }
+
+    /// Where the store is, for people: a directory or `s3://...`.
+    pub fn describe(&self) -> String {
+        self.backend.describe()
+    }
+
+    /// Removes what failed writes and deletes left behind, except the
+    /// backups `(app, id)` in `busy`, being written.
+    pub async fn sweep(&self, busy: &[(String, String)]) -> Result<usize> {
+        let busy = busy.iter().map(|(a, i)| BackupKey::new(a, i)).collect();
+        self.backend
+            .sweep(&busy)
+            .await
+            .map_err(StoreError::io("sweeping the store"))
     }
 
     /// A store over `backend`, with the seal key in `keys_dir`.

@@ -68,6 +68,8 @@ impl TlsProbe {
     /// The client side of TLS to the server probed.
     pub fn client_config(&self) -> Result<tonic::transport::ClientTlsConfig> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        // A workspace build links aws-lc-rs too (the controller's S3 client).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let read = |path: &Path| {
             fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
         };

@@ -49,6 +49,8 @@ pub struct SystemBuilder {
     controller_env: Vec<(OsString, OsString)>,
     controller_host: Option<String>,
     store: Option<PathBuf>,
+    /// `--store URL` (an `s3://` one), the state directory then the store dir.
+    store_url: Option<String>,
     tls: bool,
 }
 
@@ -65,6 +67,14 @@ impl SystemBuilder {
     /// of the test's own, say); created if needed, made 0700.
     pub fn store(mut self, dir: impl Into<PathBuf>) -> Self {
         self.store = Some(dir.into());
+        self
+    }
+
+    /// The store at `url` (`s3://BUCKET/PREFIX`; pass the service's
+    /// variables with [`Self::controller_env`]); the controller's own files
+    /// (seal key, tokens) go in the usual store directory, `--state-dir`.
+    pub fn store_url(mut self, url: impl Into<String>) -> Self {
+        self.store_url = Some(url.into());
         self
     }
 
@@ -155,7 +165,15 @@ impl SystemBuilder {
         let socket = base.join("ctl.sock");
         let mut config = ControllerConfig {
             socket: socket.clone(),
-            store: store.clone(),
+            store: match &self.store_url {
+                Some(url) => vec![
+                    "--store".into(),
+                    url.into(),
+                    "--state-dir".into(),
+                    store.clone().into(),
+                ],
+                None => vec!["--store".into(), store.clone().into()],
+            },
             catalog: self
                 .catalog
                 .unwrap_or_else(|| format!("sqlite://{}", catalog.join("catalog.db").display())),
@@ -230,7 +248,8 @@ impl SystemBuilder {
 struct ControllerConfig {
     /// Its Unix socket, which `hop3` uses in plain mode.
     socket: PathBuf,
-    store: PathBuf,
+    /// `--store` and, for a store that is no directory, `--state-dir`.
+    store: Vec<OsString>,
     catalog: String,
     /// `--local-agent` and its options, when it runs one.
     local_agent: Vec<OsString>,
@@ -245,11 +264,10 @@ impl ControllerConfig {
         let mut fixed: Vec<OsString> = vec![
             "--socket".into(),
             self.socket.clone().into(),
-            "--store".into(),
-            self.store.clone().into(),
             "--catalog".into(),
             self.catalog.clone().into(),
         ];
+        fixed.extend(self.store.iter().cloned());
         fixed.extend(self.local_agent.iter().cloned());
         fixed.extend(self.extra.iter().cloned());
         let host = self.host.clone();
@@ -377,6 +395,7 @@ impl System {
             controller_env: Vec::new(),
             controller_host: None,
             store: None,
+            store_url: None,
             tls: false,
         }
     }

@@ -17,6 +17,7 @@
 //! through a command line: the secrets scenario watches the process table.
 
 pub mod mariadb;
+pub mod moto;
 pub mod postgres;
 pub mod redis;
 
@@ -31,6 +32,7 @@ use rand::RngCore;
 use rustix::process::Signal;
 
 pub use mariadb::MariaDb;
+pub use moto::Moto;
 pub use postgres::Postgres;
 pub use redis::Redis;
 

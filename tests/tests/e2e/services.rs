@@ -42,7 +42,7 @@ const REDIS_DB: u32 = 3;
 // Apps with services
 
 /// Sets the `services` of the app's `app.json`: `(type, name, url)` each.
-fn attach(app: &App, services: &[(&str, &str, &str)]) -> Result<()> {
+pub(crate) fn attach(app: &App, services: &[(&str, &str, &str)]) -> Result<()> {
     let mut json = app.app_json()?;
     json["services"] = services
         .iter()
@@ -111,7 +111,7 @@ fn is_clone_name(name: &str, prefix: &str) -> bool {
 }
 
 /// Fails with both listings' differences unless they are equal.
-fn same(expected: &[String], actual: &[String], what: &str) -> Result<()> {
+pub(crate) fn same(expected: &[String], actual: &[String], what: &str) -> Result<()> {
     if expected != actual {
         bail!("{what} differs:\n{}", diff_lines(expected, actual, 15));
     }
@@ -120,24 +120,24 @@ fn same(expected: &[String], actual: &[String], what: &str) -> Result<()> {
 
 /// Fails unless the listings differ: a check that a later "equal" means
 /// something.
-fn differs(a: &[String], b: &[String], what: &str) -> Result<()> {
+pub(crate) fn differs(a: &[String], b: &[String], what: &str) -> Result<()> {
     ensure!(a != b, "{what}: the change made no difference");
     Ok(())
 }
 
 /// A PostgreSQL server with one app database, its owner and URL.
-struct PgDb {
+pub(crate) struct PgDb {
     server: Postgres,
     user: String,
     password: String,
     db: String,
-    url: String,
+    pub(crate) url: String,
 }
 
 impl PgDb {
     /// A new server with database `db` owned by `app_user`, filled with
     /// [`PG_SCHEMA`].
-    fn start(db: &str) -> Result<PgDb> {
+    pub(crate) fn start(db: &str) -> Result<PgDb> {
         let server = Postgres::start()?;
         let user = "app_user".to_owned();
         let password = servers::password();
@@ -154,7 +154,7 @@ impl PgDb {
     }
 
     /// Runs `sql` as the app would (its user, its database).
-    fn script(&self, sql: &str) -> Result<()> {
+    pub(crate) fn script(&self, sql: &str) -> Result<()> {
         self.server
             .script_as(&self.user, &self.password, &self.db, sql)
     }
@@ -164,7 +164,7 @@ impl PgDb {
         self.server.query_as(&self.user, &self.password, db, sql)
     }
 
-    fn fingerprint(&self) -> Result<Vec<String>> {
+    pub(crate) fn fingerprint(&self) -> Result<Vec<String>> {
         self.server.fingerprint(&self.db)
     }
 }
@@ -206,7 +206,7 @@ INSERT INTO notes SELECT i, repeat('note ', i) FROM generate_series(1, 50) AS i;
 
 /// Rows changed, deleted and added, the sequences moved on, a table dropped
 /// and another created: everything a restore must undo.
-const PG_CHANGES: &str = r#"
+pub(crate) const PG_CHANGES: &str = r#"
 UPDATE customers SET name = 'changed', balance = 0 WHERE id % 10 = 0;
 DELETE FROM orders WHERE id % 3 = 0;
 INSERT INTO customers (name, email, created_at)
