@@ -97,6 +97,9 @@ impl ControllerClient {
             .ok_or_else(|| invalid_url("it names no host".to_owned()))?;
         let tls = endpoint.uri().scheme_str() == Some("https");
         if tls {
+            // Named here too, for callers other than main (tests): a workspace
+            // build links aws-lc-rs beside ring.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let mut config = ClientTlsConfig::new().domain_name(host.clone());
             if let Some(path) = &settings.ca_cert {
                 config = config.ca_certificate(read_ca_cert(path)?);

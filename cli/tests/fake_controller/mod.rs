@@ -193,6 +193,8 @@ impl FakeController {
         let mut server = tonic::transport::Server::builder();
         let https = tls.is_some();
         if let Some(cert) = tls {
+            // A workspace build links two rustls providers: name one.
+            let _ = rustls::crypto::ring::default_provider().install_default();
             let identity = Identity::from_pem(cert.cert_pem, cert.key_pem);
             server = server
                 .tls_config(ServerTlsConfig::new().identity(identity))
