@@ -93,7 +93,7 @@ backup() { # backup NAME: prints the backup ID
         python3 -c 'import json,sys; d=json.load(sys.stdin); assert d["status"]=="COMPLETED", d; print(d["backup_id"])'
 }
 restore() { # restore NAME ID TARGET
-    "$bin/hop3" --controller "${url[$1]}" --json backup:restore "$2" --target-app "$3" --yes >/dev/null
+    "$bin/hop3" --controller "${url[$1]}" --json backup:restore "$2" --target-app "$3" >/dev/null
 }
 # The reference client, on the bytes hop3 stored in the local store.
 boto() { # boto up|down ID
