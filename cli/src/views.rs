@@ -3,8 +3,8 @@
 //! move when the proto changes.
 
 use hop3_proto::v1::{
-    AgentInfo, AppState, BackupDetails, BackupSummary, FileCheck, RestoreResult, ServiceInfo,
-    SkippedEntry,
+    AgentInfo, AppState, BackupDetails, BackupLocation, BackupSummary, FileCheck, RestoreResult,
+    ServiceInfo, SkippedEntry,
 };
 use serde::Serialize;
 
@@ -36,6 +36,38 @@ pub struct BackupView {
     pub skipped: Option<Vec<SkippedView>>,
     /// No retention policy and no delete removes it (`backup:pin`).
     pub pinned: bool,
+    /// Where the backup is: the primary store, then each copy store; null
+    /// where the controller did not say (create, import).
+    pub locations: Option<Vec<LocationView>>,
+}
+
+/// One place a backup is kept.
+#[derive(Debug, Serialize)]
+pub struct LocationView {
+    pub url: String,
+    /// `ok`, `pending` or `failed` (a copy whose last attempt failed, tried
+    /// again later); the primary of a backup being deleted: `deleting`.
+    pub state: String,
+    /// Why the last attempt failed; null otherwise.
+    pub reason: Option<String>,
+    pub primary: bool,
+    /// Copy attempts made (0 for the primary).
+    pub attempts: u32,
+    /// When a copy's state last changed; null for the primary.
+    pub updated_at: Option<String>,
+}
+
+impl From<BackupLocation> for LocationView {
+    fn from(l: BackupLocation) -> Self {
+        Self {
+            url: l.url,
+            state: l.state,
+            reason: present(l.reason),
+            primary: l.primary,
+            attempts: l.attempts,
+            updated_at: present(l.updated_at),
+        }
+    }
 }
 
 /// An entry left out of a backup.
@@ -79,6 +111,8 @@ impl From<BackupSummary> for BackupView {
             error: present(s.error),
             skipped: Some(s.skipped.into_iter().map(SkippedView::from).collect()),
             pinned: s.pinned,
+            locations: (!s.locations.is_empty())
+                .then(|| s.locations.into_iter().map(LocationView::from).collect()),
         }
     }
 }
@@ -195,6 +229,8 @@ pub struct RestoreView {
     /// What became of the app's process: `restarted`, `stopped`, `new` or
     /// `unmanaged` (see `backup:restore --help`).
     pub start: String,
+    /// Where the backup was read from: the primary store, or a copy.
+    pub source: Option<String>,
 }
 
 impl From<RestoreResult> for RestoreView {
@@ -209,6 +245,7 @@ impl From<RestoreResult> for RestoreView {
             run_state: present(state.run_state),
             notes: r.notes,
             start: r.start,
+            source: present(r.source),
         }
     }
 }
@@ -292,6 +329,22 @@ mod tests {
             error: String::new(),
             skipped: Vec::new(),
             pinned: true,
+            locations: vec![
+                BackupLocation {
+                    url: "/store".into(),
+                    state: "ok".into(),
+                    primary: true,
+                    ..Default::default()
+                },
+                BackupLocation {
+                    url: "s3://offsite/apps/my-app/20251108_143022_a8f3d9".into(),
+                    state: "failed".into(),
+                    reason: "connection refused".into(),
+                    attempts: 2,
+                    updated_at: "2025-11-08T14:31:00Z".into(),
+                    primary: false,
+                },
+            ],
         };
         let details = BackupDetails {
             summary: Some(summary.clone()),
@@ -328,6 +381,13 @@ mod tests {
                 "status": "COMPLETED", "created_at": "2025-11-08T14:30:22Z", "total_size": 10,
                 "services": ["postgres:db"], "location": "/store", "error": null,
                 "skipped": [], "pinned": true,
+                "locations": [
+                    {"url": "/store", "state": "ok", "reason": null, "primary": true,
+                     "attempts": 0, "updated_at": null},
+                    {"url": "s3://offsite/apps/my-app/20251108_143022_a8f3d9", "state": "failed",
+                     "reason": "connection refused", "primary": false, "attempts": 2,
+                     "updated_at": "2025-11-08T14:31:00Z"}
+                ],
                 "format_version": "1.0", "hop3_version": "0.8.0",
                 "env_vars_count": 2, "services_included": true,
                 "service_dumps": [{"type": "postgres", "name": "db",

@@ -98,8 +98,16 @@ impl BackupService for BackupApi {
             .list(app, status, limit)
             .await
             .map_err(ControllerError::from)?;
+        let locations = crate::copies::locate(&self.ctl, &rows).await?;
         Ok(Response::new(v1::ListBackupsResponse {
-            backups: rows.iter().map(|r| self.ctl.summary(r)).collect(),
+            backups: rows
+                .iter()
+                .zip(locations)
+                .map(|(r, locations)| v1::BackupSummary {
+                    locations,
+                    ..self.ctl.summary(r)
+                })
+                .collect(),
         }))
     }
 
@@ -108,8 +116,15 @@ impl BackupService for BackupApi {
         req: Request<v1::GetBackupRequest>,
     ) -> Result<Response<v1::BackupDetails>, Status> {
         let row = self.ctl.backup_row(&req.get_ref().backup_id).await?;
+        let locations = crate::copies::locate(&self.ctl, std::slice::from_ref(&row))
+            .await?
+            .pop()
+            .unwrap_or_default();
         let mut details = v1::BackupDetails {
-            summary: Some(self.ctl.summary(&row)),
+            summary: Some(v1::BackupSummary {
+                locations,
+                ..self.ctl.summary(&row)
+            }),
             ..Default::default()
         };
         if row.status != BackupStatus::Completed || req.get_ref().summary_only {

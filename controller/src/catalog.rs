@@ -14,8 +14,10 @@ use sqlx::any::AnyPoolOptions;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+mod copies;
 mod schedules;
 
+pub use copies::{CopyDue, CopyRow, CopyState};
 pub use schedules::{RunRow, RunState};
 
 /// What the catalog can fail with.
@@ -407,7 +409,8 @@ impl Catalog {
 
     /// Makes the catalog agree with the store: `found` are the COMPLETED
     /// backups the store holds, with their pins. Missing ones are added,
-    /// COMPLETED and DELETE_PENDING rows whose directory is gone are dropped,
+    /// COMPLETED and DELETE_PENDING rows whose directory is gone are dropped
+    /// (unless a copy store holds them),
     /// and pins follow the store's. Returns (added, dropped).
     pub async fn reconcile(&self, found: &[BackupRow]) -> Result<(usize, usize), CatalogError> {
         let known: Vec<(String, String, i64)> =
@@ -428,6 +431,8 @@ impl Catalog {
             .map(|r| (r.backup_id.as_str(), r.pinned))
             .collect();
         let in_catalog: HashSet<&str> = known.iter().map(|(id, _, _)| id.as_str()).collect();
+        let copied = self.copied_ids().await?;
+        let copied: HashSet<&str> = copied.iter().map(String::as_str).collect();
         let mut tx = self.pool.begin().await?;
         let mut added = 0;
         for row in found
@@ -440,11 +445,16 @@ impl Catalog {
         let mut dropped = 0;
         for (id, status, pinned) in &known {
             match in_store.get(id.as_str()) {
+                // Lost from the primary store but held by a copy: restored
+                // from there (and a pending delete still has it to delete).
+                None if copied.contains(id.as_str()) => {}
                 None if status == "COMPLETED" || status == "DELETE_PENDING" => {
-                    sqlx::query("DELETE FROM backups WHERE backup_id = $1")
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
+                    for sql in [
+                        "DELETE FROM backup_copies WHERE backup_id = $1",
+                        "DELETE FROM backups WHERE backup_id = $1",
+                    ] {
+                        sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+                    }
                     dropped += 1;
                 }
                 Some(&in_store) if in_store != (*pinned != 0) => {
@@ -461,8 +471,10 @@ impl Catalog {
         Ok((added, dropped))
     }
 
-    /// Forgets a backup.
+    /// Forgets a backup and its copies.
     pub async fn delete(&self, id: &str) -> Result<(), CatalogError> {
+        self.on_row("DELETE FROM backup_copies WHERE backup_id = $1", id)
+            .await?;
         self.on_row("DELETE FROM backups WHERE backup_id = $1", id)
             .await
     }

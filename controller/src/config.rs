@@ -37,6 +37,12 @@ pub struct Config {
     /// when it is a directory; else /var/lib/hop3-backup].
     #[arg(long, env = "HOP3_STATE_DIR", value_name = "DIR", global = true)]
     pub state_dir: Option<PathBuf>,
+    /// Another store every backup is copied to once COMPLETED (repeatable):
+    /// a directory or s3://BUCKET/PREFIX, reached with the same --aws-*
+    /// settings. Copies are checked by digest and retried until they succeed;
+    /// a restore reads from the first that holds the backup whole.
+    #[arg(long, env = "HOP3_COPY_TO", value_name = "URL", value_delimiter = ',')]
+    pub copy_to: Vec<StoreUrl>,
     #[command(flatten)]
     pub s3: S3Flags,
     /// How often the store is swept of what failed writes and deletes
@@ -350,6 +356,26 @@ impl Config {
         crate::store::Store::open_url(&self.store, &self.state_dir(), &self.s3.options())
             .await
             .with_context(|| format!("cannot open the store at {}", self.store))
+    }
+
+    /// Opens the copy stores, refusing one that is the primary store or
+    /// named twice (a copy onto itself protects nothing).
+    pub async fn open_copies(&self) -> anyhow::Result<Vec<crate::store::Store>> {
+        use anyhow::Context;
+        let mut seen = vec![self.store.to_string()];
+        let mut out = Vec::new();
+        for url in &self.copy_to {
+            anyhow::ensure!(
+                !seen.contains(&url.to_string()),
+                "--copy-to {url} is the store itself or named twice"
+            );
+            seen.push(url.to_string());
+            let store = crate::store::Store::open_url(url, &self.state_dir(), &self.s3.options())
+                .await
+                .with_context(|| format!("cannot open the copy store at {url}"))?;
+            out.push(store);
+        }
+        Ok(out)
     }
 
     /// Where alerts go, with the key read from `--alert-secret-file` or

@@ -111,8 +111,13 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     match result {
         Ok((row, skipped)) => {
             tracing::info!(app = %job.app, backup_id = %id, size = row.total_size, "backup completed");
+            ctl.copies.wake();
             let mut summary = ctl.summary(&row);
             summary.skipped = skipped;
+            // Where it is now: the primary, and the copies still to make.
+            if let Ok(mut found) = crate::copies::locate(&ctl, std::slice::from_ref(&row)).await {
+                summary.locations = found.pop().unwrap_or_default();
+            }
             let done = create_backup_event::Event::Completed(summary);
             let _ = out.send(v1::CreateBackupEvent { event: Some(done) }).await;
         }

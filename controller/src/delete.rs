@@ -1,4 +1,5 @@
-//! Deleting a backup: marked DELETE_PENDING, its files deleted, then its
+//! Deleting a backup: marked DELETE_PENDING, its files deleted (in the
+//! primary store and every copy store), then its
 //! catalog row, so that no failure or crash in between leaves a row that
 //! says COMPLETED over missing files, or files no row lists.
 
@@ -28,13 +29,18 @@ pub async fn delete(ctl: &Controller, row: &BackupRow) -> Result<()> {
     if row.status != BackupStatus::DeletePending {
         ctl.catalog.mark_delete_pending(&row.backup_id).await?;
     }
-    if let Err(e) = ctl.store.delete(&row.app, &row.backup_id).await {
-        let e = ControllerError::from(e);
-        tracing::warn!(backup_id = %row.backup_id, app = %row.app, error = %e, "could not delete a backup's files: left DELETE_PENDING");
-        ctl.catalog
-            .delete_failed(&row.backup_id, &format!("deletion failed: {e}"))
-            .await?;
-        return Err(e);
+    // The copies too: a backup deleted from the primary store alone would
+    // come back in a catalog rebuilt from a copy.
+    for store in std::iter::once(&ctl.store).chain(ctl.copies.stores()) {
+        if let Err(e) = store.delete(&row.app, &row.backup_id).await {
+            let e = ControllerError::from(e);
+            let place = store.describe();
+            tracing::warn!(backup_id = %row.backup_id, app = %row.app, store = %place, error = %e, "could not delete a backup's files: left DELETE_PENDING");
+            ctl.catalog
+                .delete_failed(&row.backup_id, &format!("deletion failed: {place}: {e}"))
+                .await?;
+            return Err(e);
+        }
     }
     ctl.catalog.delete(&row.backup_id).await?;
     tracing::info!(backup_id = %row.backup_id, app = %row.app, "backup deleted");

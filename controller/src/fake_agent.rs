@@ -193,6 +193,15 @@ type EventReceiverStream<T> = ReceiverStream<Result<T, Status>>;
 
 /// A controller with a store in memory and `agent` as its only host.
 async fn controller(agent: FakeAgent, dir: &std::path::Path) -> (Arc<Controller>, Memory) {
+    controller_copying(agent, dir, Vec::new()).await
+}
+
+/// [`controller`], copying every backup to `copies`.
+async fn controller_copying(
+    agent: FakeAgent,
+    dir: &std::path::Path,
+    copies: Vec<Store>,
+) -> (Arc<Controller>, Memory) {
     let memory = Memory::new();
     let store = Store::with_backend(Arc::new(memory.clone()), dir)
         .await
@@ -228,6 +237,7 @@ async fn controller(agent: FakeAgent, dir: &std::path::Path) -> (Arc<Controller>
         import_dir: dir.join("import"),
         scheduler: Default::default(),
         alerts: crate::alerts::Alerter::new(Default::default()),
+        copies: crate::copies::Copies::new(copies),
     };
     (Arc::new(ctl), memory)
 }
@@ -528,4 +538,128 @@ async fn a_prune_removes_store_first_and_a_refused_delete_stays_pending_until_re
     assert!(decisions.iter().any(|d| d.removed), "{decisions:?}");
     assert!(stored(&memory, oldest).is_empty());
     assert_eq!(backups(&ctl, 0).await, std::slice::from_ref(newest));
+}
+
+/// The objects of backup `id` in `memory`, by path.
+fn objects(memory: &Memory, id: &str) -> BTreeMap<String, Vec<u8>> {
+    let key = crate::store::BackupKey::new(APP, id);
+    stored(memory, id)
+        .into_iter()
+        .map(|path| {
+            let bytes = futures::executor::block_on(crate::store::Backend::read_small(
+                memory,
+                &key,
+                &path,
+                u64::MAX,
+            ))
+            .unwrap(); // The memory store never waits.
+            (path, bytes)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let agent = FakeAgent::default();
+    let restored = agent.restored.clone();
+    let offsite = Memory::named("offsite");
+    let copy_store = Store::with_backend(Arc::new(offsite.clone()), tmp.path())
+        .await
+        .unwrap();
+    let (ctl, memory) = controller_copying(agent, tmp.path(), vec![copy_store]).await;
+    async fn located(ctl: &Controller, id: &str) -> Vec<v1::BackupLocation> {
+        let row = ctl.backup_row(id).await.unwrap();
+        crate::copies::locate(ctl, &[row]).await.unwrap().remove(0)
+    }
+
+    // The copy store is down: the backup is COMPLETED all the same, its
+    // copy pending, then failed with the reason, and not retried at once.
+    offsite.fail_writes(true);
+    let id = backups(&ctl, 1).await.remove(0);
+    assert_eq!(located(&ctl, &id).await[1].state, "pending");
+    assert_eq!(crate::copies::pass(&ctl).await.unwrap(), 0);
+    let failed = located(&ctl, &id).await.remove(1);
+    assert_eq!(
+        (failed.state.as_str(), failed.attempts, failed.primary),
+        ("failed", 1, false)
+    );
+    assert!(failed.reason.contains("writes refused"), "{failed:?}");
+    assert_eq!(crate::copies::pass(&ctl).await.unwrap(), 0);
+    assert_eq!(
+        located(&ctl, &id).await[1].attempts,
+        1,
+        "retried before its backoff"
+    );
+
+    // Back: the retry due copies it, byte for byte, seal included.
+    offsite.fail_writes(false);
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    assert_eq!(crate::copies::pass_at(&ctl, later).await.unwrap(), 1);
+    let ok = located(&ctl, &id).await;
+    assert_eq!(
+        ok.iter().map(|l| l.state.as_str()).collect::<Vec<_>>(),
+        ["ok", "ok"]
+    );
+    assert_eq!(ok[1].url, format!("memory:offsite/apps/{APP}/{id}"));
+    assert_eq!(objects(&offsite, &id), objects(&memory, &id));
+
+    // A primary whose archive rotted: the restore reads the copy, and says so.
+    memory.overwrite(&format!("apps/{APP}/{id}/data.tar.zst"), b"rotten");
+    let result = last(restore::start(&ctl, restore_request(&id)).await.unwrap())
+        .await
+        .unwrap();
+    let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
+        panic!("not completed: {result:?}");
+    };
+    assert_eq!(r.source, ok[1].url);
+    assert!(
+        r.notes
+            .iter()
+            .any(|n| n.starts_with("read from the copy at memory:offsite/")),
+        "{:?}",
+        r.notes
+    );
+    assert_eq!(restored.lock().unwrap().take().unwrap(), artifacts());
+
+    // The primary lost it whole, and the controller restarted: the catalog
+    // keeps the backup, which restores from the copy.
+    crate::store::Backend::discard(&memory, &crate::store::BackupKey::new(APP, &id)).await;
+    crate::recovery::rebuild_catalog(&ctl).await.unwrap();
+    assert_eq!(
+        ctl.backup_row(&id).await.unwrap().status,
+        BackupStatus::Completed
+    );
+    let result = last(restore::start(&ctl, restore_request(&id)).await.unwrap())
+        .await
+        .unwrap();
+    let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
+        panic!("not completed: {result:?}");
+    };
+    assert_eq!(r.source, ok[1].url);
+    assert_eq!(restored.lock().unwrap().take().unwrap(), artifacts());
+
+    // A source that does not match its manifest is never copied.
+    // (Made within the same second, it may sort either side of the first.)
+    let second = backups(&ctl, 1)
+        .await
+        .into_iter()
+        .find(|b| *b != id)
+        .unwrap();
+    memory.overwrite(&format!("apps/{APP}/{second}/env.json"), b"{}");
+    assert_eq!(crate::copies::pass(&ctl).await.unwrap(), 0);
+    let refused = located(&ctl, &second).await.remove(1);
+    assert!(
+        refused
+            .reason
+            .contains("env.json does not match its recorded checksum"),
+        "{refused:?}"
+    );
+    assert!(stored(&offsite, &second).is_empty());
+
+    // A delete removes the copies too.
+    let row = ctl.backup_row(&id).await.unwrap();
+    crate::delete::delete(&ctl, &row).await.unwrap();
+    assert!(stored(&offsite, &id).is_empty());
+    assert!(stored(&memory, &id).is_empty());
 }

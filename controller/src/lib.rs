@@ -10,6 +10,7 @@ pub mod auth;
 pub mod catalog;
 pub mod certs;
 pub mod config;
+mod copies;
 mod create;
 mod delete;
 mod error;

@@ -70,6 +70,8 @@ pub enum BackupUse {
     Import,
     /// A pin or unpin marks it (shared: only a delete must wait).
     Pin,
+    /// The copier copies it to another store (shared).
+    Copy,
     /// A create writes it (exclusive).
     Create,
     /// A delete removes it (exclusive).
@@ -84,6 +86,7 @@ impl BackupUse {
             Self::Verify => "being verified (backup:info)",
             Self::Import => "being imported",
             Self::Pin => "being pinned or unpinned",
+            Self::Copy => "being copied to another store",
             Self::Create => "being written",
             Self::Delete => "being deleted",
         }

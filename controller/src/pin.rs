@@ -25,6 +25,15 @@ pub async fn set_pinned(ctl: &Controller, id: &str, pinned: bool) -> Result<Back
         ctl.store
             .set_pinned(&row.app, &row.backup_id, pinned)
             .await?;
+        // The copies' pins matter only to a catalog rebuilt from a copy:
+        // one that cannot be written now is logged, not a refusal.
+        for copy in ctl.copies.stores() {
+            if copy.holds(&row.app, &row.backup_id).await.is_ok()
+                && let Err(e) = copy.set_pinned(&row.app, &row.backup_id, pinned).await
+            {
+                tracing::warn!(backup_id = %row.backup_id, store = %copy.describe(), error = %e, "could not change the pin of a copy");
+            }
+        }
     }
     ctl.catalog.set_pinned(&row.backup_id, pinned).await?;
     tracing::info!(backup_id = %row.backup_id, app = %row.app, pinned, "backup pin changed");

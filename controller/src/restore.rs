@@ -18,6 +18,7 @@ use crate::error::{ControllerError, Result};
 use crate::locks::{AppLock, BackupLock, BackupUse};
 use crate::registry::AgentClient;
 use crate::state::Controller;
+use crate::store::Store;
 
 /// A restore, ready to run: the target app is locked, the backup held for reading.
 pub struct RestoreJob {
@@ -38,6 +39,12 @@ pub struct RestoreJob {
     pub lock: AppLock,
     /// Keeps the backup from being deleted until the restore ends.
     pub reading: BackupLock,
+    /// The stores to read the backup from, in order: the first that holds
+    /// it whole, then the others that may (a copy, when the first fails
+    /// its checksums).
+    pub sources: Vec<Store>,
+    /// Where the backup is in the primary store.
+    pub primary: String,
 }
 
 type Out = EventSender<v1::RestoreBackupEvent>;
@@ -102,9 +109,10 @@ pub async fn start(
             ControllerError::HostOffline(host.clone())
         }
     })?;
+    let sources = usable_sources(crate::copies::sources(ctl, &row).await?, &row).await;
     // A backup nobody vouched for may hold anything (a set-user-ID root
     // shell, say): restored only when the operator says so.
-    let trusted = ctl.store.sealed(&row.app, &row.backup_id).await;
+    let trusted = sources[0].sealed(&row.app, &row.backup_id).await;
     if !trusted && !req.trust_imported {
         return Err(ControllerError::Untrusted(row.backup_id.to_string()));
     }
@@ -112,6 +120,7 @@ pub async fn start(
     let reading = ctl.use_backup(&row.backup_id, BackupUse::Restore)?;
     let lock = ctl.lock_app(&host, &target_app, "a restore")?;
     tracing::info!(backup_id = %row.backup_id, app = %target_app, host = %host, "restore started");
+    let primary = ctl.store.location(&row.app, &row.backup_id);
     let job = RestoreJob {
         host,
         row,
@@ -124,12 +133,15 @@ pub async fn start(
         client,
         lock,
         reading,
+        sources,
+        primary,
     };
     let (tx, rx) = EventSender::channel();
     let started = v1::RestoreStarted {
         backup_id: job.row.backup_id.to_string(),
         app: job.target_app.clone(),
         host: job.host.clone(),
+        source: job.sources[0].location(&job.row.app, &job.row.backup_id),
     };
     // The channel is new and has room: this cannot wait.
     let _ = tx
@@ -137,8 +149,29 @@ pub async fn start(
             event: Some(restore_backup_event::Event::Started(started)),
         })
         .await;
-    tokio::spawn(run(ctl.clone(), job, tx));
+    tokio::spawn(run(job, tx));
     Ok(rx)
+}
+
+/// `sources` (the primary first) with the first that holds the backup
+/// whole (its manifest valid, every file there) moved to the front; as they
+/// are when none does, so that the primary's error is the one reported.
+async fn usable_sources(mut sources: Vec<Store>, row: &BackupRow) -> Vec<Store> {
+    for i in 0..sources.len() {
+        match sources[i].holds(&row.app, &row.backup_id).await {
+            Ok(()) => {
+                if i > 0 {
+                    tracing::warn!(backup_id = %row.backup_id, from = %sources[i].describe(), "the primary store does not hold the backup whole: restoring from a copy");
+                }
+                sources[..=i].rotate_right(1);
+                return sources;
+            }
+            Err(why) => {
+                tracing::debug!(backup_id = %row.backup_id, store = %sources[i].describe(), reason = %why, "not a usable source")
+            }
+        }
+    }
+    sources
 }
 
 /// Whether the commit went to the agent: a cancel must not race it (once
@@ -164,20 +197,28 @@ fn advance(phase: &SharedPhase, to: Phase) -> bool {
 }
 
 /// Runs the job to its end, reporting on `out`.
-pub async fn run(ctl: Arc<Controller>, job: RestoreJob, out: Out) {
+pub async fn run(job: RestoreJob, out: Out) {
     let id = job.row.backup_id.clone();
-    let result = execute(&ctl, &job, &out).await;
+    let result = execute(&job, &out).await;
     crate::telemetry::restore_ended(&job.target_app, result.is_ok());
     match result {
         Ok(done) => {
             tracing::info!(backup_id = %id, app = %job.target_app, host = %job.host, "restore completed");
+            let mut notes = done.done.notes;
+            if done.source != job.primary {
+                notes.push(format!(
+                    "read from the copy at {}: the primary store does not hold the backup whole ({})",
+                    done.source, job.primary
+                ));
+            }
             let result = v1::RestoreResult {
                 backup_id: id.to_string(),
-                app: done.app,
+                source: done.source,
+                app: done.done.app,
                 host: job.host.clone(),
-                app_state: done.app_state,
-                notes: done.notes,
-                start: done.start,
+                app_state: done.done.app_state,
+                notes,
+                start: done.done.start,
             };
             let _ = out
                 .send(v1::RestoreBackupEvent {
@@ -206,13 +247,15 @@ fn progress_event(p: v1::Progress) -> v1::RestoreBackupEvent {
     }
 }
 
-async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v1::RestoreDone> {
+/// Reads the manifest at `source` and checks every stored checksum there;
+/// returns the manifest and the bytes to send.
+async fn verify(source: &Store, job: &RestoreJob, out: &Out) -> Result<(Manifest, u64)> {
     let (app, id) = (&job.row.app, &job.row.backup_id);
-    let manifest = ctl.store.read_manifest(app, id).await?;
+    let manifest = source.read_manifest(app, id).await?;
     let progress = StreamProgress::new(out.clone(), manifest.size_bytes, progress_event);
     progress.step("verify", manifest.size_bytes.max(1));
     let advance_by = |n| progress.advance(n);
-    let verifying = ctl.store.verify(app, id, &manifest, &advance_by);
+    let verifying = source.verify(app, id, &manifest, &advance_by);
     let checks = tokio::select! {
         c = verifying => c,
         () = out.closed(), if job.cancel_on_disconnect => return Err(ControllerError::Cancelled),
@@ -226,7 +269,39 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
             },
         });
     }
-    let total: u64 = checks.iter().map(|c| c.size).sum();
+    Ok((manifest, checks.iter().map(|c| c.size).sum()))
+}
+
+/// What the agent reported, and where the backup was read from.
+struct Done {
+    done: v1::RestoreDone,
+    source: String,
+}
+
+async fn execute(job: &RestoreJob, out: &Out) -> Result<Done> {
+    let (app, id) = (&job.row.app, &job.row.backup_id);
+    let mut first_error = None;
+    let mut verified = None;
+    for source in &job.sources {
+        match verify(source, job, out).await {
+            Ok(v) => {
+                verified = Some((source, v));
+                break;
+            }
+            Err(
+                e @ (ControllerError::ChecksumMismatch { .. }
+                | ControllerError::Store(_)
+                | ControllerError::Manifest(_)),
+            ) => {
+                tracing::warn!(backup_id = %id, store = %source.describe(), error = %e, "the backup failed its checks there");
+                first_error.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    let Some((source, (manifest, total))) = verified else {
+        return Err(first_error.expect("a restore has a source"));
+    };
 
     let (tx, rx) = EventSender::channel();
     let header = v1::RestoreHeader {
@@ -240,7 +315,7 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     };
     let phase: SharedPhase = Arc::new(Mutex::new(Phase::Sending));
     let sender = tokio::spawn(send_backup(
-        ctl.clone(),
+        source.clone(),
         job.row.clone(),
         header,
         manifest,
@@ -286,7 +361,10 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
     }
     .await;
     match result {
-        Ok(done) => Ok(done),
+        Ok(done) => Ok(Done {
+            done,
+            source: source.location(app, id),
+        }),
         Err(e) => {
             // A read error in the store explains an agent that saw the stream stop.
             sender.abort();
@@ -303,7 +381,7 @@ async fn execute(ctl: &Arc<Controller>, job: &RestoreJob, out: &Out) -> Result<v
 /// backup's app.json); then the archives and dumps at the same time, their
 /// frames interleaved, so that the agent unpacks and loads them in parallel.
 async fn send_backup(
-    ctl: Arc<Controller>,
+    source: Store,
     row: BackupRow,
     header: v1::RestoreHeader,
     manifest: Manifest,
@@ -323,13 +401,13 @@ async fn send_backup(
         .zip(manifest.checksums.keys())
         .partition(|(_, path)| bulky(path));
     for (id, path) in small {
-        if !send_one(&ctl, &row, &tx, id, path).await? {
+        if !send_one(&source, &row, &tx, id, path).await? {
             return Ok(());
         }
     }
     let sent = futures::future::try_join_all(
         bulk.into_iter()
-            .map(|(id, path)| send_one(&ctl, &row, &tx, id, path)),
+            .map(|(id, path)| send_one(&source, &row, &tx, id, path)),
     )
     .await?;
     if sent.contains(&false) {
@@ -343,16 +421,13 @@ async fn send_backup(
 
 /// Sends artifact `path` of the backup under `id`; false if the agent hung up.
 async fn send_one(
-    ctl: &Controller,
+    source: &Store,
     row: &BackupRow,
     tx: &EventSender<v1::RestoreAppMessage>,
     id: u32,
     path: &str,
 ) -> Result<bool> {
-    let stream = ctl
-        .store
-        .open_artifact(&row.app, &row.backup_id, path)
-        .await?;
+    let stream = source.open_artifact(&row.app, &row.backup_id, path).await?;
     let start = v1::ArtifactStart {
         path: path.to_owned(),
         id,

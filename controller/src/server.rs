@@ -91,6 +91,7 @@ pub async fn run(
         import_dir: config.import_dir(),
         scheduler: config.scheduler(),
         alerts: crate::alerts::Alerter::new(config.alerts().await?),
+        copies: crate::copies::Copies::new(config.open_copies().await?),
     });
     crate::recovery::rebuild_catalog(&ctl)
         .await
@@ -190,6 +191,7 @@ pub async fn run(
     }
     crate::scheduler::spawn(ctl.clone());
     crate::sweep::spawn(ctl.clone(), config.store_sweep_interval);
+    crate::copies::spawn(ctl.clone());
     hop3_wire::serving::notify_ready();
     let mut builder = Server::builder();
     if let Some(tls) = &tls {

@@ -31,6 +31,8 @@ pub struct Controller {
     pub scheduler: crate::scheduler::SchedulerConfig,
     /// Where alerts and pings go.
     pub alerts: crate::alerts::Alerter,
+    /// The stores every backup is copied to (`--copy-to`).
+    pub copies: crate::copies::Copies,
 }
 
 impl Controller {
@@ -80,6 +82,9 @@ impl Controller {
             error: row.error.clone().unwrap_or_default(),
             skipped: Vec::new(),
             pinned: row.pinned,
+            // Filled by the callers that show them (list, info): they cost
+            // a catalog query.
+            locations: Vec::new(),
         }
     }
 }

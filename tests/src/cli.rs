@@ -285,6 +285,21 @@ pub struct BackupSummary {
     /// No retention policy and no delete removes it.
     #[serde(default)]
     pub pinned: bool,
+    /// Where it is: the primary store, then each copy store.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub locations: Vec<Location>,
+}
+
+/// One place a backup is kept (`locations` of a backup).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Location {
+    pub url: String,
+    /// `ok`, `pending`, `failed` (a copy) or `deleting` (the primary).
+    pub state: String,
+    #[serde(deserialize_with = "null_as_default")]
+    pub reason: String,
+    pub primary: bool,
+    pub attempts: u32,
 }
 
 /// An entry a backup left out.
@@ -349,6 +364,9 @@ pub struct BackupInfo {
     pub all_valid: bool,
     #[serde(default)]
     pub skipped: Vec<Skipped>,
+    /// Where it is: the primary store, then each copy store.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub locations: Vec<Location>,
 }
 
 impl BackupInfo {
@@ -379,6 +397,9 @@ pub struct RestoreResult {
     pub notes: Vec<String>,
     /// What became of the app's process.
     pub start: String,
+    /// Where the backup was read from.
+    #[serde(default, deserialize_with = "null_as_default")]
+    pub source: String,
 }
 
 /// The JSON of `backup:delete`.

@@ -87,6 +87,14 @@ pub fn render(d: &BackupDetails) -> String {
     if !s.error.is_empty() {
         let _ = writeln!(t, "Error: {}", s.error);
     }
+    // With copy stores only: the primary alone is the Location of old.
+    if s.locations.len() > 1 {
+        let _ = writeln!(t);
+        let _ = writeln!(t, "Locations:");
+        for l in &s.locations {
+            let _ = writeln!(t, "  - {}", super::list::location_line(l));
+        }
+    }
 
     let _ = writeln!(t);
     let _ = writeln!(t, "Contents:");

@@ -1,6 +1,6 @@
 //! `backup:list [APP] [--limit N] [--status STATUS]`.
 
-use hop3_proto::v1::BackupSummary;
+use hop3_proto::v1::{BackupLocation, BackupSummary};
 
 use crate::client::ControllerClient;
 use crate::error::CliError;
@@ -29,23 +29,55 @@ pub fn render(backups: &[BackupSummary]) -> String {
     if backups.is_empty() {
         return "No backups found.\n".to_owned();
     }
+    // The guide's table, and a COPIES column when there are copy stores.
+    let copies = backups.iter().any(|b| b.locations.len() > 1);
     let rows: Vec<Vec<String>> = backups
         .iter()
         .map(|b| {
-            vec![
+            let mut row = vec![
                 b.backup_id.clone(),
                 b.app.clone(),
                 format_size(b.total_size),
                 format_created(&b.created_at, &b.backup_id),
                 b.status.clone(),
                 service_names(&b.services),
-            ]
+            ];
+            if copies {
+                row.push(copies_cell(&b.locations));
+            }
+            row
         })
         .collect();
-    render_table(
-        &["BACKUP ID", "APP", "SIZE", "CREATED", "STATUS", "SERVICES"],
-        &rows,
-    )
+    let mut headers = vec!["BACKUP ID", "APP", "SIZE", "CREATED", "STATUS", "SERVICES"];
+    if copies {
+        headers.push("COPIES");
+    }
+    render_table(&headers, &rows)
+}
+
+/// `ok/all` of a backup's copies, and how many failed.
+fn copies_cell(locations: &[BackupLocation]) -> String {
+    let copies: Vec<_> = locations.iter().filter(|l| !l.primary).collect();
+    let ok = copies.iter().filter(|l| l.state == "ok").count();
+    let failed = copies.iter().filter(|l| l.state == "failed").count();
+    match failed {
+        0 => format!("{ok}/{}", copies.len()),
+        n => format!("{ok}/{} ({n} failed)", copies.len()),
+    }
+}
+
+/// One place a backup is, as `backup:info` lists it.
+pub fn location_line(l: &BackupLocation) -> String {
+    let mut line = format!("{}: {}", l.url, l.state);
+    if !l.reason.is_empty() {
+        line.push_str(&format!(": {}", l.reason));
+    }
+    if l.primary {
+        line.push_str(" (primary)");
+    } else if l.state == "failed" {
+        line.push_str(&format!(" ({} attempts, retried)", l.attempts));
+    }
+    line
 }
 
 /// The names of `type:name` services, as Hop3 lists them, or `-`.

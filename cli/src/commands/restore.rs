@@ -117,6 +117,7 @@ mod tests {
             }),
             notes: Vec::new(),
             start: "unmanaged".into(),
+            source: String::new(),
         };
         assert_eq!(
             render(&result),

@@ -275,6 +275,7 @@ pub fn summary(id: &str, app: &str) -> BackupSummary {
         error: String::new(),
         skipped: Vec::new(),
         pinned: false,
+        locations: Vec::new(),
     }
 }
 
@@ -485,6 +486,7 @@ impl BackupService for Fake {
                     }),
                     notes: Vec::new(),
                     start: "restarted".into(),
+                    source: String::new(),
                 })),
             }),
         ];

@@ -26,6 +26,10 @@ pub struct Memory {
     inner: Arc<Mutex<Objects>>,
     /// Deletes fail (as a read-only bucket or a lost connection would).
     failing_deletes: Arc<std::sync::atomic::AtomicBool>,
+    /// New backups cannot be started (an unreachable service).
+    failing_writes: Arc<std::sync::atomic::AtomicBool>,
+    /// Tells stores apart in what they describe (`memory:NAME`).
+    name: Arc<str>,
 }
 
 fn prefix(key: &BackupKey) -> String {
@@ -40,6 +44,28 @@ impl Memory {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store that describes itself as `memory:NAME`.
+    pub fn named(name: &str) -> Self {
+        Self {
+            name: name.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Makes every new write fail from now on (or work again).
+    pub fn fail_writes(&self, fail: bool) {
+        self.failing_writes
+            .store(fail, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Replaces object `key` (`apps/<app>/<id>/<path>`), as bit rot or a
+    /// hand would.
+    pub fn overwrite(&self, key: &str, bytes: &[u8]) {
+        self.objects()
+            .objects
+            .insert(key.to_owned(), Bytes::copy_from_slice(bytes));
     }
 
     fn objects(&self) -> std::sync::MutexGuard<'_, Objects> {
@@ -86,14 +112,26 @@ impl Memory {
 #[async_trait::async_trait]
 impl Backend for Memory {
     fn location(&self, key: &BackupKey) -> String {
-        format!("memory:{}", prefix(key).trim_end_matches('/'))
+        format!("{}{}", self.describe(), prefix(key).trim_end_matches('/'))
     }
 
     fn describe(&self) -> String {
-        "memory:".into()
+        match &*self.name {
+            "" => "memory:".into(),
+            name => format!("memory:{name}/"),
+        }
     }
 
     async fn begin(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>> {
+        if self
+            .failing_writes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                "writes refused by the test",
+            ));
+        }
         Ok(Box::new(MemoryStaging {
             store: self.clone(),
             prefix: prefix(key),

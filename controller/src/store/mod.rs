@@ -8,6 +8,7 @@ mod backend;
 mod contract;
 mod local;
 mod memory;
+mod replica;
 mod s3;
 mod url;
 
@@ -24,6 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
 pub use local::LocalDir;
 pub use memory::Memory;
+pub use replica::Copied;
 pub use s3::{CheckStep, PART_SIZE, PARTS_IN_FLIGHT, S3Bucket, S3Options};
 pub use url::StoreUrl;
 
@@ -52,6 +54,12 @@ pub enum StoreError {
     Manifest(#[from] ManifestError),
     #[error("metadata.json is larger than {MAX_MANIFEST_BYTES} bytes")]
     ManifestTooLarge,
+    /// An artifact's bytes are not those its manifest records.
+    #[error("{path} does not match its recorded checksum: {detail}")]
+    Corrupt { path: String, detail: String },
+    /// A copy store holds something else where a copy would go.
+    #[error("{0}")]
+    Conflict(String),
 }
 
 impl StoreError {
@@ -437,6 +445,12 @@ impl Store {
             });
         }
         Ok((backups, scan.removed))
+    }
+
+    /// Whether this store holds backup `id` of `app` whole: its manifest
+    /// valid and naming it, every file it lists there; else why not.
+    pub async fn holds(&self, app: &str, id: &str) -> std::result::Result<(), String> {
+        self.check_stored(app, id).await.map(drop)
     }
 
     async fn check_stored(&self, app: &str, id: &str) -> std::result::Result<Manifest, String> {

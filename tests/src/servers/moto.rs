@@ -108,6 +108,26 @@ impl Moto {
         Ok(keys)
     }
 
+    /// Deletes every object of `bucket`, then the bucket: a lost bucket.
+    /// Through boto3 (moto's own dependency): moto wants a signed DELETE.
+    pub fn delete_bucket(&self, bucket: &str) -> Result<()> {
+        let script = "import sys, boto3\n\
+            b = boto3.resource('s3', endpoint_url=sys.argv[1]).Bucket(sys.argv[2])\n\
+            b.objects.all().delete()\n\
+            b.delete()\n";
+        let out = clean_command("python3")
+            .args(["-c", script, &self.endpoint(), bucket])
+            .envs(self.env())
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "deleting bucket {bucket}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
+    }
+
     /// Stops the server: the service is unreachable until [`Self::restart`].
     pub fn stop(&mut self) -> Result<()> {
         match self.daemon.take() {

@@ -201,3 +201,97 @@ fn store_check_says_what_works_before_the_first_backup() -> Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn copies_in_a_second_bucket_and_a_directory_restore_when_the_primary_bucket_is_gone() -> Result<()>
+{
+    const OFFSITE: &str = "hop3-offsite";
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    moto.create_bucket(OFFSITE)?;
+    let vault = tempfile::Builder::new().prefix("hop3-vault-").tempdir()?;
+    let vault_url = vault.path().display().to_string();
+    let mut sys = on_s3(&moto)
+        .controller_args([
+            "--copy-to",
+            "s3://hop3-offsite/copies",
+            "--copy-to",
+            &vault_url,
+        ])
+        .start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "shop", 67, &scratch)?;
+    app.big_data(12)?;
+    let original = Snapshot::of(&app.dir)?;
+
+    let created = sys.create("shop")?;
+    let id = created.backup_id.clone();
+    let offsite = format!("s3://{OFFSITE}/copies/apps/shop/{id}");
+    let in_vault = format!("{vault_url}/apps/shop/{id}");
+    let urls: Vec<&str> = created.locations.iter().map(|l| l.url.as_str()).collect();
+    ensure!(
+        urls == [
+            created.location.as_str(),
+            offsite.as_str(),
+            in_vault.as_str()
+        ] && created.locations[0].primary
+            && created.locations[0].state == "ok",
+        "{:?}",
+        created.locations
+    );
+    wait_until(Duration::from_secs(60), "both copies", || {
+        let listed = sys.list(&[])?;
+        let states: Vec<String> = listed[0]
+            .locations
+            .iter()
+            .map(|l| l.state.clone())
+            .collect();
+        Ok((states == ["ok", "ok", "ok"]).then_some(()))
+    })?;
+    // The same objects under the copy's prefix, readable by any S3 client.
+    let strip = |keys: Vec<String>, prefix: &str| -> Vec<String> {
+        keys.into_iter()
+            .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned))
+            .collect()
+    };
+    let primary_keys = strip(moto.keys(BUCKET)?, &format!("fleet/prod/apps/shop/{id}/"));
+    ensure!(primary_keys.contains(&"metadata.json".to_owned()));
+    ensure!(
+        strip(moto.keys(OFFSITE)?, &format!("copies/apps/shop/{id}/")) == primary_keys,
+        "{:?}",
+        moto.keys(OFFSITE)?
+    );
+    ensure!(
+        std::path::Path::new(&in_vault)
+            .join("metadata.json")
+            .is_file()
+    );
+    let info = sys.hop3(["backup:info", &id]).success()?.stdout;
+    ensure!(
+        info.contains(&format!("  - {offsite}: ok")),
+        "backup:info does not say where the backup is:\n{info}"
+    );
+
+    // The primary bucket is lost: the restore reads the first copy, says so.
+    moto.delete_bucket(BUCKET)?;
+    app.mutate(&scratch)?;
+    sys.controller().allow_errors();
+    let restored = sys.restore(&id, None)?;
+    ensure!(restored.source == offsite, "{restored:?}");
+    ensure!(
+        restored
+            .notes
+            .iter()
+            .any(|n| n.starts_with(&format!("read from the copy at {offsite}"))),
+        "{restored:?}"
+    );
+    original.assert_same(&Snapshot::of(&app.dir)?, "the app restored from the copy")?;
+
+    // Deleted, it goes from every copy too.
+    moto.create_bucket(BUCKET)?;
+    sys.hop3(["backup:delete", &id, "--yes"]).success()?;
+    ensure!(moto.keys(OFFSITE)?.is_empty(), "{:?}", moto.keys(OFFSITE)?);
+    ensure!(!std::path::Path::new(&in_vault).exists());
+    let _ = &mut sys;
+    Ok(())
+}
