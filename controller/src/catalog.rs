@@ -2,7 +2,6 @@
 //! fleet), through sqlx's `Any` driver: the same SQL serves both (`$n`
 //! placeholders, portable types). All SQL of the controller lives here.
 
-use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::str::FromStr;
 
@@ -268,7 +267,7 @@ impl Catalog {
 
     /// Records a backup that has just started.
     pub async fn insert(&self, row: &BackupRow) -> Result<(), CatalogError> {
-        insert_row(row).execute(&self.pool).await?;
+        insert_row(row, false).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -407,68 +406,49 @@ impl Catalog {
         Ok(())
     }
 
-    /// Makes the catalog agree with the store: `found` are the COMPLETED
-    /// backups the store holds, with their pins. Missing ones are added,
-    /// COMPLETED and DELETE_PENDING rows whose directory is gone are dropped
-    /// (unless a copy store holds them),
-    /// and pins follow the store's. Returns (added, dropped).
-    pub async fn reconcile(&self, found: &[BackupRow]) -> Result<(usize, usize), CatalogError> {
-        let known: Vec<(String, String, i64)> =
-            sqlx::query("SELECT backup_id, status, pinned FROM backups")
-                .fetch_all(&self.pool)
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get("backup_id")?,
-                        r.try_get("status")?,
-                        r.try_get("pinned")?,
-                    ))
-                })
-                .collect::<Result<_, sqlx::Error>>()?;
-        let in_store: HashMap<&str, bool> = found
-            .iter()
-            .map(|r| (r.backup_id.as_str(), r.pinned))
-            .collect();
-        let in_catalog: HashSet<&str> = known.iter().map(|(id, _, _)| id.as_str()).collect();
-        let copied = self.copied_ids().await?;
-        let copied: HashSet<&str> = copied.iter().map(String::as_str).collect();
+    /// Whether the catalog holds no backup at all (new, or set aside as
+    /// corrupt): then it is rebuilt from the store before the controller serves.
+    pub async fn is_empty(&self) -> Result<bool, CatalogError> {
+        Ok(sqlx::query("SELECT backup_id FROM backups LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .is_none())
+    }
+
+    /// Every backup's status by ID: what a check against the store compares
+    /// with what it lists. Streamed from the database, so that the map
+    /// (a few dozen bytes a backup) is all that is held.
+    pub async fn statuses(
+        &self,
+    ) -> Result<std::collections::HashMap<String, BackupStatus>, CatalogError> {
+        use futures::TryStreamExt;
+        let mut out = std::collections::HashMap::new();
+        let mut rows = sqlx::query("SELECT backup_id, status FROM backups").fetch(&self.pool);
+        while let Some(r) = rows.try_next().await? {
+            let id: String = r.try_get("backup_id")?;
+            let status: String = r.try_get("status")?;
+            let status = status
+                .parse()
+                .map_err(|e| CatalogError::BadRow(id.clone(), e))?;
+            out.insert(id, status);
+        }
+        Ok(out)
+    }
+
+    /// Adds the COMPLETED backups `found` in the store, in one transaction;
+    /// a backup the catalog already holds is left as it is. Returns how
+    /// many were added.
+    pub async fn add_found(&self, found: &[BackupRow]) -> Result<usize, CatalogError> {
         let mut tx = self.pool.begin().await?;
         let mut added = 0;
-        for row in found
-            .iter()
-            .filter(|r| !in_catalog.contains(r.backup_id.as_str()))
-        {
-            insert_row(row).execute(&mut *tx).await?;
-            added += 1;
-        }
-        let mut dropped = 0;
-        for (id, status, pinned) in &known {
-            match in_store.get(id.as_str()) {
-                // Lost from the primary store but held by a copy: restored
-                // from there (and a pending delete still has it to delete).
-                None if copied.contains(id.as_str()) => {}
-                None if status == "COMPLETED" || status == "DELETE_PENDING" => {
-                    for sql in [
-                        "DELETE FROM backup_copies WHERE backup_id = $1",
-                        "DELETE FROM backups WHERE backup_id = $1",
-                    ] {
-                        sqlx::query(sql).bind(id).execute(&mut *tx).await?;
-                    }
-                    dropped += 1;
-                }
-                Some(&in_store) if in_store != (*pinned != 0) => {
-                    sqlx::query("UPDATE backups SET pinned = $1 WHERE backup_id = $2")
-                        .bind(i64::from(in_store))
-                        .bind(id)
-                        .execute(&mut *tx)
-                        .await?;
-                }
-                _ => {}
-            }
+        for row in found {
+            added += insert_row(row, true)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected() as usize;
         }
         tx.commit().await?;
-        Ok((added, dropped))
+        Ok(added)
     }
 
     /// Forgets a backup and its copies.
@@ -600,20 +580,26 @@ fn create_private(url: &str) -> Result<(), CatalogError> {
         })
 }
 
-fn insert_row(row: &BackupRow) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
-    sqlx::query(
-        "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error, pinned)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-    )
-    .bind(row.backup_id.to_string())
-    .bind(&row.app)
-    .bind(&row.host)
-    .bind(row.status.as_str())
-    .bind(Manifest::format_time(row.created_at))
-    .bind(row.total_size as i64)
-    .bind(serde_json::to_string(&row.services).expect("strings serialise"))
-    .bind(row.error.as_deref())
-    .bind(i64::from(row.pinned))
+/// The INSERT of `row`; with `unless_known`, one that leaves a row with
+/// the same ID as it is.
+fn insert_row(
+    row: &BackupRow,
+    unless_known: bool,
+) -> sqlx::query::Query<'_, sqlx::Any, sqlx::any::AnyArguments> {
+    const INSERT: &str = "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error, pinned)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+    const INSERT_NEW: &str = "INSERT INTO backups (backup_id, app, host, status, created_at, total_size, services, error, pinned)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (backup_id) DO NOTHING";
+    sqlx::query(if unless_known { INSERT_NEW } else { INSERT })
+        .bind(row.backup_id.to_string())
+        .bind(&row.app)
+        .bind(&row.host)
+        .bind(row.status.as_str())
+        .bind(Manifest::format_time(row.created_at))
+        .bind(row.total_size as i64)
+        .bind(serde_json::to_string(&row.services).expect("strings serialise"))
+        .bind(row.error.as_deref())
+        .bind(i64::from(row.pinned))
 }
 
 fn from_row(r: &sqlx::any::AnyRow) -> Result<BackupRow, CatalogError> {
@@ -819,33 +805,25 @@ mod tests {
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].error.as_deref(), Some("deletion failed: EIO"));
 
-        // The store says: the pinned one is there, unpinned; the pending
-        // one is gone. The pin follows the store, the pending row goes.
-        let in_store = BackupRow {
-            pinned: false,
+        // What the store holds is added once; the rest is left as it is.
+        assert!(!c.is_empty().await.unwrap());
+        let found = BackupRow {
+            backup_id: "20250103_000000_cccccc".parse().unwrap(),
             ..done.clone()
         };
-        assert_eq!(c.reconcile(&[in_store]).await.unwrap(), (0, 1));
-        assert!(
-            !c.get("20250101_000000_aaaaaa")
-                .await
-                .unwrap()
-                .unwrap()
-                .pinned
+        assert_eq!(
+            c.add_found(&[found.clone(), done.clone()]).await.unwrap(),
+            1
         );
+        assert_eq!(c.add_found(&[found]).await.unwrap(), 0);
+        let statuses = c.statuses().await.unwrap();
+        assert_eq!(statuses.len(), 3);
+        assert_eq!(
+            statuses["20250102_000000_bbbbbb"],
+            BackupStatus::DeletePending
+        );
+        c.delete("20250102_000000_bbbbbb").await.unwrap();
         assert!(c.get("20250102_000000_bbbbbb").await.unwrap().is_none());
-        let pinned_in_store = BackupRow {
-            pinned: true,
-            ..done
-        };
-        assert_eq!(c.reconcile(&[pinned_in_store]).await.unwrap(), (0, 0));
-        assert!(
-            c.get("20250101_000000_aaaaaa")
-                .await
-                .unwrap()
-                .unwrap()
-                .pinned
-        );
     }
 
     async fn filled(dir: &std::path::Path) -> (String, Catalog) {

@@ -135,6 +135,11 @@ pub struct BackupLock {
 }
 
 impl BackupLocks {
+    /// Whether anything holds backup `id` now.
+    pub fn in_use(&self, id: &str) -> bool {
+        self.held.lock().expect("locks poisoned").contains_key(id)
+    }
+
     /// Takes backup `id` for `used_for` (shared for reading, exclusive for
     /// creating or deleting), or returns what it is in use for.
     pub fn try_lock(&self, id: &str, used_for: BackupUse) -> Result<BackupLock, BackupUse> {

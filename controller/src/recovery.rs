@@ -1,6 +1,7 @@
 //! Recovery from the store, the source of truth: rebuilding the catalog at
 //! start-up, and importing backup directories copied in by hand.
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, ManifestError};
@@ -10,7 +11,7 @@ use crate::error::{ControllerError, Result};
 use crate::import_source::ImportSource;
 use crate::seal::SEAL_FILE;
 use crate::state::Controller;
-use crate::store::CopyError;
+use crate::store::{BackupKey, CopyError, Spare};
 use crate::tokens::{TokenRecord, Tokens};
 
 /// The catalog row of a complete backup, from its (validated) manifest.
@@ -102,42 +103,78 @@ fn records(rows: Vec<TokenRow>) -> Vec<TokenRecord> {
         .collect()
 }
 
-/// At start-up: removes what an interrupted run left in the store, and makes
-/// the catalog list exactly the complete backups of the store; logs every
-/// directory that cannot be used, and carries on.
-pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
-    let started = std::time::Instant::now();
-    let (scanned, leftovers) = ctl.store.recover().await?;
-    if leftovers > 0 {
-        tracing::warn!(leftovers, "removed partial backups of an interrupted run");
+/// How many backups are examined at once: on object storage each is a few
+/// round trips, which overlap; on a local disk 16 beat 1 by a fifth (each
+/// read is a hand-off to a blocking thread either way).
+const EXAMINING: usize = 16;
+
+/// How many backups found in the store and not in the catalog are
+/// examined (manifest read, files looked for) before they are written to
+/// the catalog in one transaction: what bounds a rebuild's memory.
+const BATCH: usize = 256;
+
+/// At start-up, before serving. A catalog with backups serves at once and
+/// is checked against the store in the background ([`check_in_background`]):
+/// a start never waits on the store, which may be a slow or unreachable
+/// bucket. An empty catalog (new, or set aside as corrupt) has nothing
+/// true to serve: it is rebuilt from the store first ([`rebuild_catalog`]).
+pub async fn start_up(ctl: &std::sync::Arc<Controller>) -> Result<()> {
+    let interrupted = ctl.catalog.fail_interrupted_runs().await?;
+    if interrupted > 0 {
+        tracing::warn!(
+            interrupted,
+            "scheduled runs cut short by the last stop are recorded FAILED"
+        );
     }
-    let mut rows = Vec::with_capacity(scanned.len());
-    for s in scanned {
-        match s.manifest {
-            Ok(m) => match completed_row(&m) {
-                Ok(mut row) => {
-                    row.pinned = ctl.store.pinned(&row.app, &row.backup_id).await;
-                    rows.push(row);
-                }
-                Err(why) => {
-                    tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
-                }
-            },
-            Err(why) => {
-                tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
+    if ctl.catalog.is_empty().await? {
+        return rebuild_catalog(ctl).await;
+    }
+    // A store of before seals has its backups sealed before any restore
+    // could refuse one as not sealed. A missing mark may also be a store
+    // that cannot be read: then the catalog serves, checked once it answers.
+    if let Ok(false) = ctl.store.sealed_once().await {
+        match rebuild_catalog(ctl).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "the store cannot be read: serving from the catalog, checked against the store once it answers")
             }
         }
     }
-    seal_existing(ctl, &rows).await?;
-    let (added, dropped) = ctl.catalog.reconcile(&rows).await?;
-    tracing::info!(
-        backups = rows.len(),
-        added,
-        dropped,
-        ms = started.elapsed().as_millis() as u64,
-        "catalog checked against the store"
-    );
+    let ctl = ctl.clone();
+    tokio::spawn(async move {
+        let mut wait = std::time::Duration::from_secs(5);
+        loop {
+            match check_in_background(&ctl).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "could not check the catalog against the store")
+                }
+            }
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(std::time::Duration::from_secs(300));
+        }
+    });
+    Ok(())
+}
+
+/// Checks a catalog that is already serving against the store.
+async fn check_in_background(ctl: &Controller) -> Result<()> {
+    reconcile(ctl).await?;
+    retry_deletes(ctl).await
+}
+
+/// At start-up, before serving: removes what an interrupted run left in the
+/// store, makes the catalog list exactly the complete backups of the store
+/// (and of the copy stores, for those the primary lost), reads the
+/// schedules from the store; logs every directory that cannot be used, and
+/// carries on.
+pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
+    reconcile(ctl).await?;
     rebuild_schedules(ctl).await?;
+    retry_deletes(ctl).await
+}
+
+async fn retry_deletes(ctl: &Controller) -> Result<()> {
     let pending = crate::delete::retry_pending(ctl, None).await?;
     if pending > 0 {
         tracing::warn!(
@@ -148,18 +185,104 @@ pub async fn rebuild_catalog(ctl: &Controller) -> Result<()> {
     Ok(())
 }
 
+/// Makes the catalog agree with the store, in bounded memory: one listing
+/// of the store; the backups it holds that the catalog does not are
+/// examined and added in batches; COMPLETED and DELETE_PENDING rows whose
+/// backup is gone (looked for again, one by one, so that a backup that
+/// came after the listing stays) are dropped, unless a copy store holds
+/// them. What the catalog already lists is not read again: its rows came
+/// from this controller's own writes. The backups in use (being written,
+/// imported, deleted: every write to the store holds its backup's lock)
+/// are left alone, so that this may run while the controller serves.
+async fn reconcile(ctl: &Controller) -> Result<()> {
+    use futures::StreamExt;
+    let spare: Spare<'_> = &|key: &BackupKey| ctl.backup_locks.in_use(&key.id);
+    let started = std::time::Instant::now();
+    let scan = ctl.store.scan(spare).await?;
+    if scan.removed > 0 {
+        tracing::warn!(
+            leftovers = scan.removed,
+            "removed partial backups of an interrupted run"
+        );
+    }
+    let known = ctl.catalog.statuses().await?;
+    let in_store: HashSet<&str> = scan.backups.iter().map(|(_, id)| id.as_str()).collect();
+    let sealing = !ctl.store.sealed_once().await?;
+    // Sealing once, every backup is examined (and sealed), known or not.
+    let new: Vec<&(String, String)> = scan
+        .backups
+        .iter()
+        .filter(|(_, id)| sealing || !known.contains_key(id.as_str()))
+        .collect();
+    let mut added = 0;
+    for batch in new.chunks(BATCH) {
+        let mut examining = Vec::with_capacity(batch.len());
+        for entry in batch {
+            examining.push(ctl.store.examine(&entry.0, &entry.1));
+        }
+        let examined: Vec<_> = futures::stream::iter(examining)
+            .buffered(EXAMINING)
+            .collect()
+            .await;
+        let mut rows = Vec::with_capacity(examined.len());
+        for s in examined {
+            match s
+                .manifest
+                .and_then(|m| completed_row(&m).map_err(|e| e.to_string()))
+            {
+                Ok(mut row) => {
+                    row.pinned = ctl.store.pinned(&row.app, &row.backup_id).await;
+                    rows.push(row);
+                }
+                Err(why) => {
+                    tracing::warn!(dir = %s.location, reason = %why, "skipping an unusable backup directory")
+                }
+            }
+        }
+        if sealing {
+            seal_existing(ctl, &rows).await?;
+        }
+        added += ctl.catalog.add_found(&rows).await?;
+    }
+    if sealing {
+        finish_sealing(ctl, in_store.len()).await?;
+    }
+    let copied: HashSet<String> = ctl.catalog.copied_ids().await?.into_iter().collect();
+    let mut dropped = 0;
+    for (id, status) in &known {
+        if in_store.contains(id.as_str())
+            || !matches!(
+                status,
+                BackupStatus::Completed | BackupStatus::DeletePending
+            )
+            || copied.contains(id)
+        {
+            continue;
+        }
+        let Some(row) = ctl.catalog.get(id).await? else {
+            continue;
+        };
+        if spare(&BackupKey::new(&row.app, id)) || ctl.store.exists(&row.app, id).await? {
+            continue;
+        }
+        ctl.catalog.delete(id).await?;
+        dropped += 1;
+    }
+    tracing::info!(
+        backups = in_store.len(),
+        added,
+        dropped,
+        ms = started.elapsed().as_millis() as u64,
+        "catalog checked against the store"
+    );
+    Ok(())
+}
+
 /// At start-up: the catalog's schedules become the store's (their source
-/// of truth), and slots a stopped controller left RUNNING are FAILED.
+/// of truth).
 async fn rebuild_schedules(ctl: &Controller) -> Result<()> {
     let schedules = ctl.store.all_schedules().await?;
     ctl.catalog.replace_all_schedules(&schedules).await?;
-    let interrupted = ctl.catalog.fail_interrupted_runs().await?;
-    if interrupted > 0 {
-        tracing::warn!(
-            interrupted,
-            "scheduled runs cut short by the last stop are recorded FAILED"
-        );
-    }
     tracing::info!(schedules = schedules.len(), "schedules read from the store");
     Ok(())
 }
@@ -167,22 +290,19 @@ async fn rebuild_schedules(ctl: &Controller) -> Result<()> {
 /// At the first start of a version with seals: seals the complete backups
 /// the store already holds, which this controller made (or was given)
 /// before backups were sealed, so that they restore as before; once in the
-/// store's life, so that a seal key lost later does not bless whatever lies
-/// in the store.
+/// store's life (see [`finish_sealing`]), so that a seal key lost later
+/// does not bless whatever lies in the store.
 async fn seal_existing(ctl: &Controller, rows: &[BackupRow]) -> Result<()> {
-    if ctl.store.sealed_once().await {
-        if ctl.store.newly_keyed() {
-            tracing::warn!(
-                "the seal key was made anew: backups sealed with the old one restore only with --trust-imported"
-            );
-        }
-        return Ok(());
-    }
     for row in rows {
         ctl.store.seal_stored(&row.app, &row.backup_id).await?;
     }
-    if !rows.is_empty() {
-        tracing::info!(backups = rows.len(), "sealed the backups made before seals");
+    Ok(())
+}
+
+/// Records that the store's backups of before seals are sealed.
+async fn finish_sealing(ctl: &Controller, backups: usize) -> Result<()> {
+    if backups > 0 {
+        tracing::info!(backups, "sealed the backups made before seals");
     }
     Ok(ctl.store.mark_sealed_once().await?)
 }

@@ -93,7 +93,7 @@ pub async fn run(
         alerts: crate::alerts::Alerter::new(config.alerts().await?),
         copies: crate::copies::Copies::new(config.open_copies().await?),
     });
-    crate::recovery::rebuild_catalog(&ctl)
+    crate::recovery::start_up(&ctl)
         .await
         .context("cannot check the catalog against the store")?;
 

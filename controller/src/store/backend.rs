@@ -39,7 +39,12 @@ impl BackupKey {
     }
 }
 
-/// What a scan of a backend found at start-up.
+/// Which backups a scan must leave alone, whatever it finds of them: the
+/// ones being written or deleted while it runs. Asked just before each
+/// removal, so that what began after the listing is spared too.
+pub type Spare<'a> = &'a (dyn Fn(&BackupKey) -> bool + Send + Sync);
+
+/// What a scan of a backend found.
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Every place that may hold a complete backup: `(app, name)` as found,
@@ -87,10 +92,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// after a failure that must leave nothing behind; logs what it cannot.
     async fn discard(&self, key: &BackupKey);
 
-    /// One walk of the backend at start-up, when nothing can still be
-    /// writing: removes the leftovers of interrupted writes and deletes,
-    /// and lists every place that may hold a complete backup.
-    async fn scan(&self) -> io::Result<Scan>;
+    /// One walk of the backend: removes the leftovers of interrupted
+    /// writes and deletes, except those of the backups `spare` names, and
+    /// lists every place that may hold a complete backup.
+    async fn scan(&self, spare: Spare<'_>) -> io::Result<Scan>;
 
     /// While the controller runs: removes the leftovers of writes and
     /// deletes that failed and could not clean up (the service was

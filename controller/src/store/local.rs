@@ -13,7 +13,7 @@ use tokio::fs::{self, File};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio_util::io::ReaderStream;
 
-use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
+use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, Staging};
 
 /// A store directory.
 #[derive(Debug, Clone)]
@@ -48,11 +48,13 @@ impl LocalDir {
     }
 
     /// Every `(app, entry name, path)` under `apps/*/`.
-    async fn entries(&self) -> io::Result<Vec<(String, String, PathBuf)>> {
+    /// Every `(app, entry)` under `apps/`. The app's name is shared by its
+    /// entries: a listing of 100,000 backups holds 1,000 names, not 100,000.
+    async fn entries(&self) -> io::Result<Vec<(std::sync::Arc<str>, String)>> {
         let mut out = Vec::new();
         let mut apps = fs::read_dir(self.root.join("apps")).await?;
         while let Some(app) = apps.next_entry().await? {
-            let app_name = app.file_name().to_string_lossy().into_owned();
+            let app_name: std::sync::Arc<str> = app.file_name().to_string_lossy().into();
             let Ok(mut entries) = fs::read_dir(app.path()).await else {
                 continue;
             };
@@ -60,7 +62,6 @@ impl LocalDir {
                 out.push((
                     app_name.clone(),
                     e.file_name().to_string_lossy().into_owned(),
-                    e.path(),
                 ));
             }
         }
@@ -108,7 +109,16 @@ impl Backend for LocalDir {
     }
 
     async fn exists(&self, key: &BackupKey) -> io::Result<bool> {
-        fs::try_exists(self.dir(key)).await
+        for dir in [
+            self.dir(key),
+            self.beside(key, ".partial"),
+            self.beside(key, ".deleting"),
+        ] {
+            if fs::try_exists(dir).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     async fn delete(&self, key: &BackupKey) -> io::Result<()> {
@@ -132,14 +142,25 @@ impl Backend for LocalDir {
         }
     }
 
-    async fn scan(&self) -> io::Result<Scan> {
+    async fn scan(&self, spare: Spare<'_>) -> io::Result<Scan> {
         let mut scan = Scan::default();
-        for (app, name, path) in self.entries().await? {
-            if name.ends_with(".partial") || name.ends_with(".deleting") {
-                fs::remove_dir_all(&path).await?;
-                scan.removed += 1;
+        for (app, name) in self.entries().await? {
+            let left = name
+                .strip_suffix(".partial")
+                .or_else(|| name.strip_suffix(".deleting"));
+            if let Some(id) = left {
+                if spare(&BackupKey::new(&app, id)) {
+                    continue;
+                }
+                let path = self.root.join("apps").join(&*app).join(&name);
+                match fs::remove_dir_all(&path).await {
+                    // Its delete finished between the listing and now.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                    Ok(()) => scan.removed += 1,
+                }
             } else {
-                scan.backups.push((app, name));
+                scan.backups.push((app.to_string(), name));
             }
         }
         Ok(scan)

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hop3_proto::manifest::MANIFEST_FILE;
 
-use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
+use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, Staging};
 
 /// The objects, by key (`apps/<app>/<id>/<path>`), and the marks.
 #[derive(Debug, Default)]
@@ -202,7 +202,7 @@ impl Backend for Memory {
         self.remove_prefix(&prefix(key));
     }
 
-    async fn scan(&self) -> io::Result<Scan> {
+    async fn scan(&self, spare: Spare<'_>) -> io::Result<Scan> {
         let mut places: BTreeMap<(String, String), bool> = BTreeMap::new();
         for key in self.keys() {
             let mut parts = key.splitn(4, '/');
@@ -217,7 +217,7 @@ impl Backend for Memory {
         for ((app, id), committed) in places {
             if committed {
                 scan.backups.push((app, id));
-            } else {
+            } else if !spare(&BackupKey::new(&app, &id)) {
                 // No manifest: a write that never committed, or a delete cut short.
                 self.remove_prefix(&format!("apps/{app}/{id}/"));
                 scan.removed += 1;

@@ -22,7 +22,7 @@ use hop3_proto::manifest::{MANIFEST_FILE, MAX_MANIFEST_BYTES, Manifest, Manifest
 use hop3_proto::{Checksum, Tally};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
+pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, Staging};
 pub use local::LocalDir;
 pub use memory::Memory;
 pub use replica::Copied;
@@ -199,8 +199,11 @@ impl Store {
     }
 
     /// Whether the backups of an earlier version were sealed once already.
-    pub async fn sealed_once(&self) -> bool {
-        self.backend.has_mark(SEALED_ONCE).await.unwrap_or(false)
+    pub async fn sealed_once(&self) -> Result<bool> {
+        self.backend
+            .has_mark(SEALED_ONCE)
+            .await
+            .map_err(StoreError::io("reading the store's marks"))
     }
 
     /// Records that the backups of an earlier version were sealed.
@@ -426,25 +429,24 @@ impl Store {
         self.backend.discard(&BackupKey::new(app, id)).await
     }
 
-    /// One walk of the store at start-up, when nothing can still be writing:
-    /// removes what interrupted writes and deletes left, and returns every
-    /// complete backup with its manifest or why it cannot be used (a
-    /// manifest unreadable, invalid, naming another app or ID than its
-    /// place, or listing a missing file), and how many leftovers were removed.
-    pub async fn recover(&self) -> Result<(Vec<Scanned>, usize)> {
-        let scan = self
-            .backend
-            .scan()
+    /// One walk of the store: removes what interrupted writes and deletes
+    /// left, except those of the backups `spare` names, and lists every
+    /// place that may hold a complete backup (see [`Store::examine`]).
+    pub async fn scan(&self, spare: Spare<'_>) -> Result<Scan> {
+        self.backend
+            .scan(spare)
             .await
-            .map_err(StoreError::io("listing the store"))?;
-        let mut backups = Vec::with_capacity(scan.backups.len());
-        for (app, name) in scan.backups {
-            backups.push(Scanned {
-                location: self.location(&app, &name),
-                manifest: self.check_stored(&app, &name).await,
-            });
+            .map_err(StoreError::io("listing the store"))
+    }
+
+    /// What a scan found at `(app, name)`: its manifest, or why it cannot be
+    /// used (a manifest unreadable, invalid, naming another app or ID than
+    /// its place, or listing a missing file).
+    pub async fn examine(&self, app: &str, name: &str) -> Scanned {
+        Scanned {
+            location: self.location(app, name),
+            manifest: self.check_stored(app, name).await,
         }
-        Ok((backups, scan.removed))
     }
 
     /// Whether this store holds backup `id` of `app` whole: its manifest

@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 
-use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Staging};
+use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, Staging};
 
 /// The size of every part of a multipart upload but the last: S3 wants 5 MiB
 /// at least, R2 equal sizes.
@@ -306,24 +306,25 @@ impl S3Bucket {
         Ok(found)
     }
 
-    /// Removes what interrupted writes and deletes left, except the
-    /// backups in `busy`, being written, and those marked after `fresh`
-    /// (begun after the caller learnt what is busy); returns what is left
-    /// that may be backups, and how many places were cleaned.
+    /// Removes what interrupted writes and deletes left, except what
+    /// `spare` names and the marks newer than `fresh` (begun after the
+    /// caller learnt what is busy); returns what is left that may be
+    /// backups, and how many places were cleaned.
     async fn clean(
         &self,
-        busy: &HashSet<BackupKey>,
+        spare: Spare<'_>,
         fresh: Option<chrono::DateTime<chrono::Utc>>,
     ) -> io::Result<Scan> {
         let mut scan = Scan::default();
         for (key, f) in self.survey().await? {
             let young = matches!((f.marked, fresh), (Some(at), Some(fresh)) if at > fresh);
-            if busy.contains(&key) || (young && !f.manifest) {
+            if !f.manifest && (young || spare(&key)) {
                 continue;
             }
             match (f.manifest, f.marked.is_some()) {
                 (true, false) => scan.backups.push((key.app, key.id)),
                 // Committed; the mark's removal did not happen.
+                (true, true) if spare(&key) => scan.backups.push((key.app, key.id)),
                 (true, true) => {
                     self.remove_all_uploads(&key).await;
                     self.delete_quietly(&self.marker(&key)).await?;
@@ -547,15 +548,18 @@ impl Backend for S3Bucket {
         }
     }
 
-    async fn scan(&self) -> io::Result<Scan> {
-        self.clean(&HashSet::new(), None).await
+    async fn scan(&self, spare: Spare<'_>) -> io::Result<Scan> {
+        self.clean(spare, None).await
     }
 
     async fn sweep(&self, busy: &HashSet<BackupKey>) -> io::Result<usize> {
         // A backup begun after `busy` was read is not in it: its mark is
         // young. The margin covers the service's clock against ours.
         let fresh = chrono::Utc::now() - SWEEP_MARGIN;
-        Ok(self.clean(busy, Some(fresh)).await?.removed)
+        Ok(self
+            .clean(&|k| busy.contains(k), Some(fresh))
+            .await?
+            .removed)
     }
 
     async fn free_space(&self) -> io::Result<Option<u64>> {

@@ -562,10 +562,24 @@ impl System {
     /// catalog it was last given, on the same port when it is still free,
     /// and waits for its health. Standalone agents keep the URL they were
     /// started with, so they find it again when the port was kept.
+    /// A catalog with backups serves at once and is checked against the
+    /// store in the background: this also waits for that check (or its
+    /// first failure, the store unreachable), so that what a test did to
+    /// the store by hand is in the catalog.
     pub fn restart_controller(&mut self) -> Result<()> {
         self.controller.restart()?;
         self.url = self.controller.url();
-        Ok(())
+        let log = self.controller.log_path().to_owned();
+        super::process::wait_until(
+            std::time::Duration::from_secs(60),
+            "the catalog checked against the store",
+            || {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                Ok((text.contains("catalog checked against the store")
+                    || text.contains("could not check the catalog against the store"))
+                .then_some(()))
+            },
+        )
     }
 
     /// A scratch directory inside the test's directory, created on demand.

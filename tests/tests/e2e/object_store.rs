@@ -272,8 +272,16 @@ fn copies_in_a_second_bucket_and_a_directory_restore_when_the_primary_bucket_is_
         "backup:info does not say where the backup is:\n{info}"
     );
 
-    // The primary bucket is lost: the restore reads the first copy, says so.
+    // The primary bucket is lost, and the controller restarts: it serves
+    // from its catalog at once, keeps the backup a copy holds, and the
+    // restore reads the first copy, saying so.
     moto.delete_bucket(BUCKET)?;
+    sys.restart_controller()?;
+    let listed = sys.list(&[])?;
+    ensure!(
+        listed.len() == 1 && listed[0].status == "COMPLETED",
+        "{listed:?}"
+    );
     app.mutate(&scratch)?;
     sys.controller().allow_errors();
     let restored = sys.restore(&id, None)?;
