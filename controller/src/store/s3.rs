@@ -40,8 +40,10 @@ use super::backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, 
 /// at least, R2 equal sizes.
 pub const PART_SIZE: usize = 8 << 20;
 
-/// Parts of one artifact uploading at once: with the part being filled,
-/// an upload holds at most `(PARTS_IN_FLIGHT + 1) * PART_SIZE` bytes.
+/// Parts uploading at once in the whole store, whatever the number of
+/// artifacts being written (a backup writes its archives and dumps side by
+/// side): with one part being filled per artifact, uploads hold at most
+/// `(PARTS_IN_FLIGHT + artifacts) * PART_SIZE` bytes.
 pub const PARTS_IN_FLIGHT: usize = 4;
 
 /// Artifacts are read as ranged GETs of this size, the next one asked for
@@ -88,6 +90,8 @@ pub struct S3Bucket {
     bucket: String,
     /// Empty, or `a/b` (no slash at either end).
     prefix: String,
+    /// One permit per part that may be uploading ([`PARTS_IN_FLIGHT`]).
+    parts: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for S3Bucket {
@@ -146,11 +150,18 @@ impl S3Bucket {
                 ..RetryConfig::default()
             });
         }
+        // SigV4 would hash every part's bytes once more, on top of the
+        // SHA-256 the store computes of each artifact: unsigned payloads
+        // (as boto3 sends over HTTPS) leave the signature over the headers,
+        // and every object's size is checked after upload and every
+        // artifact's digest on each read.
+        b = b.with_unsigned_payload(true);
         let s3 = b.build().map_err(to_io)?;
         Ok(Self {
             s3: Arc::new(s3),
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
+            parts: Arc::new(tokio::sync::Semaphore::new(PARTS_IN_FLIGHT)),
         })
     }
 
@@ -732,8 +743,18 @@ impl S3Sink {
 
     async fn send_part(&mut self) -> io::Result<()> {
         let id = self.upload_id().await?;
-        while self.in_flight.len() >= PARTS_IN_FLIGHT {
-            self.settle_one().await?;
+        let permit = self
+            .bucket
+            .parts
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        // What finished meanwhile is collected, so that a failed part stops
+        // this upload at once.
+        while let Some(done) = self.in_flight.try_join_next() {
+            let (idx, part) = done.map_err(io::Error::other)?;
+            self.parts[idx] = Some(part.map_err(to_io)?);
         }
         let data = std::mem::replace(&mut self.buf, BytesMut::with_capacity(PART_SIZE)).freeze();
         let idx = self.parts.len();
@@ -741,6 +762,7 @@ impl S3Sink {
         let (s3, object) = (self.bucket.s3.clone(), self.object.clone());
         self.in_flight.spawn(async move {
             let part = s3.put_part(&object, &id, idx, data.into()).await;
+            drop(permit);
             (idx, part)
         });
         Ok(())
