@@ -208,6 +208,11 @@ async fn reconcile(ctl: &Controller) -> Result<()> {
     let known = ctl.catalog.statuses().await?;
     let in_store: HashSet<&str> = scan.backups.iter().map(|(_, id)| id.as_str()).collect();
     let sealing = !ctl.store.sealed_once().await?;
+    if !sealing && ctl.store.newly_keyed() {
+        tracing::warn!(
+            "the seal key was made anew: backups sealed with the old one restore only with --trust-imported"
+        );
+    }
     // Sealing once, every backup is examined (and sealed), known or not.
     let new: Vec<&(String, String)> = scan
         .backups
