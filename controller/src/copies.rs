@@ -72,31 +72,50 @@ pub fn spawn(ctl: Arc<Controller>) {
         return;
     }
     tokio::spawn(async move {
+        // Everything at start and after a backup; the retries due between.
+        let mut scope = Scope::All;
         loop {
-            if let Err(e) = pass(&ctl).await {
+            if let Err(e) = pass_at(&ctl, Utc::now(), scope).await {
                 tracing::warn!(error = %e, "the copier could not read the catalog; next try soon");
             }
-            tokio::select! {
-                () = ctl.copies.wake.notified() => {}
-                () = tokio::time::sleep(TICK) => {}
-            }
+            scope = tokio::select! {
+                () = ctl.copies.wake.notified() => Scope::All,
+                () = tokio::time::sleep(TICK) => Scope::Retries,
+            };
         }
     });
 }
 
-/// Copies every backup due to every copy store; returns how many copies
-/// were made.
+/// [`pass_at`] now, over every backup.
+#[cfg(test)]
 pub async fn pass(ctl: &Controller) -> Result<usize> {
-    pass_at(ctl, Utc::now()).await
+    pass_at(ctl, Utc::now(), Scope::All).await
 }
 
-/// [`pass`], with the retries due by `now`.
-pub(crate) async fn pass_at(ctl: &Controller, now: chrono::DateTime<Utc>) -> Result<usize> {
+/// Which backups a pass looks at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Scope {
+    /// Every backup not copied yet.
+    All,
+    /// Only those whose copy failed before.
+    Retries,
+}
+
+/// Copies every backup of `scope` due by `now` to every copy store;
+/// returns how many copies were made.
+pub(crate) async fn pass_at(
+    ctl: &Controller,
+    now: chrono::DateTime<Utc>,
+    scope: Scope,
+) -> Result<usize> {
     let mut made = 0;
     for store in &ctl.copies.stores {
         let location = store.describe();
         loop {
-            let due = ctl.catalog.copies_due(&location, now, BATCH).await?;
+            let due = ctl
+                .catalog
+                .copies_due(&location, now, BATCH, scope == Scope::Retries)
+                .await?;
             let mut tried = 0;
             for d in &due {
                 match copy_one(ctl, store, &location, d).await? {

@@ -562,7 +562,7 @@ fn objects(memory: &Memory, id: &str) -> BTreeMap<String, Vec<u8>> {
 async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = FakeAgent::default();
-    let restored = agent.restored.clone();
+    let restored_bytes = agent.restored.clone();
     let offsite = Memory::named("offsite");
     let copy_store = Store::with_backend(Arc::new(offsite.clone()), tmp.path())
         .await
@@ -571,6 +571,13 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
     async fn located(ctl: &Controller, id: &str) -> Vec<v1::BackupLocation> {
         let row = ctl.backup_row(id).await.unwrap();
         crate::copies::locate(ctl, &[row]).await.unwrap().remove(0)
+    }
+    async fn restored(ctl: &Arc<Controller>, id: &str) -> Result<v1::RestoreResult, Status> {
+        let result = last(restore::start(ctl, restore_request(id)).await.unwrap()).await?;
+        let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
+            panic!("not completed: {result:?}");
+        };
+        Ok(r)
     }
 
     // The copy store is down: the backup is COMPLETED all the same, its
@@ -592,10 +599,16 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
         "retried before its backoff"
     );
 
-    // Back: the retry due copies it, byte for byte, seal included.
+    // Back: the retry due copies it, byte for byte, seal included, over
+    // what an interrupted attempt left.
     offsite.fail_writes(false);
+    offsite.overwrite(&format!("apps/{APP}/{id}/data.tar.zst"), b"half");
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
-    assert_eq!(crate::copies::pass_at(&ctl, later).await.unwrap(), 1);
+    let retries = crate::copies::Scope::Retries;
+    assert_eq!(
+        crate::copies::pass_at(&ctl, later, retries).await.unwrap(),
+        1
+    );
     let ok = located(&ctl, &id).await;
     assert_eq!(
         ok.iter().map(|l| l.state.as_str()).collect::<Vec<_>>(),
@@ -606,12 +619,7 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
 
     // A primary whose archive rotted: the restore reads the copy, and says so.
     memory.overwrite(&format!("apps/{APP}/{id}/data.tar.zst"), b"rotten");
-    let result = last(restore::start(&ctl, restore_request(&id)).await.unwrap())
-        .await
-        .unwrap();
-    let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
-        panic!("not completed: {result:?}");
-    };
+    let r = restored(&ctl, &id).await.unwrap();
     assert_eq!(r.source, ok[1].url);
     assert!(
         r.notes
@@ -620,7 +628,17 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
         "{:?}",
         r.notes
     );
-    assert_eq!(restored.lock().unwrap().take().unwrap(), artifacts());
+    assert_eq!(restored_bytes.lock().unwrap().take().unwrap(), artifacts());
+
+    // A copy whose seal is not this controller's is never read: the
+    // restore fails with the primary's own error.
+    let seal_key = format!("apps/{APP}/{id}/metadata.seal");
+    let seal = objects(&offsite, &id)["metadata.seal"].clone();
+    offsite.overwrite(&seal_key, b"forged");
+    let err = restored(&ctl, &id).await.unwrap_err();
+    assert!(err.message().contains("data.tar.zst"), "{err:?}");
+    assert!(restored_bytes.lock().unwrap().is_none());
+    offsite.overwrite(&seal_key, &seal);
 
     // The primary lost it whole, and the controller restarted: the catalog
     // keeps the backup, which restores from the copy.
@@ -630,14 +648,8 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
         ctl.backup_row(&id).await.unwrap().status,
         BackupStatus::Completed
     );
-    let result = last(restore::start(&ctl, restore_request(&id)).await.unwrap())
-        .await
-        .unwrap();
-    let Some(v1::restore_backup_event::Event::Completed(r)) = result.event else {
-        panic!("not completed: {result:?}");
-    };
-    assert_eq!(r.source, ok[1].url);
-    assert_eq!(restored.lock().unwrap().take().unwrap(), artifacts());
+    assert_eq!(restored(&ctl, &id).await.unwrap().source, ok[1].url);
+    assert_eq!(restored_bytes.lock().unwrap().take().unwrap(), artifacts());
 
     // A source that does not match its manifest is never copied.
     // (Made within the same second, it may sort either side of the first.)

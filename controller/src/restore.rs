@@ -156,7 +156,12 @@ pub async fn start(
 /// `sources` (the primary first) with the first that holds the backup
 /// whole (its manifest valid, every file there) moved to the front; as they
 /// are when none does, so that the primary's error is the one reported.
+/// With the primary alone, nothing is looked at: the restore's own
+/// verification reads it whole anyway.
 async fn usable_sources(mut sources: Vec<Store>, row: &BackupRow) -> Vec<Store> {
+    if sources.len() == 1 {
+        return sources;
+    }
     for i in 0..sources.len() {
         match sources[i].holds(&row.app, &row.backup_id).await {
             Ok(()) => {
@@ -282,7 +287,15 @@ async fn execute(job: &RestoreJob, out: &Out) -> Result<Done> {
     let (app, id) = (&job.row.app, &job.row.backup_id);
     let mut first_error = None;
     let mut verified = None;
-    for source in &job.sources {
+    for (i, source) in job.sources.iter().enumerate() {
+        // The trust decided in `start` is the first source's seal: another
+        // store is read only if it vouches as much (a copy store written by
+        // someone else must not pass for this controller's backup).
+        if i > 0 && job.trusted && !source.sealed(app, id).await {
+            tracing::warn!(backup_id = %id, store = %source.describe(), "not sealed by this controller there: not read");
+            first_error.get_or_insert(ControllerError::Untrusted(id.to_string()));
+            continue;
+        }
         match verify(source, job, out).await {
             Ok(v) => {
                 verified = Some((source, v));

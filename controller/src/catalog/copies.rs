@@ -42,24 +42,31 @@ use crate::schedule::slot_text as text;
 impl Catalog {
     /// COMPLETED backups not copied to `location` yet, newest first (the
     /// most precious after a disaster), skipping those whose last attempt
-    /// failed less than their backoff ago.
+    /// failed less than their backoff ago. With `retries_only`, only those
+    /// that failed before, found through the copies' index: the whole
+    /// catalog is not walked (110 ms for 100,000 backups in SQLite here,
+    /// against well under a millisecond).
     pub async fn copies_due(
         &self,
         location: &str,
         now: DateTime<Utc>,
         limit: u32,
+        retries_only: bool,
     ) -> Result<Vec<CopyDue>, CatalogError> {
-        let rows = sqlx::query(
-            "SELECT b.backup_id, b.app, COALESCE(c.attempts, 0) AS attempts FROM backups b \
+        const ALL: &str = "SELECT b.backup_id, b.app, COALESCE(c.attempts, 0) AS attempts FROM backups b \
              LEFT JOIN backup_copies c ON c.backup_id = b.backup_id AND c.location = $1 \
              WHERE b.status = 'COMPLETED' AND (c.state IS NULL OR (c.state = 'FAILED' AND c.next_attempt_at <= $2)) \
-             ORDER BY b.created_at DESC, b.backup_id DESC LIMIT $3",
-        )
-        .bind(location)
-        .bind(text(now))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+             ORDER BY b.created_at DESC, b.backup_id DESC LIMIT $3";
+        const RETRIES: &str = "SELECT b.backup_id, b.app, c.attempts FROM backup_copies c \
+             JOIN backups b ON b.backup_id = c.backup_id \
+             WHERE c.location = $1 AND c.state = 'FAILED' AND c.next_attempt_at <= $2 AND b.status = 'COMPLETED' \
+             ORDER BY b.created_at DESC, b.backup_id DESC LIMIT $3";
+        let rows = sqlx::query(if retries_only { RETRIES } else { ALL })
+            .bind(location)
+            .bind(text(now))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(CopyDue {

@@ -26,7 +26,8 @@ pub enum Copied {
 impl Store {
     /// Copies backup `id` of `app` into `to`, checked by digest. A copy
     /// store holding another backup under the same key is refused, never
-    /// overwritten; leftovers of an interrupted copy are replaced.
+    /// overwritten; leftovers of an interrupted copy, and a copy of this
+    /// very backup that lost files, are replaced.
     pub async fn replicate_to(&self, to: &Store, app: &str, id: &str) -> Result<Copied> {
         let key = BackupKey::new(app, id);
         let manifest_bytes = self
@@ -40,14 +41,12 @@ impl Store {
             .read_small(&key, MANIFEST_FILE, MAX_MANIFEST_BYTES)
             .await
         {
+            // This very backup; if its files are not all there any more,
+            // the copy is made again below.
             Ok(there) if there == manifest_bytes => {
                 if to.check_stored(app, id).await.is_ok() {
                     return Ok(Copied::AlreadyThere);
                 }
-                return Err(StoreError::Conflict(format!(
-                    "{} holds this backup's metadata.json with files missing",
-                    to.location(app, id)
-                )));
             }
             Ok(_) => {
                 return Err(StoreError::Conflict(format!(
@@ -64,7 +63,7 @@ impl Store {
             .await
             .map_err(StoreError::io("looking in the copy store"))?
         {
-            // No manifest: what an interrupted copy left.
+            // What an interrupted copy left, or a copy that lost files.
             to.backend.discard(&key).await;
         }
         let seal = match self.backend.read_small(&key, SEAL_FILE, 1024).await {

@@ -300,6 +300,5 @@ fn copies_in_a_second_bucket_and_a_directory_restore_when_the_primary_bucket_is_
     sys.hop3(["backup:delete", &id, "--yes"]).success()?;
     ensure!(moto.keys(OFFSITE)?.is_empty(), "{:?}", moto.keys(OFFSITE)?);
     ensure!(!std::path::Path::new(&in_vault).exists());
-    let _ = &mut sys;
     Ok(())
 }
