@@ -24,6 +24,10 @@ const BATCH: u32 = 32;
 /// no new backup wakes it.
 const TICK: Duration = Duration::from_secs(30);
 
+/// How soon a pass that found a backup busy (a delete or a restore
+/// holding it) looks again.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
+
 /// The wait after a first failure; doubled at each failure after it, up to
 /// [`MAX_BACKOFF`]. Copies are retried for as long as they fail: a copy
 /// store down for a week gets every backup once it is back.
@@ -75,21 +79,41 @@ pub fn spawn(ctl: Arc<Controller>) {
         // Everything at start and after a backup; the retries due between.
         let mut scope = Scope::All;
         loop {
-            if let Err(e) = pass_at(&ctl, Utc::now(), scope).await {
-                tracing::warn!(error = %e, "the copier could not read the catalog; next try soon");
-            }
+            // A backup passed by because it was busy is not a failure
+            // with a retry time: only a pass over everything finds it.
+            let busy = match pass_at(&ctl, Utc::now(), scope).await {
+                Ok(pass) => pass.skipped > 0,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the copier could not read the catalog; next try soon");
+                    false
+                }
+            };
+            let (wait, then) = if busy {
+                (BUSY_RETRY, Scope::All)
+            } else {
+                (TICK, Scope::Retries)
+            };
             scope = tokio::select! {
                 () = ctl.copies.wake.notified() => Scope::All,
-                () = tokio::time::sleep(TICK) => Scope::Retries,
+                () = tokio::time::sleep(wait) => then,
             };
         }
     });
 }
 
-/// [`pass_at`] now, over every backup.
+/// [`pass_at`] now, over every backup; how many copies were made.
 #[cfg(test)]
 pub async fn pass(ctl: &Controller) -> Result<usize> {
-    pass_at(ctl, Utc::now(), Scope::All).await
+    Ok(pass_at(ctl, Utc::now(), Scope::All).await?.made)
+}
+
+/// What one pass did.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Pass {
+    /// Copies made.
+    pub made: usize,
+    /// Backups passed by because they were busy.
+    pub skipped: usize,
 }
 
 /// Which backups a pass looks at.
@@ -101,14 +125,13 @@ pub(crate) enum Scope {
     Retries,
 }
 
-/// Copies every backup of `scope` due by `now` to every copy store;
-/// returns how many copies were made.
+/// Copies every backup of `scope` due by `now` to every copy store.
 pub(crate) async fn pass_at(
     ctl: &Controller,
     now: chrono::DateTime<Utc>,
     scope: Scope,
-) -> Result<usize> {
-    let mut made = 0;
+) -> Result<Pass> {
+    let mut pass = Pass::default();
     for store in &ctl.copies.stores {
         let location = store.describe();
         loop {
@@ -119,9 +142,10 @@ pub(crate) async fn pass_at(
             let mut tried = 0;
             for d in &due {
                 match copy_one(ctl, store, &location, d).await? {
-                    Attempt::Skipped => {}
+                    Attempt::Busy => pass.skipped += 1,
+                    Attempt::Gone => {}
                     Attempt::Made => {
-                        made += 1;
+                        pass.made += 1;
                         tried += 1;
                     }
                     Attempt::Failed => tried += 1,
@@ -134,14 +158,17 @@ pub(crate) async fn pass_at(
             }
         }
     }
-    Ok(made)
+    Ok(pass)
 }
 
 enum Attempt {
     Made,
     Failed,
-    /// Busy or gone: nothing recorded, tried again at the next pass.
-    Skipped,
+    /// Held by a create or a delete: nothing recorded, looked at again
+    /// soon.
+    Busy,
+    /// No longer COMPLETED: nothing to copy.
+    Gone,
 }
 
 async fn copy_one(
@@ -153,11 +180,11 @@ async fn copy_one(
     // Kept from a delete while it is read; a delete or create holding it
     // now makes this wait for the next pass.
     let Ok(_reading) = ctl.use_backup(&due.backup_id, BackupUse::Copy) else {
-        return Ok(Attempt::Skipped);
+        return Ok(Attempt::Busy);
     };
     match ctl.catalog.get(&due.backup_id).await? {
         Some(row) if row.status == BackupStatus::Completed => {}
-        _ => return Ok(Attempt::Skipped),
+        _ => return Ok(Attempt::Gone),
     }
     let started = std::time::Instant::now();
     match ctl

@@ -107,11 +107,11 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     let started = std::time::Instant::now();
     let result = execute(&ctl, &job, &out).await;
     let size = result.as_ref().map_or(0, |(row, _)| row.total_size);
+    let completed = result.is_ok();
     crate::telemetry::backup_ended(&job.app, result.is_ok(), started.elapsed(), size);
     match result {
         Ok((row, skipped)) => {
             tracing::info!(app = %job.app, backup_id = %id, size = row.total_size, "backup completed");
-            ctl.copies.wake();
             let mut summary = ctl.summary(&row);
             summary.skipped = skipped;
             // Where it is now: the primary, and the copies still to make.
@@ -137,6 +137,11 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     }
     drop(job.lock);
     drop(job.writing);
+    // Only now: a copier woken while this job still held the backup would
+    // find it busy and pass it by.
+    if completed {
+        ctl.copies.wake();
+    }
 }
 
 /// Runs the create; returns the completed row and the entries the backup

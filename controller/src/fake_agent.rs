@@ -606,7 +606,10 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
     let later = chrono::Utc::now() + chrono::Duration::hours(2);
     let retries = crate::copies::Scope::Retries;
     assert_eq!(
-        crate::copies::pass_at(&ctl, later, retries).await.unwrap(),
+        crate::copies::pass_at(&ctl, later, retries)
+            .await
+            .unwrap()
+            .made,
         1
     );
     let ok = located(&ctl, &id).await;
@@ -674,4 +677,36 @@ async fn copies_are_checked_retried_restored_from_and_deleted_with_the_backup() 
     crate::delete::delete(&ctl, &row).await.unwrap();
     assert!(stored(&offsite, &id).is_empty());
     assert!(stored(&memory, &id).is_empty());
+}
+
+#[tokio::test]
+async fn the_copier_comes_back_soon_for_a_backup_it_found_busy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let offsite = Memory::named("offsite");
+    let copy_store = Store::with_backend(Arc::new(offsite.clone()), tmp.path())
+        .await
+        .unwrap();
+    let (ctl, _) = controller_copying(FakeAgent::default(), tmp.path(), vec![copy_store]).await;
+    let id = backups(&ctl, 1).await.remove(0);
+    // Held as a create holds it until its last step: the copier's first
+    // look finds it busy, which is no failure with a retry time.
+    let held = ctl
+        .use_backup(&id, crate::locks::BackupUse::Create)
+        .unwrap();
+    crate::copies::spawn(ctl.clone());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(stored(&offsite, &id).is_empty());
+    drop(held);
+    // Well before the 30 s tick for failed copies.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while stored(&offsite, &id).is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a busy backup waited for the retry tick"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let row = ctl.backup_row(&id).await.unwrap();
+    let copied = crate::copies::locate(&ctl, &[row]).await.unwrap().remove(0);
+    assert_eq!(copied[1].state, "ok");
 }
