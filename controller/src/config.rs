@@ -285,6 +285,16 @@ pub struct S3Flags {
     #[arg(long, env = "HOP3_STORE_RETRY_TIMEOUT", value_name = "DURATION", default_value = "3m",
           value_parser = humantime::parse_duration, global = true)]
     pub store_retry_timeout: Duration,
+    /// The checksum the service checks every upload against: sha256,
+    /// crc64nvme, or off for a service that refuses the headers.
+    #[arg(
+        long,
+        env = "HOP3_S3_CHECKSUM",
+        value_name = "ALGORITHM",
+        default_value = "sha256",
+        global = true
+    )]
+    pub s3_checksum: crate::store::UploadChecksum,
 }
 
 impl std::fmt::Debug for S3Flags {
@@ -307,6 +317,7 @@ impl S3Flags {
             endpoint: self.aws_endpoint_url.clone(),
             allow_http: self.aws_allow_http,
             retry_timeout: Some(self.store_retry_timeout),
+            checksum: self.s3_checksum,
         }
     }
 }
@@ -457,5 +468,26 @@ mod tests {
             config.forget_agents_after,
             Expiry(Some(crate::registry::DEFAULT_FORGET_AFTER))
         );
+    }
+
+    #[test]
+    fn uploads_carry_a_sha256_unless_told_otherwise() {
+        use crate::store::UploadChecksum;
+        use clap::Parser;
+        let parse = |args: &[&str]| {
+            Config::try_parse_from(std::iter::once("hop3-controller").chain(args.iter().copied()))
+                .map(|c| c.s3.s3_checksum)
+        };
+        assert_eq!(parse(&[]).unwrap(), UploadChecksum::Sha256);
+        assert_eq!(
+            parse(&["--s3-checksum", "CRC64NVME"]).unwrap(),
+            UploadChecksum::Crc64Nvme
+        );
+        assert_eq!(
+            parse(&["--s3-checksum", "off"]).unwrap(),
+            UploadChecksum::Off
+        );
+        let err = parse(&["--s3-checksum", "md5"]).unwrap_err().to_string();
+        assert!(err.contains("sha256, crc64nvme or off"), "{err}");
     }
 }

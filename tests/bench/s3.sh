@@ -34,6 +34,8 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# CPU seconds (user + system) a process has used so far.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 results=$work/results.tsv # what seconds
 : > "$results"
 timed() { # timed NAME CMD...
@@ -47,7 +49,7 @@ timed() { # timed NAME CMD...
 # --- The S3 server and its bucket ------------------------------------------
 mport=$(free_port)
 moto_server -H 127.0.0.1 -p "$mport" >"$work/moto.log" 2>&1 &
-pids+=($!)
+moto_pid=$!; pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$mport/" >/dev/null && break; sleep 0.2; done
 curl -sf -X PUT "http://127.0.0.1:$mport/bench" >/dev/null
 export AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench-secret-key AWS_REGION=us-east-1 \
@@ -97,9 +99,14 @@ restore() { # restore NAME ID TARGET
 }
 # The reference client, on the bytes hop3 stored in the local store.
 boto() { # boto up|down ID
-    python3 - "$1" "$work/store/apps/shop/$2" "$work/down-$2" <<'PY'
-import os, sys, boto3
-mode, src, dst = sys.argv[1:]
+    python3 - "$1" "$work/store/apps/shop/$2" "$work/down-$2" "$work/boto-cpu" <<'PY'
+import atexit, os, resource, sys, boto3
+mode, src, dst, cpu_out = sys.argv[1:]
+def own_cpu():
+    u = resource.getrusage(resource.RUSAGE_SELF)
+    with open(cpu_out, "w") as f:
+        f.write("%.2f" % (u.ru_utime + u.ru_stime))
+atexit.register(own_cpu)
 s3 = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
 names = sorted(n for n in os.listdir(src) if n != "metadata.seal")
 if mode == "up":
@@ -116,9 +123,18 @@ for r in $(seq "$runs"); do
     echo "round $r/$runs"
     sync
     t0=$(now); id=$(backup local); printf 'backup local\t%s\n' "$(echo "$(now) - $t0" | bc)" >> "$results"
+    # Where the CPU goes: on two cores the server, the compressor and the
+    # uploader compete for it, and the ratios only mean something beside it.
+    c0=$(cpu "$moto_pid"); c1=$(cpu "${ctl_pid[s3]}"); c2=$(cpu "${agent_pid[s3]}")
     t0=$(now); sid=$(backup s3); printf 'backup s3\t%s\n' "$(echo "$(now) - $t0" | bc)" >> "$results"
+    printf 'cpu backup s3: moto\t%s\n' "$(echo "$(cpu "$moto_pid") - $c0" | bc)" >> "$results"
+    printf 'cpu backup s3: controller\t%s\n' "$(echo "$(cpu "${ctl_pid[s3]}") - $c1" | bc)" >> "$results"
+    printf 'cpu backup s3: agent\t%s\n' "$(echo "$(cpu "${agent_pid[s3]}") - $c2" | bc)" >> "$results"
     stored=$(du -sb "$work/store/apps/shop/$id" | cut -f1)
+    c0=$(cpu "$moto_pid")
     timed "upload boto3" boto up "$id"
+    printf 'cpu upload boto3: moto\t%s\n' "$(echo "$(cpu "$moto_pid") - $c0" | bc)" >> "$results"
+    printf 'cpu upload boto3: boto3\t%s\n' "$(cat "$work/boto-cpu")" >> "$results"
     timed "restore local" restore local "$id" "shop-l$r"
     same_tree "$root/apps/shop" "$root/apps/shop-l$r" || { echo "MISMATCH after the local restore" >&2; exit 1; }
     rm -rf "$root/apps/shop-l$r"
@@ -146,6 +162,9 @@ for k, ref in [("backup local", "upload boto3"), ("backup s3", "upload boto3"), 
                ("restore local", "download boto3"), ("restore s3", "download boto3"), ("download boto3", None)]:
     ratio = f"{med[k] / med[ref]:.2f}x" if ref else "1.00x"
     print(f"{k:22}{med[k]:9.2f}{app / 2**20 / med[k]:11.0f}{ratio:>10}")
+print("CPU seconds (both cores: 2 per second of wall time):")
+for k in sorted(k for k in med if k.startswith("cpu ")):
+    print(f"  {k[4:]:30}{med[k]:7.2f}")
 print(f"peak RSS: controller {ctl_l:.0f} MiB (local store), {ctl_s:.0f} MiB (S3); "
       f"agent {ag_l:.0f} / {ag_s:.0f} MiB")
 PY

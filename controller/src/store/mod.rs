@@ -26,7 +26,7 @@ pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, Sta
 pub use local::LocalDir;
 pub use memory::Memory;
 pub use replica::Copied;
-pub use s3::{CheckStep, PART_SIZE, PARTS_IN_FLIGHT, S3Bucket, S3Options};
+pub use s3::{CheckStep, PART_SIZE, PARTS_IN_FLIGHT, S3Bucket, S3Options, UploadChecksum};
 pub use url::StoreUrl;
 
 use crate::schedule::Schedule;

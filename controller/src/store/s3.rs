@@ -24,7 +24,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use futures::{StreamExt, TryStreamExt};
 use hop3_proto::manifest::MANIFEST_FILE;
-use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, Checksum};
 use object_store::multipart::{MultipartStore, PartId};
 use object_store::path::Path;
 use object_store::{
@@ -69,6 +69,35 @@ pub struct S3Options {
     pub allow_http: bool,
     /// How long a request is retried before it fails [default: 3 minutes].
     pub retry_timeout: Option<Duration>,
+    /// The checksum sent with every object and part, checked by the service.
+    pub checksum: UploadChecksum,
+}
+
+/// The checksum the service checks each upload against before it keeps it
+/// (`x-amz-checksum-*`), so bytes damaged between the controller and the
+/// bucket are refused at upload, not found by the next restore.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UploadChecksum {
+    /// SHA-256 of every PUT and part (AWS, R2, MinIO, Ceph, Garage >= 1.1).
+    #[default]
+    Sha256,
+    /// CRC-64/NVME: cheaper on the controller, newer on the services.
+    Crc64Nvme,
+    /// None: for a service that refuses the headers.
+    Off,
+}
+
+impl std::str::FromStr for UploadChecksum {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "sha256" => Ok(Self::Sha256),
+            "crc64nvme" => Ok(Self::Crc64Nvme),
+            "off" | "none" => Ok(Self::Off),
+            _ => Err(format!("{s}: expected sha256, crc64nvme or off")),
+        }
+    }
 }
 
 impl std::fmt::Debug for S3Options {
@@ -79,6 +108,7 @@ impl std::fmt::Debug for S3Options {
             .field("region", &self.region)
             .field("endpoint", &self.endpoint)
             .field("allow_http", &self.allow_http)
+            .field("checksum", &self.checksum)
             .finish_non_exhaustive()
     }
 }
@@ -125,7 +155,17 @@ impl S3Bucket {
     /// A store in `bucket` under `prefix`; nothing is asked of the service
     /// yet (`store check` does that).
     pub fn open(bucket: &str, prefix: &str, opts: &S3Options) -> io::Result<Self> {
-        let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+        // The AWS_* variables, as `from_env` reads them, except the
+        // checksum, which is `opts.checksum`'s alone.
+        let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
+        for (key, value) in std::env::vars() {
+            if key.starts_with("AWS_")
+                && key != "AWS_CHECKSUM_ALGORITHM"
+                && let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+            {
+                b = b.with_config(k, value);
+            }
+        }
         if let Some(v) = &opts.access_key_id {
             b = b.with_access_key_id(v);
         }
@@ -156,6 +196,11 @@ impl S3Bucket {
         // and every object's size is checked after upload and every
         // artifact's digest on each read.
         b = b.with_unsigned_payload(true);
+        b = match opts.checksum {
+            UploadChecksum::Sha256 => b.with_checksum_algorithm(Checksum::SHA256),
+            UploadChecksum::Crc64Nvme => b.with_checksum_algorithm(Checksum::CRC64NVME),
+            UploadChecksum::Off => b,
+        };
         let s3 = b.build().map_err(to_io)?;
         Ok(Self {
             s3: Arc::new(s3),

@@ -111,21 +111,43 @@ impl Moto {
     /// Deletes every object of `bucket`, then the bucket: a lost bucket.
     /// Through boto3 (moto's own dependency): moto wants a signed DELETE.
     pub fn delete_bucket(&self, bucket: &str) -> Result<()> {
-        let script = "import sys, boto3\n\
-            b = boto3.resource('s3', endpoint_url=sys.argv[1]).Bucket(sys.argv[2])\n\
-            b.objects.all().delete()\n\
-            b.delete()\n";
+        self.boto3(
+            "b = boto3.resource('s3', endpoint_url=sys.argv[1]).Bucket(sys.argv[2])\n\
+             b.objects.all().delete()\n\
+             b.delete()\n",
+            &[bucket],
+        )
+        .with_context(|| format!("deleting bucket {bucket}"))?;
+        Ok(())
+    }
+
+    /// The SHA-256 checksum the server checked `key` of `bucket` against
+    /// at upload (`x-amz-checksum-sha256`; `DIGEST-N` for N parts), if any.
+    pub fn sha256_checksum(&self, bucket: &str, key: &str) -> Result<Option<String>> {
+        let out = self.boto3(
+            "s3 = boto3.client('s3', endpoint_url=sys.argv[1])\n\
+             h = s3.head_object(Bucket=sys.argv[2], Key=sys.argv[3], ChecksumMode='ENABLED')\n\
+             print(h.get('ChecksumSHA256') or '')\n",
+            &[bucket, key],
+        )?;
+        let sum = out.trim();
+        Ok((!sum.is_empty()).then(|| sum.to_owned()))
+    }
+
+    /// Runs `script` (after `import sys, boto3`) with the endpoint and
+    /// `args` as `sys.argv[1..]`; its standard output.
+    fn boto3(&self, script: &str, args: &[&str]) -> Result<String> {
         let out = clean_command("python3")
-            .args(["-c", script, &self.endpoint(), bucket])
+            .arg("-c")
+            .arg(format!("import sys, boto3\n{script}"))
+            .arg(self.endpoint())
+            .args(args)
             .envs(self.env())
             .output()?;
         if !out.status.success() {
-            bail!(
-                "deleting bucket {bucket}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("boto3: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Ok(())
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Stops the server: the service is unreachable until [`Self::restart`].

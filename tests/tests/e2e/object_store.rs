@@ -58,6 +58,11 @@ fn a_backup_in_s3_restores_identically_and_a_new_controller_finds_it() -> Result
         "a mark is left: {keys:?}"
     );
     ensure!(moto.open_uploads(BUCKET)?.is_empty());
+    // The parts went up with their SHA-256 for the server to check (moto
+    // records it for multipart uploads; for a single PUT only when an AWS
+    // SDK's own header asks).
+    let sum = moto.sha256_checksum(BUCKET, &format!("{prefix}data.tar.zst"))?;
+    ensure!(sum.is_some(), "the data archive went up without a checksum");
     let info = sys.info(&id)?;
     ensure!(info.all_valid, "{info:?}");
 
