@@ -698,7 +698,9 @@ impl Staging for S3Staging {
             rel: path.to_owned(),
             object,
             journal: self.journal.clone(),
-            buf: BytesMut::with_capacity(PART_SIZE),
+            // Most artifacts (ENV, app.json, env.json, small dumps) are
+            // far below a part: the part's room is taken once one is not.
+            buf: BytesMut::new(),
             upload: None,
             in_flight: JoinSet::new(),
             parts: Vec::new(),
@@ -733,6 +735,9 @@ impl Staging for S3Staging {
         self.bucket.discard(&self.key).await
     }
 }
+
+/// What an artifact's buffer grows to before it takes a whole part's room.
+const SMALL_ARTIFACT: usize = 256 * 1024;
 
 /// One artifact going up: small ones in one PUT at the end, others as a
 /// multipart upload of [`PART_SIZE`] parts, [`PARTS_IN_FLIGHT`] at a time.
@@ -821,6 +826,9 @@ impl ArtifactSink for S3Sink {
         while !bytes.is_empty() {
             let room = PART_SIZE - self.buf.len();
             let (now, later) = bytes.split_at(room.min(bytes.len()));
+            if self.buf.capacity() < PART_SIZE && self.buf.len() + now.len() > SMALL_ARTIFACT {
+                self.buf.reserve(PART_SIZE - self.buf.len());
+            }
             self.buf.extend_from_slice(now);
             bytes = later;
             if self.buf.len() == PART_SIZE {
