@@ -24,8 +24,8 @@ const BATCH: u32 = 32;
 /// no new backup wakes it.
 const TICK: Duration = Duration::from_secs(30);
 
-/// How soon a pass that found a backup busy (a delete or a restore
-/// holding it) looks again.
+/// How soon a pass that found a backup busy (a create or a delete holding
+/// it) looks again.
 const BUSY_RETRY: Duration = Duration::from_secs(2);
 
 /// The wait after a first failure; doubled at each failure after it, up to
@@ -82,7 +82,7 @@ pub fn spawn(ctl: Arc<Controller>) {
             // A backup passed by because it was busy is not a failure
             // with a retry time: only a pass over everything finds it.
             let busy = match pass_at(&ctl, Utc::now(), scope).await {
-                Ok(pass) => pass.skipped > 0,
+                Ok(pass) => pass.busy > 0,
                 Err(e) => {
                     tracing::warn!(error = %e, "the copier could not read the catalog; next try soon");
                     false
@@ -113,7 +113,7 @@ pub(crate) struct Pass {
     /// Copies made.
     pub made: usize,
     /// Backups passed by because they were busy.
-    pub skipped: usize,
+    pub busy: usize,
 }
 
 /// Which backups a pass looks at.
@@ -142,7 +142,7 @@ pub(crate) async fn pass_at(
             let mut tried = 0;
             for d in &due {
                 match copy_one(ctl, store, &location, d).await? {
-                    Attempt::Busy => pass.skipped += 1,
+                    Attempt::Busy => pass.busy += 1,
                     Attempt::Gone => {}
                     Attempt::Made => {
                         pass.made += 1;

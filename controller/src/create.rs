@@ -108,7 +108,7 @@ pub async fn run(ctl: Arc<Controller>, job: CreateJob, out: Out) {
     let result = execute(&ctl, &job, &out).await;
     let size = result.as_ref().map_or(0, |(row, _)| row.total_size);
     let completed = result.is_ok();
-    crate::telemetry::backup_ended(&job.app, result.is_ok(), started.elapsed(), size);
+    crate::telemetry::backup_ended(&job.app, completed, started.elapsed(), size);
     match result {
         Ok((row, skipped)) => {
             tracing::info!(app = %job.app, backup_id = %id, size = row.total_size, "backup completed");

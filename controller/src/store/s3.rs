@@ -158,8 +158,10 @@ impl S3Bucket {
         // The AWS_* variables, as `from_env` reads them, except the
         // checksum, which is `opts.checksum`'s alone.
         let mut b = AmazonS3Builder::new().with_bucket_name(bucket);
-        for (key, value) in std::env::vars() {
-            if key.starts_with("AWS_")
+        // `vars_os`: one variable that is not UTF-8 must not stop a start.
+        for (key, value) in std::env::vars_os() {
+            if let (Some(key), Some(value)) = (key.to_str(), value.to_str())
+                && key.starts_with("AWS_")
                 && key != "AWS_CHECKSUM_ALGORITHM"
                 && let Ok(k) = key.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
             {
