@@ -34,6 +34,11 @@ trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
 hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+# The peak of one phase: read the high-water mark, then reset it (Linux >= 4.0).
+phase_peak() { # phase_peak NAME PID
+    printf 'peak RSS MiB: %s\t%s\n' "$1" "$(echo "$(hwm "$2") / 1024" | bc)" >> "$results"
+    echo 5 > "/proc/$2/clear_refs"
+}
 # CPU seconds (user + system) a process has used so far.
 cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 results=$work/results.tsv # what seconds
@@ -131,6 +136,7 @@ for r in $(seq "$runs"); do
     printf 'cpu backup s3: controller\t%s\n' "$(echo "$(cpu "${ctl_pid[s3]}") - $c1" | bc)" >> "$results"
     printf 'cpu backup s3: agent\t%s\n' "$(echo "$(cpu "${agent_pid[s3]}") - $c2" | bc)" >> "$results"
     stored=$(du -sb "$work/store/apps/shop/$id" | cut -f1)
+    phase_peak "controller, backup s3" "${ctl_pid[s3]}"
     c0=$(cpu "$moto_pid")
     timed "upload boto3" boto up "$id"
     printf 'cpu upload boto3: moto\t%s\n' "$(echo "$(cpu "$moto_pid") - $c0" | bc)" >> "$results"
@@ -139,6 +145,7 @@ for r in $(seq "$runs"); do
     same_tree "$root/apps/shop" "$root/apps/shop-l$r" || { echo "MISMATCH after the local restore" >&2; exit 1; }
     rm -rf "$root/apps/shop-l$r"
     timed "restore s3" restore s3 "$sid" "shop-s$r"
+    phase_peak "controller, restore s3" "${ctl_pid[s3]}"
     same_tree "$root/apps/shop" "$root/apps/shop-s$r" || { echo "MISMATCH after the S3 restore" >&2; exit 1; }
     rm -rf "$root/apps/shop-s$r"
     timed "download boto3" boto down "$id"
@@ -165,6 +172,11 @@ for k, ref in [("backup local", "upload boto3"), ("backup s3", "upload boto3"), 
 print("CPU seconds (both cores: 2 per second of wall time):")
 for k in sorted(k for k in med if k.startswith("cpu ")):
     print(f"  {k[4:]:30}{med[k]:7.2f}")
-print(f"peak RSS: controller {ctl_l:.0f} MiB (local store), {ctl_s:.0f} MiB (S3); "
+print("controller peak RSS per phase (highest of the rounds):")
+for k in sorted(k for k in rows if k.startswith("peak RSS MiB: ")):
+    print(f"  {k[14:]:30}{max(rows[k]):7.0f} MiB")
+# The S3 controller's high-water mark is reset after each phase; its peak is the highest phase.
+ctl_s = max([ctl_s] + [max(v) for k, v in rows.items() if k.startswith("peak RSS MiB: ")])
+print(f"peak RSS of the whole run: controller {ctl_l:.0f} MiB (local store), {ctl_s:.0f} MiB (S3); "
       f"agent {ag_l:.0f} / {ag_s:.0f} MiB")
 PY

@@ -1,5 +1,12 @@
 //! Keeping the process's memory flat while archives move through it.
 
+/// Allocations from this size up get pages of their own, returned to the
+/// system when freed. glibc would otherwise raise its threshold to the size
+/// of the first such block freed (an 8 MiB upload part) and serve the next
+/// ones from the heap, where freed parts stay resident.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MMAP_THRESHOLD: libc::c_int = 4 << 20;
+
 /// Caps glibc's malloc arenas at two. Each blocking thread that packs or
 /// unpacks an archive would otherwise get an arena of its own, and chunks
 /// freed on another thread than the one that filled them leave every arena
@@ -12,6 +19,7 @@ pub fn limit_malloc_arenas() {
     // other thread exists, it races with nothing.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
     }
 }
 
