@@ -7,18 +7,20 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hop3_proto::FRAME_SIZE;
-use hop3_proto::format::{APP_JSON, Archive, ENV_JSON, ENV_RAW, Format};
+use hop3_proto::format::{APP_JSON, Archive, ENV_JSON, ENV_RAW, Format, stored_path};
 use hop3_proto::layout::{APP_FILES, Layout, Owner, TREES};
 use hop3_proto::v1::{self, backup_app_event::Event};
 use tokio::io::{AsyncWriteExt, DuplexStream};
 
 use crate::apps::{APP_FILE, parse_env, read_app_config, read_env_file};
 use crate::archive;
+use crate::encrypt::{self, Sink};
 use crate::error::{AgentError, Result};
 use crate::services;
 use crate::state::AgentState;
 use crate::trees;
 use hop3_wire::artifacts::{self, FrameWriter};
+use hop3_wire::encryption::Recipients;
 use hop3_wire::events::{EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
 
@@ -67,20 +69,30 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     let mut layout = app_layout(&dir).await?;
 
     let format = Format::from_wire(&req.format).map_err(|e| AgentError::Protocol(e.to_string()))?;
+    let recipients = encrypt::recipients(&req)?;
+    let encrypted = recipients.is_some();
+    let file = move |id, path: &str| file(id, &stored_path(path, encrypted));
     let progress = Arc::new(StreamProgress::new(out.clone(), estimated, |p| {
         event(Event::Progress(p))
     }));
     progress.step("archives", estimated);
     let env_json = serde_json::to_vec_pretty(&env).expect("a string map serialises");
-    artifact(out, file(0, ENV_JSON), |w| write_all(w, env_json)).await?;
+    let encrypt_to = recipients.as_ref();
+    artifact(out, file(0, ENV_JSON), encrypt_to, |w| {
+        write_all(w, env_json)
+    })
+    .await?;
     // app.json carries the service connections a restore on a fresh host needs.
     let app_json = tokio::fs::read(dir.join(APP_FILE))
         .await
         .map_err(|e| AgentError::io("reading app.json", e))?;
-    artifact(out, file(1, APP_JSON), |w| write_all(w, app_json)).await?;
+    artifact(out, file(1, APP_JSON), encrypt_to, |w| {
+        write_all(w, app_json)
+    })
+    .await?;
     // ENV as written (comments, quoting, order): env.json is its parsed view.
     if let Some(raw) = env_raw {
-        artifact(out, file(2, ENV_RAW), |w| write_all(w, raw)).await?;
+        artifact(out, file(2, ENV_RAW), encrypt_to, |w| write_all(w, raw)).await?;
     }
 
     // The archives and the dumps are produced at the same time, each on a
@@ -89,6 +101,7 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     let mut jobs = tokio::task::JoinSet::new();
     for (id, archive) in (3..).zip(Archive::ALL) {
         let (out, progress, dir) = (out.clone(), progress.clone(), dir.clone());
+        let recipients = recipients.clone();
         let codec = format.compression();
         // Packing is file I/O and compression from start to end: one
         // blocking thread runs all of it, sending chunks as they fill.
@@ -106,7 +119,10 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
                 })
                 .collect();
             let start = file(id, &format.archive_path(archive));
-            let writer = FrameWriter::start(out.clone(), start)?;
+            let writer = Sink::new(
+                FrameWriter::start(out.clone(), start)?,
+                recipients.as_deref(),
+            )?;
             match archive::pack(members, writer, codec, &*progress) {
                 Ok((writer, packed)) => {
                     writer.finish()?;
@@ -123,13 +139,13 @@ pub async fn produce(state: &AgentState, req: v1::BackupAppRequest, out: &Sender
     jobs.spawn(async move {
         for (n, (service, (_, path))) in dumps.into_iter().enumerate() {
             let start = v1::ArtifactStart {
-                path,
+                path: stored_path(&path, encrypted),
                 service_type: service.kind.clone(),
                 service_name: service.name.clone(),
                 id: 5 + n as u32,
             };
             let tools = &tools;
-            artifact(&dump_out, start, |mut w| async move {
+            artifact(&dump_out, start, recipients.as_ref(), |mut w| async move {
                 services::dump(tools, &service, &mut w).await
             })
             .await?;
@@ -187,17 +203,40 @@ async fn app_layout(dir: &Path) -> Result<Layout> {
     .map_err(|e| AgentError::Bug(format!("reading the app's layout failed: {e}")))?
 }
 
-/// Sends one artifact: its start, the bytes `produce` writes, and its end
-/// with digest and size.
-async fn artifact<F, Fut>(out: &Sender, start: v1::ArtifactStart, produce: F) -> Result<()>
+/// Sends one artifact: its start, the bytes `produce` writes (encrypted to
+/// `encrypt_to` when given), and its end with digest and size.
+async fn artifact<F, Fut>(
+    out: &Sender,
+    start: v1::ArtifactStart,
+    encrypt_to: Option<&Arc<Recipients>>,
+    produce: F,
+) -> Result<()>
 where
     F: FnOnce(DuplexStream) -> Fut,
     Fut: Future<Output = Result<()>>,
 {
     let (writer, mut reader) = tokio::io::duplex(FRAME_SIZE);
+    let Some(recipients) = encrypt_to else {
+        let pump = async {
+            artifacts::send(out, start, &mut reader).await?;
+            Ok::<(), AgentError>(())
+        };
+        tokio::try_join!(produce(writer), pump)?;
+        return Ok(());
+    };
+    // Encrypting is CPU work on every byte: a blocking thread does it, as it
+    // does compression.
+    let (out, recipients) = (out.clone(), recipients.clone());
+    let encrypt = tokio::task::spawn_blocking(move || {
+        let mut sink = Sink::new(FrameWriter::start(out, start)?, Some(&recipients))?;
+        std::io::copy(&mut tokio_util::io::SyncIoBridge::new(reader), &mut sink)
+            .map_err(|e| AgentError::io("encrypting an artifact", e))?;
+        sink.finish()
+    });
     let pump = async {
-        artifacts::send(out, start, &mut reader).await?;
-        Ok::<(), AgentError>(())
+        encrypt
+            .await
+            .map_err(|e| AgentError::Bug(format!("encrypting an artifact failed: {e}")))?
     };
     tokio::try_join!(produce(writer), pump)?;
     Ok(())

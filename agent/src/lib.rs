@@ -10,6 +10,7 @@ mod backup;
 mod callers;
 mod config;
 mod demo;
+mod encrypt;
 mod error;
 mod failpoint;
 mod hooks;

@@ -141,6 +141,29 @@ pub struct Config {
     /// Serve Prometheus metrics on ADDR (any path, e.g. /metrics).
     #[arg(long, env = "HOP3_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The age keys (`keys init`): recipients.txt, the public keys backups
+    /// are encrypted to, and identity.txt, the private key restores open them
+    /// with [default: keys/ beside the config file, /etc/hop3/keys].
+    #[arg(long, env = "HOP3_KEYS_DIR", value_name = "DIR", global = true)]
+    pub keys_dir: Option<PathBuf>,
+    /// A file whose first line is the passphrase of an identity.txt that
+    /// `keys init --passphrase` protected; or the passphrase itself in
+    /// HOP3_KEYS_PASSPHRASE, never on the command line.
+    #[arg(
+        long,
+        env = "HOP3_KEYS_PASSPHRASE_FILE",
+        value_name = "FILE",
+        global = true
+    )]
+    pub keys_passphrase_file: Option<PathBuf>,
+    /// Seal backups in a local store too (they always are in an s3:// store
+    /// or copy); needs the keys of `keys init`.
+    #[arg(long, env = "HOP3_ENCRYPT")]
+    pub encrypt: bool,
+    /// Store backups in the clear in an s3:// store or copy, readable by
+    /// whoever reads the bucket (env values, database rows, files).
+    #[arg(long, env = "HOP3_ALLOW_PLAINTEXT_STORE")]
+    pub allow_plaintext_store: bool,
     /// Allow plain gRPC (tokens and the join token sent in clear) on a
     /// non-loopback address.
     #[arg(long, env = "HOP3_INSECURE")]
@@ -176,6 +199,36 @@ pub enum Admin {
     /// Check a store before backups go there.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// The age keys backups are encrypted with (see --keys-dir).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+/// `hop3-controller keys ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum KeysCommand {
+    /// Make the controller's age identity (identity.txt, 0600) and print its
+    /// public key (age1...). A lost identity means lost backups: keep a copy
+    /// offline, or add an escrow key with add-recipient.
+    Init {
+        /// Encrypt identity.txt with the passphrase of --keys-passphrase-file
+        /// or HOP3_KEYS_PASSPHRASE (as `age -p` does); the controller then
+        /// needs it at every start.
+        #[arg(long)]
+        passphrase: bool,
+    },
+    /// Seal every new backup to this public key too (an escrow key kept on
+    /// paper or a hardware token: its identity alone restores).
+    AddRecipient {
+        /// An age X25519 public key, age1...
+        recipient: String,
+        /// What the key is, written beside it in recipients.txt.
+        #[arg(long, default_value = "added")]
+        note: String,
+    },
+    /// The keys new backups are encrypted to, and which of them this
+    /// controller holds the identity of.
+    List,
 }
 
 /// `hop3-controller store ...`
@@ -359,6 +412,82 @@ impl Config {
             (None, Some(root)) => root.to_owned(),
             (None, None) => PathBuf::from("/var/lib/hop3-backup"),
         }
+    }
+
+    /// The keys directory: `--keys-dir`, else `keys/` beside the config file.
+    pub fn keys_dir(&self) -> crate::keys::KeysDir {
+        let dir = self.keys_dir.clone().unwrap_or_else(|| {
+            let config = self
+                .config
+                .clone()
+                .or_else(|| {
+                    std::env::var_os(hop3_wire::config_file::CONTROLLER_CONFIG.env)
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| {
+                    PathBuf::from(hop3_wire::config_file::CONTROLLER_CONFIG.default)
+                });
+            config
+                .parent()
+                .unwrap_or(std::path::Path::new("/"))
+                .join("keys")
+        });
+        crate::keys::KeysDir(dir)
+    }
+
+    /// The keys the server uses, by the policy: encryption is on for any store
+    /// off the host (an s3:// store or copy) unless plaintext is allowed
+    /// there, and for a local store with --encrypt.
+    pub async fn keys(&self) -> anyhow::Result<crate::keys::Keys> {
+        let dir = self.keys_dir();
+        let recipients = dir.recipients().await?;
+        let identities = dir.identities(self.keys_passphrase().await?).await?;
+        let remote: Vec<String> = std::iter::once(&self.store)
+            .chain(&self.copy_to)
+            .filter(|u| u.local().is_none())
+            .map(ToString::to_string)
+            .collect();
+        let wanted = self.encrypt || (!remote.is_empty() && !self.allow_plaintext_store);
+        let encrypt_to = match (wanted, recipients) {
+            (false, _) => None,
+            (true, Some(r)) => Some(std::sync::Arc::new(r)),
+            (true, None) if self.encrypt => anyhow::bail!(
+                "--encrypt needs keys and {} has none: run `hop3-controller keys init --keys-dir {}`",
+                dir.0.display(),
+                dir.0.display()
+            ),
+            (true, None) => anyhow::bail!(
+                "{} is off this host, and backups there are encrypted with age, but {} holds no keys: run `hop3-controller keys init --keys-dir {}` (or pass --allow-plaintext-store to store them readable by whoever reads the bucket)",
+                remote.join(", "),
+                dir.0.display(),
+                dir.0.display()
+            ),
+        };
+        Ok(crate::keys::Keys {
+            encrypt_to,
+            identities: std::sync::Arc::new(identities),
+        })
+    }
+
+    /// The identity's passphrase: the first line of --keys-passphrase-file,
+    /// else HOP3_KEYS_PASSPHRASE; None when neither is given.
+    pub async fn keys_passphrase(&self) -> anyhow::Result<Option<age::secrecy::SecretString>> {
+        use anyhow::Context;
+        let text = match &self.keys_passphrase_file {
+            Some(path) => tokio::fs::read_to_string(path)
+                .await
+                .with_context(|| format!("cannot read the keys passphrase {}", path.display()))?
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned(),
+            None => match std::env::var("HOP3_KEYS_PASSPHRASE") {
+                Ok(p) => p,
+                Err(_) => return Ok(None),
+            },
+        };
+        anyhow::ensure!(!text.is_empty(), "the keys passphrase is empty");
+        Ok(Some(text.into()))
     }
 
     /// Opens the store, with the seal key in the state directory.

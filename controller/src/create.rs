@@ -4,12 +4,15 @@
 
 use std::sync::Arc;
 
+use hop3_proto::format::{ENCRYPTED_SUFFIX, Encryption, EncryptionScheme, stored_path};
 use hop3_proto::layout::Layout;
 use hop3_proto::manifest::{AppMetadata, Manifest, ServiceEntry};
+use hop3_proto::manifest::{EncryptedSection, PlainFile, Plaintexts};
 use hop3_proto::names::{validate_app_name, validate_artifact_path};
 use hop3_proto::v1::{self, backup_app_event::Event, create_backup_event};
 use hop3_proto::{BackupId, Format, HOP3_VERSION};
 use hop3_wire::artifacts::Decoder;
+use hop3_wire::encryption::{AGE_MAGIC, Recipients};
 use hop3_wire::events::{EventReceiver, EventSender};
 
 use crate::catalog::{BackupRow, BackupStatus};
@@ -36,6 +39,8 @@ pub struct CreateJob {
     pub writing: BackupLock,
     /// End the backup (FAILED) if the CLI goes away before it is stored.
     pub cancel_on_disconnect: bool,
+    /// Every artifact encrypted (on the agent) to these; None: in the clear.
+    pub encrypt_to: Option<Arc<Recipients>>,
 }
 
 type Out = EventSender<v1::CreateBackupEvent>;
@@ -86,6 +91,7 @@ pub async fn start(
         lock,
         writing,
         cancel_on_disconnect: req.cancel_on_disconnect,
+        encrypt_to: ctl.keys.encrypt_to.clone(),
     };
     let started = started_row(&job);
     ctl.catalog.insert(&started).await?;
@@ -159,6 +165,11 @@ async fn execute(
             include_services: job.include_services,
             backup_id: id.clone(),
             format: job.format.to_string(),
+            recipients: job
+                .encrypt_to
+                .as_ref()
+                .map(|r| r.to_strings())
+                .unwrap_or_default(),
         })
         .await
         .map_err(|s| ControllerError::from_agent(&job.host, s))?
@@ -177,7 +188,13 @@ async fn execute(
             return Err(e);
         }
     };
-    let manifest = manifest(job, received, &partial);
+    let manifest = match manifest(job, received, &partial) {
+        Ok(m) => m,
+        Err(e) => {
+            partial.abort().await;
+            return Err(e);
+        }
+    };
     // What every reader checks, checked before the backup can be COMPLETED:
     // a backup a restore would refuse must fail now.
     if let Err(e) = manifest
@@ -244,6 +261,9 @@ async fn receive(
     let mut decoder: Decoder<ArtifactWriter> = Decoder::default();
     let mut services = Vec::new();
     let mut layout = None;
+    let mut plaintexts = Plaintexts::default();
+    // Encrypted artifacts whose first bytes were seen to be an age header.
+    let mut age_checked = std::collections::HashSet::new();
     loop {
         let msg = tokio::time::timeout(ctl.idle_timeout, stream.message())
             .await
@@ -268,6 +288,12 @@ async fn receive(
                     return Err(protocol(format!("unexpected start of {}", s.path)));
                 }
                 validate_artifact_path(&s.path).map_err(|e| protocol(e.to_string()))?;
+                if job.encrypt_to.is_some() && !s.path.ends_with(ENCRYPTED_SUFFIX) {
+                    return Err(protocol(format!(
+                        "{} came in the clear, in a backup to be encrypted",
+                        s.path
+                    )));
+                }
                 decoder
                     .check_start(&s)
                     .map_err(|e| protocol(e.to_string()))?;
@@ -283,7 +309,14 @@ async fn receive(
                 decoder.start(&s, w).map_err(|e| protocol(e.to_string()))?;
             }
             Some(Event::Data(data)) => {
-                let (_, w) = decoder.data(&data).map_err(|e| protocol(e.to_string()))?;
+                let (path, w) = decoder.data(&data).map_err(|e| protocol(e.to_string()))?;
+                // Checked at its first bytes: an artifact to be encrypted is an age file.
+                if job.encrypt_to.is_some()
+                    && age_checked.insert(data.id)
+                    && !data.data.starts_with(AGE_MAGIC)
+                {
+                    return Err(protocol(format!("{path} is not an age file")));
+                }
                 w.write(&data.data).await?;
             }
             Some(Event::End(end)) => {
@@ -298,6 +331,21 @@ async fn receive(
                         ),
                         path: ended.path,
                     });
+                }
+                if job.encrypt_to.is_some() {
+                    if !age_checked.remove(&ended.claimed.id) {
+                        return Err(protocol(format!("{} is not an age file", ended.path)));
+                    }
+                    let sha256 = ended.claimed.plain_sha256.parse().map_err(|_| {
+                        protocol(format!("{} came without its plaintext digest", ended.path))
+                    })?;
+                    plaintexts.files.insert(
+                        ended.path.clone(),
+                        PlainFile {
+                            sha256,
+                            size: ended.claimed.plain_size,
+                        },
+                    );
                 }
                 partial.record(ended.path, ended.checksum, ended.size);
             }
@@ -326,10 +374,12 @@ async fn receive(
         return Err(protocol("the stream ended inside an artifact".into()));
     }
     let plan = plan.ok_or_else(|| protocol("the stream ended before the plan".into()))?;
+    let encrypted = job.encrypt_to.is_some();
     if let Some(missing) = job
         .format
         .required()
         .into_iter()
+        .map(|p| stored_path(&p, encrypted))
         .find(|p| !partial.files().contains_key(p))
     {
         return Err(protocol(format!("the stream ended without {missing}")));
@@ -341,6 +391,7 @@ async fn receive(
         plan,
         services,
         layout,
+        plaintexts,
     })
 }
 
@@ -350,13 +401,49 @@ struct Received {
     services: Vec<ServiceEntry>,
     /// Absent from agents older than the layout.
     layout: Option<Layout>,
+    /// The plaintext digests of the encrypted artifacts.
+    plaintexts: Plaintexts,
 }
 
-fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Manifest {
+fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Result<Manifest> {
     let plan = received.plan;
     let state = plan.app_state.unwrap_or_default();
     let non_empty = |s: String| (!s.is_empty()).then_some(s);
-    Manifest {
+    let keys: Vec<String> = job
+        .encrypt_to
+        .iter()
+        .flat_map(|r| r.key_ids())
+        .map(|k| k.to_string())
+        .collect();
+    let encoding = |path: &str| {
+        let plain = path
+            .strip_suffix(ENCRYPTED_SUFFIX)
+            .filter(|_| !keys.is_empty());
+        let mut e = job.format.encoding_of(plain.unwrap_or(path));
+        if plain.is_some() {
+            e.encryption = Some(Encryption {
+                scheme: EncryptionScheme::Age,
+                keys: keys.clone(),
+            });
+        }
+        e
+    };
+    // The plaintext digests would confirm a guess of the content: they are
+    // encrypted to the same keys, in the manifest.
+    let encrypted = match &job.encrypt_to {
+        None => None,
+        Some(r) => {
+            let json = serde_json::to_vec(&received.plaintexts).expect("digests serialise");
+            let payload = r
+                .encrypt_armored(&json)
+                .map_err(|e| ControllerError::Encryption(format!("the manifest's digests: {e}")))?;
+            Some(EncryptedSection {
+                keys: keys.clone(),
+                payload,
+            })
+        }
+    };
+    let manifest = Manifest {
         backup_id: job.id.to_string(),
         app_name: job.app.clone(),
         created_at: Manifest::format_time(job.id.timestamp()),
@@ -373,7 +460,7 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Man
         encodings: partial
             .files()
             .keys()
-            .map(|p| (p.clone(), job.format.encoding_of(p)))
+            .map(|p| (p.clone(), encoding(p)))
             .collect(),
         app_metadata: AppMetadata {
             hostname: non_empty(state.hostname),
@@ -386,7 +473,19 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Man
         services_included: job.include_services,
         host: Some(job.host.clone()),
         layout: received.layout,
+        encrypted,
+    };
+    if job.encrypt_to.is_some() {
+        // What a restore will read once decrypted, checked now as well.
+        manifest
+            .opened(&received.plaintexts)
+            .and_then(|m| m.archives().map(drop))
+            .map_err(|e| ControllerError::Protocol {
+                host: job.host.clone(),
+                detail: e.to_string(),
+            })?;
     }
+    Ok(manifest)
 }
 
 /// The catalog row of a backup that is starting.

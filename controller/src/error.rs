@@ -109,6 +109,21 @@ pub enum ControllerError {
     Store(StoreError),
     #[error("backup is unreadable: {0}")]
     Manifest(#[from] ManifestError),
+    /// An encrypted backup, and no identity here opens it.
+    #[error(
+        "backup {id} is encrypted to key {keys}, and this controller holds no identity of {which}: start it with the keys directory that holds identity.txt (--keys-dir)"
+    )]
+    IdentityNeeded {
+        id: String,
+        keys: String,
+        which: &'static str,
+    },
+    /// Encrypted bytes that do not open: damaged, truncated, not age.
+    #[error("{path} cannot be decrypted: {detail}")]
+    Decryption { path: String, detail: String },
+    /// Encrypting failed (a bug: the keys were checked at start).
+    #[error("cannot encrypt: {0}")]
+    Encryption(String),
 }
 
 impl From<StoreError> for ControllerError {
@@ -187,6 +202,7 @@ impl ControllerError {
             | Self::NotPinnable { .. }
             | Self::HostOnline { .. }
             | Self::Untrusted(_)
+            | Self::IdentityNeeded { .. }
             | Self::LocalAgent(_) => Code::FailedPrecondition,
             Self::HostTaken { .. } => Code::AlreadyExists,
             Self::LocalHostTaken(_) => Code::PermissionDenied,
@@ -201,7 +217,8 @@ impl ControllerError {
             Self::Protocol { .. } | Self::Catalog(_) | Self::Tokens(_) | Self::Store(_) => {
                 Code::Internal
             }
-            Self::Manifest(_) => Code::DataLoss,
+            Self::Manifest(_) | Self::Decryption { .. } => Code::DataLoss,
+            Self::Encryption(_) => Code::Internal,
             Self::Cancelled => Code::Cancelled,
         }
     }

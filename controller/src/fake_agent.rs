@@ -133,6 +133,7 @@ impl AgentService for FakeAgent {
                     sha256: claimed.to_string(),
                     size: bytes.len() as u64,
                     id,
+                    ..Default::default()
                 };
                 out.send(Carrier::carry(Frame::End(end))).await.unwrap();
             }
@@ -238,6 +239,7 @@ async fn controller_copying(
         scheduler: Default::default(),
         alerts: crate::alerts::Alerter::new(Default::default()),
         copies: crate::copies::Copies::new(copies),
+        keys: Default::default(),
     };
     (Arc::new(ctl), memory)
 }

@@ -12,12 +12,14 @@ pub mod certs;
 pub mod config;
 mod copies;
 mod create;
+mod decrypt;
 mod delete;
 mod error;
 #[cfg(test)]
 mod fake_agent;
 mod import_source;
 mod in_process;
+pub mod keys;
 mod locks;
 mod pin;
 mod prune;

@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use hop3_controller::catalog::Catalog;
-use hop3_controller::config::{Admin, CertsCommand, StoreCommand, TokensCommand};
+use hop3_controller::config::{Admin, CertsCommand, KeysCommand, StoreCommand, TokensCommand};
 use hop3_controller::store::{S3Bucket, StoreUrl};
 use hop3_controller::tokens::Tokens;
 use hop3_controller::{Config, auth, certs, recovery, server};
@@ -21,7 +21,89 @@ async fn run() -> anyhow::Result<()> {
         Some(Admin::Certs(cmd)) => run_certs(cmd),
         Some(Admin::Tokens(cmd)) => run_tokens(&config, cmd).await,
         Some(Admin::Store(StoreCommand::Check { url })) => check_store(&config, &url).await,
+        Some(Admin::Keys(cmd)) => run_keys(&config, cmd).await,
     }
+}
+
+/// `keys init | add-recipient | list`.
+async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    use hop3_wire::encryption::{KeyId, recipient};
+    let dir = config.keys_dir();
+    match cmd {
+        KeysCommand::Init { passphrase } => {
+            let created = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)?;
+            let passphrase = match passphrase {
+                false => None,
+                true => Some(config.keys_passphrase().await?.ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--passphrase: give the passphrase in the file of --keys-passphrase-file or in HOP3_KEYS_PASSPHRASE"
+                    )
+                })?),
+            };
+            let r = dir.init(&created, passphrase).await?;
+            println!("{r}");
+            eprintln!(
+                "Made the identity {} (key {}) and {}.",
+                dir.0.join(hop3_controller::keys::IDENTITY_FILE).display(),
+                KeyId::of(&r),
+                dir.0.join(hop3_controller::keys::RECIPIENTS_FILE).display()
+            );
+            eprintln!(
+                "Backups encrypted to this key can only be restored with this identity: if it is lost, they are lost.\n\
+                 Keep a copy of it offline, or add an escrow key whose identity you keep elsewhere:\n  \
+                 age-keygen -o escrow.txt   (keep escrow.txt off this host)\n  \
+                 hop3-controller keys add-recipient age1... --note escrow"
+            );
+        }
+        KeysCommand::AddRecipient {
+            recipient: key,
+            note,
+        } => {
+            let r = recipient(&key)?;
+            if dir.add_recipient(&r, &note).await? {
+                println!(
+                    "New backups are encrypted to {} (key {}) too.",
+                    r,
+                    KeyId::of(&r)
+                );
+            } else {
+                println!("{} (key {}) is already a recipient.", r, KeyId::of(&r));
+            }
+        }
+        KeysCommand::List => {
+            let identities = match dir.identities(config.keys_passphrase().await?).await {
+                Ok(i) => i,
+                Err(e @ hop3_controller::keys::KeysError::Locked(_)) => {
+                    eprintln!("{e}: its key is not shown");
+                    Default::default()
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let held = identities.key_ids();
+            let Some(recipients) = dir.recipients().await? else {
+                anyhow::bail!(
+                    "{} holds no keys: run `hop3-controller keys init`",
+                    dir.0.display()
+                );
+            };
+            for (id, r) in recipients.key_ids().iter().zip(recipients.to_strings()) {
+                let here = if held.contains(id) {
+                    "identity here"
+                } else {
+                    "identity not here"
+                };
+                println!("{id}  {r}  {here}");
+            }
+            let ids = recipients.key_ids();
+            for (id, r) in held.iter().zip(identities.recipients()) {
+                if !ids.contains(id) {
+                    println!("{id}  {r}  identity here, not a recipient of new backups");
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `store check URL`: each step with ok or why not; exit 1 when one failed.

@@ -7,6 +7,7 @@ use hop3_proto::manifest::Manifest;
 use hop3_proto::names::{validate_app_name, validate_host_id, validate_hostname};
 use hop3_proto::v1::{self, restore_app_event, restore_app_message::Msg, restore_backup_event};
 use hop3_wire::artifacts::{self, SendError};
+use hop3_wire::encryption::Identities;
 use hop3_wire::events::{EventReceiver, EventSender, StreamProgress};
 use hop3_wire::progress::Progress;
 use tokio_stream::StreamExt;
@@ -45,6 +46,8 @@ pub struct RestoreJob {
     pub sources: Vec<Store>,
     /// Where the backup is in the primary store.
     pub primary: String,
+    /// What opens an encrypted backup.
+    pub identities: Arc<Identities>,
 }
 
 type Out = EventSender<v1::RestoreBackupEvent>;
@@ -135,6 +138,7 @@ pub async fn start(
         reading,
         sources,
         primary,
+        identities: ctl.keys.identities.clone(),
     };
     let (tx, rx) = EventSender::channel();
     let started = v1::RestoreStarted {
@@ -252,11 +256,23 @@ fn progress_event(p: v1::Progress) -> v1::RestoreBackupEvent {
     }
 }
 
-/// Reads the manifest at `source` and checks every stored checksum there;
-/// returns the manifest and the bytes to send.
-async fn verify(source: &Store, job: &RestoreJob, out: &Out) -> Result<(Manifest, u64)> {
+/// A backup read and checked, ready to send.
+struct Verified {
+    /// As stored.
+    manifest: Manifest,
+    /// As the agent sees it once decrypted; None: not encrypted.
+    opened: Option<Manifest>,
+    /// Bytes to send.
+    total: u64,
+}
+
+/// Reads the manifest at `source`, opens it when encrypted (before any
+/// byte is read: without the identity nothing else is worth reading) and
+/// checks every stored checksum there.
+async fn verify(source: &Store, job: &RestoreJob, out: &Out) -> Result<Verified> {
     let (app, id) = (&job.row.app, &job.row.backup_id);
     let manifest = source.read_manifest(app, id).await?;
+    let opened = crate::decrypt::open_manifest(&job.identities, &manifest)?;
     let progress = StreamProgress::new(out.clone(), manifest.size_bytes, progress_event);
     progress.step("verify", manifest.size_bytes.max(1));
     let advance_by = |n| progress.advance(n);
@@ -274,7 +290,15 @@ async fn verify(source: &Store, job: &RestoreJob, out: &Out) -> Result<(Manifest
             },
         });
     }
-    Ok((manifest, checks.iter().map(|c| c.size).sum()))
+    let total = match &opened {
+        Some(m) => m.size_bytes,
+        None => checks.iter().map(|c| c.size).sum(),
+    };
+    Ok(Verified {
+        manifest,
+        opened,
+        total,
+    })
 }
 
 /// What the agent reported, and where the backup was read from.
@@ -312,14 +336,20 @@ async fn execute(job: &RestoreJob, out: &Out) -> Result<Done> {
             Err(e) => return Err(e),
         }
     }
-    let Some((source, (manifest, total))) = verified else {
+    let Some((source, verified)) = verified else {
         return Err(first_error.expect("a restore has a source"));
     };
+    let Verified {
+        manifest,
+        opened,
+        total,
+    } = verified;
 
     let (tx, rx) = EventSender::channel();
     let header = v1::RestoreHeader {
         app: job.target_app.clone(),
-        manifest_json: String::from_utf8(manifest.to_json()).expect("JSON is UTF-8"),
+        manifest_json: String::from_utf8(opened.as_ref().unwrap_or(&manifest).to_json())
+            .expect("JSON is UTF-8"),
         total_bytes: total,
         replace: job.replace,
         hostname: job.hostname.clone(),
@@ -332,6 +362,7 @@ async fn execute(job: &RestoreJob, out: &Out) -> Result<Done> {
         job.row.clone(),
         header,
         manifest,
+        job.identities.clone(),
         tx,
         phase.clone(),
     ));
@@ -398,6 +429,7 @@ async fn send_backup(
     row: BackupRow,
     header: v1::RestoreHeader,
     manifest: Manifest,
+    identities: Arc<Identities>,
     tx: EventSender<v1::RestoreAppMessage>,
     phase: SharedPhase,
 ) -> Result<()> {
@@ -407,20 +439,29 @@ async fn send_backup(
         return Ok(());
     }
     let bulky = |path: &str| {
-        hop3_proto::format::Archive::of_path(path).is_some()
+        hop3_proto::format::Archive::of_path(manifest.plain_path(path)).is_some()
             || manifest.services.iter().any(|s| s.backup_file == path)
     };
     let (bulk, small): (Vec<_>, Vec<_>) = (0..)
         .zip(manifest.checksums.keys())
         .partition(|(_, path)| bulky(path));
+    let artifact = |id, path: &str| Artifact {
+        id,
+        stored: path.to_owned(),
+        plain: manifest.plain_path(path).to_owned(),
+        keys: manifest
+            .encoding(path)
+            .encryption
+            .map(|e| (identities.clone(), e.keys.join(", "))),
+    };
     for (id, path) in small {
-        if !send_one(&source, &row, &tx, id, path).await? {
+        if !send_one(&source, &row, &tx, artifact(id, path)).await? {
             return Ok(());
         }
     }
     let sent = futures::future::try_join_all(
         bulk.into_iter()
-            .map(|(id, path)| send_one(&source, &row, &tx, id, path)),
+            .map(|(id, path)| send_one(&source, &row, &tx, artifact(id, path))),
     )
     .await?;
     if sent.contains(&false) {
@@ -432,27 +473,58 @@ async fn send_backup(
     Ok(())
 }
 
-/// Sends artifact `path` of the backup under `id`; false if the agent hung up.
+/// One artifact to send.
+struct Artifact {
+    /// Its id on the stream.
+    id: u32,
+    /// Its path in the store.
+    stored: String,
+    /// Its path as the agent knows it (decrypted).
+    plain: String,
+    /// For an encrypted artifact: what opens it, and the keys it is encrypted to.
+    keys: Option<(Arc<Identities>, String)>,
+}
+
+/// Sends `artifact` of the backup, decrypted; false if the agent hung up.
 async fn send_one(
     source: &Store,
     row: &BackupRow,
     tx: &EventSender<v1::RestoreAppMessage>,
-    id: u32,
-    path: &str,
+    artifact: Artifact,
 ) -> Result<bool> {
-    let stream = source.open_artifact(&row.app, &row.backup_id, path).await?;
+    let stream = source
+        .open_artifact(&row.app, &row.backup_id, &artifact.stored)
+        .await?;
     let start = v1::ArtifactStart {
-        path: path.to_owned(),
-        id,
+        path: artifact.plain,
+        id: artifact.id,
         ..Default::default()
     };
-    match artifacts::send(tx, start, &mut StreamReader::new(stream)).await {
+    let sent = match artifact.keys {
+        None => artifacts::send(tx, start, &mut StreamReader::new(stream)).await,
+        Some((identities, keys)) => {
+            let mut plain = crate::decrypt::plaintext(stream, identities, keys);
+            artifacts::send(tx, start, &mut plain).await
+        }
+    };
+    match sent {
         Ok(_) => Ok(true),
         Err(SendError::Closed(_)) => Ok(false),
-        Err(SendError::Read { path, source }) => Err(crate::store::StoreError::Io {
-            context: format!("reading {path}"),
-            source,
+        Err(SendError::Read { source, .. }) => {
+            if let Some(e) = source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<crate::decrypt::Undecryptable>())
+            {
+                return Err(ControllerError::Decryption {
+                    path: artifact.stored,
+                    detail: e.0.clone(),
+                });
+            }
+            Err(crate::store::StoreError::Io {
+                context: format!("reading {}", artifact.stored),
+                source,
+            }
+            .into())
         }
-        .into()),
     }
 }

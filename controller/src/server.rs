@@ -33,6 +33,13 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     hop3_wire::tls::use_ring_provider();
     let store = config.open_store().await?;
+    // Checked before anything else starts: a store off the host with no
+    // keys must not take a single backup in the clear.
+    let keys = config.keys().await?;
+    match &keys.encrypt_to {
+        Some(r) => tracing::info!(keys = ?r, "backups are encrypted with age"),
+        None => tracing::info!("backups are stored in the clear"),
+    }
     let tokens = Tokens::new(store.root());
     let catalog = crate::recovery::open_catalog(&config.catalog_url(), &tokens)
         .await
@@ -92,6 +99,7 @@ pub async fn run(
         scheduler: config.scheduler(),
         alerts: crate::alerts::Alerter::new(config.alerts().await?),
         copies: crate::copies::Copies::new(config.open_copies().await?),
+        keys,
     });
     crate::recovery::start_up(&ctl)
         .await

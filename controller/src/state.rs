@@ -33,6 +33,8 @@ pub struct Controller {
     pub alerts: crate::alerts::Alerter,
     /// The stores every backup is copied to (`--copy-to`).
     pub copies: crate::copies::Copies,
+    /// The keys backups are sealed to and opened with.
+    pub keys: crate::keys::Keys,
 }
 
 impl Controller {

@@ -67,7 +67,10 @@ impl Format {
     /// The encoding this version gives the artifact at `path`.
     pub fn encoding_of(self, path: &str) -> Encoding {
         match Archive::of_path(path) {
-            Some((_, compression)) => Encoding { compression },
+            Some((_, compression)) => Encoding {
+                compression,
+                encryption: None,
+            },
             None => Encoding::default(),
         }
     }
@@ -180,11 +183,43 @@ impl Compression {
 }
 
 /// How one artifact is stored, as the manifest records it: the one place a
-/// reader learns it (compression now; encryption and chunking later).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// reader learns it (compression, encryption; chunking later).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Encoding {
     #[serde(default, skip_serializing_if = "Compression::is_none")]
     pub compression: Compression,
+    /// Encrypted after compression; absent: stored in the clear.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<Encryption>,
+}
+
+/// The name suffix of a encrypted artifact, after its codec's (`data.tar.zst.age`).
+pub const ENCRYPTED_SUFFIX: &str = ".age";
+
+/// How an artifact is encrypted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Encryption {
+    pub scheme: EncryptionScheme,
+    /// The ids of the public keys it is encrypted to (any one's identity opens it).
+    pub keys: Vec<String>,
+}
+
+/// An encryption scheme an artifact may be encrypted with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionScheme {
+    /// A standard age file (age-encryption.org/v1) to X25519 recipients:
+    /// `age -d -i identity.txt` opens it.
+    Age,
+}
+
+/// The path an artifact at `plain` is stored under, encrypted or not.
+pub fn stored_path(plain: &str, encrypted: bool) -> String {
+    if encrypted {
+        format!("{plain}{ENCRYPTED_SUFFIX}")
+    } else {
+        plain.to_owned()
+    }
 }
 
 #[cfg(test)]

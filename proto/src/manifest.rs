@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::format::{Archive, Compression, Encoding, Format};
+use crate::format::{Archive, Compression, ENCRYPTED_SUFFIX, Encoding, Format};
 use crate::layout::Layout;
 use crate::names::{self, InvalidName};
 use crate::{BackupId, Checksum};
@@ -56,6 +56,34 @@ pub struct Manifest {
     /// absent in older backups.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<Layout>,
+    /// What only a key holder may read, in a backup whose artifacts are
+    /// encrypted: their plaintext digests ([`Plaintexts`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<EncryptedSection>,
+}
+
+/// A section of the manifest encrypted with age to the backup's keys.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EncryptedSection {
+    /// The ids of the keys it is encrypted to.
+    pub keys: Vec<String>,
+    /// An ASCII-armored age file (`age -d` reads it as it is).
+    pub payload: String,
+}
+
+/// What the encrypted section holds: per encrypted artifact (by stored path), the
+/// digest and size of its plaintext, which a restore checks and which must
+/// not be readable without a key (a digest confirms a guess of the content).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Plaintexts {
+    pub files: BTreeMap<String, PlainFile>,
+}
+
+/// One encrypted artifact's plaintext.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PlainFile {
+    pub sha256: Checksum,
+    pub size: u64,
 }
 
 fn yes() -> bool {
@@ -104,6 +132,16 @@ pub enum ManifestError {
     BadTime(String),
     #[error("metadata.json: service file {0:?} has no checksum")]
     UnlistedServiceFile(String),
+    #[error(
+        "metadata.json: {0:?} is encrypted but not named {ENCRYPTED_SUFFIX}, or named so and not encrypted"
+    )]
+    EncryptedName(String),
+    #[error("metadata.json: encrypted artifacts but no encrypted section")]
+    NoEncryptedSection,
+    #[error("the encrypted section of metadata.json does not describe {0:?}")]
+    UndescribedPlaintext(String),
+    #[error("the encrypted section of metadata.json is not valid: {0}")]
+    BadEncryptedSection(String),
 }
 
 impl Manifest {
@@ -157,7 +195,79 @@ impl Manifest {
                 return Err(ManifestError::UnlistedServiceFile(s.backup_file.clone()));
             }
         }
+        // A encrypted artifact carries the suffix and nothing else does, so
+        // that stripping it can never make two paths one.
+        for path in self.checksums.keys() {
+            if self.is_encrypted(path) != path.ends_with(ENCRYPTED_SUFFIX) {
+                return Err(ManifestError::EncryptedName(
+                    path.chars().take(80).collect(),
+                ));
+            }
+        }
+        if self.encrypted.is_none() && self.checksums.keys().any(|p| self.is_encrypted(p)) {
+            return Err(ManifestError::NoEncryptedSection);
+        }
         Ok(())
+    }
+
+    /// Whether the artifact at `path` is encrypted.
+    pub fn is_encrypted(&self, path: &str) -> bool {
+        self.encodings
+            .get(path)
+            .is_some_and(|e| e.encryption.is_some())
+    }
+
+    /// Whether any artifact of the backup is encrypted.
+    pub fn any_encrypted(&self) -> bool {
+        self.encrypted.is_some() || self.checksums.keys().any(|p| self.is_encrypted(p))
+    }
+
+    /// The path the artifact stored at `path` has once opened (its
+    /// `.age` suffix gone when it is encrypted).
+    pub fn plain_path<'a>(&self, path: &'a str) -> &'a str {
+        match path.strip_suffix(ENCRYPTED_SUFFIX) {
+            Some(plain) if self.is_encrypted(path) => plain,
+            _ => path,
+        }
+    }
+
+    /// The manifest as a reader of the opened artifacts sees it: plain
+    /// paths, plaintext digests and sizes, no encryption. What a restore
+    /// hands the agent, which then checks every plaintext byte it gets.
+    pub fn opened(&self, plain: &Plaintexts) -> Result<Manifest, ManifestError> {
+        let mut out = self.clone();
+        out.encrypted = None;
+        out.checksums.clear();
+        out.encodings.clear();
+        out.size_bytes = 0;
+        for (path, checksum) in &self.checksums {
+            let mut encoding = self.encoding(path);
+            let (checksum, size) = if encoding.encryption.take().is_some() {
+                let p = plain
+                    .files
+                    .get(path)
+                    .ok_or_else(|| ManifestError::UndescribedPlaintext(path.clone()))?;
+                (p.sha256, p.size)
+            } else {
+                // Backups are encrypted whole; a manifest that mixes is read as
+                // written, its plain files' sizes left out of the total.
+                (*checksum, 0)
+            };
+            let plain_path = self.plain_path(path).to_owned();
+            out.size_bytes += size;
+            if self.encodings.contains_key(path) {
+                out.encodings.insert(plain_path.clone(), encoding);
+            }
+            out.checksums.insert(plain_path, checksum);
+        }
+        for s in &mut out.services {
+            if let Some(p) = plain.files.get(&s.backup_file) {
+                s.size_bytes = p.size;
+            }
+            s.backup_file = self.plain_path(&s.backup_file).to_owned();
+        }
+        out.validate()?;
+        Ok(out)
     }
 
     /// The backup's format version.
@@ -171,7 +281,7 @@ impl Manifest {
     /// version stores it.
     pub fn encoding(&self, path: &str) -> Encoding {
         match self.encodings.get(path) {
-            Some(e) => *e,
+            Some(e) => e.clone(),
             None => self
                 .format()
                 .map(|f| f.encoding_of(path))
@@ -248,7 +358,114 @@ mod tests {
             services_included: true,
             host: Some("local".into()),
             layout: None,
+            encrypted: None,
         }
+    }
+
+    /// `sample()` as an encrypted backup stores it.
+    fn encrypted_sample() -> (Manifest, Plaintexts) {
+        use crate::format::{Encryption, EncryptionScheme};
+        let mut m = sample();
+        let mut plain = Plaintexts::default();
+        let sealed: BTreeMap<String, Checksum> = m
+            .checksums
+            .iter()
+            .map(|(p, c)| (format!("{p}.age"), *c))
+            .collect();
+        for (n, path) in sealed.keys().enumerate() {
+            let encoding = Encoding {
+                encryption: Some(Encryption {
+                    scheme: EncryptionScheme::Age,
+                    keys: vec!["0123456789abcdef".into()],
+                }),
+                ..m.encoding(path.trim_end_matches(".age"))
+            };
+            m.encodings.insert(path.clone(), encoding);
+            let body = format!("plain {n}");
+            plain.files.insert(
+                path.clone(),
+                PlainFile {
+                    sha256: Checksum::of(body.as_bytes()),
+                    size: body.len() as u64,
+                },
+            );
+        }
+        m.checksums = sealed;
+        m.services[0].backup_file.push_str(".age");
+        m.encrypted = Some(EncryptedSection {
+            keys: vec!["0123456789abcdef".into()],
+            payload: "-----BEGIN AGE ENCRYPTED FILE-----".into(),
+        });
+        (m, plain)
+    }
+
+    #[test]
+    fn an_encrypted_manifest_opens_into_the_plain_one_a_reader_checks() {
+        let (m, plain) = encrypted_sample();
+        m.validate().unwrap();
+        assert!(m.any_encrypted() && m.is_encrypted("data.tar.gz.age"));
+        assert_eq!(m.plain_path("data.tar.gz.age"), "data.tar.gz");
+        assert_eq!(
+            m.archives().unwrap(),
+            vec![],
+            "no archive is read encrypted"
+        );
+        let opened = m.opened(&plain).unwrap();
+        assert_eq!(
+            opened.checksums.keys().collect::<Vec<_>>(),
+            [
+                "data.tar.gz",
+                "env.json",
+                "services/postgres_db.sql",
+                "source.tar.gz"
+            ]
+        );
+        assert_eq!(
+            opened.checksums["env.json"],
+            plain.files["env.json.age"].sha256
+        );
+        assert_eq!(opened.services[0].backup_file, "services/postgres_db.sql");
+        assert_eq!(
+            opened.services[0].size_bytes,
+            plain.files["services/postgres_db.sql.age"].size
+        );
+        assert!(opened.encrypted.is_none() && !opened.any_encrypted());
+        assert_eq!(opened.archives().unwrap().len(), 2);
+        let back = Manifest::from_json(&m.to_json()).unwrap();
+        assert_eq!(back, m);
+
+        let mut partial = plain.clone();
+        partial.files.remove("env.json.age");
+        let err = m.opened(&partial).unwrap_err().to_string();
+        assert!(err.contains("does not describe \"env.json.age\""), "{err}");
+    }
+
+    #[test]
+    fn encryption_names_and_sections_must_agree() {
+        let (m, _) = encrypted_sample();
+        let mut no_section = m.clone();
+        no_section.encrypted = None;
+        assert!(matches!(
+            no_section.validate(),
+            Err(ManifestError::NoEncryptedSection)
+        ));
+        let mut misnamed = m.clone();
+        let e = misnamed.encodings.remove("env.json.age").unwrap();
+        let c = misnamed.checksums.remove("env.json.age").unwrap();
+        misnamed.encodings.insert("env.json".into(), e);
+        misnamed.checksums.insert("env.json".into(), c);
+        assert!(matches!(
+            misnamed.validate(),
+            Err(ManifestError::EncryptedName(_))
+        ));
+        let mut clear = sample();
+        clear
+            .checksums
+            .insert("notes.age".into(), Checksum::of(b"x"));
+        assert!(matches!(
+            clear.validate(),
+            Err(ManifestError::EncryptedName(_))
+        ));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 #   tests/bench/s3.sh                  # ~1 GiB, 3 rounds
 #   RUNS=1 SIZE=0.25 tests/bench/s3.sh
 #
+# Backups go up in the clear (--allow-plaintext-store): this measures the
+# transfer; tests/bench/encryption.sh measures what encryption adds.
 # The server is moto's (moto_server, from PyPI's moto[server]), in memory on
 # 127.0.0.1: every figure is bound by it, so only the ratios travel. The
 # restored trees are compared with the original every round. Not part of
@@ -19,6 +21,7 @@ size=${SIZE:-1}
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 bin=$repo/target/release
 source "$repo/tests/bench/app.sh"
+source "$repo/tests/bench/common.sh"
 cargo build --release --workspace --bins --manifest-path "$repo/Cargo.toml" 2>&1 | tail -1
 python3 -c 'import boto3' 2>/dev/null || python3 -m pip install -q boto3 ||
     python3 -m pip install -q --break-system-packages boto3
@@ -31,16 +34,11 @@ cleanup() {
     if [ -n "${KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-now() { date +%s.%N; }
-hwm() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
 # The peak of one phase: read the high-water mark, then reset it (Linux >= 4.0).
 phase_peak() { # phase_peak NAME PID
     printf 'peak RSS MiB: %s\t%s\n' "$1" "$(echo "$(hwm "$2") / 1024" | bc)" >> "$results"
     echo 5 > "/proc/$2/clear_refs"
 }
-# CPU seconds (user + system) a process has used so far.
-cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / t}' "/proc/$1/stat"; }
 results=$work/results.tsv # what seconds
 : > "$results"
 timed() { # timed NAME CMD...
@@ -75,7 +73,7 @@ start_hop3() { # start_hop3 NAME STORE
     local name=$1 state=$work/state-$1 cport aport
     cport=$(free_port); aport=$(free_port)
     "$bin/hop3-controller" --listen 127.0.0.1:$cport --store "$2" --state-dir "$state" \
-        --socket "$work/$name.sock" --catalog "sqlite://$state/catalog.db" 2>>"$work/controller-$name.log" &
+        --socket "$work/$name.sock" --catalog "sqlite://$state/catalog.db" --allow-plaintext-store 2>>"$work/controller-$name.log" &
     ctl_pid[$name]=$!; pids+=($!)
     for _ in $(seq 100); do [ -s "$state/join-token" ] && break; sleep 0.1; done
     "$bin/hop3-agent" --listen 127.0.0.1:$aport --controller http://127.0.0.1:$cport \

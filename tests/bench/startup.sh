@@ -65,7 +65,7 @@ start() { # STORE STATE [ENV...]
     shift 2
     port=$(free_port)
     env "$@" "$bin/hop3-controller" --listen 127.0.0.1:$port --store "$store" --state-dir "$state" \
-        --socket "$state/ctl.sock" 2>>"$state/controller.log" &
+        --socket "$state/ctl.sock" --allow-plaintext-store 2>>"$state/controller.log" &
     pid=$!
 }
 wait_serving() { # STATE

@@ -14,6 +14,8 @@ mod attacks;
 mod catalog;
 #[path = "e2e/concurrency.rs"]
 mod concurrency;
+#[path = "e2e/encryption.rs"]
+mod encryption;
 #[path = "e2e/failures.rs"]
 mod failures;
 #[path = "e2e/faults.rs"]

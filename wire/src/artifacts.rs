@@ -98,6 +98,7 @@ fn end_of(id: u32, checksum: Checksum, size: u64) -> ArtifactEnd {
         sha256: checksum.to_string(),
         size,
         id,
+        ..Default::default()
     }
 }
 
@@ -137,11 +138,24 @@ impl<M: Carrier> FrameWriter<M> {
     }
 
     /// Sends the last frame and the artifact's end; returns its digest and size.
-    pub fn finish(mut self) -> Result<(Checksum, u64), Closed> {
+    pub fn finish(self) -> Result<(Checksum, u64), Closed> {
+        self.finish_encrypted(None)
+    }
+
+    /// [`finish`](Self::finish) for an encrypted artifact: its end also carries
+    /// the digest and size of the plaintext.
+    pub fn finish_encrypted(
+        mut self,
+        plain: Option<(Checksum, u64)>,
+    ) -> Result<(Checksum, u64), Closed> {
         self.send_frame()?;
         let (checksum, size) = self.tally.finish();
-        self.out
-            .blocking_send(M::carry(Frame::End(end_of(self.id, checksum, size))))?;
+        let mut end = end_of(self.id, checksum, size);
+        if let Some((plain, plain_size)) = plain {
+            end.plain_sha256 = plain.to_string();
+            end.plain_size = plain_size;
+        }
+        self.out.blocking_send(M::carry(Frame::End(end)))?;
         Ok((checksum, size))
     }
 }

@@ -235,6 +235,7 @@ fn sample_manifest(partial: &super::PartialBackup) -> hop3_proto::Manifest {
         services_included: true,
         host: None,
         layout: None,
+        encrypted: None,
     }
 }
 

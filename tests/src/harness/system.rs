@@ -52,9 +52,29 @@ pub struct SystemBuilder {
     /// `--store URL` (an `s3://` one), the state directory then the store dir.
     store_url: Option<String>,
     tls: bool,
+    encrypted: bool,
+    keys_passphrase: Option<PathBuf>,
 }
 
 impl SystemBuilder {
+    /// Backups encrypted with age: the harness makes the keys
+    /// (`hop3-controller keys init` into [`System::keys_dir`]) and, for a
+    /// local store, passes `--encrypt`. Every controller gets a keys
+    /// directory of the test's own, so none reads the machine's.
+    pub fn encrypted(mut self) -> Self {
+        self.encrypted = true;
+        self
+    }
+
+    /// [`Self::encrypted`], the identity protected by the passphrase in
+    /// `file` (`keys init --passphrase`), which the controller is given
+    /// (`--keys-passphrase-file`).
+    pub fn keys_passphrase(mut self, file: impl Into<PathBuf>) -> Self {
+        self.encrypted = true;
+        self.keys_passphrase = Some(file.into());
+        self
+    }
+
     /// The address the controller listens on instead of 127.0.0.1 (the
     /// root end of a test's own veth pair, so that an agent in a network
     /// namespace reaches it).
@@ -183,6 +203,28 @@ impl SystemBuilder {
                 .controller_host
                 .unwrap_or_else(|| "127.0.0.1".to_owned()),
         };
+        let keys_dir = base.join("keys");
+        config
+            .extra
+            .extend(["--keys-dir".into(), keys_dir.clone().into()]);
+        if self.encrypted {
+            let mut init: Vec<OsString> = vec![
+                "keys".into(),
+                "init".into(),
+                "--keys-dir".into(),
+                keys_dir.clone().into(),
+            ];
+            if let Some(file) = &self.keys_passphrase {
+                let pass: Vec<OsString> = vec!["--keys-passphrase-file".into(), file.into()];
+                init.push("--passphrase".into());
+                init.extend(pass.iter().cloned());
+                config.extra.extend(pass);
+            }
+            run_admin(&base, init, Vec::new()).success()?;
+            if self.store_url.is_none() {
+                config.extra.push("--encrypt".into());
+            }
+        }
         let mut probe = Probe::plain(&config.host);
         let tls_dir = if self.tls {
             let dir = base.join("tls");
@@ -237,6 +279,7 @@ impl SystemBuilder {
             controller_config: config,
             agents: Vec::new(),
             tls_dir,
+            keys_dir,
             token: None,
         })
     }
@@ -366,6 +409,9 @@ pub struct System {
     agents: Vec<Agent>,
     /// The certificate authority's directory, in secure mode.
     tls_dir: Option<PathBuf>,
+    /// The controller's keys directory (`--keys-dir`; holds keys when
+    /// [`SystemBuilder::encrypted`]).
+    pub keys_dir: PathBuf,
     /// The token `hop3` is run with (HOP3_TOKEN), if any.
     token: Option<String>,
 }
@@ -397,6 +443,8 @@ impl System {
             store: None,
             store_url: None,
             tls: false,
+            encrypted: false,
+            keys_passphrase: None,
         }
     }
 

@@ -134,6 +134,24 @@ impl Moto {
         Ok((!sum.is_empty()).then(|| sum.to_owned()))
     }
 
+    /// Downloads every object of `bucket` under `prefix` into `dir`, each
+    /// at its key's path below `dir`: the bytes as stored, for a test to
+    /// search.
+    pub fn download_all(&self, bucket: &str, prefix: &str, dir: &std::path::Path) -> Result<()> {
+        let dir = dir.display().to_string();
+        self.boto3(
+            "import os\n\
+             b = boto3.resource('s3', endpoint_url=sys.argv[1]).Bucket(sys.argv[2])\n\
+             for o in b.objects.filter(Prefix=sys.argv[3]):\n\
+             \x20   dest = os.path.join(sys.argv[4], o.key)\n\
+             \x20   os.makedirs(os.path.dirname(dest), exist_ok=True)\n\
+             \x20   b.download_file(o.key, dest)\n",
+            &[bucket, prefix, &dir],
+        )
+        .with_context(|| format!("downloading {bucket}/{prefix}"))?;
+        Ok(())
+    }
+
     /// Runs `script` (after `import sys, boto3`) with the endpoint and
     /// `args` as `sys.argv[1..]`; its standard output.
     fn boto3(&self, script: &str, args: &[&str]) -> Result<String> {

@@ -176,6 +176,7 @@ fn an_agent_gives_up_on_a_restore_stream_that_stops_sending() -> Result<()> {
         services_included: true,
         host: None,
         layout: None,
+        encrypted: None,
     };
     let started = Instant::now();
     let tls = sys.tls_dir().context("tls()")?.to_owned();

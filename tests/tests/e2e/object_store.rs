@@ -16,8 +16,12 @@ use super::services::{PG_CHANGES, PgDb, attach, differs, same};
 const BUCKET: &str = "hop3-e2e";
 const URL: &str = "s3://hop3-e2e/fleet/prod";
 
+/// A controller on the bucket, backups in the clear (the tests of
+/// encryption, the default off the host, are in `encryption`).
 fn on_s3(moto: &Moto) -> hop3_tests::harness::SystemBuilder {
-    let mut b = System::builder().store_url(URL);
+    let mut b = System::builder()
+        .store_url(URL)
+        .controller_args(["--allow-plaintext-store"]);
     for (k, v) in moto.env() {
         b = b.controller_env(k, v);
     }

@@ -1,0 +1,378 @@
+//! Encryption at rest with age: a store off the host takes nothing in the
+//! clear, no stored byte holds a secret, the standard `age` CLI opens what
+//! hop3 wrote, any one recipient's identity restores, and a restore without
+//! the identity (or with another) refuses with the app untouched.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
+use hop3_tests::fixtures::{self, App, default_env};
+use hop3_tests::servers::Moto;
+use hop3_tests::{Snapshot, System};
+
+use super::services::{PG_CHANGES, PgDb, attach, differs, same};
+
+const BUCKET: &str = "hop3-sealed";
+const URL: &str = "s3://hop3-sealed/prod";
+
+fn on_s3(moto: &Moto) -> hop3_tests::harness::SystemBuilder {
+    let mut b = System::builder().store_url(URL);
+    for (k, v) in moto.env() {
+        b = b.controller_env(k, v);
+    }
+    b
+}
+
+/// Every regular file below `dir`.
+fn files_below(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            out.extend(files_below(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    Ok(out)
+}
+
+fn holds(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Runs a shell pipeline; its standard output.
+fn sh(script: &str) -> Result<String> {
+    fixtures::run({
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        c
+    })
+    .with_context(|| script.to_owned())
+}
+
+#[test]
+fn a_store_off_the_host_takes_no_backup_in_the_clear_without_being_told() -> Result<()> {
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let tmp = tempfile::Builder::new().prefix("hop3-e2e-").tempdir()?;
+    let t = tmp.path();
+    let out = Command::new(hop3_tests::harness::binary("hop3-controller"))
+        .args(["--listen", "127.0.0.1:0", "--store", URL])
+        .arg("--state-dir")
+        .arg(t.join("state"))
+        .arg("--keys-dir")
+        .arg(t.join("keys"))
+        .arg("--socket")
+        .arg(t.join("ctl.sock"))
+        .envs(moto.env())
+        .output()?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        !out.status.success(),
+        "the controller started with no keys: {err}"
+    );
+    ensure!(
+        err.contains("is off this host, and backups there are encrypted with age")
+            && err.contains("keys init")
+            && err.contains("--allow-plaintext-store"),
+        "{err}"
+    );
+    ensure!(moto.keys(BUCKET)?.is_empty(), "{:?}", moto.keys(BUCKET)?);
+    Ok(())
+}
+
+#[test]
+fn an_encrypted_backup_in_s3_holds_no_secret_opens_with_age_and_restores_identically() -> Result<()>
+{
+    const ROW: &str = "row-secret-7f3a9c51e2";
+    const FILE: &str = "file-secret-0b9d44e1c7";
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let pg = PgDb::start("shop")?;
+    pg.script(&format!(
+        "CREATE TABLE vault (v text); INSERT INTO vault VALUES ('{ROW}');"
+    ))?;
+    let sys = on_s3(&moto).encrypted().start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "shop", 71, &scratch)?;
+    // More than a part: the data archive goes up as a multipart upload.
+    app.big_data(12)?;
+    fs::write(app.data_dir().join("diary.txt"), format!("{FILE} and more"))?;
+    attach(&app, &[("postgres", "db", &pg.url)])?;
+    let original = Snapshot::of(&app.dir)?;
+    let rows = pg.fingerprint()?;
+
+    let id = sys.create("shop")?.backup_id;
+    let prefix = format!("prod/apps/shop/{id}/");
+    let keys = moto.keys(BUCKET)?;
+    let names: Vec<&str> = keys
+        .iter()
+        .filter_map(|k| k.strip_prefix(&prefix))
+        .collect();
+    for n in &names {
+        ensure!(
+            n.ends_with(".age") || ["metadata.json", "metadata.seal"].contains(n),
+            "{n} is stored in the clear: {names:?}"
+        );
+    }
+    for n in [
+        "data.tar.zst.age",
+        "source.tar.zst.age",
+        "env.json.age",
+        "ENV.age",
+        "app.json.age",
+    ] {
+        ensure!(names.contains(&n), "no {n}: {names:?}");
+    }
+    ensure!(
+        names
+            .iter()
+            .any(|n| n.starts_with("services/") && n.ends_with(".age")),
+        "{names:?}"
+    );
+
+    // Every stored byte, searched for what the app holds.
+    let down = scratch.join("bucket");
+    moto.download_all(BUCKET, &prefix, &down)?;
+    let mut secrets: Vec<String> = default_env(71)
+        .into_values()
+        .filter(|v| v.len() >= 12)
+        .collect();
+    secrets.extend([ROW.to_owned(), FILE.to_owned(), pg.url.clone()]);
+    let stored = files_below(&down)?;
+    ensure!(stored.len() == names.len(), "{stored:?}");
+    for file in &stored {
+        let bytes = fs::read(file)?;
+        for s in &secrets {
+            ensure!(
+                !holds(&bytes, s.as_bytes()),
+                "{s:?} is readable in {}",
+                file.display()
+            );
+        }
+    }
+
+    // The standard age CLI opens every part with the controller's identity.
+    let dir = down.join(&prefix);
+    let identity = sys.keys_dir.join("identity.txt");
+    let (id_path, d) = (identity.display(), dir.display());
+    let listing = sh(&format!(
+        "age -d -i {id_path} {d}/data.tar.zst.age | tar --zstd -tf -"
+    ))?;
+    ensure!(listing.lines().any(|l| l == "data/diary.txt"), "{listing}");
+    let env = sh(&format!("age -d -i {id_path} {d}/env.json.age"))?;
+    ensure!(env.contains(&default_env(71)["SECRET_KEY"]), "{env}");
+    let dump = sh(&format!("age -d -i {id_path} {d}/services/*.age"))?;
+    ensure!(dump.contains(ROW), "the dump does not hold the row");
+    // The plaintext digests, in the manifest's encrypted section.
+    let digests = sh(&format!(
+        "python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))[\"encrypted\"][\"payload\"])' {d}/metadata.json | age -d -i {id_path}"
+    ))?;
+    ensure!(digests.contains("data.tar.zst.age"), "{digests}");
+
+    app.mutate(&scratch)?;
+    pg.script(PG_CHANGES)?;
+    differs(&rows, &pg.fingerprint()?, "PG_CHANGES")?;
+    sys.restore(&id, None)?;
+    original.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the app restored from encrypted S3",
+    )?;
+    same(
+        &rows,
+        &pg.fingerprint()?,
+        "the database restored from encrypted S3",
+    )?;
+    Ok(())
+}
+
+/// A new identity made with the age CLI; its public key.
+fn age_keygen(path: &Path) -> Result<String> {
+    sh(&format!("age-keygen -o {} 2>/dev/null", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    let text = fs::read_to_string(path)?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("# public key: "))
+        .map(str::to_owned)
+        .context("age-keygen wrote no public key")
+}
+
+#[test]
+fn restores_need_an_identity_of_the_backup_and_any_one_recipient_is_enough() -> Result<()> {
+    let mut sys = System::builder().encrypted().start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let escrow = scratch.join("escrow.txt");
+    let escrow_key = age_keygen(&escrow)?;
+    let keys = sys.keys_dir.display().to_string();
+    sys.admin([
+        "keys",
+        "add-recipient",
+        &escrow_key,
+        "--note",
+        "escrow",
+        "--keys-dir",
+        &keys,
+    ])
+    .success()?;
+    let listed = sys.admin(["keys", "list", "--keys-dir", &keys]).success()?;
+    ensure!(
+        listed.stdout.lines().count() == 2 && listed.stdout.contains("identity not here"),
+        "{}",
+        listed.stdout
+    );
+    sys.restart_controller()?;
+    let app = App::build(&sys.root, "shop", 73, &scratch)?;
+    let original = Snapshot::of(&app.dir)?;
+    let id = sys.create("shop")?.backup_id;
+    let stored = sys.backup_dir("shop", &id);
+    ensure!(stored.join("data.tar.zst.age").exists() && !stored.join("data.tar.zst").exists());
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(stored.join("metadata.json"))?)?;
+    ensure!(
+        manifest["encrypted"]["keys"].as_array().map(Vec::len) == Some(2),
+        "{manifest}"
+    );
+    // `sha256sum -c` still checks the stored files by hand, without a key.
+    let info = sys.info(&id)?;
+    ensure!(info.all_valid, "{info:?}");
+
+    app.mutate(&scratch)?;
+    let changed = Snapshot::of(&app.dir)?;
+    let identity = sys.keys_dir.join("identity.txt");
+    let own = scratch.join("own-identity.txt");
+    fs::rename(&identity, &own)?;
+    for with in ["no identity", "another identity"] {
+        if with == "another identity" {
+            age_keygen(&identity)?;
+        }
+        sys.restart_controller()?;
+        sys.hop3(["backup:restore", &id])
+            .failure(&["is encrypted to key", "holds no identity"])
+            .with_context(|| with.to_owned())?;
+        let what = format!("the app after a restore with {with}");
+        changed.assert_same(&Snapshot::of(&app.dir)?, &what)?;
+    }
+
+    // The escrow identity alone: the controller's own is gone.
+    fs::copy(&escrow, &identity)?;
+    sys.restart_controller()?;
+    sys.restore(&id, None)?;
+    original.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the app restored with the escrow key",
+    )?;
+
+    // A flipped byte in an encrypted archive: refused, the app left alone.
+    fixtures::overwrite_in_place(&stored.join("data.tar.zst.age"), 400, b"\xff\x00")?;
+    app.mutate(&scratch)?;
+    let changed = Snapshot::of(&app.dir)?;
+    sys.hop3(["backup:restore", &id])
+        .failure(&["data.tar.zst.age"])?;
+    changed.assert_same(&Snapshot::of(&app.dir)?, "the app after a damaged restore")?;
+    Ok(())
+}
+
+/// Rewrites `name`'s checksum in the manifest of the backup at `dir` to
+/// match the file as it is now: damage only decryption can find.
+fn recompute_checksum(dir: &Path, name: &str) -> Result<()> {
+    let path = dir.join("metadata.json");
+    let mut manifest: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)?;
+    let sum = hop3_tests::snapshot::sha256_file(&dir.join(name))?;
+    manifest["checksums"][name] = format!("sha256:{sum}").into();
+    fs::write(&path, serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(())
+}
+
+#[test]
+fn damage_behind_a_valid_checksum_is_found_by_decryption_and_leaves_the_app_alone() -> Result<()> {
+    let sys = System::builder().encrypted().start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "shop", 79, &scratch)?;
+    app.big_data(3)?;
+    let original = Snapshot::of(&app.dir)?;
+    let id = sys.create("shop")?.backup_id;
+    let stored = sys.backup_dir("shop", &id);
+    let archive = stored.join("data.tar.zst.age");
+    let intact = fs::read(&archive)?;
+    app.mutate(&scratch)?;
+    let changed = Snapshot::of(&app.dir)?;
+
+    // A flipped byte in the middle of the ciphertext.
+    let mut flipped = intact.clone();
+    let at = flipped.len() / 2;
+    flipped[at] ^= 0x40;
+    // Cut at an age chunk boundary (64 KiB of plaintext and a 16-byte tag,
+    // after the header's MAC line and a 16-byte nonce): only the missing
+    // last-chunk flag tells.
+    let mac = intact
+        .windows(5)
+        .position(|w| w == b"\n--- ")
+        .context("no age header")?;
+    let header_end = mac
+        + 1
+        + intact[mac + 1..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .unwrap_or(0)
+        + 1;
+    let payload = header_end + 16;
+    let cut = payload + (intact.len() - payload) / 2 / 65552 * 65552;
+    for (what, bytes) in [("flipped", flipped), ("truncated", intact[..cut].to_vec())] {
+        fs::write(&archive, &bytes)?;
+        recompute_checksum(&stored, "data.tar.zst.age")?;
+        // The manifest changed: no longer this controller's seal.
+        sys.hop3(["backup:restore", &id, "--trust-imported"])
+            .failure(&["data.tar.zst.age cannot be decrypted"])
+            .with_context(|| what.to_owned())?;
+        changed.assert_same(
+            &Snapshot::of(&app.dir)?,
+            &format!("the app after a {what} archive"),
+        )?;
+    }
+    fs::write(&archive, &intact)?;
+    recompute_checksum(&stored, "data.tar.zst.age")?;
+    sys.hop3(["backup:restore", &id, "--trust-imported"])
+        .success()?;
+    original.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the app restored from the mended archive",
+    )?;
+    Ok(())
+}
+
+#[test]
+fn a_passphrase_protected_identity_restores_once_unlocked_at_start() -> Result<()> {
+    let secrets = tempfile::Builder::new().prefix("hop3-pass-").tempdir()?;
+    let pass = secrets.path().join("passphrase");
+    fs::write(&pass, "correct horse battery staple\n")?;
+    let sys = System::builder().keys_passphrase(&pass).start()?;
+    let identity = fs::read_to_string(sys.keys_dir.join("identity.txt"))?;
+    ensure!(
+        identity.starts_with("-----BEGIN AGE ENCRYPTED FILE-----")
+            && !identity.contains("AGE-SECRET-KEY"),
+        "{identity}"
+    );
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "shop", 83, &scratch)?;
+    let original = Snapshot::of(&app.dir)?;
+    let id = sys.create("shop")?.backup_id;
+    app.mutate(&scratch)?;
+    sys.restore(&id, None)?;
+    original.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the app restored with an unlocked identity",
+    )?;
+    // Without its passphrase the identity stays shut, and says how to open it.
+    let keys = sys.keys_dir.display().to_string();
+    let listed = sys.admin(["keys", "list", "--keys-dir", &keys]).success()?;
+    ensure!(
+        listed.stderr.contains("is protected by a passphrase"),
+        "{}",
+        listed.stderr
+    );
+    Ok(())
+}
