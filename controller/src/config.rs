@@ -229,6 +229,12 @@ pub enum KeysCommand {
     /// The keys new backups are encrypted to, and which of them this
     /// controller holds the identity of.
     List,
+    /// Make a new identity current: new backups are encrypted to it (and to
+    /// the recipients whose identity is not here, such as an escrow key)
+    /// instead of to this controller's older keys, whose identities stay in
+    /// identity.txt for the backups encrypted to them. Restart the
+    /// controller afterwards.
+    Rotate,
 }
 
 /// `hop3-controller store ...`

@@ -45,6 +45,8 @@ pub enum KeysError {
         "{0} is protected by a passphrase: give it in the file of --keys-passphrase-file or in HOP3_KEYS_PASSPHRASE"
     )]
     Locked(String),
+    #[error("{0} does not exist: `keys init` makes the first key")]
+    NoIdentity(String),
 }
 
 /// What the controller holds: the keys it encrypts to and those it opens with.
@@ -116,14 +118,7 @@ impl KeysDir {
             "# {} ({note})\n{recipient}\n",
             KeyId::of(recipient)
         ));
-        // Written whole, then renamed: a crash leaves the old list or the new.
-        let tmp = self.file(".recipients.txt.tmp");
-        tokio::fs::write(&tmp, text)
-            .await
-            .map_err(|e| io_error(&tmp, e))?;
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| io_error(&path, e))?;
+        self.write_recipients(text).await?;
         Ok(true)
     }
 
@@ -146,9 +141,24 @@ impl KeysDir {
         passphrase: Option<SecretString>,
     ) -> Result<Identities, KeysError> {
         let path = self.file(IDENTITY_FILE);
+        match self.identity_text(passphrase).await? {
+            None => Ok(Identities::default()),
+            Some((text, _)) => {
+                Identities::from_file_text(&text).map_err(|source| bad(&path, source))
+            }
+        }
+    }
+
+    /// The identity file's text, opened with `passphrase` when it is
+    /// protected (then with true); None when there is no file.
+    async fn identity_text(
+        &self,
+        passphrase: Option<SecretString>,
+    ) -> Result<Option<(String, bool)>, KeysError> {
+        let path = self.file(IDENTITY_FILE);
         let meta = match tokio::fs::metadata(&path).await {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Identities::default()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error(&path, e)),
         };
         use std::os::unix::fs::PermissionsExt;
@@ -159,26 +169,88 @@ impl KeysDir {
             .await
             .map_err(|e| io_error(&path, e))?;
         if !is_encrypted_file(&bytes) {
-            let text = String::from_utf8_lossy(&bytes);
-            return Identities::from_file_text(&text).map_err(|source| bad(&path, source));
+            return Ok(Some((String::from_utf8_lossy(&bytes).into_owned(), false)));
         }
         let Some(passphrase) = passphrase else {
             return Err(KeysError::Locked(path.display().to_string()));
         };
-        tokio::task::spawn_blocking(move || Identities::unlock(&bytes, passphrase))
+        // scrypt, tuned to about a second: not on the runtime's threads.
+        tokio::task::spawn_blocking(move || Identities::unlock_text(&bytes, passphrase))
             .await
             .map_err(|e| io_error(&path, io::Error::other(e)))?
+            .map(|text| Some((text, true)))
             .map_err(|source| bad(&path, source))
     }
-}
 
-impl Keys {
-    /// Whether an identity held here opens what is encrypted to `keys`.
-    pub fn opens_any(&self, keys: &[String]) -> bool {
-        self.identities
-            .key_ids()
-            .iter()
-            .any(|k| keys.iter().any(|s| s == k.as_str()))
+    /// Makes a new identity current: new backups are encrypted to it (and
+    /// to the recipients whose identity is not here, such as an escrow
+    /// key) instead of to this controller's older keys, whose identities
+    /// stay in `identity.txt` for the backups encrypted to them. Returns
+    /// the new key and the ids of those it replaced.
+    pub async fn rotate(
+        &self,
+        created: &str,
+        passphrase: Option<SecretString>,
+    ) -> Result<(age::x25519::Recipient, Vec<KeyId>), KeysError> {
+        let path = self.file(IDENTITY_FILE);
+        let Some((old_text, locked)) = self.identity_text(passphrase.clone()).await? else {
+            return Err(KeysError::NoIdentity(path.display().to_string()));
+        };
+        let old = Identities::from_file_text(&old_text).map_err(|source| bad(&path, source))?;
+        let identity = Identities::generate();
+        let recipient = identity.to_public();
+        // Newest first; the older ones kept whole, comments included.
+        let mut text = Identities::file_text(&identity, created);
+        text.push_str(&old_text);
+        if let Some(passphrase) = passphrase.filter(|_| locked) {
+            text = tokio::task::spawn_blocking(move || Identities::lock(&text, passphrase))
+                .await
+                .map_err(|e| io_error(&path, io::Error::other(e)))?
+                .map_err(|source| bad(&path, source))?;
+        }
+        let tmp = self.file(".identity.txt.tmp");
+        let _ = tokio::fs::remove_file(&tmp).await;
+        write_new_private(&tmp, text).await?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io_error(&path, e))?;
+
+        let replaced = old.key_ids();
+        let others = self
+            .recipients()
+            .await?
+            .map(|r| {
+                r.to_strings()
+                    .into_iter()
+                    .zip(r.key_ids())
+                    .filter(|(_, id)| !replaced.contains(id))
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let mut list = String::from(
+            "# The public keys every new backup is encrypted to (any one identity opens it).\n",
+        );
+        for (key, id) in &others {
+            list.push_str(&format!("# {id}\n{key}\n"));
+        }
+        list.push_str(&format!(
+            "# {} (this controller's key since {created})\n{recipient}\n",
+            KeyId::of(&recipient)
+        ));
+        self.write_recipients(list).await?;
+        Ok((recipient, replaced))
+    }
+
+    /// Replaces `recipients.txt` with `text`: written whole, then renamed,
+    /// so that a crash leaves the old list or the new.
+    async fn write_recipients(&self, text: String) -> Result<(), KeysError> {
+        let (tmp, path) = (self.file(".recipients.txt.tmp"), self.file(RECIPIENTS_FILE));
+        tokio::fs::write(&tmp, text)
+            .await
+            .map_err(|e| io_error(&tmp, e))?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| io_error(&path, e))
     }
 }
 
@@ -250,6 +322,33 @@ mod tests {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = dir.identities(None).await.unwrap_err().to_string();
         assert!(err.contains("must be 0600"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_rotated_key_takes_over_new_backups_and_the_old_one_still_opens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = KeysDir(tmp.path().join("keys"));
+        let first = dir.init("2026-12-01T00:00:00Z", None).await.unwrap();
+        let escrow = Identities::generate().to_public();
+        dir.add_recipient(&escrow, "escrow").await.unwrap();
+        let old_backup = dir
+            .recipients()
+            .await
+            .unwrap()
+            .unwrap()
+            .encrypt_armored(b"an old backup")
+            .unwrap();
+
+        let (second, replaced) = dir.rotate("2026-12-07T00:00:00Z", None).await.unwrap();
+        assert_eq!(replaced, vec![KeyId::of(&first)]);
+        let now = dir.recipients().await.unwrap().unwrap();
+        assert_eq!(now.key_ids(), vec![KeyId::of(&escrow), KeyId::of(&second)]);
+        let held = dir.identities(None).await.unwrap();
+        assert_eq!(held.recipients(), vec![second, first]);
+        assert_eq!(
+            held.open_armored(&old_backup, "x").unwrap(),
+            b"an old backup"
+        );
     }
 
     #[tokio::test]

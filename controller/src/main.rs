@@ -71,6 +71,21 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 println!("{} (key {}) is already a recipient.", r, KeyId::of(&r));
             }
         }
+        KeysCommand::Rotate => {
+            let created = time::OffsetDateTime::now_utc()
+                .format(&time::format_description::well_known::Rfc3339)?;
+            let (r, replaced) = dir
+                .rotate(&created, config.keys_passphrase().await?)
+                .await?;
+            println!("{r}");
+            let replaced: Vec<String> = replaced.iter().map(ToString::to_string).collect();
+            eprintln!(
+                "New backups are encrypted to key {} once the controller restarts; backups encrypted to {} still open with the identities kept in {}.",
+                KeyId::of(&r),
+                replaced.join(", "),
+                dir.0.join(hop3_controller::keys::IDENTITY_FILE).display()
+            );
+        }
         KeysCommand::List => {
             let identities = match dir.identities(config.keys_passphrase().await?).await {
                 Ok(i) => i,
@@ -87,23 +102,68 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                     dir.0.display()
                 );
             };
-            for (id, r) in recipients.key_ids().iter().zip(recipients.to_strings()) {
+            let counts = backups_per_key(config).await?;
+            let opens = |id: &KeyId| match counts.get(id.as_str()) {
+                Some(n) => format!("opens {n} backups"),
+                None => "opens no backup".to_owned(),
+            };
+            let ids = recipients.key_ids();
+            for (id, r) in ids.iter().zip(recipients.to_strings()) {
                 let here = if held.contains(id) {
                     "identity here"
                 } else {
                     "identity not here"
                 };
-                println!("{id}  {r}  {here}");
+                println!("{id}  {r}  {here}, {}", opens(id));
             }
-            let ids = recipients.key_ids();
             for (id, r) in held.iter().zip(identities.recipients()) {
                 if !ids.contains(id) {
-                    println!("{id}  {r}  identity here, not a recipient of new backups");
+                    println!(
+                        "{id}  {r}  identity here, not a recipient of new backups, {}",
+                        opens(id)
+                    );
                 }
             }
         }
     }
     Ok(())
+}
+
+/// How many COMPLETED backups each key id opens, from their manifests.
+async fn backups_per_key(
+    config: &Config,
+) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+    use futures::StreamExt;
+    let mut counts = std::collections::BTreeMap::new();
+    if !catalog_exists(&config.catalog_url()).await {
+        return Ok(counts);
+    }
+    let store = config.open_store().await?;
+    let catalog = Catalog::open(&config.catalog_url())
+        .await
+        .context("cannot open the catalog to count the backups of each key")?;
+    let rows = catalog
+        .list(
+            None,
+            Some(hop3_controller::catalog::BackupStatus::Completed),
+            u32::MAX,
+        )
+        .await?;
+    catalog.close().await;
+    let mut manifests = futures::stream::iter(rows)
+        .map(|row| {
+            let store = &store;
+            async move { store.read_manifest(&row.app, &row.backup_id).await }
+        })
+        .buffer_unordered(16);
+    while let Some(manifest) = manifests.next().await {
+        // A backup that cannot be read here is for `backup:info` to explain.
+        let Ok(manifest) = manifest else { continue };
+        for key in manifest.encrypted.iter().flat_map(|e| &e.keys) {
+            *counts.entry(key.clone()).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
 }
 
 /// `store check URL`: each step with ok or why not; exit 1 when one failed.

@@ -293,6 +293,11 @@ impl Identities {
     /// Parses an identity file that [`Identities::lock`] (or `age -p`)
     /// encrypted. CPU-bound for about a second (scrypt): off the runtime.
     pub fn unlock(bytes: &[u8], passphrase: SecretString) -> Result<Self, EncryptionError> {
+        Self::from_file_text(&Self::unlock_text(bytes, passphrase)?)
+    }
+
+    /// The text of an identity file [`Identities::lock`] encrypted.
+    pub fn unlock_text(bytes: &[u8], passphrase: SecretString) -> Result<String, EncryptionError> {
         let reader = io::BufReader::new(age::armor::ArmoredReader::new(bytes));
         let d = age::Decryptor::new_buffered(reader)
             .map_err(|e| EncryptionError::Damaged(e.to_string()))?;
@@ -310,7 +315,7 @@ impl Identities {
             })?
             .read_to_string(&mut text)
             .map_err(|e| EncryptionError::Damaged(e.to_string()))?;
-        Self::from_file_text(&text)
+        Ok(text)
     }
 }
 

@@ -376,3 +376,78 @@ fn a_passphrase_protected_identity_restores_once_unlocked_at_start() -> Result<(
     );
     Ok(())
 }
+
+/// The key ids `metadata.json` of backup `id` says it is encrypted to.
+fn encrypted_to(sys: &System, id: &str) -> Result<Vec<String>> {
+    let path = sys.backup_dir("shop", id).join("metadata.json");
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(path)?)?;
+    Ok(manifest["encrypted"]["keys"]
+        .as_array()
+        .context("no encrypted section")?
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect())
+}
+
+#[test]
+fn after_a_rotation_new_backups_use_the_new_key_and_old_ones_still_restore() -> Result<()> {
+    let mut sys = System::builder().encrypted().start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "shop", 89, &scratch)?;
+    let before = Snapshot::of(&app.dir)?;
+    let old = sys.create("shop")?.backup_id;
+    let keys = sys.keys_dir.display().to_string();
+    let rotated = sys
+        .admin(["keys", "rotate", "--keys-dir", &keys])
+        .success()?;
+    ensure!(
+        rotated.stdout.trim().starts_with("age1"),
+        "{}",
+        rotated.stdout
+    );
+    sys.restart_controller()?;
+    app.mutate(&scratch)?;
+    let after = Snapshot::of(&app.dir)?;
+    let new = sys.create("shop")?.backup_id;
+    let (old_keys, new_keys) = (encrypted_to(&sys, &old)?, encrypted_to(&sys, &new)?);
+    ensure!(
+        old_keys.len() == 1 && new_keys.len() == 1 && old_keys != new_keys,
+        "{old_keys:?} {new_keys:?}"
+    );
+    let listed = sys.admin(["keys", "list", "--keys-dir", &keys]).success()?;
+    let line = |key: &str| {
+        listed
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(key))
+            .map(str::to_owned)
+    };
+    ensure!(
+        line(&new_keys[0]).is_some_and(|l| l.contains("identity here, opens 1 backups"))
+            && line(&old_keys[0])
+                .is_some_and(|l| l.contains("not a recipient of new backups, opens 1 backups")),
+        "{}",
+        listed.stdout
+    );
+    // Both open with the one identity file, in hop3 and with the age CLI.
+    let identity = sys.keys_dir.join("identity.txt");
+    for id in [&old, &new] {
+        let env = sys.backup_dir("shop", id).join("env.json.age");
+        sh(&format!(
+            "age -d -i {} {} > /dev/null",
+            identity.display(),
+            env.display()
+        ))?;
+    }
+    sys.restore(&old, None)?;
+    before.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the backup made before the rotation",
+    )?;
+    sys.restore(&new, None)?;
+    after.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the backup made after the rotation",
+    )?;
+    Ok(())
+}
