@@ -60,7 +60,8 @@ fn a_store_off_the_host_takes_no_backup_in_the_clear_without_being_told() -> Res
     moto.create_bucket(BUCKET)?;
     let tmp = tempfile::Builder::new().prefix("hop3-e2e-").tempdir()?;
     let t = tmp.path();
-    let out = Command::new(hop3_tests::harness::binary("hop3-controller"))
+    let log = t.join("controller.log");
+    let mut child = Command::new(hop3_tests::harness::binary("hop3-controller"))
         .args(["--listen", "127.0.0.1:0", "--store", URL])
         .arg("--state-dir")
         .arg(t.join("state"))
@@ -69,10 +70,15 @@ fn a_store_off_the_host_takes_no_backup_in_the_clear_without_being_told() -> Res
         .arg("--socket")
         .arg(t.join("ctl.sock"))
         .envs(moto.env())
-        .output()?;
-    let err = String::from_utf8_lossy(&out.stderr);
+        .stdin(std::process::Stdio::null())
+        .stderr(fs::File::create(&log)?)
+        .spawn()?;
+    // A controller that starts anyway would serve for ever: it is killed
+    // when the deadline passes, and the test fails.
+    let status = hop3_tests::harness::wait_child(&mut child, std::time::Duration::from_secs(30));
+    let err = fs::read_to_string(&log)?;
     ensure!(
-        !out.status.success(),
+        status.is_ok_and(|s| !s.success()),
         "the controller started with no keys: {err}"
     );
     ensure!(
