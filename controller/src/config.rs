@@ -472,6 +472,8 @@ impl Config {
         Ok(crate::keys::Keys {
             encrypt_to,
             identities: std::sync::Arc::new(identities),
+            clear_refused_by: (!remote.is_empty() && !self.allow_plaintext_store)
+                .then(|| remote.join(", ")),
         })
     }
 

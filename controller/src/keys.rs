@@ -56,6 +56,9 @@ pub struct Keys {
     pub encrypt_to: Option<Arc<Recipients>>,
     /// The identities held here (may be none: restores then refuse).
     pub identities: Arc<Identities>,
+    /// The stores off the host that take no backup in the clear (none
+    /// when --allow-plaintext-store or every store is local).
+    pub clear_refused_by: Option<String>,
 }
 
 /// The keys directory.

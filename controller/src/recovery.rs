@@ -335,6 +335,16 @@ pub async fn import(ctl: &Controller, requested: &Path) -> Result<BackupRow> {
             src.shown().join(MANIFEST_FILE).display()
         ))
     })?;
+    // The bytes are copied as they are: a plain backup would sit in the
+    // clear in a bucket that takes only encrypted ones.
+    if let Some(stores) = &ctl.keys.clear_refused_by
+        && !manifest.any_encrypted()
+    {
+        return Err(ControllerError::InvalidArgument(format!(
+            "{}: the backup is not encrypted, and {stores} takes only encrypted backups (--allow-plaintext-store allows it); restore it with a controller on a local store, then back the app up here",
+            src.shown().display()
+        )));
+    }
     let sealed = match src.read(SEAL_FILE, 1024).await {
         Ok(seal) => ctl.store.seal_verifies(&bytes, &seal),
         Err(_) => false,

@@ -236,16 +236,26 @@ fn failures_overdue_schedules_and_recoveries_alert_and_metrics_tell() -> Result<
         listed[0]
     );
 
-    // shop succeeds meanwhile, and the metrics say so.
-    wait_until(Duration::from_secs(30), "shop's first success", || {
-        let m = scrape(metrics_port)?;
-        Ok(m.keys()
-            .any(|k| {
+    // shop succeeds meanwhile, and the metrics say so. The gauges are
+    // refreshed every 5 s: broken's last status may still be the one from
+    // before its run ended (failure counters are counted at once).
+    wait_until(
+        Duration::from_secs(30),
+        "shop's first success and broken's failed run",
+        || {
+            let m = scrape(metrics_port)?;
+            let shop_ok = m.keys().any(|k| {
                 k.starts_with("hop3_backup_last_successful_timestamp{")
                     && k.contains("app=\"shop\"")
-            })
-            .then_some(()))
-    })?;
+            });
+            let broken_failed = m.iter().any(|(k, v)| {
+                k.starts_with("hop3_backup_last_status{")
+                    && k.contains("app=\"broken\"")
+                    && *v == 0.0
+            });
+            Ok((shop_ok && broken_failed).then_some(()))
+        },
+    )?;
     let m = scrape(metrics_port)?;
     let value = |prefix: &str, needles: &[&str]| {
         m.iter()

@@ -457,3 +457,34 @@ fn after_a_rotation_new_backups_use_the_new_key_and_old_ones_still_restore() -> 
     )?;
     Ok(())
 }
+
+#[test]
+fn a_plain_backup_is_not_imported_into_a_bucket_that_takes_only_encrypted_ones() -> Result<()> {
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let plain = System::start()?;
+    let scratch = plain.scratch("fixtures")?;
+    App::build(&plain.root, "shop", 97, &scratch)?;
+    let id = plain.create("shop")?.backup_id;
+
+    let sys = on_s3(&moto).encrypted().start()?;
+    let placed = sys.store.join("import").join(&id);
+    fs::create_dir_all(sys.store.join("import"))?;
+    sh(&format!(
+        "cp -a {} {}",
+        plain.backup_dir("shop", &id).display(),
+        placed.display()
+    ))?;
+    sys.hop3(["backup:import", placed.to_str().context("path")?])
+        .failure(&[
+            "the backup is not encrypted",
+            "takes only encrypted backups",
+        ])?;
+    ensure!(
+        moto.keys(BUCKET)?.iter().all(|k| !k.contains(&id)),
+        "{:?}",
+        moto.keys(BUCKET)?
+    );
+    ensure!(sys.list(&[])?.is_empty());
+    Ok(())
+}
