@@ -152,13 +152,6 @@ impl Write for Encrypter {
     }
 }
 
-impl Drop for Encrypter {
-    fn drop(&mut self) {
-        // An artifact abandoned halfway: the thread ends with the channel.
-        self.tx = None;
-    }
-}
-
 /// The recipients a request names, parsed; None when it names none.
 pub fn recipients(req: &v1::BackupAppRequest) -> Result<Option<Arc<Recipients>>> {
     if req.recipients.is_empty() {

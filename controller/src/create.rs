@@ -418,7 +418,7 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Res
     let encoding = |path: &str| {
         let plain = path
             .strip_suffix(ENCRYPTED_SUFFIX)
-            .filter(|_| !keys.is_empty());
+            .filter(|_| job.encrypt_to.is_some());
         let mut e = job.format.encoding_of(plain.unwrap_or(path));
         if plain.is_some() {
             e.encryption = Some(Encryption {

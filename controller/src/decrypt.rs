@@ -3,7 +3,7 @@
 //! here, on the controller, so that an identity never goes to a host.
 
 use std::io::{self, Read};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use hop3_proto::manifest::{Manifest, ManifestError, Plaintexts};
@@ -61,8 +61,26 @@ pub fn open_manifest(identities: &Identities, manifest: &Manifest) -> Result<Opt
 #[error("{0}")]
 pub struct Undecryptable(pub String);
 
+/// The store's side of a decryption: keeps the store's read error, so that
+/// it is reported as the store's and not taken for damage (age passes it
+/// up as its own read error).
+struct Watched<R> {
+    inner: R,
+    failed: Arc<Mutex<Option<io::Error>>>,
+}
+
+impl<R: Read> Read for Watched<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner.read(buf).inspect_err(|e| {
+            *self.failed.lock().expect("not poisoned") =
+                Some(io::Error::new(e.kind(), e.to_string()));
+        })
+    }
+}
+
 /// The plaintext of the age file `stream` holds, decrypted on a blocking
-/// thread. Damage shows as a read error wrapping [`Undecryptable`].
+/// thread. Damage shows as a read error wrapping [`Undecryptable`]; the
+/// store's own read errors as they are.
 pub fn plaintext(
     stream: ByteStream,
     identities: Arc<Identities>,
@@ -70,12 +88,20 @@ pub fn plaintext(
 ) -> impl AsyncRead + Unpin + Send + 'static {
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(BLOCKS_IN_FLIGHT);
     tokio::task::spawn_blocking(move || {
-        let input =
-            io::BufReader::with_capacity(PLAIN_READ, SyncIoBridge::new(StreamReader::new(stream)));
+        let failed = Arc::new(Mutex::new(None));
+        let watched = Watched {
+            inner: SyncIoBridge::new(StreamReader::new(stream)),
+            failed: failed.clone(),
+        };
+        let error = |e: &dyn std::fmt::Display| match failed.lock().expect("not poisoned").take() {
+            Some(store) => store,
+            None => io::Error::other(Undecryptable(e.to_string())),
+        };
+        let input = io::BufReader::with_capacity(PLAIN_READ, watched);
         let mut reader = match identities.open(input, &keys) {
             Ok(r) => r,
             Err(e) => {
-                let _ = tx.blocking_send(Err(io::Error::other(Undecryptable(e.to_string()))));
+                let _ = tx.blocking_send(Err(error(&e)));
                 return;
             }
         };
@@ -88,8 +114,7 @@ pub fn plaintext(
                     Ok(0) => break,
                     Ok(n) => filled += n,
                     Err(e) => {
-                        let _ =
-                            tx.blocking_send(Err(io::Error::other(Undecryptable(e.to_string()))));
+                        let _ = tx.blocking_send(Err(error(&e)));
                         return;
                     }
                 }
@@ -105,4 +130,62 @@ pub fn plaintext(
         }
     });
     StreamReader::new(ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use hop3_wire::encryption::Recipients;
+    use std::io::Write;
+    use tokio::io::AsyncReadExt;
+
+    fn sealed(plain: &[u8]) -> (Arc<Identities>, Vec<u8>) {
+        let id = Identities::generate();
+        let text = Identities::file_text(&id, "now");
+        let recipients = Recipients::parse(&[id.to_public().to_string()]).unwrap();
+        let mut w = recipients.encrypt_into(Vec::new()).unwrap();
+        w.write_all(plain).unwrap();
+        let (bytes, _) = w.finish().unwrap();
+        (Arc::new(Identities::from_file_text(&text).unwrap()), bytes)
+    }
+
+    async fn read_all(stream: ByteStream, ids: Arc<Identities>) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        plaintext(stream, ids, "k".into())
+            .read_to_end(&mut out)
+            .await
+            .map(|_| out)
+    }
+
+    #[tokio::test]
+    async fn damage_is_undecryptable_and_a_store_error_stays_the_stores() {
+        let plain = vec![5u8; 300_000];
+        let (ids, bytes) = sealed(&plain);
+        let whole = futures::stream::iter([Ok(Bytes::from(bytes.clone()))]).boxed();
+        assert_eq!(read_all(whole, ids.clone()).await.unwrap(), plain);
+
+        let mut flipped = bytes.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 1;
+        let damaged = futures::stream::iter([Ok(Bytes::from(flipped))]).boxed();
+        let err = read_all(damaged, ids.clone()).await.unwrap_err();
+        assert!(
+            err.get_ref().is_some_and(|e| e.is::<Undecryptable>()),
+            "{err:?}"
+        );
+
+        let half = Bytes::from(bytes[..bytes.len() / 2].to_vec());
+        let cut = futures::stream::iter([
+            Ok(half),
+            Err(io::Error::new(
+                io::ErrorKind::ConnectionReset,
+                "the bucket went away",
+            )),
+        ])
+        .boxed();
+        let err = read_all(cut, ids).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset, "{err:?}");
+        assert!(err.to_string().contains("the bucket went away"), "{err}");
+    }
 }

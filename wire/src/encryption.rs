@@ -110,10 +110,6 @@ impl Recipients {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
     fn encryptor(&self) -> Result<age::Encryptor, EncryptionError> {
         age::Encryptor::with_recipients(self.0.iter().map(|r| r as &dyn age::Recipient))
             .map_err(|_| EncryptionError::NoRecipients)
@@ -220,10 +216,6 @@ impl Identities {
             identity.to_public(),
             identity.to_string().expose_secret()
         )
-    }
-
-    pub fn extend(&mut self, other: Identities) {
-        self.0.extend(other.0);
     }
 
     pub fn is_empty(&self) -> bool {
