@@ -235,6 +235,15 @@ pub enum KeysCommand {
     /// identity.txt for the backups encrypted to them. Restart the
     /// controller afterwards.
     Rotate,
+    /// Retire a key: the running controller encrypts every backup sealed
+    /// to it again, to recipients.txt, in the background (new objects
+    /// first, checked, then the manifest switched, then the old objects
+    /// removed); `keys list` shows how many are left. Once none is, the
+    /// key's identity can be destroyed.
+    Retire {
+        /// The key: its id (as `keys list` shows it) or its age1... recipient.
+        key: String,
+    },
 }
 
 /// `hop3-controller store ...`
@@ -454,9 +463,10 @@ impl Config {
             .map(ToString::to_string)
             .collect();
         let wanted = self.encrypt || (!remote.is_empty() && !self.allow_plaintext_store);
-        let encrypt_to = match (wanted, recipients) {
+        let recipients = recipients.map(std::sync::Arc::new);
+        let encrypt_to = match (wanted, recipients.clone()) {
             (false, _) => None,
-            (true, Some(r)) => Some(std::sync::Arc::new(r)),
+            (true, Some(r)) => Some(r),
             (true, None) if self.encrypt => anyhow::bail!(
                 "--encrypt needs keys and {} has none: run `hop3-controller keys init --keys-dir {}`",
                 dir.0.display(),
@@ -474,6 +484,8 @@ impl Config {
             identities: std::sync::Arc::new(identities),
             clear_refused_by: (!remote.is_empty() && !self.allow_plaintext_store)
                 .then(|| remote.join(", ")),
+            recipients,
+            dir: Some(dir),
         })
     }
 

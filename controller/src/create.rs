@@ -440,6 +440,7 @@ fn manifest(job: &CreateJob, received: Received, partial: &PartialBackup) -> Res
             Some(EncryptedSection {
                 keys: keys.clone(),
                 payload,
+                dir: None,
             })
         }
     };

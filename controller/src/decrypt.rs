@@ -24,6 +24,15 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 /// The manifest as the agent must see it (plain paths, plaintext digests),
 /// when the backup is encrypted; None when it is not.
 pub fn open_manifest(identities: &Identities, manifest: &Manifest) -> Result<Option<Manifest>> {
+    match open_plaintexts(identities, manifest)? {
+        None => Ok(None),
+        Some(plain) => Ok(Some(manifest.opened(&plain)?)),
+    }
+}
+
+/// The manifest's encrypted section, opened: the plaintext digests of its
+/// encrypted artifacts; None when the backup is not encrypted.
+pub fn open_plaintexts(identities: &Identities, manifest: &Manifest) -> Result<Option<Plaintexts>> {
     let Some(section) = &manifest.encrypted else {
         return Ok(None);
     };
@@ -51,7 +60,7 @@ pub fn open_manifest(identities: &Identities, manifest: &Manifest) -> Result<Opt
         })?;
     let plain: Plaintexts = serde_json::from_slice(&json)
         .map_err(|e| ManifestError::BadEncryptedSection(e.to_string()))?;
-    Ok(Some(manifest.opened(&plain)?))
+    Ok(Some(plain))
 }
 
 /// Why an artifact's bytes did not decrypt: carried inside the

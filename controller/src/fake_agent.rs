@@ -85,6 +85,7 @@ impl AgentService for FakeAgent {
         req: Request<v1::BackupAppRequest>,
     ) -> Result<Response<Self::BackupAppStream>, Status> {
         assert_eq!(req.get_ref().format, "1.1");
+        let recipients = req.get_ref().recipients.clone();
         let (out, rx) = EventSender::channel();
         let script = self.script;
         tokio::spawn(async move {
@@ -99,6 +100,22 @@ impl AgentService for FakeAgent {
             let mut all = artifacts();
             if script.two_data_archives {
                 all.insert("data.tar.gz".into(), b"another data archive".to_vec());
+            }
+            // Encrypted as the agent does, when it is given recipients.
+            let mut plain = BTreeMap::new();
+            if !recipients.is_empty() {
+                let to = hop3_wire::encryption::Recipients::parse(&recipients).unwrap();
+                all = all
+                    .into_iter()
+                    .map(|(path, bytes)| {
+                        let mut w = to.encrypt_into(Vec::new()).unwrap();
+                        std::io::Write::write_all(&mut w, &bytes).unwrap();
+                        let (sealed, digest) = w.finish().unwrap();
+                        let path = hop3_proto::format::stored_path(&path, true);
+                        plain.insert(path.clone(), digest);
+                        (path, sealed)
+                    })
+                    .collect();
             }
             for (id, path) in (0..).zip(all.keys()) {
                 let start = v1::ArtifactStart {
@@ -129,11 +146,16 @@ impl AgentService for FakeAgent {
                 } else {
                     Checksum::of(bytes)
                 };
+                let (plain_sha256, plain_size) = plain
+                    .get(path)
+                    .map(|(c, n): &(Checksum, u64)| (c.to_string(), *n))
+                    .unwrap_or_default();
                 let end = v1::ArtifactEnd {
                     sha256: claimed.to_string(),
                     size: bytes.len() as u64,
                     id,
-                    ..Default::default()
+                    plain_sha256,
+                    plain_size,
                 };
                 out.send(Carrier::carry(Frame::End(end))).await.unwrap();
             }
@@ -203,6 +225,16 @@ async fn controller_copying(
     dir: &std::path::Path,
     copies: Vec<Store>,
 ) -> (Arc<Controller>, Memory) {
+    controller_with_keys(agent, dir, copies, Default::default()).await
+}
+
+/// [`controller_copying`], with `keys`.
+async fn controller_with_keys(
+    agent: FakeAgent,
+    dir: &std::path::Path,
+    copies: Vec<Store>,
+    keys: crate::keys::Keys,
+) -> (Arc<Controller>, Memory) {
     let memory = Memory::new();
     let store = Store::with_backend(Arc::new(memory.clone()), dir)
         .await
@@ -239,7 +271,7 @@ async fn controller_copying(
         scheduler: Default::default(),
         alerts: crate::alerts::Alerter::new(Default::default()),
         copies: crate::copies::Copies::new(copies),
-        keys: Default::default(),
+        keys,
     };
     (Arc::new(ctl), memory)
 }
@@ -711,4 +743,139 @@ async fn the_copier_comes_back_soon_for_a_backup_it_found_busy() {
     let row = ctl.backup_row(&id).await.unwrap();
     let copied = crate::copies::locate(&ctl, &[row]).await.unwrap().remove(0);
     assert_eq!(copied[1].state, "ok");
+}
+
+/// The keys of a controller whose backups are sealed to `old` and whose
+/// recipients are now `new` alone (a `keys rotate` in effect), with the
+/// identities of both.
+fn rotated_keys() -> (crate::keys::Keys, String, String) {
+    use hop3_wire::encryption::{Identities, KeyId, Recipients};
+    let (old, new) = (Identities::generate(), Identities::generate());
+    let text = format!(
+        "{}{}",
+        Identities::file_text(&new, "now"),
+        Identities::file_text(&old, "before")
+    );
+    let to = |i: &age::x25519::Identity| {
+        Some(Arc::new(
+            Recipients::parse(&[i.to_public().to_string()]).unwrap(),
+        ))
+    };
+    let keys = crate::keys::Keys {
+        encrypt_to: to(&old),
+        identities: Arc::new(Identities::from_file_text(&text).unwrap()),
+        clear_refused_by: None,
+        recipients: to(&new),
+        dir: None,
+    };
+    let ids = (
+        KeyId::of(&old.to_public()).to_string(),
+        KeyId::of(&new.to_public()).to_string(),
+    );
+    (keys, ids.0, ids.1)
+}
+
+#[tokio::test]
+async fn a_retired_key_leaves_every_backup_and_copy_sealed_to_the_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let offsite = Memory::named("offsite");
+    let copy_store = Store::with_backend(Arc::new(offsite.clone()), tmp.path())
+        .await
+        .unwrap();
+    let (keys, old, new) = rotated_keys();
+    let agent = FakeAgent::default();
+    let restored = agent.restored.clone();
+    let (ctl, memory) = controller_with_keys(agent, tmp.path(), vec![copy_store], keys).await;
+    let ids = backups(&ctl, 2).await;
+    assert_eq!(crate::copies::pass(&ctl).await.unwrap(), 2);
+    let keys_of = |id: &str| {
+        let ctl = ctl.clone();
+        let id = id.to_owned();
+        async move {
+            let m = ctl.store.read_manifest(APP, &id).await.unwrap();
+            m.encrypted.unwrap().keys
+        }
+    };
+    assert_eq!(keys_of(&ids[0]).await, vec![old.clone()]);
+
+    // A damaged artifact: that backup is left exactly as it was, the other
+    // encrypted again.
+    let env = format!("apps/{APP}/{}/env.json.age", ids[1]);
+    let (damaged_before, good_env) = (stored(&memory, &ids[1]), {
+        let mut s = ctl
+            .store
+            .open_artifact(APP, &ids[1], "env.json.age")
+            .await
+            .unwrap();
+        let mut b = Vec::new();
+        while let Some(x) = futures::StreamExt::next(&mut s).await {
+            b.extend_from_slice(&x.unwrap());
+        }
+        b
+    });
+    let mut flipped = good_env.clone();
+    let at = flipped.len() - 20;
+    flipped[at] ^= 1;
+    memory.overwrite(&env, &flipped);
+    let first = crate::retire::pass(&ctl, &old).await.unwrap();
+    assert_eq!((first.done, first.left), (1, 1));
+    assert_eq!(
+        stored(&memory, &ids[1]),
+        damaged_before,
+        "nothing added or removed"
+    );
+    assert_eq!(keys_of(&ids[1]).await, vec![old.clone()]);
+    assert_eq!(keys_of(&ids[0]).await, vec![new.clone()]);
+
+    // Mended, with what a rewrite stopped before its switch leaves: the
+    // next pass removes that and finishes.
+    memory.overwrite(&env, &good_env);
+    memory.overwrite(
+        &format!("apps/{APP}/{}/sealed-2/env.json.age", ids[1]),
+        b"half",
+    );
+    let second = crate::retire::pass(&ctl, &old).await.unwrap();
+    assert_eq!((second.done, second.left), (1, 0));
+    assert_eq!(crate::retire::pass(&ctl, &old).await.unwrap().done, 0);
+    for id in &ids {
+        assert_eq!(keys_of(id).await, vec![new.clone()]);
+        assert!(ctl.store.sealed(APP, id).await, "sealed anew");
+        assert_eq!(
+            stored(&memory, id),
+            [
+                "metadata.json",
+                "metadata.seal",
+                "sealed-2/app.json.age",
+                "sealed-2/data.tar.zst.age",
+                "sealed-2/env.json.age",
+                "sealed-2/source.tar.zst.age"
+            ]
+        );
+        let row = ctl.catalog.get(id).await.unwrap().unwrap();
+        let m = ctl.store.read_manifest(APP, id).await.unwrap();
+        assert_eq!(row.total_size, m.size_bytes);
+        // Every plaintext byte comes back.
+        let result = last(restore::start(&ctl, restore_request(id)).await.unwrap()).await;
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(restored.lock().unwrap().take().unwrap(), artifacts());
+    }
+
+    // The copies are brought up to date the same way, when their retry is due.
+    let later = chrono::Utc::now() + chrono::Duration::hours(2);
+    let made = crate::copies::pass_at(&ctl, later, crate::copies::Scope::Retries)
+        .await
+        .unwrap()
+        .made;
+    assert_eq!(made, 2);
+    for id in &ids {
+        assert_eq!(stored(&offsite, id), stored(&memory, id));
+        let copy = Store::with_backend(Arc::new(offsite.clone()), tmp.path())
+            .await
+            .unwrap();
+        assert_eq!(
+            copy.read_manifest(APP, id).await.unwrap(),
+            ctl.store.read_manifest(APP, id).await.unwrap()
+        );
+        assert!(copy.sealed(APP, id).await);
+    }
 }

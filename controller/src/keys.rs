@@ -19,6 +19,10 @@ use hop3_wire::encryption::{EncryptionError, Identities, KeyId, Recipients, is_e
 pub const IDENTITY_FILE: &str = "identity.txt";
 /// The public keys file in the keys directory.
 pub const RECIPIENTS_FILE: &str = "recipients.txt";
+/// The keys being retired (`keys retire`), one id per line: the
+/// controller encrypts the backups sealed to them again, to the
+/// recipients, and takes each off the list once none is left.
+pub const RETIRING_FILE: &str = "retiring.txt";
 
 /// Why the keys could not be made or read.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +63,11 @@ pub struct Keys {
     /// The stores off the host that take no backup in the clear (none
     /// when --allow-plaintext-store or every store is local).
     pub clear_refused_by: Option<String>,
+    /// `recipients.txt` as read at start, encryption on or not: what a
+    /// retired key's backups are encrypted to again.
+    pub recipients: Option<Arc<Recipients>>,
+    /// Where the keys are (none in tests that need no retiring).
+    pub dir: Option<KeysDir>,
 }
 
 /// The keys directory.
@@ -244,10 +253,63 @@ impl KeysDir {
         Ok((recipient, replaced))
     }
 
+    /// The ids of the keys being retired.
+    pub async fn retiring(&self) -> Result<Vec<String>, KeysError> {
+        let path = self.file(RETIRING_FILE);
+        match tokio::fs::read_to_string(&path).await {
+            Ok(text) => Ok(text
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned)
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_error(&path, e)),
+        }
+    }
+
+    /// Adds `id` to the keys being retired; false when it was there already.
+    pub async fn retire(&self, id: &KeyId) -> Result<bool, KeysError> {
+        let mut ids = self.retiring().await?;
+        if ids.iter().any(|i| i == id.as_str()) {
+            return Ok(false);
+        }
+        ids.push(id.to_string());
+        self.write_retiring(&ids).await?;
+        Ok(true)
+    }
+
+    /// Takes `id` off the keys being retired: no backup is sealed to it any more.
+    pub async fn retired(&self, id: &str) -> Result<(), KeysError> {
+        let ids: Vec<String> = self
+            .retiring()
+            .await?
+            .into_iter()
+            .filter(|i| i != id)
+            .collect();
+        self.write_retiring(&ids).await
+    }
+
+    async fn write_retiring(&self, ids: &[String]) -> Result<(), KeysError> {
+        let mut text = String::from(
+            "# Keys being retired: the controller encrypts their backups again, to recipients.txt.\n",
+        );
+        for id in ids {
+            text.push_str(id);
+            text.push('\n');
+        }
+        self.replace(RETIRING_FILE, text).await
+    }
+
     /// Replaces `recipients.txt` with `text`: written whole, then renamed,
     /// so that a crash leaves the old list or the new.
     async fn write_recipients(&self, text: String) -> Result<(), KeysError> {
-        let (tmp, path) = (self.file(".recipients.txt.tmp"), self.file(RECIPIENTS_FILE));
+        self.replace(RECIPIENTS_FILE, text).await
+    }
+
+    /// Replaces the file `name` with `text`: written whole, then renamed.
+    async fn replace(&self, name: &str, text: String) -> Result<(), KeysError> {
+        let (tmp, path) = (self.file(&format!(".{name}.tmp")), self.file(name));
         tokio::fs::write(&tmp, text)
             .await
             .map_err(|e| io_error(&tmp, e))?;

@@ -27,6 +27,7 @@ pub mod recovery;
 mod registry;
 mod restore;
 pub mod retention;
+mod retire;
 pub mod schedule;
 pub mod scheduler;
 mod schedules;

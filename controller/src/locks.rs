@@ -76,6 +76,8 @@ pub enum BackupUse {
     Create,
     /// A delete removes it (exclusive).
     Delete,
+    /// `keys retire` encrypts it again, replacing its objects (exclusive).
+    Reencrypt,
 }
 
 impl BackupUse {
@@ -89,11 +91,12 @@ impl BackupUse {
             Self::Copy => "being copied to another store",
             Self::Create => "being written",
             Self::Delete => "being deleted",
+            Self::Reencrypt => "being encrypted again (keys retire)",
         }
     }
 
     fn exclusive(self) -> bool {
-        matches!(self, Self::Create | Self::Delete)
+        matches!(self, Self::Create | Self::Delete | Self::Reencrypt)
     }
 }
 

@@ -25,7 +25,7 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
-/// `keys init | add-recipient | list`.
+/// `keys init | add-recipient | rotate | retire | list`.
 async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
     use hop3_wire::encryption::{KeyId, recipient};
     let dir = config.keys_dir();
@@ -86,6 +86,51 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 dir.0.join(hop3_controller::keys::IDENTITY_FILE).display()
             );
         }
+        KeysCommand::Retire { key } => {
+            let id = KeyId::parse(&key)?;
+            let Some(recipients) = dir.recipients().await? else {
+                anyhow::bail!(
+                    "{} holds no keys: run `hop3-controller keys init`",
+                    dir.0.display()
+                );
+            };
+            if recipients.key_ids().contains(&id) {
+                anyhow::bail!(
+                    "key {id} is a recipient of new backups: run `hop3-controller keys rotate` first (or take it out of {}), and restart the controller",
+                    dir.0.join(hop3_controller::keys::RECIPIENTS_FILE).display()
+                );
+            }
+            let identities = dir.identities(config.keys_passphrase().await?).await?;
+            if !identities.key_ids().contains(&id) {
+                anyhow::bail!(
+                    "{} holds no identity of key {id}: the backups sealed to it cannot be opened here to encrypt them again",
+                    dir.0.join(hop3_controller::keys::IDENTITY_FILE).display()
+                );
+            }
+            let left = backups_per_key(config)
+                .await?
+                .get(id.as_str())
+                .copied()
+                .unwrap_or(0);
+            if left == 0 {
+                println!(
+                    "No backup is sealed to key {id}: its identity can be destroyed (take it out of {}).",
+                    dir.0.join(hop3_controller::keys::IDENTITY_FILE).display()
+                );
+                return Ok(());
+            }
+            dir.retire(&id).await?;
+            let to: Vec<String> = recipients
+                .key_ids()
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            println!(
+                "Retiring key {id}: the controller encrypts its {left} backups again, to {}, in the background (each checked before its old objects go).\n\
+                 `hop3-controller keys list` shows how many are left; once none is, the identity of {id} can be destroyed.",
+                to.join(", ")
+            );
+        }
         KeysCommand::List => {
             let identities = match dir.identities(config.keys_passphrase().await?).await {
                 Ok(i) => i,
@@ -103,9 +148,16 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 );
             };
             let counts = backups_per_key(config).await?;
-            let opens = |id: &KeyId| match counts.get(id.as_str()) {
-                Some(n) => format!("opens {n} backups"),
-                None => "opens no backup".to_owned(),
+            let retiring = dir.retiring().await?;
+            let opens = |id: &KeyId| {
+                let n = match counts.get(id.as_str()) {
+                    Some(n) => format!("opens {n} backups"),
+                    None => "opens no backup".to_owned(),
+                };
+                match retiring.iter().any(|r| r == id.as_str()) {
+                    true => format!("{n}, being retired"),
+                    false => n,
+                }
             };
             let ids = recipients.key_ids();
             for (id, r) in ids.iter().zip(recipients.to_strings()) {

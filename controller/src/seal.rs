@@ -78,18 +78,25 @@ impl SealKey {
         )
     }
 
-    /// Whether `seal` is this key's seal of `manifest` (in constant time).
+    /// One seal that holds for either of two metadata.json: written while a
+    /// rewrite replaces one with the other, so that a stop between the
+    /// manifest's write and the seal's leaves a sealed backup.
+    pub fn seal_either(&self, old: &[u8], new: &[u8]) -> String {
+        format!("{}{}", self.seal(old), self.seal(new))
+    }
+
+    /// Whether `seal` (any of its lines) is this key's seal of `manifest`
+    /// (in constant time).
     pub fn verify(&self, manifest: &[u8], seal: &[u8]) -> bool {
-        let Some(hex_mac) = std::str::from_utf8(seal)
-            .ok()
-            .and_then(|s| s.trim().strip_prefix(PREFIX))
-        else {
+        let Ok(text) = std::str::from_utf8(seal) else {
             return false;
         };
-        let Ok(tag) = hex::decode(hex_mac) else {
-            return false;
-        };
-        self.mac(manifest).verify_slice(&tag).is_ok()
+        text.lines().any(|line| {
+            line.trim()
+                .strip_prefix(PREFIX)
+                .and_then(|h| hex::decode(h).ok())
+                .is_some_and(|tag| self.mac(manifest).verify_slice(&tag).is_ok())
+        })
     }
 }
 
@@ -111,5 +118,10 @@ mod tests {
         let (stranger, _) = SealKey::load_or_create(other.path()).await.unwrap();
         assert!(!stranger.verify(b"{\"a\":1}", seal.as_bytes()));
         assert!(!key.verify(b"{\"a\":1}", b"hmac-sha256:00"));
+        let either = key.seal_either(b"{\"a\":1}", b"{\"a\":2}");
+        assert!(key.verify(b"{\"a\":1}", either.as_bytes()));
+        assert!(key.verify(b"{\"a\":2}", either.as_bytes()));
+        assert!(!key.verify(b"{\"a\":3}", either.as_bytes()));
+        assert!(!stranger.verify(b"{\"a\":2}", either.as_bytes()));
     }
 }

@@ -200,6 +200,7 @@ pub async fn run(
     crate::scheduler::spawn(ctl.clone());
     crate::sweep::spawn(ctl.clone(), config.store_sweep_interval);
     crate::copies::spawn(ctl.clone());
+    crate::retire::spawn(ctl.clone());
     hop3_wire::serving::notify_ready();
     let mut builder = Server::builder();
     if let Some(tls) = &tls {

@@ -69,6 +69,13 @@ pub struct EncryptedSection {
     pub keys: Vec<String>,
     /// An ASCII-armored age file (`age -d` reads it as it is).
     pub payload: String,
+    /// The directory the encrypted artifacts lie in when they were
+    /// encrypted again after the backup was made (`keys retire`):
+    /// `sealed-2/data.tar.zst.age` opens as `data.tar.zst`. Each new
+    /// encryption writes new objects under a new directory, so that the
+    /// old stay whole until the manifest names the new.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<String>,
 }
 
 /// What the encrypted section holds: per encrypted artifact (by stored path), the
@@ -142,6 +149,8 @@ pub enum ManifestError {
     UndescribedPlaintext(String),
     #[error("the encrypted section of metadata.json is not valid: {0}")]
     BadEncryptedSection(String),
+    #[error("metadata.json: {0:?} is not where the encrypted section says encrypted artifacts lie")]
+    OutsideSealedDir(String),
 }
 
 impl Manifest {
@@ -175,8 +184,26 @@ impl Manifest {
         self.backup_id.parse::<BackupId>()?;
         names::validate_app_name(&self.app_name)?;
         self.created_at()?;
+        if let Some(dir) = self.sealed_dir()
+            && (dir.contains('/')
+                || ["services", "addons"].contains(&dir)
+                || names::validate_artifact_path(dir).is_err())
+        {
+            return Err(ManifestError::BadEncryptedSection(format!(
+                "{:?} is not a directory name",
+                dir.chars().take(40).collect::<String>()
+            )));
+        }
         for path in self.checksums.keys() {
-            names::validate_artifact_path(path)?;
+            // Encrypted artifacts in the directory, and nothing else: stripping
+            // it can never make two paths one.
+            let inside = self.in_sealed_dir(path);
+            if self.sealed_dir().is_some() && inside.is_some() != self.is_encrypted(path) {
+                return Err(ManifestError::OutsideSealedDir(
+                    path.chars().take(80).collect(),
+                ));
+            }
+            names::validate_artifact_path(inside.unwrap_or(path))?;
             if path == MANIFEST_FILE {
                 return Err(InvalidName {
                     kind: "artifact path",
@@ -190,7 +217,9 @@ impl Manifest {
             layout.validate()?;
         }
         for s in &self.services {
-            names::validate_artifact_path(&s.backup_file)?;
+            names::validate_artifact_path(
+                self.in_sealed_dir(&s.backup_file).unwrap_or(&s.backup_file),
+            )?;
             if !self.checksums.contains_key(&s.backup_file) {
                 return Err(ManifestError::UnlistedServiceFile(s.backup_file.clone()));
             }
@@ -222,11 +251,23 @@ impl Manifest {
         self.encrypted.is_some() || self.checksums.keys().any(|p| self.is_encrypted(p))
     }
 
+    /// The directory the encrypted artifacts lie in, when they were
+    /// encrypted again ([`EncryptedSection::dir`]).
+    pub fn sealed_dir(&self) -> Option<&str> {
+        self.encrypted.as_ref()?.dir.as_deref()
+    }
+
+    /// `path` without the directory of a later encryption, when it lies there.
+    fn in_sealed_dir<'a>(&self, path: &'a str) -> Option<&'a str> {
+        path.strip_prefix(self.sealed_dir()?)?.strip_prefix('/')
+    }
+
     /// The path the artifact stored at `path` has once opened (its
-    /// `.age` suffix gone when it is encrypted).
+    /// `.age` suffix gone when it is encrypted, and the directory of a
+    /// later encryption).
     pub fn plain_path<'a>(&self, path: &'a str) -> &'a str {
         match path.strip_suffix(ENCRYPTED_SUFFIX) {
-            Some(plain) if self.is_encrypted(path) => plain,
+            Some(plain) if self.is_encrypted(path) => self.in_sealed_dir(plain).unwrap_or(plain),
             _ => path,
         }
     }
@@ -395,8 +436,70 @@ mod tests {
         m.encrypted = Some(EncryptedSection {
             keys: vec!["0123456789abcdef".into()],
             payload: "-----BEGIN AGE ENCRYPTED FILE-----".into(),
+            dir: None,
         });
         (m, plain)
+    }
+
+    /// `m` with its encrypted artifacts moved under `dir`, as `keys retire` stores them.
+    fn moved_under(m: &Manifest, plain: &Plaintexts, dir: &str) -> (Manifest, Plaintexts) {
+        let mut out = m.clone();
+        let moved = |p: &String| {
+            if m.is_encrypted(p) {
+                format!("{dir}/{p}")
+            } else {
+                p.clone()
+            }
+        };
+        out.checksums = m.checksums.iter().map(|(p, c)| (moved(p), *c)).collect();
+        out.encodings = m
+            .encodings
+            .iter()
+            .map(|(p, e)| (moved(p), e.clone()))
+            .collect();
+        for s in &mut out.services {
+            s.backup_file = moved(&s.backup_file);
+        }
+        out.encrypted.as_mut().unwrap().dir = Some(dir.to_owned());
+        let plain = Plaintexts {
+            files: plain.files.iter().map(|(p, f)| (moved(p), *f)).collect(),
+        };
+        (out, plain)
+    }
+
+    #[test]
+    fn artifacts_encrypted_again_open_from_their_directory() {
+        let (m, plain) = encrypted_sample();
+        let (moved, moved_plain) = moved_under(&m, &plain, "sealed-2");
+        moved.validate().unwrap();
+        assert_eq!(moved.plain_path("sealed-2/data.tar.gz.age"), "data.tar.gz");
+        assert_eq!(
+            moved.plain_path("sealed-2/services/postgres_db.sql.age"),
+            "services/postgres_db.sql"
+        );
+        assert_eq!(
+            moved.opened(&moved_plain).unwrap(),
+            m.opened(&plain).unwrap(),
+            "a reader sees the same backup"
+        );
+        let back = Manifest::from_json(&moved.to_json()).unwrap();
+        assert_eq!(back, moved);
+
+        // An encrypted artifact outside the directory, or a directory that is no name.
+        let (mut half, _) = moved_under(&m, &plain, "sealed-2");
+        let c = half.checksums.remove("sealed-2/env.json.age").unwrap();
+        let e = half.encodings.remove("sealed-2/env.json.age").unwrap();
+        half.checksums.insert("env.json.age".into(), c);
+        half.encodings.insert("env.json.age".into(), e);
+        assert!(matches!(
+            half.validate(),
+            Err(ManifestError::OutsideSealedDir(p)) if p == "env.json.age"
+        ));
+        for bad in ["..", "a/b", ""] {
+            let (mut odd, _) = moved_under(&m, &plain, "sealed-2");
+            odd.encrypted.as_mut().unwrap().dir = Some(bad.into());
+            assert!(odd.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

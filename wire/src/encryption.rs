@@ -29,6 +29,10 @@ pub enum EncryptionError {
     Damaged(String),
     #[error("the passphrase does not open it")]
     WrongPassphrase,
+    #[error(
+        "{0:?} is neither a key id (16 hex digits, as `keys list` shows it) nor an age1... recipient"
+    )]
+    BadKeyId(String),
     #[error(transparent)]
     Io(#[from] io::Error),
 }
@@ -43,6 +47,19 @@ impl KeyId {
     pub fn of(recipient: &age::x25519::Recipient) -> Self {
         let digest = Sha256::digest(recipient.to_string().as_bytes());
         KeyId(hex::encode(&digest[..8]))
+    }
+
+    /// A key id as `keys list` and manifests write it, or the id of the
+    /// `age1...` recipient given.
+    pub fn parse(s: &str) -> Result<Self, EncryptionError> {
+        let s = s.trim();
+        if s.starts_with("age1") {
+            return Ok(Self::of(&recipient(s)?));
+        }
+        if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(KeyId(s.to_ascii_lowercase()));
+        }
+        Err(EncryptionError::BadKeyId(s.chars().take(80).collect()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -76,6 +76,20 @@ pub trait Backend: Send + Sync + std::fmt::Debug + 'static {
     /// seal, when an older store's backups are sealed once).
     async fn replace_small(&self, key: &BackupKey, path: &str, bytes: &[u8]) -> io::Result<()>;
 
+    /// Starts writing new artifacts into the complete backup `key`, beside
+    /// its others (creating one that exists fails, as in [`Backend::begin`]).
+    /// Readers see the backup as it was until [`Staging::commit`] replaces
+    /// its `extra` files and then its manifest, each whole; aborting removes
+    /// only what the rewrite wrote.
+    async fn rewrite(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>>;
+
+    /// The paths of every object of the complete backup `key`, its
+    /// manifest and seal included, sorted.
+    async fn list(&self, key: &BackupKey) -> io::Result<Vec<String>>;
+
+    /// Removes object `path` of backup `key`; a missing one is not an error.
+    async fn remove(&self, key: &BackupKey, path: &str) -> io::Result<()>;
+
     /// Opens artifact `path` of backup `key` for reading.
     async fn open(&self, key: &BackupKey, path: &str) -> io::Result<ByteStream>;
 

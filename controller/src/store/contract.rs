@@ -158,6 +158,92 @@ async fn delete_and_discard_leave_nothing(b: &dyn Backend) {
     );
 }
 
+async fn a_rewrite_adds_then_switches_and_aborts_cleanly(b: &dyn Backend) {
+    let missing = b.rewrite(&key()).await.err().unwrap();
+    assert_eq!(
+        missing.kind(),
+        io::ErrorKind::NotFound,
+        "no backup to rewrite"
+    );
+    write(b, true).await;
+    // Aborted: only what it wrote goes.
+    let mut rewrite = b.rewrite(&key()).await.unwrap();
+    let again = rewrite.create("data.tar.zst").await.err().unwrap();
+    assert_eq!(again.kind(), io::ErrorKind::AlreadyExists, "write-once");
+    let mut sink = rewrite.create("sealed-2/data.tar.zst.age").await.unwrap();
+    sink.write(&big()).await.unwrap();
+    sink.finish().await.unwrap();
+    rewrite.abort().await;
+    assert_eq!(
+        b.list(&key()).await.unwrap(),
+        [
+            "data.tar.zst",
+            MANIFEST_FILE,
+            "metadata.seal",
+            "services/postgres_db.sql"
+        ]
+    );
+    assert_eq!(read_all(b, "data.tar.zst").await.unwrap(), big());
+
+    let mut rewrite = b.rewrite(&key()).await.unwrap();
+    for path in [
+        "sealed-2/data.tar.zst.age",
+        "sealed-2/services/postgres_db.sql.age",
+    ] {
+        let mut sink = rewrite.create(path).await.unwrap();
+        sink.write(path.as_bytes()).await.unwrap();
+        sink.finish().await.unwrap();
+    }
+    // Not switched yet: readers see the backup as it was.
+    assert_eq!(
+        b.read_small(&key(), MANIFEST_FILE, 1024).await.unwrap(),
+        b"{}"
+    );
+    rewrite
+        .commit(
+            vec![("metadata.seal".into(), b"seal 2".to_vec())],
+            b"{\"v\":2}".to_vec(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        b.read_small(&key(), MANIFEST_FILE, 1024).await.unwrap(),
+        b"{\"v\":2}"
+    );
+    assert_eq!(
+        b.read_small(&key(), "metadata.seal", 1024).await.unwrap(),
+        b"seal 2"
+    );
+    b.remove(&key(), "data.tar.zst").await.unwrap();
+    b.remove(&key(), "services/postgres_db.sql").await.unwrap();
+    b.remove(&key(), "services/postgres_db.sql").await.unwrap();
+    assert_eq!(
+        b.list(&key()).await.unwrap(),
+        [
+            MANIFEST_FILE,
+            "metadata.seal",
+            "sealed-2/data.tar.zst.age",
+            "sealed-2/services/postgres_db.sql.age"
+        ]
+    );
+    assert_eq!(
+        read_all(b, "sealed-2/data.tar.zst.age").await.unwrap(),
+        b"sealed-2/data.tar.zst.age"
+    );
+    let scan = b.scan(&|_| false).await.unwrap();
+    assert_eq!(
+        scan.backups,
+        [(APP.to_owned(), ID.to_owned())],
+        "still a backup"
+    );
+    assert_eq!(scan.removed, 0);
+    b.delete(&key()).await.unwrap();
+    assert!(
+        !b.exists(&key()).await.unwrap(),
+        "a delete takes the new objects too"
+    );
+}
+
 async fn marks_stay_set(b: &dyn Backend) {
     assert!(!b.has_mark("sealed-once").await.unwrap());
     b.set_mark("sealed-once").await.unwrap();
@@ -367,6 +453,7 @@ contract_tests!(
     an_artifact_is_written_once,
     small_reads_are_bounded,
     delete_and_discard_leave_nothing,
+    a_rewrite_adds_then_switches_and_aborts_cleanly,
     marks_stay_set,
     documents_round_trip,
 );

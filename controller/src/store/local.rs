@@ -91,6 +91,58 @@ impl Backend for LocalDir {
         }))
     }
 
+    async fn rewrite(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>> {
+        let dir = self.dir(key);
+        if !fs::try_exists(dir.join(MANIFEST_FILE)).await? {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} holds no backup", dir.display()),
+            ));
+        }
+        Ok(Box::new(LocalRewrite {
+            dir,
+            created: Vec::new(),
+        }))
+    }
+
+    async fn list(&self, key: &BackupKey) -> io::Result<Vec<String>> {
+        let root = self.dir(key);
+        let mut out = Vec::new();
+        let mut dirs = vec![root.clone()];
+        while let Some(dir) = dirs.pop() {
+            let mut entries = fs::read_dir(&dir).await?;
+            while let Some(e) = entries.next_entry().await? {
+                let path = e.path();
+                if e.file_type().await?.is_dir() {
+                    dirs.push(path);
+                } else if let Ok(rel) = path.strip_prefix(&root) {
+                    out.push(rel.to_string_lossy().into_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn remove(&self, key: &BackupKey, path: &str) -> io::Result<()> {
+        let dir = self.dir(key);
+        let full = dir.join(path);
+        match fs::remove_file(&full).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        // A directory left empty goes too (`sealed-1/services/`, then `sealed-1/`).
+        let mut parent = full.parent();
+        while let Some(p) = parent
+            && p != dir
+            && fs::remove_dir(p).await.is_ok()
+        {
+            parent = p.parent();
+        }
+        Ok(())
+    }
+
     async fn read_small(&self, key: &BackupKey, path: &str, limit: u64) -> io::Result<Vec<u8>> {
         read_private(&self.dir(key).join(path), limit).await
     }
@@ -234,25 +286,30 @@ struct LocalStaging {
     final_dir: PathBuf,
 }
 
+/// Creates artifact `path` in `dir`, and the directories it is in.
+async fn create_artifact(dir: &Path, path: &str) -> io::Result<Box<dyn ArtifactSink>> {
+    let full = dir.join(path);
+    if let Some(parent) = full.parent()
+        && parent != dir
+    {
+        make_dir(parent).await?;
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&full)
+        .await?;
+    set_mode(&full, 0o600).await?;
+    Ok(Box::new(LocalSink {
+        file: BufWriter::with_capacity(hop3_proto::FRAME_SIZE, file),
+    }))
+}
+
 #[async_trait::async_trait]
 impl Staging for LocalStaging {
     async fn create(&mut self, path: &str) -> io::Result<Box<dyn ArtifactSink>> {
-        let full = self.dir.join(path);
-        if let Some(parent) = full.parent()
-            && parent != self.dir
-        {
-            make_dir(parent).await?;
-        }
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&full)
-            .await?;
-        set_mode(&full, 0o600).await?;
-        Ok(Box::new(LocalSink {
-            file: BufWriter::with_capacity(hop3_proto::FRAME_SIZE, file),
-        }))
+        create_artifact(&self.dir, path).await
     }
 
     async fn commit(
@@ -284,6 +341,50 @@ impl Staging for LocalStaging {
     async fn abort(self: Box<Self>) {
         if let Err(e) = fs::remove_dir_all(&self.dir).await {
             tracing::warn!(dir = %self.dir.display(), error = %e, "could not remove a partial backup");
+        }
+    }
+}
+
+/// New artifacts being written into a complete backup's directory.
+struct LocalRewrite {
+    dir: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+#[async_trait::async_trait]
+impl Staging for LocalRewrite {
+    async fn create(&mut self, path: &str) -> io::Result<Box<dyn ArtifactSink>> {
+        let sink = create_artifact(&self.dir, path).await?;
+        self.created.push(self.dir.join(path));
+        Ok(sink)
+    }
+
+    async fn commit(
+        self: Box<Self>,
+        extra: Vec<(String, Vec<u8>)>,
+        manifest: Vec<u8>,
+    ) -> io::Result<()> {
+        // The new files' names durable before a manifest names them.
+        let mut dirs: Vec<&Path> = self.created.iter().filter_map(|p| p.parent()).collect();
+        dirs.sort();
+        dirs.dedup();
+        for d in dirs {
+            sync_dir(d).await?;
+        }
+        for (name, bytes) in &extra {
+            replace_file(&self.dir, name, bytes).await?;
+        }
+        replace_file(&self.dir, MANIFEST_FILE, &manifest).await?;
+        sync_dir(&self.dir).await
+    }
+
+    async fn abort(self: Box<Self>) {
+        for path in &self.created {
+            if let Err(e) = fs::remove_file(path).await
+                && e.kind() != io::ErrorKind::NotFound
+            {
+                tracing::warn!(file = %path.display(), error = %e, "could not remove a file of an unfinished rewrite");
+            }
         }
     }
 }

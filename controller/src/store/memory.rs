@@ -97,6 +97,16 @@ impl Memory {
         doomed.len()
     }
 
+    /// The keys under `prefix`, without it, sorted.
+    fn names_under(&self, prefix: &str) -> Vec<String> {
+        self.objects()
+            .objects
+            .range(prefix.to_owned()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, _)| k[prefix.len()..].to_owned())
+            .collect()
+    }
+
     /// Makes every delete fail from now on (or work again).
     pub fn fail_deletes(&self, fail: bool) {
         self.failing_deletes
@@ -136,7 +146,38 @@ impl Backend for Memory {
             store: self.clone(),
             prefix: prefix(key),
             pending: BTreeSet::new(),
+            rewrite: false,
         }))
+    }
+
+    async fn rewrite(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>> {
+        self.get(key, MANIFEST_FILE)?;
+        Ok(Box::new(MemoryStaging {
+            store: self.clone(),
+            prefix: prefix(key),
+            pending: BTreeSet::new(),
+            rewrite: true,
+        }))
+    }
+
+    async fn list(&self, key: &BackupKey) -> io::Result<Vec<String>> {
+        Ok(self.names_under(&prefix(key)))
+    }
+
+    async fn remove(&self, key: &BackupKey, path: &str) -> io::Result<()> {
+        if self
+            .failing_deletes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "deletes refused by the test",
+            ));
+        }
+        self.objects()
+            .objects
+            .remove(&format!("{}{path}", prefix(key)));
+        Ok(())
     }
 
     async fn read_small(&self, key: &BackupKey, path: &str, limit: u64) -> io::Result<Vec<u8>> {
@@ -267,14 +308,7 @@ impl Backend for Memory {
     }
 
     async fn list_docs(&self, dir: &str) -> io::Result<Vec<String>> {
-        let prefix = format!("{dir}/");
-        Ok(self
-            .objects()
-            .objects
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k[prefix.len()..].to_owned())
-            .collect())
+        Ok(self.names_under(&format!("{dir}/")))
     }
 }
 
@@ -283,6 +317,8 @@ struct MemoryStaging {
     prefix: String,
     /// Artifacts created, written when they finish.
     pending: BTreeSet<String>,
+    /// Adding to a complete backup: an abort removes only what was created.
+    rewrite: bool,
 }
 
 #[async_trait::async_trait]
@@ -318,7 +354,14 @@ impl Staging for MemoryStaging {
     }
 
     async fn abort(self: Box<Self>) {
-        self.store.remove_prefix(&self.prefix);
+        if self.rewrite {
+            let mut o = self.store.objects();
+            for key in &self.pending {
+                o.objects.remove(key);
+            }
+        } else {
+            self.store.remove_prefix(&self.prefix);
+        }
     }
 }
 

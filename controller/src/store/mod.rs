@@ -9,6 +9,7 @@ mod contract;
 mod local;
 mod memory;
 mod replica;
+mod rewrite;
 mod s3;
 mod url;
 
@@ -26,6 +27,7 @@ pub use backend::{ArtifactSink, Backend, BackupKey, ByteStream, Scan, Spare, Sta
 pub use local::LocalDir;
 pub use memory::Memory;
 pub use replica::Copied;
+pub use rewrite::Rewrite;
 pub use s3::{CheckStep, PART_SIZE, PARTS_IN_FLIGHT, S3Bucket, S3Options, UploadChecksum};
 pub use url::StoreUrl;
 
@@ -60,6 +62,9 @@ pub enum StoreError {
     /// A copy store holds something else where a copy would go.
     #[error("{0}")]
     Conflict(String),
+    /// A backup this controller did not seal, which it will not rewrite.
+    #[error("{0} does not carry this controller's seal: it is left as it is")]
+    Unsealed(String),
 }
 
 impl StoreError {

@@ -48,6 +48,11 @@ impl Store {
                     return Ok(Copied::AlreadyThere);
                 }
             }
+            // An earlier version of this backup, which this controller
+            // sealed: its artifacts were encrypted again (`keys retire`).
+            Ok(there) if to.seal_verifies_stored(&key, &there).await => {
+                return self.refresh(to, app, id, &manifest, manifest_bytes).await;
+            }
             Ok(_) => {
                 return Err(StoreError::Conflict(format!(
                     "{} holds another backup under this ID",
@@ -107,6 +112,70 @@ impl Store {
             }
         }
         Ok(Copied::Bytes(total))
+    }
+
+    /// Brings `to`'s copy of backup `id` up to `manifest` (whose bytes are
+    /// `manifest_bytes`), as the rewrite of the primary did: the new
+    /// artifacts first, then the manifest switched, then the objects no
+    /// longer named removed.
+    async fn refresh(
+        &self,
+        to: &Store,
+        app: &str,
+        id: &str,
+        manifest: &Manifest,
+        manifest_bytes: Vec<u8>,
+    ) -> Result<Copied> {
+        let key = BackupKey::new(app, id);
+        let (there, mut rewrite) = to.rewrite(app, id).await?;
+        if there.backup_id != manifest.backup_id || there.created_at != manifest.created_at {
+            rewrite.abort().await;
+            return Err(StoreError::Conflict(format!(
+                "{} holds another backup under this ID",
+                to.location(app, id)
+            )));
+        }
+        let mut total = 0;
+        for (path, expected) in &manifest.checksums {
+            let outcome = match there.checksums.get(path) {
+                Some(held) if held == expected => continue,
+                // Write-once: a path keeps its bytes for good.
+                Some(_) => Err(StoreError::Conflict(format!(
+                    "{} holds another {path}",
+                    to.location(app, id)
+                ))),
+                None => self.copy_artifact(&key, path, rewrite.staging()).await,
+            };
+            match outcome {
+                Ok((sum, size)) if sum == *expected => total += size,
+                Ok((sum, _)) => {
+                    rewrite.abort().await;
+                    return Err(StoreError::Corrupt {
+                        path: path.clone(),
+                        detail: format!("expected {expected}, read {sum}"),
+                    });
+                }
+                Err(e) => {
+                    rewrite.abort().await;
+                    return Err(e);
+                }
+            }
+        }
+        rewrite.commit_bytes(manifest_bytes).await?;
+        if let Err(e) = to.tidy(app, id, manifest).await {
+            tracing::warn!(backup_id = id, location = %to.location(app, id), error = %e,
+                "could not remove the objects the copy no longer needs");
+        }
+        Ok(Copied::Bytes(total))
+    }
+
+    /// Whether `manifest`, read from backup `key` here, carries this
+    /// controller's seal.
+    async fn seal_verifies_stored(&self, key: &BackupKey, manifest: &[u8]) -> bool {
+        match self.backend.read_small(key, SEAL_FILE, 1024).await {
+            Ok(seal) => self.seal.verify(manifest, &seal),
+            Err(_) => false,
+        }
     }
 
     async fn copy_artifact(

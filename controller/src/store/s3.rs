@@ -535,7 +535,61 @@ impl Backend for S3Bucket {
             key: key.clone(),
             journal: Arc::new(Mutex::new(journal)),
             created: HashSet::new(),
+            rewrite: false,
         }))
+    }
+
+    async fn rewrite(&self, key: &BackupKey) -> io::Result<Box<dyn Staging>> {
+        if self
+            .size_of(&self.object(key, MANIFEST_FILE))
+            .await?
+            .is_none()
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{} holds no backup", self.location(key)),
+            ));
+        }
+        // The mark of a rewrite that was cut short: its uploads are aborted
+        // and its objects, which no manifest names, are the caller's to remove.
+        self.remove_all_uploads(key).await;
+        let journal = Journal::default();
+        let body = serde_json::to_vec(&journal).expect("a journal serialises");
+        // The mark journals the multipart uploads, as for a new backup; a
+        // sweep finds it beside a manifest and aborts what it lists.
+        self.put(&self.marker(key), body.into(), false).await?;
+        Ok(Box::new(S3Staging {
+            bucket: self.clone(),
+            key: key.clone(),
+            journal: Arc::new(Mutex::new(journal)),
+            created: HashSet::new(),
+            rewrite: true,
+        }))
+    }
+
+    async fn list(&self, key: &BackupKey) -> io::Result<Vec<String>> {
+        let dir = self.dir(key);
+        let skip = dir.parts().count();
+        let mut out: Vec<String> = self
+            .s3
+            .list(Some(&dir))
+            .map_ok(|m| {
+                m.location
+                    .parts()
+                    .skip(skip)
+                    .map(|p| p.as_ref().to_owned())
+                    .collect::<Vec<_>>()
+                    .join("/")
+            })
+            .try_collect()
+            .await
+            .map_err(to_io)?;
+        out.sort();
+        Ok(out)
+    }
+
+    async fn remove(&self, key: &BackupKey, path: &str) -> io::Result<()> {
+        self.delete_quietly(&self.object(key, path)).await
     }
 
     async fn read_small(&self, key: &BackupKey, path: &str, limit: u64) -> io::Result<Vec<u8>> {
@@ -681,6 +735,9 @@ struct S3Staging {
     /// Artifacts created by this staging (a HEAD cannot see one whose
     /// upload is still going).
     created: HashSet<String>,
+    /// Adding to a complete backup: the commit replaces its manifest, an
+    /// abort removes only what was created.
+    rewrite: bool,
 }
 
 #[async_trait::async_trait]
@@ -715,12 +772,13 @@ impl Staging for S3Staging {
         extra: Vec<(String, Vec<u8>)>,
         manifest: Vec<u8>,
     ) -> io::Result<()> {
+        let create = !self.rewrite;
         for (name, bytes) in extra {
             let path = self.bucket.object(&self.key, &name);
-            self.bucket.put(&path, bytes.into(), true).await?;
+            self.bucket.put(&path, bytes.into(), create).await?;
         }
         let path = self.bucket.object(&self.key, MANIFEST_FILE);
-        self.bucket.put(&path, manifest.into(), true).await?;
+        self.bucket.put(&path, manifest.into(), create).await?;
         // Committed: a mark left behind is only removed by the next sweep.
         if let Err(e) = self
             .bucket
@@ -734,7 +792,20 @@ impl Staging for S3Staging {
     }
 
     async fn abort(self: Box<Self>) {
-        self.bucket.discard(&self.key).await
+        if !self.rewrite {
+            return self.bucket.discard(&self.key).await;
+        }
+        self.bucket.remove_all_uploads(&self.key).await;
+        for path in &self.created {
+            if let Err(e) = self.bucket.remove(&self.key, path).await {
+                tracing::warn!(location = %self.bucket.location(&self.key), path, error = %e,
+                    "could not remove an object of an unfinished rewrite");
+            }
+        }
+        let _ = self
+            .bucket
+            .delete_quietly(&self.bucket.marker(&self.key))
+            .await;
     }
 }
 

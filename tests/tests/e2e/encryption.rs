@@ -395,8 +395,21 @@ fn encrypted_to(sys: &System, id: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Every artifact `metadata.json` of backup `id` lists, with the digest it records.
+fn listed_files(sys: &System, id: &str) -> Result<Vec<(String, String)>> {
+    let path = sys.backup_dir("shop", id).join("metadata.json");
+    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(path)?)?;
+    Ok(manifest["checksums"]
+        .as_object()
+        .context("no checksums")?
+        .iter()
+        .map(|(p, c)| (p.clone(), c.as_str().unwrap_or_default().to_owned()))
+        .collect())
+}
+
 #[test]
-fn after_a_rotation_new_backups_use_the_new_key_and_old_ones_still_restore() -> Result<()> {
+fn rotation_round_trip_old_and_new_backups_restore_then_retiring_the_old_key_leaves_only_the_new()
+-> Result<()> {
     let mut sys = System::builder().encrypted().start()?;
     let scratch = sys.scratch("fixtures")?;
     let app = App::build(&sys.root, "shop", 89, &scratch)?;
@@ -449,6 +462,97 @@ fn after_a_rotation_new_backups_use_the_new_key_and_old_ones_still_restore() -> 
     before.assert_same(
         &Snapshot::of(&app.dir)?,
         "the backup made before the rotation",
+    )?;
+    sys.restore(&new, None)?;
+    after.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the backup made after the rotation",
+    )?;
+
+    // Still a recipient: refused, nothing asked of the controller.
+    sys.admin(["keys", "retire", &new_keys[0], "--keys-dir", &keys])
+        .failure(&["is a recipient of new backups", "keys rotate"])?;
+    let retiring = sys
+        .admin(["keys", "retire", &old_keys[0], "--keys-dir", &keys])
+        .success()?;
+    ensure!(
+        retiring.stdout.contains("encrypts its 1 backups again"),
+        "{}",
+        retiring.stdout
+    );
+    // The controller works in the background; `keys list` shows when it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        let listed = sys.admin(["keys", "list", "--keys-dir", &keys]).success()?;
+        let old_line = listed.stdout.lines().find(|l| l.starts_with(&old_keys[0]));
+        if old_line.is_some_and(|l| l.contains("opens no backup") && !l.contains("being retired")) {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the key was not retired: {}",
+            listed.stdout
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    ensure!(
+        encrypted_to(&sys, &old)? == new_keys,
+        "{:?}",
+        encrypted_to(&sys, &old)?
+    );
+    // Only the listed objects are left, each checkable by hand as before.
+    let dir = sys.backup_dir("shop", &old);
+    let listed = listed_files(&sys, &old)?;
+    let mut on_disk: Vec<String> = files_below(&dir)?
+        .iter()
+        .filter_map(|p| p.strip_prefix(&dir).ok()?.to_str().map(str::to_owned))
+        .filter(|p| p.ends_with(".age"))
+        .collect();
+    on_disk.sort();
+    ensure!(
+        on_disk == listed.iter().map(|(p, _)| p.clone()).collect::<Vec<_>>()
+            && on_disk.iter().all(|p| p.starts_with("sealed-2/")),
+        "{on_disk:?} {listed:?}"
+    );
+    for (path, sum) in &listed {
+        let got = sh(&format!("sha256sum {}", dir.join(path).display()))?;
+        let sum = sum.trim_start_matches("sha256:");
+        ensure!(got.starts_with(sum), "{path}: {got} vs {sum}");
+    }
+    // The old identity opens nothing any more; the new one opens it all.
+    let text = fs::read_to_string(&identity)?;
+    let secrets: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .collect();
+    ensure!(secrets.len() == 2, "{text}");
+    let old_identity = sys.root.join("old-identity.txt");
+    fs::write(&old_identity, format!("{}\n", secrets[1]))?;
+    fs::write(&identity, format!("{}\n", secrets[0]))?;
+    for f in [&old_identity, &identity] {
+        fs::set_permissions(f, fs::Permissions::from_mode(0o600))?;
+    }
+    for (path, _) in &listed {
+        let file = dir.join(path).display().to_string();
+        ensure!(
+            sh(&format!(
+                "age -d -i {} {file} > /dev/null",
+                old_identity.display()
+            ))
+            .is_err(),
+            "{path} still opens with the retired identity"
+        );
+        sh(&format!(
+            "age -d -i {} {file} > /dev/null",
+            identity.display()
+        ))?;
+    }
+    // With only the new identity, both backups restore.
+    sys.restart_controller()?;
+    sys.restore(&old, None)?;
+    before.assert_same(
+        &Snapshot::of(&app.dir)?,
+        "the backup made before the rotation, encrypted again",
     )?;
     sys.restore(&new, None)?;
     after.assert_same(
