@@ -138,6 +138,16 @@ pub struct BackupLock {
 }
 
 impl BackupLocks {
+    /// The backups something holds now.
+    pub fn held_ids(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .expect("locks poisoned")
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// Whether anything holds backup `id` now.
     pub fn in_use(&self, id: &str) -> bool {
         self.held.lock().expect("locks poisoned").contains_key(id)

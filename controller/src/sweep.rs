@@ -26,14 +26,22 @@ pub fn spawn(ctl: Arc<Controller>, every: Duration) {
     });
 }
 
-/// One sweep; how many places were cleaned.
+/// One sweep; how many places were cleaned. Spared: the backups being
+/// written, and those in use (a `keys retire` rewriting one has its
+/// uploads journalled in a mark beside the manifest, which a sweep would
+/// otherwise abort).
 pub async fn sweep(ctl: &Controller) -> Result<usize, ControllerError> {
-    let busy: Vec<(String, String)> = ctl
+    let mut busy: Vec<(String, String)> = ctl
         .catalog
         .list(None, Some(BackupStatus::Started), u32::MAX)
         .await?
         .into_iter()
         .map(|r| (r.app, r.backup_id.to_string()))
         .collect();
+    for id in ctl.backup_locks.held_ids() {
+        if let Some(row) = ctl.catalog.get(&id).await? {
+            busy.push((row.app, id));
+        }
+    }
     Ok(ctl.store.sweep(&busy).await?)
 }

@@ -396,6 +396,49 @@ async fn s3_an_interrupted_upload_is_aborted_and_its_objects_swept() {
     assert_eq!(open(&moto), Vec::<String>::new(), "the upload was aborted");
 }
 
+#[tokio::test]
+async fn s3_a_rewrite_under_way_survives_a_sweep_and_one_cut_short_is_aborted_at_start() {
+    let (moto, b) = s3_bucket().await;
+    write(&b, true).await;
+    let mut rewrite = b.rewrite(&key()).await.unwrap();
+    let mut sink = rewrite.create("sealed-2/data.tar.zst.age").await.unwrap();
+    for piece in parts()[..super::PART_SIZE + 1].chunks(1 << 20) {
+        sink.write(piece).await.unwrap();
+    }
+    let open = |m: &Moto| m.open_uploads("hop3-contract").unwrap();
+    let upload = ["prod/hop3/apps/shop/20261201_120000_abcdef/sealed-2/data.tar.zst.age"];
+    assert_eq!(open(&moto), upload);
+    // Spared when the caller knows it is in use, and when it began lately.
+    let busy = [key()].into_iter().collect();
+    b.sweep(&busy).await.unwrap();
+    b.sweep(&Default::default()).await.unwrap();
+    assert_eq!(open(&moto), upload, "a sweep aborted a rewrite under way");
+    sink.write(&parts()[super::PART_SIZE + 1..]).await.unwrap();
+    sink.finish().await.unwrap();
+    rewrite.commit(vec![], b"{\"v\":2}".to_vec()).await.unwrap();
+    assert_eq!(
+        read_all(&b, "sealed-2/data.tar.zst.age").await.unwrap(),
+        parts()
+    );
+
+    // Killed halfway (nothing ran its abort): the scan at start aborts the
+    // upload; the backup is the one its manifest says.
+    let mut rewrite = b.rewrite(&key()).await.unwrap();
+    let mut sink = rewrite.create("sealed-3/data.tar.zst.age").await.unwrap();
+    for piece in parts()[..super::PART_SIZE + 1].chunks(1 << 20) {
+        sink.write(piece).await.unwrap();
+    }
+    drop(sink);
+    drop(rewrite);
+    let scan = b.scan(&|_| false).await.unwrap();
+    assert_eq!((scan.backups.len(), scan.removed), (1, 0));
+    assert_eq!(open(&moto), Vec::<String>::new(), "the upload was aborted");
+    assert_eq!(
+        b.read_small(&key(), MANIFEST_FILE, 1024).await.unwrap(),
+        b"{\"v\":2}"
+    );
+}
+
 macro_rules! contract_tests {
     ($($case:ident),* $(,)?) => {
         mod local_dir {

@@ -381,8 +381,10 @@ impl S3Bucket {
             }
             match (f.manifest, f.marked.is_some()) {
                 (true, false) => scan.backups.push((key.app, key.id)),
-                // Committed; the mark's removal did not happen.
-                (true, true) if spare(&key) => scan.backups.push((key.app, key.id)),
+                // Being rewritten (spared, or begun after the caller learnt
+                // what is busy), or committed and the mark's removal did
+                // not happen: an hour later.
+                (true, true) if spare(&key) || young => scan.backups.push((key.app, key.id)),
                 (true, true) => {
                     self.remove_all_uploads(&key).await;
                     self.delete_quietly(&self.marker(&key)).await?;
