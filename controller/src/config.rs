@@ -501,9 +501,9 @@ impl Config {
                 .next()
                 .unwrap_or_default()
                 .to_owned(),
-            None => match std::env::var("HOP3_KEYS_PASSPHRASE") {
-                Ok(p) => p,
-                Err(_) => return Ok(None),
+            None => match env_passphrase() {
+                Some(p) => p,
+                None => return Ok(None),
             },
         };
         anyhow::ensure!(!text.is_empty(), "the keys passphrase is empty");
@@ -589,6 +589,32 @@ impl Config {
         self.import_dir
             .clone()
             .unwrap_or_else(|| self.state_dir().join("import"))
+    }
+}
+
+/// The variable a keys passphrase may be given in.
+const PASSPHRASE_VAR: &str = "HOP3_KEYS_PASSPHRASE";
+
+/// The passphrase of the environment, once [`take_env_passphrase`] took it.
+static ENV_PASSPHRASE: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+
+/// Moves `HOP3_KEYS_PASSPHRASE` out of the environment into the process,
+/// so that no child (`pg_dump`, an app's start command run by the local
+/// agent) inherits it. Call first thing in `main`, before any thread starts.
+pub fn take_env_passphrase() {
+    let value = std::env::var(PASSPHRASE_VAR).ok();
+    if value.is_some() {
+        // SAFETY: no other thread exists yet to read the environment.
+        unsafe { std::env::remove_var(PASSPHRASE_VAR) };
+    }
+    let _ = ENV_PASSPHRASE.set(value);
+}
+
+/// The passphrase given in the environment, if any.
+fn env_passphrase() -> Option<String> {
+    match ENV_PASSPHRASE.get() {
+        Some(taken) => taken.clone(),
+        None => std::env::var(PASSPHRASE_VAR).ok(),
     }
 }
 

@@ -8,6 +8,7 @@ use hop3_controller::tokens::Tokens;
 use hop3_controller::{Config, auth, certs, recovery, server};
 
 fn main() -> anyhow::Result<()> {
+    hop3_controller::config::take_env_passphrase();
     hop3_wire::tls::use_ring_provider();
     hop3_wire::memory::block_on(run())?
 }

@@ -391,8 +391,8 @@ fn read_error(path: &str, e: io::Error) -> ControllerError {
     }
 }
 
-/// Reads the new object back: its stored digest, and, when an identity of
-/// the new keys is here, its plaintext.
+/// Reads the new object back, once: its stored digest and, when an
+/// identity of the new keys is here, its plaintext.
 async fn check_again(
     ctl: &Controller,
     row: &BackupRow,
@@ -401,48 +401,58 @@ async fn check_again(
     expected: PlainFile,
     keys: &[String],
 ) -> Result<()> {
-    let id = row.backup_id.as_str();
-    let mismatch = |what: &str, got: String| {
+    let mismatch = |what: &str, got: (Checksum, u64)| {
         ControllerError::Store(StoreError::Corrupt {
             path: new_path.to_owned(),
-            detail: format!("read back, its {what} is {got}"),
+            detail: format!("read back, its {what} is {} ({} bytes)", got.0, got.1),
         })
     };
-    let mut tally = Tally::default();
-    let mut stream = ctl.store.open_artifact(&row.app, id, new_path).await?;
-    while let Some(bytes) = stream.next().await {
-        tally.add(&bytes.map_err(|e| read_error(new_path, e))?);
-    }
-    let read = tally.finish();
-    if read != stored {
-        return Err(mismatch("digest", format!("{} ({} bytes)", read.0, read.1)));
-    }
+    let counted = Arc::new(std::sync::Mutex::new(Tally::default()));
+    let stream = {
+        let counted = counted.clone();
+        ctl.store
+            .open_artifact(&row.app, row.backup_id.as_str(), new_path)
+            .await?
+            .inspect(move |read| {
+                if let Ok(bytes) = read {
+                    counted.lock().expect("not poisoned").add(bytes);
+                }
+            })
+            .boxed()
+    };
     let held = ctl.keys.identities.key_ids();
-    if !keys.iter().any(|k| held.iter().any(|h| h.as_str() == k)) {
+    let opens = keys.iter().any(|k| held.iter().any(|h| h.as_str() == k));
+    let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if opens {
+        Box::new(decrypt::plaintext(
+            stream,
+            ctl.keys.identities.clone(),
+            keys.join(", "),
+        ))
+    } else {
         // Sealed to keys whose identities are elsewhere (escrow only): the
         // stored digest is what can be checked here.
-        return Ok(());
-    }
-    let stream = ctl.store.open_artifact(&row.app, id, new_path).await?;
-    let mut plaintext = decrypt::plaintext(stream, ctl.keys.identities.clone(), keys.join(", "));
-    let mut tally = Tally::default();
+        Box::new(tokio_util::io::StreamReader::new(stream))
+    };
+    let mut read = Tally::default();
     let mut buf = vec![0u8; BLOCK];
     loop {
-        let n = plaintext
+        let n = reader
             .read(&mut buf)
             .await
             .map_err(|e| read_error(new_path, e))?;
         if n == 0 {
             break;
         }
-        tally.add(&buf[..n]);
+        read.add(&buf[..n]);
     }
-    let opened = tally.finish();
-    if opened != (expected.sha256, expected.size) {
-        return Err(mismatch(
-            "plaintext",
-            format!("{} ({} bytes)", opened.0, opened.1),
-        ));
+    drop(reader);
+    let on_store = std::mem::take(&mut *counted.lock().expect("not poisoned")).finish();
+    if on_store != stored {
+        return Err(mismatch("digest", on_store));
+    }
+    let read = read.finish();
+    if opens && read != (expected.sha256, expected.size) {
+        return Err(mismatch("plaintext", read));
     }
     Ok(())
 }

@@ -3,7 +3,10 @@
 # (tests/bench/app.sh, ~1 GiB) with and without age, alternating in the same
 # run (two controllers on local stores, one with --encrypt, each with its
 # local agent), with each controller's peak RSS. The restored trees are
-# compared with the original every round.
+# compared with the original every round. Then `keys rotate` and `keys
+# retire` of the first key: the time to encrypt every backup of the age store
+# again (each read back and checked), beside the time of the age backups
+# themselves, and one retired backup restored and compared.
 #
 #   tests/bench/encryption.sh              # ~1 GiB, 4 rounds
 #   RUNS=1 SIZE=0.25 tests/bench/encryption.sh
@@ -89,11 +92,36 @@ for r in $(seq "$runs"); do
     done
 done
 grep -q 'data.tar.zst.age' "$work/names-age" || { echo "the age store holds no encrypted archive" >&2; exit 1; }
+hwm_plain=$(hwm "${ctl_pid[plain]}"); hwm_age=$(hwm "${ctl_pid[age]}")
 
-python3 - "$results" "$app_bytes" "$runs" "$(hwm "${ctl_pid[plain]}")" "$(hwm "${ctl_pid[age]}")" <<'PY'
+# Retire: rotate, restart the age controller on the new key, retire the old.
+admin() { "$bin/hop3-controller" --store "$work/store-age" --catalog "sqlite://$work/catalog-age.db" \
+    --keys-dir "$work/keys" keys "$@"; }
+old_key=$(admin list 2>/dev/null | awk '{print $1; exit}')
+admin rotate >/dev/null 2>&1
+kill "${ctl_pid[age]}"; wait "${ctl_pid[age]}" 2>/dev/null || true
+stored=$(du -sb "$work/store-age/apps" | cut -f1)
+start_hop3 age --encrypt
+c0=$(cpu "${ctl_pid[age]}")
+t0=$(now)
+admin retire "$old_key" >/dev/null
+until admin list 2>/dev/null | grep "^$old_key" | grep -q 'opens no backup' \
+    && ! admin list 2>/dev/null | grep "^$old_key" | grep -q 'being retired'; do
+    sleep 0.2
+done
+printf 'retire\t%s\n' "$(echo "$(now) - $t0" | bc)" >> "$results"
+printf 'cpu retire\t%s\n' "$(echo "$(cpu "${ctl_pid[age]}") - $c0" | bc)" >> "$results"
+hwm_retire=$(hwm "${ctl_pid[age]}")
+grep -rq sealed-2 <(find "$work/store-age/apps" -name '*.age') || { echo "nothing was encrypted again" >&2; exit 1; }
+last_id=$(ls "$work/store-age/apps/shop" | sort | tail -1)
+"$bin/hop3" --controller "${url[age]}" --json backup:restore "$last_id" --target-app shop-retired >/dev/null
+same_tree "$root/apps/shop" "$root/apps/shop-retired" || { echo "MISMATCH after the retire" >&2; exit 1; }
+
+python3 - "$results" "$app_bytes" "$runs" "$hwm_plain" "$hwm_age" "$hwm_retire" "$stored" <<'PY'
 import statistics, sys
-path, app, runs = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rss_plain, rss_age = (int(x) / 1024 for x in sys.argv[4:6])
+path, app, runs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+rss_plain, rss_age, rss_retire = (int(x) / 1024 for x in sys.argv[4:7])
+stored = int(sys.argv[7])
 rows = {}
 for line in open(path):
     k, v = line.rstrip("\n").split("\t")
@@ -109,4 +137,9 @@ print("CPU seconds of the controller with its agent (2 cores: 2 per second of wa
 for op in ["backup", "restore"]:
     print(f"  {op}: plain {med['cpu ' + op + ' plain']:.2f}, age {med['cpu ' + op + ' age']:.2f}")
 print(f"peak RSS (controller with its agent): plain {rss_plain:.0f} MiB, age {rss_age:.0f} MiB")
+per = med["retire"] / runs
+print(f"keys retire of {runs} backups ({stored / 2**20:.0f} MiB stored): {med['retire']:.2f} s, "
+      f"{per:.2f} s per backup ({stored / 2**20 / med['retire']:.0f} MiB/s), "
+      f"{per / med['backup age']:.2f}x an age backup; CPU {med['cpu retire']:.2f} s; "
+      f"peak RSS {rss_retire:.0f} MiB (from the controller's start)")
 PY

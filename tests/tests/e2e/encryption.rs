@@ -383,6 +383,31 @@ fn a_passphrase_protected_identity_restores_once_unlocked_at_start() -> Result<(
     Ok(())
 }
 
+#[test]
+fn the_keys_passphrase_of_the_environment_reaches_no_child_process() -> Result<()> {
+    let seen = tempfile::Builder::new().prefix("hop3-env-").tempdir()?;
+    let env_file = seen.path().join("start.env");
+    let sys = System::builder()
+        .encrypted()
+        .controller_env("HOP3_KEYS_PASSPHRASE", "correct horse battery staple")
+        .controller_env("HOP3_TEST_MARKER", "inherited")
+        .controller_args(["--start-cmd", &format!("env > '{}'", env_file.display())])
+        .start()?;
+    let scratch = sys.scratch("fixtures")?;
+    App::build(&sys.root, "shop", 91, &scratch)?;
+    let id = sys.create("shop")?.backup_id;
+    sys.restore(&id, None)?;
+    // The app's start command, run by the controller's local agent: it gets
+    // the controller's environment, but not the passphrase.
+    let env = fs::read_to_string(&env_file).context("the start command did not run")?;
+    ensure!(env.contains("HOP3_TEST_MARKER=inherited"), "{env}");
+    ensure!(
+        !env.contains("HOP3_KEYS_PASSPHRASE") && !env.contains("battery staple"),
+        "{env}"
+    );
+    Ok(())
+}
+
 /// The key ids `metadata.json` of backup `id` says it is encrypted to.
 fn encrypted_to(sys: &System, id: &str) -> Result<Vec<String>> {
     let path = sys.backup_dir("shop", id).join("metadata.json");
