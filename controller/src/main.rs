@@ -108,12 +108,9 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                     dir.0.join(hop3_controller::keys::IDENTITY_FILE).display()
                 );
             }
-            let left = backups_per_key(config)
-                .await?
-                .get(id.as_str())
-                .copied()
-                .unwrap_or(0);
-            if left == 0 {
+            let per_key = backups_per_key(config).await?;
+            let left = per_key.counts.get(id.as_str()).copied().unwrap_or(0);
+            if left == 0 && per_key.unreadable == 0 {
                 println!(
                     "No backup is sealed to key {id}: its identity can be destroyed (take it out of {}).",
                     dir.0.join(hop3_controller::keys::IDENTITY_FILE).display()
@@ -126,8 +123,12 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 .iter()
                 .map(ToString::to_string)
                 .collect();
+            let more = match per_key.unreadable {
+                0 => String::new(),
+                n => format!(" (and any of the {n} it could not read here)"),
+            };
             println!(
-                "Retiring key {id}: the controller encrypts its {left} backups again, to {}, in the background (each checked before its old objects go).\n\
+                "Retiring key {id}: the controller encrypts its {left} backups{more} again, to {}, in the background (each checked before its old objects go).\n\
                  `hop3-controller keys list` shows how many are left; once none is, the identity of {id} can be destroyed.",
                 to.join(", ")
             );
@@ -148,7 +149,7 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                     dir.0.display()
                 );
             };
-            let counts = backups_per_key(config).await?;
+            let counts = backups_per_key(config).await?.counts;
             let retiring = dir.retiring().await?;
             let opens = |id: &KeyId| {
                 let n = match counts.get(id.as_str()) {
@@ -183,13 +184,19 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 /// How many COMPLETED backups each key id opens, from their manifests.
-async fn backups_per_key(
-    config: &Config,
-) -> anyhow::Result<std::collections::BTreeMap<String, usize>> {
+struct PerKey {
+    counts: std::collections::BTreeMap<String, usize>,
+    /// Backups whose manifest could not be read (counted for no key).
+    unreadable: usize,
+}
+
+/// [`PerKey`] of the store and catalog the configuration names.
+async fn backups_per_key(config: &Config) -> anyhow::Result<PerKey> {
     use futures::StreamExt;
     let mut counts = std::collections::BTreeMap::new();
+    let mut unreadable = 0;
     if !catalog_exists(&config.catalog_url()).await {
-        return Ok(counts);
+        return Ok(PerKey { counts, unreadable });
     }
     let store = config.open_store().await?;
     let catalog = Catalog::open(&config.catalog_url())
@@ -211,12 +218,21 @@ async fn backups_per_key(
         .buffer_unordered(16);
     while let Some(manifest) = manifests.next().await {
         // A backup that cannot be read here is for `backup:info` to explain.
-        let Ok(manifest) = manifest else { continue };
+        let Ok(manifest) = manifest else {
+            unreadable += 1;
+            continue;
+        };
         for key in manifest.encrypted.iter().flat_map(|e| &e.keys) {
             *counts.entry(key.clone()).or_insert(0) += 1;
         }
     }
-    Ok(counts)
+    if unreadable > 0 {
+        eprintln!(
+            "{unreadable} backups could not be read from {} (`hop3 backup:info ID` says why): they are counted for no key",
+            config.store
+        );
+    }
+    Ok(PerKey { counts, unreadable })
 }
 
 /// `store check URL`: each step with ok or why not; exit 1 when one failed.

@@ -252,7 +252,7 @@ impl SystemBuilder {
             None
         };
         let mut env = tmpdir_env(&base);
-        env.extend(self.controller_env);
+        env.extend(self.controller_env.iter().cloned());
         let controller = Process::start_probed(
             "controller",
             binary("hop3-controller"),
@@ -277,6 +277,7 @@ impl SystemBuilder {
             dir: Some(dir),
             controller,
             controller_config: config,
+            controller_env: self.controller_env,
             agents: Vec::new(),
             tls_dir,
             keys_dir,
@@ -360,14 +361,24 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<OsStr>,
 {
+    let mut cmd = admin_command(base, args);
+    let line = cli::describe(&cmd);
+    Output::new(line, cmd.output().expect("running hop3-controller"), logs)
+}
+
+/// `hop3-controller ARGS...` in the test's clean environment.
+fn admin_command<I, S>(base: &Path, args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     let mut cmd = Command::new(binary("hop3-controller"));
     cmd.args(args)
         .env_clear()
         .envs(base_env())
         .envs(tmpdir_env(base))
         .stdin(Stdio::null());
-    let line = cli::describe(&cmd);
-    Output::new(line, cmd.output().expect("running hop3-controller"), logs)
+    cmd
 }
 
 /// `--stop-cmd` / `--start-cmd` arguments that record each call in `log`.
@@ -406,6 +417,8 @@ pub struct System {
     dir: Option<TempDir>,
     controller: Process,
     controller_config: ControllerConfig,
+    /// The variables the controller was given beyond the base ones.
+    controller_env: Vec<(OsString, OsString)>,
     agents: Vec<Agent>,
     /// The certificate authority's directory, in secure mode.
     tls_dir: Option<PathBuf>,
@@ -705,20 +718,27 @@ impl System {
     }
 
     /// `hop3-controller --store STORE --catalog CATALOG ARGS...` (tokens
-    /// create, say) run to completion next to the running controller.
+    /// create, say) run to completion next to the running controller, with
+    /// the variables it was given (a bucket's credentials).
     pub fn admin<I, S>(&self, args: I) -> Output
     where
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        let mut all: Vec<OsString> = vec![
-            "--store".into(),
-            self.store.clone().into(),
+        let mut all: Vec<OsString> = self.controller_config.store.clone();
+        all.extend([
             "--catalog".into(),
             self.controller_config.catalog.clone().into(),
-        ];
+        ]);
         all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
-        run_admin(&self.base, all, self.log_paths())
+        let mut cmd = admin_command(&self.base, all);
+        cmd.envs(self.controller_env.iter().cloned());
+        let line = cli::describe(&cmd);
+        Output::new(
+            line,
+            cmd.output().expect("running hop3-controller"),
+            self.log_paths(),
+        )
     }
 
     /// `hop3-controller tokens create NAME`: the token it prints once.

@@ -410,14 +410,7 @@ fn the_keys_passphrase_of_the_environment_reaches_no_child_process() -> Result<(
 
 /// The key ids `metadata.json` of backup `id` says it is encrypted to.
 fn encrypted_to(sys: &System, id: &str) -> Result<Vec<String>> {
-    let path = sys.backup_dir("shop", id).join("metadata.json");
-    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(path)?)?;
-    Ok(manifest["encrypted"]["keys"]
-        .as_array()
-        .context("no encrypted section")?
-        .iter()
-        .filter_map(|k| k.as_str().map(str::to_owned))
-        .collect())
+    encrypted_to_in(&fs::read(sys.backup_dir("shop", id).join("metadata.json"))?)
 }
 
 /// Every artifact `metadata.json` of backup `id` lists, with the digest it records.
@@ -585,6 +578,126 @@ fn rotation_round_trip_old_and_new_backups_restore_then_retiring_the_old_key_lea
         "the backup made after the rotation",
     )?;
     Ok(())
+}
+
+/// Polls `done` every half second for up to 90 s.
+fn wait_for(what: &str, mut done: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    while !done()? {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 90 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    Ok(())
+}
+
+#[test]
+fn retiring_a_key_in_s3_encrypts_backup_and_copy_again_and_the_new_identity_alone_restores()
+-> Result<()> {
+    let moto = Moto::start()?;
+    moto.create_bucket(BUCKET)?;
+    let pg = PgDb::start("shop")?;
+    let vault = tempfile::Builder::new().prefix("hop3-vault-").tempdir()?;
+    let vault_url = vault.path().display().to_string();
+    let mut sys = on_s3(&moto)
+        .encrypted()
+        .controller_args(["--copy-to", &vault_url])
+        .start()?;
+    let scratch = sys.scratch("fixtures")?;
+    let app = App::build(&sys.root, "shop", 73, &scratch)?;
+    // More than a part: the new data archive goes up as a multipart upload.
+    app.big_data(12)?;
+    attach(&app, &[("postgres", "db", &pg.url)])?;
+    let original = Snapshot::of(&app.dir)?;
+    let rows = pg.fingerprint()?;
+    let id = sys.create("shop")?.backup_id;
+    let copy = vault.path().join("apps/shop").join(&id);
+    wait_for("the copy", || Ok(copy.join("metadata.json").exists()))?;
+    let old_key = encrypted_to_in(&fs::read(copy.join("metadata.json"))?)?;
+
+    let keys = sys.keys_dir.display().to_string();
+    sys.admin(["keys", "rotate", "--keys-dir", &keys])
+        .success()?;
+    sys.restart_controller()?;
+    sys.admin(["keys", "retire", &old_key[0], "--keys-dir", &keys])
+        .success()?;
+    let prefix = format!("prod/apps/shop/{id}/");
+    let bucket_manifest = |moto: &Moto| -> Result<Vec<u8>> {
+        let down = scratch.join(format!("down-{}", rand_suffix()));
+        moto.download_all(BUCKET, &format!("{prefix}metadata.json"), &down)?;
+        Ok(fs::read(down.join(&prefix).join("metadata.json"))?)
+    };
+    wait_for("the retire in the bucket", || {
+        Ok(encrypted_to_in(&bucket_manifest(&moto)?)? != old_key)
+    })?;
+    let new_key = encrypted_to_in(&bucket_manifest(&moto)?)?;
+    // Only the new objects are left in the bucket, and no mark.
+    let keys_now = moto.keys(BUCKET)?;
+    let names: Vec<&str> = keys_now
+        .iter()
+        .filter_map(|k| k.strip_prefix(&prefix))
+        .collect();
+    ensure!(
+        names
+            .iter()
+            .all(|n| n.starts_with("sealed-2/") || ["metadata.json", "metadata.seal"].contains(n))
+            && names.contains(&"sealed-2/data.tar.zst.age")
+            && names
+                .iter()
+                .any(|n| n.starts_with("sealed-2/services/") && n.ends_with(".age")),
+        "{names:?}"
+    );
+    ensure!(
+        keys_now.iter().all(|k| !k.ends_with(".partial")),
+        "{keys_now:?}"
+    );
+    // The copy is brought up to the same backup.
+    wait_for("the copy brought up to date", || {
+        Ok(fs::read(copy.join("metadata.json"))? == bucket_manifest(&moto)?)
+    })?;
+    let mut in_copy: Vec<String> = files_below(&copy)?
+        .iter()
+        .filter_map(|p| p.strip_prefix(&copy).ok()?.to_str().map(str::to_owned))
+        .collect();
+    in_copy.sort();
+    let mut want: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    want.sort();
+    ensure!(in_copy == want, "{in_copy:?} vs {want:?}");
+
+    // The old identity gone: the new one alone restores files and rows.
+    let identity = sys.keys_dir.join("identity.txt");
+    let text = fs::read_to_string(&identity)?;
+    let newest = text
+        .lines()
+        .find(|l| l.starts_with("AGE-SECRET-KEY-"))
+        .context("no identity")?;
+    fs::write(&identity, format!("{newest}\n"))?;
+    sys.restart_controller()?;
+    app.mutate(&scratch)?;
+    pg.script(PG_CHANGES)?;
+    sys.restore(&id, None)?;
+    original.assert_same(&Snapshot::of(&app.dir)?, "the app after the retire")?;
+    same(&rows, &pg.fingerprint()?, "the database after the retire")?;
+    ensure!(new_key != old_key, "{new_key:?}");
+    Ok(())
+}
+
+/// The key ids a `metadata.json` says its backup is encrypted to.
+fn encrypted_to_in(manifest: &[u8]) -> Result<Vec<String>> {
+    let manifest: serde_json::Value = serde_json::from_slice(manifest)?;
+    Ok(manifest["encrypted"]["keys"]
+        .as_array()
+        .context("no encrypted section")?
+        .iter()
+        .filter_map(|k| k.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// A short random name part, for scratch directories.
+fn rand_suffix() -> String {
+    format!("{:08x}", rand::random::<u32>())
 }
 
 #[test]
