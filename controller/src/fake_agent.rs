@@ -879,3 +879,38 @@ async fn a_retired_key_leaves_every_backup_and_copy_sealed_to_the_new_one() {
         assert!(copy.sealed(APP, id).await);
     }
 }
+
+#[tokio::test]
+async fn a_manifest_sealed_to_a_key_no_one_here_holds_is_refused_before_the_agent_hears_of_it() {
+    use hop3_wire::encryption::{Identities, KeyId, Recipients};
+    let tmp = tempfile::tempdir().unwrap();
+    let (keys, _, _) = rotated_keys();
+    let agent = FakeAgent::default();
+    let restored = agent.restored.clone();
+    let (ctl, memory) = controller_with_keys(agent, tmp.path(), Vec::new(), keys).await;
+    let id = backups(&ctl, 1).await.remove(0);
+    // The section re-sealed to a stranger's key, the seal made anew: only
+    // the key decides.
+    let stranger = Identities::generate().to_public();
+    let stranger_id = KeyId::of(&stranger).to_string();
+    let mut m = ctl.store.read_manifest(APP, &id).await.unwrap();
+    let to = Recipients::parse(&[stranger.to_string()]).unwrap();
+    let section = m.encrypted.as_mut().unwrap();
+    section.payload = to.encrypt_armored(br#"{"files":{}}"#).unwrap();
+    section.keys = vec![stranger_id.clone()];
+    memory.overwrite(&format!("apps/{APP}/{id}/metadata.json"), &m.to_json());
+    ctl.store.seal_stored(APP, &id).await.unwrap();
+    let err = last(restore::start(&ctl, restore_request(&id)).await.unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        err.message()
+            .contains(&format!("is encrypted to key {stranger_id}"))
+            && err.message().contains("holds no identity"),
+        "{err:?}"
+    );
+    assert!(
+        restored.lock().unwrap().is_none(),
+        "the agent restored something"
+    );
+}
