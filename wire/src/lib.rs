@@ -4,6 +4,7 @@
 //! wiring of a gRPC server (health, reflection, readiness, shutdown).
 
 pub mod artifacts;
+pub mod chunking;
 pub mod chunks;
 pub mod config_file;
 pub mod encryption;
