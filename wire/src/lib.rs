@@ -12,6 +12,7 @@ pub mod events;
 pub mod join_token;
 pub mod logging;
 pub mod memory;
+pub mod pack;
 pub mod progress;
 pub mod serving;
 pub mod tls;
