@@ -179,7 +179,13 @@ async fn reencrypt(
     let (manifest, mut rewrite) = ctl.store.rewrite(&row.app, id).await?;
     let plain = match manifest.encrypted.as_ref() {
         Some(e) if e.keys.iter().any(|k| k == key) => {
-            decrypt::open_plaintexts(&ctl.keys.identities, &manifest)?.unwrap_or_default()
+            match decrypt::open_plaintexts(&ctl.keys.identities, &manifest) {
+                Ok(plain) => plain.unwrap_or_default(),
+                Err(e) => {
+                    rewrite.abort().await;
+                    return Err(e);
+                }
+            }
         }
         _ => {
             rewrite.abort().await;
