@@ -837,6 +837,20 @@ async fn a_retired_key_leaves_every_backup_and_copy_sealed_to_the_new_one() {
     let second = crate::retire::pass(&ctl, &old).await.unwrap();
     assert_eq!((second.done, second.left), (1, 0));
     assert_eq!(crate::retire::pass(&ctl, &old).await.unwrap().done, 0);
+
+    // A stop between the switch and the removal of the old objects (or a
+    // delete the store refused) leaves an object sealed to the old key:
+    // the key is not let go while it is there.
+    let left_over = format!("apps/{APP}/{}/env.json.age", ids[0]);
+    memory.overwrite(&left_over, &good_env);
+    memory.fail_deletes(true);
+    let refused = crate::retire::pass(&ctl, &old).await.unwrap();
+    assert_eq!((refused.done, refused.left), (0, 1));
+    assert!(memory.keys().contains(&left_over));
+    memory.fail_deletes(false);
+    let cleaned = crate::retire::pass(&ctl, &old).await.unwrap();
+    assert_eq!((cleaned.done, cleaned.left), (0, 0));
+    assert!(!memory.keys().contains(&left_over), "the old object stayed");
     for id in &ids {
         assert_eq!(keys_of(id).await, vec![new.clone()]);
         assert!(ctl.store.sealed(APP, id).await, "sealed anew");
@@ -867,11 +881,9 @@ async fn a_retired_key_leaves_every_backup_and_copy_sealed_to_the_new_one() {
         .unwrap()
         .made;
     assert_eq!(made, 2);
+    let copy = &ctl.copies.stores()[0];
     for id in &ids {
         assert_eq!(stored(&offsite, id), stored(&memory, id));
-        let copy = Store::with_backend(Arc::new(offsite.clone()), tmp.path())
-            .await
-            .unwrap();
         assert_eq!(
             copy.read_manifest(APP, id).await.unwrap(),
             ctl.store.read_manifest(APP, id).await.unwrap()

@@ -89,12 +89,7 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::Retire { key } => {
             let id = KeyId::parse(&key)?;
-            let Some(recipients) = dir.recipients().await? else {
-                anyhow::bail!(
-                    "{} holds no keys: run `hop3-controller keys init`",
-                    dir.0.display()
-                );
-            };
+            let recipients = recipients_of(&dir).await?;
             if recipients.key_ids().contains(&id) {
                 anyhow::bail!(
                     "key {id} is a recipient of new backups: run `hop3-controller keys rotate` first (or take it out of {}), and restart the controller",
@@ -143,12 +138,7 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 Err(e) => return Err(e.into()),
             };
             let held = identities.key_ids();
-            let Some(recipients) = dir.recipients().await? else {
-                anyhow::bail!(
-                    "{} holds no keys: run `hop3-controller keys init`",
-                    dir.0.display()
-                );
-            };
+            let recipients = recipients_of(&dir).await?;
             let counts = backups_per_key(config).await?.counts;
             let retiring = dir.retiring().await?;
             let opens = |id: &KeyId| {
@@ -181,6 +171,18 @@ async fn run_keys(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The recipients of the keys directory, which must have some.
+async fn recipients_of(
+    dir: &hop3_controller::keys::KeysDir,
+) -> anyhow::Result<hop3_wire::encryption::Recipients> {
+    dir.recipients().await?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "{} holds no keys: run `hop3-controller keys init`",
+            dir.0.display()
+        )
+    })
 }
 
 /// How many COMPLETED backups each key id opens, from their manifests.

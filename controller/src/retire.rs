@@ -4,7 +4,8 @@
 //! Write-once, as everything in a store: the new objects go beside the old
 //! (under `sealed-<n>/`), each read back and checked, then the manifest is
 //! switched, then the old objects are removed. A stop anywhere leaves the
-//! old backup or the new, whole; the next pass goes on where it stopped.
+//! old backup or the new, whole; the next pass goes on where it stopped,
+//! and the key is let go only once no old object is left either.
 //! Once no backup is sealed to the key, it is taken off `retiring.txt` and
 //! its identity can be destroyed.
 
@@ -125,41 +126,89 @@ pub async fn pass(ctl: &Controller, key: &str) -> Result<Pass> {
         )));
     }
     let mut out = Pass::default();
-    for row in sealed_to(ctl, key).await? {
-        match reencrypt(ctl, &row, key, &to).await {
+    let found = find(ctl, key).await?;
+    for row in &found.sealed {
+        let done = match reencrypt(ctl, row, key, &to).await {
+            Ok(()) => remove_old(ctl, row).await,
+            Err(e) => Err(e),
+        };
+        match done {
             Ok(()) => out.done += 1,
             Err(ControllerError::BackupBusy { .. }) => out.left += 1,
             Err(e) => {
                 out.left += 1;
                 tracing::warn!(backup_id = %row.backup_id, app = %row.app, key, error = %e,
-                    "could not encrypt a backup again; it stays as it was, and is tried again");
+                    "could not encrypt a backup again, or remove its old objects; tried again");
+            }
+        }
+    }
+    // Before the key is let go: what a stop between a switch and the
+    // removal of the old objects left, in any backup encrypted again.
+    if out.left == 0 {
+        for row in &found.rewritten {
+            if let Err(e) = remove_old(ctl, row).await {
+                out.left += 1;
+                tracing::warn!(backup_id = %row.backup_id, app = %row.app, key, error = %e,
+                    "could not remove objects an earlier encryption left; tried again");
             }
         }
     }
     Ok(out)
 }
 
-/// The COMPLETED backups whose manifest says they are sealed to `key`.
-async fn sealed_to(ctl: &Controller, key: &str) -> Result<Vec<BackupRow>> {
+/// The COMPLETED backups a pass over a key works on.
+#[derive(Default)]
+struct Found {
+    /// Sealed to the key.
+    sealed: Vec<BackupRow>,
+    /// Encrypted again before (their manifest names a `sealed-<n>/`), to
+    /// other keys: old objects a stop left may lie beside them.
+    rewritten: Vec<BackupRow>,
+}
+
+/// The backups of [`Found`], from every COMPLETED backup's manifest.
+async fn find(ctl: &Controller, key: &str) -> Result<Found> {
     let rows = ctl
         .catalog
         .list(None, Some(BackupStatus::Completed), u32::MAX)
         .await?;
-    let found: Vec<Option<BackupRow>> = futures::stream::iter(rows)
+    let mut read = futures::stream::iter(rows)
         .map(|row| async move {
             let m = ctl
                 .store
                 .read_manifest(&row.app, row.backup_id.as_str())
                 .await;
-            // A manifest that cannot be read is for `backup:info` to explain.
-            let sealed =
-                m.is_ok_and(|m| m.encrypted.is_some_and(|e| e.keys.iter().any(|k| k == key)));
-            sealed.then_some(row)
+            (row, m)
         })
-        .buffer_unordered(MANIFESTS_AT_ONCE)
-        .collect()
-        .await;
-    Ok(found.into_iter().flatten().collect())
+        .buffer_unordered(MANIFESTS_AT_ONCE);
+    let mut found = Found::default();
+    while let Some((row, m)) = read.next().await {
+        // A manifest that cannot be read is for `backup:info` to explain.
+        let Ok(m) = m else { continue };
+        if m.encrypted
+            .as_ref()
+            .is_some_and(|e| e.keys.iter().any(|k| k == key))
+        {
+            found.sealed.push(row);
+        } else if m.sealed_dir().is_some() {
+            found.rewritten.push(row);
+        }
+    }
+    Ok(found)
+}
+
+/// Removes the objects backup `row`'s manifest no longer names, under the
+/// backup's exclusive lock and against its manifest as it is now (a
+/// manifest read earlier could be one a rewrite has since replaced).
+async fn remove_old(ctl: &Controller, row: &BackupRow) -> Result<()> {
+    let id = row.backup_id.as_str();
+    let _lock = ctl.use_backup(id, BackupUse::Reencrypt)?;
+    let manifest = ctl.store.read_manifest(&row.app, id).await?;
+    let removed = ctl.store.tidy(&row.app, id, &manifest).await?;
+    if removed > 0 {
+        tracing::info!(backup_id = id, app = %row.app, removed, "removed the objects of an earlier encryption");
+    }
+    Ok(())
 }
 
 /// Encrypts backup `row` again to `to`, if it is still sealed to `key`.
@@ -201,22 +250,12 @@ async fn reencrypt(
         }
     };
     rewrite.commit(&new).await?;
-    // The old objects are no longer part of the backup; one left behind
-    // (a failed delete) is removed by the next rewrite of it.
-    let removed = match ctl.store.tidy(&row.app, id, &new).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!(backup_id = id, app = %row.app, error = %e,
-                "could not remove the objects sealed to the retired key");
-            0
-        }
-    };
     ctl.catalog
         .complete(id, new.size_bytes, &row.services)
         .await?;
     refresh_copies(ctl, id).await?;
     tracing::info!(backup_id = id, app = %row.app, retired = key, to = %to.key_ids().iter().map(ToString::to_string).collect::<Vec<_>>().join(","),
-        removed, ms = started.elapsed().as_millis() as u64, "backup encrypted again");
+        ms = started.elapsed().as_millis() as u64, "backup encrypted again");
     Ok(())
 }
 

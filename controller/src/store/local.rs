@@ -125,22 +125,7 @@ impl Backend for LocalDir {
     }
 
     async fn remove(&self, key: &BackupKey, path: &str) -> io::Result<()> {
-        let dir = self.dir(key);
-        let full = dir.join(path);
-        match fs::remove_file(&full).await {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(e),
-        }
-        // A directory left empty goes too (`sealed-1/services/`, then `sealed-1/`).
-        let mut parent = full.parent();
-        while let Some(p) = parent
-            && p != dir
-            && fs::remove_dir(p).await.is_ok()
-        {
-            parent = p.parent();
-        }
-        Ok(())
+        remove_below(&self.dir(key), &self.dir(key).join(path)).await
     }
 
     async fn read_small(&self, key: &BackupKey, path: &str, limit: u64) -> io::Result<Vec<u8>> {
@@ -380,13 +365,30 @@ impl Staging for LocalRewrite {
 
     async fn abort(self: Box<Self>) {
         for path in &self.created {
-            if let Err(e) = fs::remove_file(path).await
-                && e.kind() != io::ErrorKind::NotFound
-            {
+            if let Err(e) = remove_below(&self.dir, path).await {
                 tracing::warn!(file = %path.display(), error = %e, "could not remove a file of an unfinished rewrite");
             }
         }
     }
+}
+
+/// Removes the file `full` below the backup directory `dir`, and the
+/// directories it leaves empty (`sealed-2/services/`, then `sealed-2/`); a
+/// missing file is not an error.
+async fn remove_below(dir: &Path, full: &Path) -> io::Result<()> {
+    match fs::remove_file(full).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let mut parent = full.parent();
+    while let Some(p) = parent
+        && p != dir
+        && fs::remove_dir(p).await.is_ok()
+    {
+        parent = p.parent();
+    }
+    Ok(())
 }
 
 struct LocalSink {

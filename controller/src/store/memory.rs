@@ -107,6 +107,20 @@ impl Memory {
             .collect()
     }
 
+    /// Refused as [`Memory::fail_deletes`] asked.
+    fn deletes_allowed(&self) -> io::Result<()> {
+        if self
+            .failing_deletes
+            .load(std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "deletes refused by the test",
+            ));
+        }
+        Ok(())
+    }
+
     /// Makes every delete fail from now on (or work again).
     pub fn fail_deletes(&self, fail: bool) {
         self.failing_deletes
@@ -165,15 +179,7 @@ impl Backend for Memory {
     }
 
     async fn remove(&self, key: &BackupKey, path: &str) -> io::Result<()> {
-        if self
-            .failing_deletes
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "deletes refused by the test",
-            ));
-        }
+        self.deletes_allowed()?;
         self.objects()
             .objects
             .remove(&format!("{}{path}", prefix(key)));
@@ -221,15 +227,7 @@ impl Backend for Memory {
     }
 
     async fn delete(&self, key: &BackupKey) -> io::Result<()> {
-        if self
-            .failing_deletes
-            .load(std::sync::atomic::Ordering::SeqCst)
-        {
-            return Err(io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                "deletes refused by the test",
-            ));
-        }
+        self.deletes_allowed()?;
         // The manifest first: from then on, what is left is no backup.
         let p = prefix(key);
         self.objects()

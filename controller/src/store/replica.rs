@@ -83,15 +83,11 @@ impl Store {
             .map_err(StoreError::io("starting the copy"))?;
         let mut total = 0;
         for (path, expected) in &manifest.checksums {
-            match self.copy_artifact(&key, path, staging.as_mut()).await {
-                Ok((sum, size)) if sum == *expected => total += size,
-                Ok((sum, _)) => {
-                    staging.abort().await;
-                    return Err(StoreError::Corrupt {
-                        path: path.clone(),
-                        detail: format!("expected {expected}, read {sum}"),
-                    });
-                }
+            match self
+                .copy_checked(&key, path, expected, staging.as_mut())
+                .await
+            {
+                Ok(size) => total += size,
                 Err(e) => {
                     staging.abort().await;
                     return Err(e);
@@ -144,17 +140,13 @@ impl Store {
                     "{} holds another {path}",
                     to.location(app, id)
                 ))),
-                None => self.copy_artifact(&key, path, rewrite.staging()).await,
+                None => {
+                    self.copy_checked(&key, path, expected, rewrite.staging())
+                        .await
+                }
             };
             match outcome {
-                Ok((sum, size)) if sum == *expected => total += size,
-                Ok((sum, _)) => {
-                    rewrite.abort().await;
-                    return Err(StoreError::Corrupt {
-                        path: path.clone(),
-                        detail: format!("expected {expected}, read {sum}"),
-                    });
-                }
+                Ok(size) => total += size,
                 Err(e) => {
                     rewrite.abort().await;
                     return Err(e);
@@ -176,6 +168,25 @@ impl Store {
             Ok(seal) => self.seal.verify(manifest, &seal),
             Err(_) => false,
         }
+    }
+
+    /// [`Store::copy_artifact`], refused unless the bytes are those the
+    /// manifest records; their size.
+    async fn copy_checked(
+        &self,
+        key: &BackupKey,
+        path: &str,
+        expected: &hop3_proto::Checksum,
+        staging: &mut dyn super::Staging,
+    ) -> Result<u64> {
+        let (sum, size) = self.copy_artifact(key, path, staging).await?;
+        if sum != *expected {
+            return Err(StoreError::Corrupt {
+                path: path.to_owned(),
+                detail: format!("expected {expected}, read {sum}"),
+            });
+        }
+        Ok(size)
     }
 
     async fn copy_artifact(

@@ -431,7 +431,19 @@ fn rotation_round_trip_old_and_new_backups_restore_then_retiring_the_old_key_lea
     let mut sys = System::builder().encrypted().start()?;
     let scratch = sys.scratch("fixtures")?;
     let app = App::build(&sys.root, "shop", 89, &scratch)?;
-    let before = Snapshot::of(&app.dir)?;
+    // As real apps hold it: data/ on another volume, a hard link in it, an
+    // ENV with comments.
+    let volume = sys.scratch("volume")?.join("shop-data");
+    fs::rename(app.data_dir(), &volume)?;
+    std::os::unix::fs::symlink(&volume, app.data_dir())?;
+    fs::hard_link(
+        volume.join("db/app.sqlite"),
+        volume.join("db/app.sqlite.bak"),
+    )?;
+    let env = app.dir.join("ENV");
+    let commented = format!("# the shop's settings\n{}", fs::read_to_string(&env)?);
+    fs::write(&env, commented)?;
+    let before = AppState::of(&app, &volume)?;
     let old = sys.create("shop")?.backup_id;
     let keys = sys.keys_dir.display().to_string();
     let rotated = sys
@@ -444,7 +456,7 @@ fn rotation_round_trip_old_and_new_backups_restore_then_retiring_the_old_key_lea
     );
     sys.restart_controller()?;
     app.mutate(&scratch)?;
-    let after = Snapshot::of(&app.dir)?;
+    let after = AppState::of(&app, &volume)?;
     let new = sys.create("shop")?.backup_id;
     let (old_keys, new_keys) = (encrypted_to(&sys, &old)?, encrypted_to(&sys, &new)?);
     ensure!(
@@ -476,16 +488,7 @@ fn rotation_round_trip_old_and_new_backups_restore_then_retiring_the_old_key_lea
             env.display()
         ))?;
     }
-    sys.restore(&old, None)?;
-    before.assert_same(
-        &Snapshot::of(&app.dir)?,
-        "the backup made before the rotation",
-    )?;
-    sys.restore(&new, None)?;
-    after.assert_same(
-        &Snapshot::of(&app.dir)?,
-        "the backup made after the rotation",
-    )?;
+    restore_both(&sys, [(&old, &before), (&new, &after)], &app, &volume, "")?;
 
     // Still a recipient: refused, nothing asked of the controller.
     sys.admin(["keys", "retire", &new_keys[0], "--keys-dir", &keys])
@@ -567,16 +570,60 @@ fn rotation_round_trip_old_and_new_backups_restore_then_retiring_the_old_key_lea
     }
     // With only the new identity, both backups restore.
     sys.restart_controller()?;
-    sys.restore(&old, None)?;
-    before.assert_same(
-        &Snapshot::of(&app.dir)?,
-        "the backup made before the rotation, encrypted again",
-    )?;
-    sys.restore(&new, None)?;
-    after.assert_same(
-        &Snapshot::of(&app.dir)?,
-        "the backup made after the rotation",
-    )?;
+    restore_both(
+        &sys,
+        [(&old, &before), (&new, &after)],
+        &app,
+        &volume,
+        ", encrypted again",
+    )
+}
+
+/// What a restore of the app with its data on `volume` must bring back.
+struct AppState {
+    app: Snapshot,
+    volume: hop3_tests::snapshot::Tree,
+    env: Vec<u8>,
+}
+
+impl AppState {
+    fn of(app: &App, volume: &Path) -> Result<Self> {
+        Ok(Self {
+            app: Snapshot::of(&app.dir)?,
+            volume: hop3_tests::snapshot::tree(volume)?,
+            env: fs::read(app.dir.join("ENV"))?,
+        })
+    }
+}
+
+/// Restores each backup in place (onto the app, its name in use) and
+/// checks the app, its linked volume (the link kept, the hard link one
+/// file) and its ENV byte for byte.
+fn restore_both(
+    sys: &System,
+    backups: [(&String, &AppState); 2],
+    app: &App,
+    volume: &Path,
+    how: &str,
+) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    for (id, want) in backups {
+        sys.restore(id, None)?;
+        let what = format!("backup {id}{how}");
+        let got = AppState::of(app, volume)?;
+        want.app.assert_same(&got.app, &what)?;
+        ensure!(got.volume == want.volume, "{what}: the volume differs");
+        ensure!(got.env == want.env, "{what}: ENV differs");
+        ensure!(
+            fs::read_link(app.data_dir())? == volume,
+            "{what}: data/ is no longer the link"
+        );
+        let ino = |p: &str| fs::metadata(volume.join(p)).map(|m| m.ino());
+        ensure!(
+            ino("db/app.sqlite")? == ino("db/app.sqlite.bak")?,
+            "{what}: the hard link came back as two files"
+        );
+    }
     Ok(())
 }
 
